@@ -1,0 +1,65 @@
+/**
+ * Shared command-line handling for the examples: --ctrl, --json, --help; usage errors exit 2,
+ * failures print the error's one-line cause and exit 1.
+ */
+import { parseArgs, type ParseArgsConfig } from "node:util";
+import { NvmeError } from "../lib/errors.ts";
+
+export const commonOptions = {
+  ctrl: { type: "string" },
+  json: { type: "boolean", default: false },
+  help: { type: "boolean", short: "h", default: false },
+} as const satisfies NonNullable<ParseArgsConfig["options"]>;
+
+export class UsageError extends Error {}
+
+export function parse<O extends NonNullable<ParseArgsConfig["options"]>>(usage: string, options: O) {
+  let parsed;
+  try {
+    parsed = parseArgs({ args: Bun.argv.slice(2), options: { ...commonOptions, ...options }, strict: true, allowPositionals: false });
+  } catch (e) {
+    process.stderr.write(`${(e as Error).message}\n${usage}`);
+    process.exit(2);
+  }
+  const values = parsed.values as Record<string, unknown>;
+  if (values.help) {
+    process.stdout.write(usage);
+    process.exit(0);
+  }
+  if (typeof values.ctrl !== "string" || values.ctrl === "") {
+    process.stderr.write(`--ctrl is required\n${usage}`);
+    process.exit(2);
+  }
+  return parsed.values as typeof parsed.values & { ctrl: string; json: boolean };
+}
+
+/** Integer option: undefined when absent, exit 2 when not a non-negative integer. */
+export function intOption(name: string, v: unknown, usage: string): number | undefined {
+  if (v === undefined) return undefined;
+  const n = Number(v);
+  if (typeof v !== "string" || !/^(0x[0-9a-f]+|\d+)$/i.test(v) || !Number.isSafeInteger(n)) {
+    process.stderr.write(`--${name}: "${String(v)}" is not a non-negative integer\n${usage}`);
+    process.exit(2);
+  }
+  return n;
+}
+
+/** Run main; print a failure's cause on one line and exit 1. */
+export async function run(main: () => Promise<void> | void): Promise<void> {
+  try {
+    await main();
+  } catch (e) {
+    if (e instanceof UsageError) {
+      process.stderr.write(`${e.message}\n`);
+      process.exit(2);
+    }
+    const msg = e instanceof NvmeError ? `${e.name}: ${e.message}` : e instanceof Error ? `${e.name}: ${e.message}` : String(e);
+    process.stderr.write(`error: ${msg}\n`);
+    process.exit(1);
+  }
+}
+
+/** JSON with bigints as strings (u64 values do not fit a JSON number). */
+export function toJson(v: unknown): string {
+  return JSON.stringify(v, (_k, x) => (typeof x === "bigint" ? x.toString() : x), 2);
+}

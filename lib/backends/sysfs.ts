@@ -1,0 +1,147 @@
+/**
+ * Raw sysfs backend: BAR0 through /sys/bus/pci/devices/<bdf>/resource0, bus mastering through
+ * config space, and DMA to physical addresses read from /proc/self/pagemap. Needs root and the
+ * IOMMU off or in passthrough (iommu=pt); the device must not be bound to a kernel driver.
+ */
+import type { Pointer } from "bun:ffi";
+import { toArrayBuffer } from "bun:ffi";
+import { join } from "node:path";
+import { DeviceError, NativeError, PermissionError } from "../errors.ts";
+import { check, checkPtr, cstr, native } from "../native.ts";
+import { configWrite, enableBusMaster, findPciDevice, hasCapSysAdmin, parseBdf, PCI_COMMAND, type PciDevice } from "../pci.ts";
+import { BAR0_MIN_SIZE } from "../spec/registers.ts";
+import { HOST_PAGE_SIZE, type Backend, type DmaMapping, type DmaOptions } from "./types.ts";
+
+const DMA_HUGE = 1;
+const HUGE_PAGE_SIZE = 2 << 20;
+
+interface Allocation extends DmaMapping {
+  readonly flags: number;
+}
+
+export class SysfsBackend implements Backend {
+  readonly kind = "sysfs" as const;
+  readonly name: string;
+  readonly device: PciDevice;
+  readonly bar0: Pointer;
+  readonly bar0Size: number;
+  readonly #commandBefore: number;
+  readonly #live = new Set<Allocation>();
+  #closed = false;
+
+  /** Open the controller at `bdf`; throws DeviceError/PermissionError with the command that fixes it. */
+  constructor(bdf: string) {
+    this.name = parseBdf(bdf);
+    this.device = findPciDevice(this.name);
+    if (this.device.driver) {
+      const hint =
+        this.device.driver === "vfio-pci"
+          ? "the VFIO backend is not available yet; bind it back: echo " +
+            `${this.name} > /sys/bus/pci/drivers/vfio-pci/unbind`
+          : `unbind it first: echo ${this.name} > /sys/bus/pci/devices/${this.name}/driver/unbind`;
+      throw new DeviceError(`${this.name} is bound to the kernel driver ${this.device.driver}; ${hint}`);
+    }
+    if (!hasCapSysAdmin()) {
+      throw new PermissionError(
+        `raw sysfs access to ${this.name} needs root (CAP_SYS_ADMIN): without it /proc/self/pagemap hides physical addresses; run with sudo`,
+      );
+    }
+    const resource = join(this.device.path, "resource0");
+    const n = native();
+    const sizeOut = n.nvm_host_alloc(8);
+    try {
+      const p = n.nvm_map_file(cstr(resource), 0, 0, sizeOut);
+      if (p === null) {
+        const errno = n.nvm_last_error();
+        if (errno === 1 || errno === 13) throw new PermissionError(`cannot map ${resource}: permission denied; run as root`);
+        throw new NativeError(`cannot map ${resource}: errno ${errno}`, errno, "mmap", resource);
+      }
+      this.bar0 = p;
+      this.bar0Size = new Uint32Array(toArrayBuffer(checkPtr(sizeOut, "nvm_host_alloc"), 0, 8))[0]!;
+    } finally {
+      if (sizeOut) n.nvm_host_free(sizeOut);
+    }
+    if (this.bar0Size < BAR0_MIN_SIZE) {
+      n.nvm_unmap(this.bar0, this.bar0Size);
+      throw new DeviceError(`${this.name}: BAR0 is ${this.bar0Size} bytes, too small for NVMe registers (${BAR0_MIN_SIZE})`);
+    }
+    this.#commandBefore = enableBusMaster(this.device);
+  }
+
+  allocDma(size: number, opts: DmaOptions = {}): DmaMapping {
+    if (this.#closed) throw new DeviceError(`${this.name} is closed`);
+    const n = native();
+    const pages = Math.ceil(size / HOST_PAGE_SIZE);
+    // One 4 KiB page is contiguous by itself; larger contiguous ranges come from 2 MiB hugepages.
+    const huge = opts.contiguous === true && pages > 1;
+    if (huge && size > HUGE_PAGE_SIZE) {
+      throw new DeviceError(`a physically contiguous DMA range is limited to ${HUGE_PAGE_SIZE} bytes here (asked ${size})`);
+    }
+    const flags = huge ? DMA_HUGE : 0;
+    const vaddr = n.nvm_dma_alloc(size, flags);
+    if (vaddr === null) {
+      const errno = n.nvm_last_error();
+      if (huge && errno === 12) {
+        throw new PermissionError(
+          `no free 2 MiB hugepage for a contiguous DMA range of ${size} bytes: reserve some with \`echo 64 > /proc/sys/vm/nr_hugepages\``,
+        );
+      }
+      if (errno === 12 || errno === 1 || errno === 11) {
+        throw new PermissionError(
+          `cannot lock ${size} bytes of DMA memory (errno ${errno}): raise the memlock limit (\`ulimit -l unlimited\`, or LimitMEMLOCK= for a service)`,
+        );
+      }
+      throw new NativeError(`DMA allocation of ${size} bytes failed: errno ${errno}`, errno, "nvm_dma_alloc");
+    }
+    const out = checkPtr(n.nvm_host_alloc(pages * 8), "nvm_host_alloc");
+    try {
+      const rc = n.nvm_phys_addrs(vaddr, pages, out);
+      if (rc < 0) {
+        n.nvm_dma_free(vaddr, size, flags);
+        if (rc === -1) {
+          throw new PermissionError("/proc/self/pagemap gave physical page 0: this process lacks CAP_SYS_ADMIN; run as root");
+        }
+        check(rc, "read /proc/self/pagemap");
+      }
+      const iova = new Uint32Array(toArrayBuffer(out, 0, pages * 8).slice(0));
+      const contiguous = isContiguous(iova);
+      if (opts.contiguous && !contiguous) {
+        n.nvm_dma_free(vaddr, size, flags);
+        throw new DeviceError(`could not get ${size} physically contiguous bytes`);
+      }
+      const a: Allocation = { vaddr, size: pages * HOST_PAGE_SIZE, iova, contiguous, flags };
+      this.#live.add(a);
+      return a;
+    } finally {
+      n.nvm_host_free(out);
+    }
+  }
+
+  freeDma(mapping: DmaMapping): void {
+    const a = mapping as Allocation;
+    if (!this.#live.delete(a)) return;
+    check(native().nvm_dma_free(a.vaddr, a.size, a.flags), "nvm_dma_free");
+  }
+
+  close(): void {
+    if (this.#closed) return;
+    this.#closed = true;
+    for (const a of [...this.#live]) this.freeDma(a);
+    native().nvm_unmap(this.bar0, this.bar0Size);
+    // Leave bus mastering as we found it: a disabled controller then cannot DMA at all.
+    try {
+      configWrite(this.device, PCI_COMMAND, 2, this.#commandBefore);
+    } catch {
+      // The device may have gone away; nothing more to release.
+    }
+  }
+}
+
+function isContiguous(iova: Uint32Array): boolean {
+  for (let i = 2; i < iova.length; i += 2) {
+    const prev = iova[i - 2]! + iova[i - 1]! * 0x1_0000_0000;
+    const cur = iova[i]! + iova[i + 1]! * 0x1_0000_0000;
+    if (cur !== prev + HOST_PAGE_SIZE) return false;
+  }
+  return true;
+}

@@ -1,0 +1,39 @@
+/**
+ * What a way of reaching the controller (raw sysfs, VFIO, the disnvm module) provides.
+ * Everything above this interface is the same NVMe driver whatever the backend.
+ */
+import type { Pointer } from "bun:ffi";
+
+export type BackendKind = "sysfs" | "vfio" | "disnvm";
+
+/** Memory the controller can reach by DMA. Owned by the backend that made it. */
+export interface DmaMapping {
+  /** Host virtual address of the first byte. */
+  readonly vaddr: Pointer;
+  /** Usable bytes (the request rounded up to whole 4 KiB pages). */
+  readonly size: number;
+  /** Bus address of each 4 KiB page as (lo, hi) pairs: page i at [2i], [2i+1]. */
+  readonly iova: Uint32Array;
+  /** True when the pages are consecutive on the bus (one address range). */
+  readonly contiguous: boolean;
+}
+
+export interface DmaOptions {
+  /** The controller needs one bus-contiguous range (queues when CAP.CQR = 1). Defaults to false. */
+  readonly contiguous?: boolean;
+}
+
+export interface Backend {
+  readonly kind: BackendKind;
+  /** The PCI address or device path it was opened with, normalised. */
+  readonly name: string;
+  /** BAR0 mapped uncached. */
+  readonly bar0: Pointer;
+  readonly bar0Size: number;
+  allocDma(size: number, opts?: DmaOptions): DmaMapping;
+  freeDma(mapping: DmaMapping): void;
+  /** Unmap BAR0, release DMA mappings not yet freed, clear bus mastering if it set it. Idempotent. */
+  close(): void;
+}
+
+export const HOST_PAGE_SIZE = 4096;

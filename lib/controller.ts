@@ -1,0 +1,488 @@
+/**
+ * Controller bring-up and teardown (NVMe Base 2.0, 3.5.1 "Memory-based Controller
+ * Initialization" and 3.6 "Shutdown"), ownership of the admin queue pair and of every I/O
+ * queue, and release on close(), on normal exit and on SIGINT/SIGTERM/SIGHUP.
+ */
+import { ControllerFatalError, ClosedError, InvalidArgumentError, NvmeTimeoutError } from "./errors.ts";
+import { native } from "./native.ts";
+import { DmaBuffer } from "./dma.ts";
+import { buildPrp, prpListPages, PRP_PAGE_SIZE } from "./prp.ts";
+import { QueuePair, type Completion, type ExecOptions } from "./queue.ts";
+import { SysfsBackend } from "./backends/sysfs.ts";
+import type { Backend } from "./backends/types.ts";
+import * as cmd from "./spec/commands.ts";
+import {
+  ADMIN_QUEUE_MAX_ENTRIES,
+  CC_EN,
+  CC_SHN_MASK,
+  CC_SHN_NORMAL,
+  CSTS_CFS,
+  CSTS_RDY,
+  CSTS_SHST_COMPLETE,
+  CSTS_SHST_MASK,
+  decodeCap,
+  encodeAqa,
+  encodeCc,
+  REG_ACQ,
+  REG_ALL_ONES,
+  REG_AQA,
+  REG_ASQ,
+  REG_CAP,
+  REG_CC,
+  REG_CSTS,
+  REG_VS,
+  type Capabilities,
+} from "./spec/registers.ts";
+import { parseIdentifyController, parseIdentifyNamespace, parseNamespaceList } from "./spec/identify.ts";
+import type { IdentifyController, IdentifyNamespace } from "./spec/identify.ts";
+import { LID_ERROR, LID_FW_SLOT, LID_SMART, parseErrorLog, parseFirmwareSlotLog, parseSmartLog } from "./spec/log.ts";
+
+const HOST_PAGE_SHIFT = 12;
+
+export interface ControllerOptions {
+  /** Admin SQ and CQ entries, 2 to 4096 (AQA). Defaults to 64. */
+  readonly adminQueueEntries?: number;
+  /** Per-command timeout in milliseconds. Defaults to 10 000. */
+  readonly timeoutMs?: number;
+  /** Close this controller on SIGINT, SIGTERM and SIGHUP, then exit with 128+signal. Defaults to true. */
+  readonly handleSignals?: boolean;
+}
+
+/** Registers as read, for diagnostics and tests. */
+export interface RegisterSnapshot {
+  readonly cap: bigint;
+  readonly vs: number;
+  readonly cc: number;
+  readonly csts: number;
+  readonly aqa: number;
+}
+
+export class Controller {
+  readonly backend: Backend;
+  readonly cap: Capabilities;
+  /** Version register (VS), raw. */
+  readonly vs: number;
+  /** Memory page size in use (CC.MPS): the host page size, 4096. */
+  readonly pageSize = 1 << HOST_PAGE_SHIFT;
+  readonly admin: QueuePair;
+  /** Identify Controller, read during open(). */
+  readonly info: IdentifyController;
+  readonly timeoutMs: number;
+  /** One 4 KiB page for Identify and small log pages. */
+  readonly #scratch: DmaBuffer;
+  readonly #ioQueues = new Map<number, QueuePair>();
+  #closed = false;
+
+  /**
+   * Open the controller at `ctrl` (a PCI address like 05:00.0), reset it and bring up the admin
+   * queue pair. The device must be unbound from kernel drivers; see SysfsBackend for the errors.
+   */
+  static open(ctrl: string, opts: ControllerOptions = {}): Controller {
+    const backend = new SysfsBackend(ctrl);
+    try {
+      return new Controller(backend, opts);
+    } catch (e) {
+      backend.close();
+      throw e;
+    }
+  }
+
+  private constructor(backend: Backend, opts: ControllerOptions) {
+    this.backend = backend;
+    this.timeoutMs = opts.timeoutMs ?? 10_000;
+    const n = native();
+    const bar0 = backend.bar0;
+    const capLo = n.nvm_read32(bar0, REG_CAP);
+    const capHi = n.nvm_read32(bar0, REG_CAP + 4);
+    if (capLo === REG_ALL_ONES && capHi === REG_ALL_ONES) {
+      throw new ControllerFatalError(`${backend.name}: registers read all ones: the device is not responding (check lspci)`, REG_ALL_ONES);
+    }
+    this.cap = decodeCap(capLo, capHi);
+    this.vs = n.nvm_read32(bar0, REG_VS);
+
+    const entries = opts.adminQueueEntries ?? 64;
+    // AQA bounds the admin queues (2 to 4096 entries); CAP.MQES applies to I/O queues only.
+    if (!Number.isInteger(entries) || entries < 2 || entries > ADMIN_QUEUE_MAX_ENTRIES) {
+      throw new InvalidArgumentError(`admin queue of ${entries} entries: must be 2 to ${ADMIN_QUEUE_MAX_ENTRIES} (the AQA limit)`);
+    }
+    if (this.cap.mpsmin > 0) {
+      throw new InvalidArgumentError(`${backend.name}: smallest memory page (CAP.MPSMIN) is ${this.cap.minPageSize} bytes; libnvm uses 4096-byte host pages`);
+    }
+    if ((this.cap.css & 1) === 0) {
+      throw new InvalidArgumentError(`${backend.name}: controller does not support the NVM command set (CAP.CSS = 0x${this.cap.css.toString(16)})`);
+    }
+
+    // Disable first: firmware (SeaBIOS on QEMU) or a crashed process may have left it enabled
+    // with its own queues, and AQA/ASQ/ACQ may only change while CC.EN = 0.
+    this.#disable();
+
+    this.admin = new QueuePair(backend, 0, entries, this.cap.dstrd, this.timeoutMs);
+    let scratch: DmaBuffer | undefined;
+    try {
+      n.nvm_write32(bar0, REG_AQA, encodeAqa(entries, entries));
+      const asq = this.admin.sq.mem.busAddress(0);
+      const acq = this.admin.cq.mem.busAddress(0);
+      n.nvm_write64(bar0, REG_ASQ, cmd.lo32(asq), cmd.hi32(asq));
+      n.nvm_write64(bar0, REG_ACQ, cmd.lo32(acq), cmd.hi32(acq));
+      const cc = encodeCc({
+        css: 0, // NVM command set
+        mps: HOST_PAGE_SHIFT - 12,
+        ams: 0, // round robin
+        iosqes: cmd.SQE_SIZE_LOG2,
+        iocqes: cmd.CQE_SIZE_LOG2,
+      });
+      n.nvm_write32(bar0, REG_CC, cc);
+      n.nvm_write32(bar0, REG_CC, cc | CC_EN);
+      this.#waitReady(true);
+
+      scratch = new DmaBuffer(backend, PRP_PAGE_SIZE);
+      this.#scratch = scratch;
+      this.info = this.#identifyController();
+    } catch (e) {
+      this.#disableQuietly();
+      scratch?.free();
+      this.admin.free();
+      throw e;
+    }
+    track(this, opts.handleSignals ?? true);
+  }
+
+  get closed(): boolean {
+    return this.#closed;
+  }
+
+  get name(): string {
+    return this.backend.name;
+  }
+
+  #check(): void {
+    if (this.#closed) throw new ClosedError(`controller ${this.backend.name} is closed; open it again`);
+  }
+
+  /** Wait for CSTS.RDY to equal `ready`, bounded by CAP.TO (3.1.4.1). */
+  #waitReady(ready: boolean): void {
+    const n = native();
+    const timeoutMs = Math.max(this.cap.timeoutMs, 500);
+    const deadline = performance.now() + timeoutMs;
+    for (;;) {
+      const csts = n.nvm_read32(this.backend.bar0, REG_CSTS);
+      if (csts === REG_ALL_ONES) {
+        throw new ControllerFatalError(`${this.backend.name}: CSTS reads all ones: the device is gone`, csts);
+      }
+      if (ready && (csts & CSTS_CFS) !== 0) {
+        throw new ControllerFatalError(`${this.backend.name}: Controller Fatal Status (CSTS.CFS) set during enable`, csts);
+      }
+      if (((csts & CSTS_RDY) !== 0) === ready) return;
+      if (performance.now() > deadline) {
+        throw new NvmeTimeoutError(
+          `${this.backend.name}: CSTS.RDY did not become ${ready ? 1 : 0} within CAP.TO (${timeoutMs} ms) after CC.EN=${ready ? 1 : 0}`,
+          timeoutMs,
+        );
+      }
+      Bun.sleepSync(1);
+    }
+  }
+
+  #disable(): void {
+    const n = native();
+    const cc = n.nvm_read32(this.backend.bar0, REG_CC);
+    if ((cc & CC_EN) !== 0) n.nvm_write32(this.backend.bar0, REG_CC, cc & ~CC_EN);
+    this.#waitReady(false);
+  }
+
+  #disableQuietly(): void {
+    try {
+      this.#disable();
+    } catch {
+      // Best effort on an error path: the original error is the one to report.
+    }
+  }
+
+  /** Read the controller registers without changing anything. */
+  registers(): RegisterSnapshot {
+    this.#check();
+    return readRegisters(this.backend);
+  }
+
+  // ---- admin commands -------------------------------------------------------------------
+
+  /** Run an admin command synchronously; NvmeStatusError on a non-zero status. */
+  adminCommand(c: cmd.Command, opts?: ExecOptions): Completion {
+    this.#check();
+    return this.admin.execute(c, opts);
+  }
+
+  #identify(cns: number, nsid: number): Uint8Array {
+    const page = this.#scratch;
+    page.bytes.fill(0);
+    this.adminCommand(cmd.identify(cns, nsid, page.busAddress(0)), { detail: `CNS 0x${cns.toString(16).padStart(2, "0")} NSID ${nsid}` });
+    return page.bytes;
+  }
+
+  #identifyController(): IdentifyController {
+    return parseIdentifyController(this.#identify(cmd.CNS_CONTROLLER, 0));
+  }
+
+  identifyController(): IdentifyController {
+    this.#check();
+    return this.#identifyController();
+  }
+
+  /** Identify Namespace (CNS 00h). An inactive NSID gives a structure of zeros (NSZE 0). */
+  identifyNamespace(nsid: number): IdentifyNamespace {
+    this.#checkNsid(nsid);
+    return parseIdentifyNamespace(this.#identify(cmd.CNS_NAMESPACE, nsid));
+  }
+
+  /** Active Namespace ID list (CNS 02h), ascending. */
+  activeNamespaces(): number[] {
+    this.#check();
+    return parseNamespaceList(this.#identify(cmd.CNS_ACTIVE_NAMESPACES, 0));
+  }
+
+  #checkNsid(nsid: number): void {
+    this.#check();
+    if (!Number.isInteger(nsid) || nsid < 1 || nsid > this.info.nn) {
+      throw new InvalidArgumentError(`namespace ${nsid} does not exist: this controller has NSIDs 1 to ${this.info.nn} (NN)`);
+    }
+  }
+
+  getFeatures(fid: number, opts: { sel?: number; cdw11?: number; nsid?: number } = {}): number {
+    return this.adminCommand(cmd.getFeatures(fid, opts.sel, opts.cdw11, opts.nsid)).dw0;
+  }
+
+  setFeatures(fid: number, cdw11: number, opts: { save?: boolean; nsid?: number } = {}): number {
+    return this.adminCommand(cmd.setFeatures(fid, cdw11, opts.save, opts.nsid)).dw0;
+  }
+
+  /** Ask for `sqs` I/O SQs and `cqs` CQs; returns what the controller allocated (may differ). */
+  setNumberOfQueues(sqs: number, cqs = sqs): { sqs: number; cqs: number } {
+    if (!Number.isInteger(sqs) || !Number.isInteger(cqs) || sqs < 1 || cqs < 1 || sqs > 65535 || cqs > 65535) {
+      throw new InvalidArgumentError(`Number of Queues asks 1 to 65535 SQs and CQs, got ${sqs} and ${cqs}`);
+    }
+    return cmd.decodeNumberOfQueues(this.adminCommand(cmd.numberOfQueues(sqs, cqs)).dw0);
+  }
+
+  /** Current Number of Queues allocated (Get Features 07h). */
+  numberOfQueues(): { sqs: number; cqs: number } {
+    return cmd.decodeNumberOfQueues(this.getFeatures(cmd.FID_NUMBER_OF_QUEUES));
+  }
+
+  /**
+   * Create an I/O completion queue and a submission queue bound to it, with id `qid`, each of
+   * `entries` entries (2 to CAP.MQES+1). Deleted by deleteQueuePair() or close().
+   */
+  createQueuePair(qid: number, entries: number): QueuePair {
+    this.#check();
+    if (!Number.isInteger(qid) || qid < 1 || qid > 65535) throw new InvalidArgumentError(`I/O queue id ${qid}: must be 1 to 65535`);
+    if (this.#ioQueues.has(qid)) throw new InvalidArgumentError(`I/O queue ${qid} already exists on ${this.backend.name}`);
+    if (!Number.isInteger(entries) || entries < 2 || entries > this.cap.mqes + 1) {
+      throw new InvalidArgumentError(`I/O queue of ${entries} entries: must be 2 to ${this.cap.mqes + 1} (CAP.MQES+1)`);
+    }
+    const qp = new QueuePair(this.backend, qid, entries, this.cap.dstrd, this.timeoutMs);
+    try {
+      this.adminCommand(cmd.createIoCq(qid, entries, qp.cq.mem.busAddress(0)), { detail: `QID ${qid}, ${entries} entries` });
+    } catch (e) {
+      qp.free();
+      throw e;
+    }
+    try {
+      this.adminCommand(cmd.createIoSq(qid, entries, qid, qp.sq.mem.busAddress(0)), { detail: `QID ${qid}, ${entries} entries` });
+    } catch (e) {
+      this.#deleteQuietly(cmd.deleteIoCq(qid));
+      qp.free();
+      throw e;
+    }
+    this.#ioQueues.set(qid, qp);
+    return qp;
+  }
+
+  /** Delete the SQ, then its CQ (a CQ may not be deleted while an SQ uses it), and free both. */
+  deleteQueuePair(qp: QueuePair): void {
+    this.#check();
+    if (this.#ioQueues.get(qp.qid) !== qp) return;
+    this.#ioQueues.delete(qp.qid);
+    try {
+      this.adminCommand(cmd.deleteIoSq(qp.qid));
+      this.adminCommand(cmd.deleteIoCq(qp.qid));
+    } finally {
+      qp.free();
+    }
+  }
+
+  #deleteQuietly(c: cmd.Command): void {
+    try {
+      this.admin.execute(c);
+    } catch {
+      // Already failing; the original error is the one to report.
+    }
+  }
+
+  /** Get Log Page into a fresh copy of `bytes` bytes (multiple of 4; PRP list when over two pages). */
+  getLogPage(lid: number, bytes: number, opts: { nsid?: number; offset?: number } = {}): Uint8Array {
+    this.#check();
+    if (!Number.isInteger(bytes) || bytes <= 0 || bytes % 4 !== 0) {
+      throw new InvalidArgumentError(`log page length must be a positive multiple of 4 bytes, got ${bytes}`);
+    }
+    const nsid = opts.nsid ?? 0xffffffff;
+    if (bytes <= PRP_PAGE_SIZE) {
+      const page = this.#scratch;
+      page.bytes.fill(0);
+      this.adminCommand(cmd.getLogPage(lid, nsid, bytes, page.busAddress(0), 0, opts.offset), { detail: `LID 0x${lid.toString(16)}` });
+      return page.bytes.slice(0, bytes);
+    }
+    const data = new DmaBuffer(this.backend, bytes);
+    const listPages = prpListPages(0, bytes);
+    const list = listPages > 0 ? new DmaBuffer(this.backend, listPages * PRP_PAGE_SIZE) : undefined;
+    try {
+      const { prp1, prp2 } = buildPrp(data, 0, bytes, list);
+      this.adminCommand(cmd.getLogPage(lid, nsid, bytes, prp1, prp2, opts.offset), { detail: `LID 0x${lid.toString(16)}` });
+      return data.bytes.slice(0, bytes);
+    } finally {
+      list?.free();
+      data.free();
+    }
+  }
+
+  /** SMART / Health Information (LID 02h), controller-wide. */
+  smartLog(): ReturnType<typeof parseSmartLog> {
+    return parseSmartLog(this.getLogPage(LID_SMART, 512));
+  }
+
+  /** The newest `entries` Error Information entries (LID 01h; at most ELPE+1 exist). */
+  errorLog(entries = this.info.elpe + 1): ReturnType<typeof parseErrorLog> {
+    const n = Math.max(1, Math.min(entries, this.info.elpe + 1));
+    return parseErrorLog(this.getLogPage(LID_ERROR, n * 64), n);
+  }
+
+  /** Firmware Slot Information (LID 03h). */
+  firmwareSlotLog(): ReturnType<typeof parseFirmwareSlotLog> {
+    return parseFirmwareSlotLog(this.getLogPage(LID_FW_SLOT, 512));
+  }
+
+  /** Ask the controller to abort command `cid` on `sqid`; true when it reports it aborted it (DW0 bit 0 clear). */
+  abort(sqid: number, cid: number): boolean {
+    return (this.adminCommand(cmd.abort(sqid, cid)).dw0 & 1) === 0;
+  }
+
+  /** Allocate DMA memory this controller can reach. Free it before close(), or close() frees it. */
+  allocBuffer(size: number): DmaBuffer {
+    this.#check();
+    return new DmaBuffer(this.backend, size);
+  }
+
+  // ---- teardown --------------------------------------------------------------------------
+
+  /**
+   * Delete I/O queues, send a normal shutdown (CC.SHN, wait for CSTS.SHST complete), disable
+   * (CC.EN = 0, wait for RDY = 0), then free all DMA memory and unmap BAR0. Every step is bounded;
+   * a failing step does not stop the release of the rest. Idempotent.
+   */
+  close(): void {
+    if (this.#closed) return;
+    this.#closed = true;
+    untrack(this);
+    const n = native();
+    const bar0 = this.backend.bar0;
+    let firstError: unknown;
+    const step = (f: () => void) => {
+      try {
+        f();
+      } catch (e) {
+        firstError ??= e;
+      }
+    };
+    const alive = () => n.nvm_read32(bar0, REG_CSTS) !== REG_ALL_ONES;
+    for (const qp of [...this.#ioQueues.values()].reverse()) {
+      step(() => {
+        if (alive()) {
+          this.admin.execute(cmd.deleteIoSq(qp.qid));
+          this.admin.execute(cmd.deleteIoCq(qp.qid));
+        }
+      });
+    }
+    step(() => {
+      if (!alive()) return;
+      const cc = n.nvm_read32(bar0, REG_CC);
+      if ((cc & CC_EN) === 0) return;
+      n.nvm_write32(bar0, REG_CC, (cc & ~CC_SHN_MASK) | CC_SHN_NORMAL);
+      // RTD3E (microseconds) is the controller's own bound on entry latency; 10 s when it gives none.
+      const timeoutMs = Math.max(this.info.rtd3e / 1000, 10_000);
+      const deadline = performance.now() + timeoutMs;
+      while ((n.nvm_read32(bar0, REG_CSTS) & CSTS_SHST_MASK) !== CSTS_SHST_COMPLETE) {
+        if (performance.now() > deadline) throw new NvmeTimeoutError(`${this.backend.name}: shutdown did not complete within ${timeoutMs} ms`, timeoutMs);
+        Bun.sleepSync(1);
+      }
+    });
+    step(() => {
+      if (alive()) this.#disable();
+    });
+    // Nothing points the controller at this memory any more: release it.
+    for (const qp of this.#ioQueues.values()) step(() => qp.free());
+    this.#ioQueues.clear();
+    step(() => this.#scratch.free());
+    step(() => this.admin.free());
+    step(() => this.backend.close());
+    if (firstError !== undefined) throw firstError;
+  }
+
+  [Symbol.dispose](): void {
+    this.close();
+  }
+}
+
+export function readRegisters(backend: Backend): RegisterSnapshot {
+  const n = native();
+  const b = backend.bar0;
+  const lo = n.nvm_read32(b, REG_CAP);
+  const hi = n.nvm_read32(b, REG_CAP + 4);
+  return {
+    cap: (BigInt(hi) << 32n) | BigInt(lo),
+    vs: n.nvm_read32(b, REG_VS),
+    cc: n.nvm_read32(b, REG_CC),
+    csts: n.nvm_read32(b, REG_CSTS),
+    aqa: n.nvm_read32(b, REG_AQA),
+  };
+}
+
+// ---- release on exit and on signals ----------------------------------------------------------
+
+const open = new Set<Controller>();
+const signalHandled = new Set<Controller>();
+const SIGNALS = { SIGINT: 2, SIGTERM: 15, SIGHUP: 1 } as const;
+let hooked = false;
+
+function closeAll(): void {
+  for (const c of [...open]) {
+    try {
+      c.close();
+    } catch {
+      // Exiting anyway: release what can be released.
+    }
+  }
+}
+
+function onSignal(sig: keyof typeof SIGNALS): void {
+  closeAll();
+  process.exit(128 + SIGNALS[sig]);
+}
+
+function track(c: Controller, handleSignals: boolean): void {
+  open.add(c);
+  if (handleSignals) signalHandled.add(c);
+  if (!hooked) {
+    hooked = true;
+    process.on("exit", closeAll);
+  }
+  if (signalHandled.size === 1 && handleSignals) {
+    for (const s of Object.keys(SIGNALS) as (keyof typeof SIGNALS)[]) process.on(s, onSignal);
+  }
+}
+
+function untrack(c: Controller): void {
+  open.delete(c);
+  if (signalHandled.delete(c) && signalHandled.size === 0) {
+    // No controller left to protect: give the signals their default behaviour back.
+    for (const s of Object.keys(SIGNALS) as (keyof typeof SIGNALS)[]) process.off(s, onSignal);
+  }
+}

@@ -1,0 +1,149 @@
+/**
+ * Every error libnvm throws. Each class sets `name` and a stable `code` so callers can branch
+ * without parsing messages; each message names the offending value and what to do about it.
+ */
+import { statusName, statusTypeName } from "./spec/status.ts";
+
+export type NvmeErrorCode =
+  | "ERR_NVME_STATUS"
+  | "ERR_NVME_TIMEOUT"
+  | "ERR_NVME_CONTROLLER_FATAL"
+  | "ERR_NVME_NATIVE"
+  | "ERR_NVME_INVALID_ARGUMENT"
+  | "ERR_NVME_DEVICE"
+  | "ERR_NVME_PERMISSION"
+  | "ERR_NVME_CLOSED"
+  | "ERR_NVME_PARSE";
+
+export abstract class NvmeError extends Error {
+  abstract readonly code: NvmeErrorCode;
+}
+
+/** Where a failed command came from, for the message and for callers that log it. */
+export interface CommandContext {
+  /** Command name as the specification prints it, e.g. "Identify" or "Read". */
+  readonly command: string;
+  readonly opcode: number;
+  readonly cid: number;
+  /** 0 for the admin queue. */
+  readonly sqid: number;
+  /** Extra text such as "@ LBA 123, 8 blocks" or "CNS 0x01". */
+  readonly detail?: string;
+}
+
+/** The controller completed a command with a non-zero status (NVMe base spec, Completion Queue Entry DW3). */
+export class NvmeStatusError extends NvmeError {
+  override readonly name = "NvmeStatusError";
+  readonly code = "ERR_NVME_STATUS" as const;
+  /** Status Code Type (SCT), bits 27:25 of DW3. */
+  readonly sct: number;
+  /** Status Code (SC), bits 24:17 of DW3. */
+  readonly sc: number;
+  /** Do Not Retry (DNR), bit 31. */
+  readonly dnr: boolean;
+  /** More (M), bit 30: a log page has more information. */
+  readonly more: boolean;
+  /** Command Retry Delay (CRD), bits 29:28. */
+  readonly crd: number;
+  readonly command: string;
+  readonly opcode: number;
+  readonly cid: number;
+  readonly sqid: number;
+  /** Human-readable status name from the specification's tables. */
+  readonly status: string;
+
+  /** `status` is the 15-bit Status Field (DW3 bits 31:17 shifted down by 17). */
+  constructor(status: number, ctx: CommandContext) {
+    const sc = status & 0xff;
+    const sct = (status >>> 8) & 0x7;
+    const crd = (status >>> 11) & 0x3;
+    const more = ((status >>> 13) & 1) === 1;
+    const dnr = ((status >>> 14) & 1) === 1;
+    const name = statusName(sct, sc);
+    const hex = (v: number) => "0x" + v.toString(16);
+    const where = ctx.detail ? ` ${ctx.detail}` : "";
+    super(
+      `${ctx.command}(0x${ctx.opcode.toString(16).padStart(2, "0")})${where}: ${name} ` +
+        `(sct ${hex(sct)} ${statusTypeName(sct)} / sc ${hex(sc)})${dnr ? " DNR" : ""}${more ? " MORE" : ""} ` +
+        `[sqid ${ctx.sqid}, cid ${ctx.cid}]`,
+    );
+    this.sct = sct;
+    this.sc = sc;
+    this.dnr = dnr;
+    this.more = more;
+    this.crd = crd;
+    this.command = ctx.command;
+    this.opcode = ctx.opcode;
+    this.cid = ctx.cid;
+    this.sqid = ctx.sqid;
+    this.status = name;
+  }
+}
+
+/** A command did not complete before its deadline, or the controller did not change state within CAP.TO. */
+export class NvmeTimeoutError extends NvmeError {
+  override readonly name = "NvmeTimeoutError";
+  readonly code = "ERR_NVME_TIMEOUT" as const;
+  constructor(
+    message: string,
+    readonly timeoutMs: number,
+  ) {
+    super(message);
+  }
+}
+
+/** CSTS.CFS is set, or CSTS reads all ones (the device is gone from the bus). */
+export class ControllerFatalError extends NvmeError {
+  override readonly name = "ControllerFatalError";
+  readonly code = "ERR_NVME_CONTROLLER_FATAL" as const;
+  constructor(
+    message: string,
+    readonly csts: number,
+  ) {
+    super(message);
+  }
+}
+
+/** A call into the C library failed with an errno. */
+export class NativeError extends NvmeError {
+  override readonly name = "NativeError";
+  readonly code = "ERR_NVME_NATIVE" as const;
+  constructor(
+    message: string,
+    readonly errno: number,
+    readonly call: string,
+    readonly path?: string,
+  ) {
+    super(message);
+  }
+}
+
+/** The caller passed something the library or the controller cannot accept; nothing was sent to the device. */
+export class InvalidArgumentError extends NvmeError {
+  override readonly name = "InvalidArgumentError";
+  readonly code = "ERR_NVME_INVALID_ARGUMENT" as const;
+}
+
+/** The device cannot be used as asked: not found, not NVMe, bound to a kernel driver. */
+export class DeviceError extends NvmeError {
+  override readonly name = "DeviceError";
+  readonly code = "ERR_NVME_DEVICE" as const;
+}
+
+/** The process lacks a privilege or a resource limit is too low (CAP_SYS_ADMIN, memlock). */
+export class PermissionError extends NvmeError {
+  override readonly name = "PermissionError";
+  readonly code = "ERR_NVME_PERMISSION" as const;
+}
+
+/** The controller, queue or buffer was used after close(). */
+export class ClosedError extends NvmeError {
+  override readonly name = "ClosedError";
+  readonly code = "ERR_NVME_CLOSED" as const;
+}
+
+/** A structure returned by the controller is too short or self-contradictory. */
+export class ParseError extends NvmeError {
+  override readonly name = "ParseError";
+  readonly code = "ERR_NVME_PARSE" as const;
+}

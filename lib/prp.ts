@@ -1,0 +1,71 @@
+/**
+ * Physical Region Page entries (NVMe Base 2.0, 4.1.1): how a command names its data.
+ * PRP1 may start inside a page; every later entry is page aligned. Two pages fit in
+ * PRP1+PRP2; more need PRP2 to point at a list, whose last entry chains to the next list
+ * page when the transfer needs more than a page of entries.
+ */
+import { InvalidArgumentError } from "./errors.ts";
+import type { DmaBuffer } from "./dma.ts";
+
+export const PRP_PAGE_SIZE = 4096;
+const ENTRIES_PER_LIST = PRP_PAGE_SIZE / 8;
+const TWO32 = 0x1_0000_0000;
+
+export interface PrpPair {
+  prp1: number;
+  prp2: number;
+}
+
+/** How many list pages a transfer of `length` bytes starting at page offset `first` needs. */
+export function prpListPages(first: number, length: number): number {
+  const pages = Math.ceil(((first % PRP_PAGE_SIZE) + length) / PRP_PAGE_SIZE);
+  if (pages <= 2) return 0;
+  const entries = pages - 1; // PRP1 covers the first page
+  // Each full list page holds 511 entries plus a chain pointer, except the last.
+  return entries <= ENTRIES_PER_LIST ? 1 : Math.ceil((entries - 1) / (ENTRIES_PER_LIST - 1));
+}
+
+/**
+ * Describe [offset, offset+length) of `data`; writes list entries into `list` (a DMA buffer
+ * of at least prpListPages() pages, starting at listOffset) when more than two pages are needed.
+ */
+export function buildPrp(data: DmaBuffer, offset: number, length: number, list?: DmaBuffer, listOffset = 0): PrpPair {
+  if (length <= 0) throw new InvalidArgumentError(`transfer length must be positive, got ${length}`);
+  if (offset < 0 || offset + length > data.size) {
+    throw new InvalidArgumentError(`buffer too small: ${offset}+${length} bytes asked of a ${data.size}-byte DMA buffer`);
+  }
+  const prp1 = data.busAddress(offset);
+  const firstPageBytes = PRP_PAGE_SIZE - (offset % PRP_PAGE_SIZE);
+  if (length <= firstPageBytes) return { prp1, prp2: 0 };
+  const nextPage = offset + firstPageBytes;
+  if (length <= firstPageBytes + PRP_PAGE_SIZE) return { prp1, prp2: data.busAddress(nextPage) };
+
+  const need = prpListPages(offset, length);
+  if (!list || listOffset % PRP_PAGE_SIZE !== 0 || listOffset + need * PRP_PAGE_SIZE > list.size) {
+    throw new InvalidArgumentError(`a ${length}-byte transfer needs ${need} PRP list page(s)`);
+  }
+  const u32 = list.u32;
+  let remaining = length - firstPageBytes;
+  let page = nextPage;
+  let listPage = listOffset;
+  let slot = 0;
+  while (remaining > 0) {
+    // Last slot of a list page chains to the next one, unless this entry is the final one.
+    if (slot === ENTRIES_PER_LIST - 1 && remaining > PRP_PAGE_SIZE) {
+      const next = list.busAddress(listPage + PRP_PAGE_SIZE);
+      const o = (listPage + slot * 8) / 4;
+      u32[o] = next % TWO32 >>> 0;
+      u32[o + 1] = Math.floor(next / TWO32);
+      listPage += PRP_PAGE_SIZE;
+      slot = 0;
+    }
+    const addr = data.busAddress(page);
+    const o = (listPage + slot * 8) / 4;
+    u32[o] = addr % TWO32 >>> 0;
+    u32[o + 1] = Math.floor(addr / TWO32);
+    slot++;
+    page += PRP_PAGE_SIZE;
+    remaining -= PRP_PAGE_SIZE;
+  }
+  return { prp1, prp2: list.busAddress(listOffset) };
+}

@@ -1,0 +1,250 @@
+/**
+ * Submission and completion queue rings in DMA memory (NVMe Base 2.0, 3.3.1) and a queue pair
+ * that runs one command at a time to completion (the admin path, setup, tools). The rings are
+ * plain state plus typed-array views: no allocation per command.
+ */
+import type { Pointer } from "bun:ffi";
+import { ControllerFatalError, InvalidArgumentError, NvmeStatusError, NvmeTimeoutError } from "./errors.ts";
+import { native } from "./native.ts";
+import {
+  CID_MAX,
+  commandName,
+  CQE_DWORDS,
+  CQE_SIZE,
+  cqeCid,
+  cqeSqhd,
+  cqeStatus,
+  SQE_DWORDS,
+  SQE_SIZE,
+  writeCommand,
+  type Command,
+} from "./spec/commands.ts";
+import { CSTS_CFS, REG_ALL_ONES, REG_CSTS, cqHeadDoorbell, sqTailDoorbell } from "./spec/registers.ts";
+import { DmaBuffer } from "./dma.ts";
+import type { Backend } from "./backends/types.ts";
+
+export class SubmissionQueue {
+  readonly mem: DmaBuffer;
+  /** The ring as dwords; the entry in slot i starts at i * 16. */
+  readonly sqe: Uint32Array;
+  /** Next slot the host fills. */
+  tail = 0;
+  /** Last SQ Head Pointer (SQHD) reported by the controller in a CQE. */
+  head = 0;
+
+  constructor(
+    backend: Backend,
+    readonly qid: number,
+    readonly entries: number,
+    readonly doorbell: number,
+    private readonly bar0: Pointer,
+  ) {
+    this.mem = new DmaBuffer(backend, entries * SQE_SIZE, { contiguous: true });
+    this.sqe = this.mem.u32;
+  }
+
+  /** Full when advancing the tail would make it equal the head (one slot always stays empty). */
+  get full(): boolean {
+    const next = this.tail + 1 === this.entries ? 0 : this.tail + 1;
+    return next === this.head;
+  }
+
+  /** Entries the controller has not yet fetched. */
+  get pending(): number {
+    return (this.tail - this.head + this.entries) % this.entries;
+  }
+
+  /** Dword offset of the slot at the tail; advance() commits it. */
+  get slot(): number {
+    return this.tail * SQE_DWORDS;
+  }
+
+  advance(): void {
+    this.tail = this.tail + 1 === this.entries ? 0 : this.tail + 1;
+  }
+
+  /** Tell the controller about every entry up to the tail (one doorbell per batch). */
+  ring(): void {
+    native().nvm_doorbell(this.bar0, this.doorbell, this.tail);
+  }
+}
+
+export class CompletionQueue {
+  readonly mem: DmaBuffer;
+  /** The ring as dwords; entry i starts at i * 4. */
+  readonly cqe: Uint32Array;
+  head = 0;
+  /** Phase Tag expected of new entries: 1 on the first pass, inverted at each wrap. */
+  phase = 1;
+
+  constructor(
+    backend: Backend,
+    readonly qid: number,
+    readonly entries: number,
+    readonly doorbell: number,
+    private readonly bar0: Pointer,
+  ) {
+    this.mem = new DmaBuffer(backend, entries * CQE_SIZE, { contiguous: true });
+    this.cqe = this.mem.u32;
+  }
+
+  /**
+   * Dword offset of the entry at the head if the controller has posted it, else -1.
+   * Atomics.load because plain loads in a polling loop are hoisted by the JIT; the phase
+   * is read first, the rest of the entry is valid only after it.
+   */
+  peek(): number {
+    const o = this.head * CQE_DWORDS;
+    return ((Atomics.load(this.cqe, o + 3) >>> 16) & 1) === this.phase ? o : -1;
+  }
+
+  /** Consume the entry at the head. */
+  pop(): void {
+    if (++this.head === this.entries) {
+      this.head = 0;
+      this.phase ^= 1;
+    }
+  }
+
+  /** Release consumed entries to the controller (once per batch). */
+  ring(): void {
+    native().nvm_doorbell(this.bar0, this.doorbell, this.head);
+  }
+}
+
+export interface Completion {
+  /** Command specific DW0 (e.g. Number of Queues granted). */
+  readonly dw0: number;
+  readonly dw1: number;
+  readonly cid: number;
+}
+
+export interface ExecOptions {
+  /** Milliseconds before NvmeTimeoutError. Defaults to the pair's timeout. */
+  readonly timeoutMs?: number;
+  /** Text for error messages, e.g. "@ LBA 8, 16 blocks". */
+  readonly detail?: string;
+}
+
+/**
+ * One SQ and its CQ, used synchronously: post one command, spin (bounded) for its completion.
+ * For the admin queue and for tools; the pipelined I/O path builds on the same rings.
+ */
+export class QueuePair {
+  readonly sq: SubmissionQueue;
+  readonly cq: CompletionQueue;
+  #cid = 0;
+  /** CIDs posted and not yet completed (a timed-out command may still complete later). */
+  readonly #outstanding = new Set<number>();
+
+  constructor(
+    private readonly backend: Backend,
+    readonly qid: number,
+    entries: number,
+    dstrd: number,
+    readonly timeoutMs: number,
+  ) {
+    if (!Number.isInteger(entries) || entries < 2) throw new InvalidArgumentError(`a queue needs at least 2 entries, got ${entries}`);
+    this.cq = new CompletionQueue(backend, qid, entries, cqHeadDoorbell(qid, dstrd), backend.bar0);
+    try {
+      this.sq = new SubmissionQueue(backend, qid, entries, sqTailDoorbell(qid, dstrd), backend.bar0);
+    } catch (e) {
+      this.cq.mem.free();
+      throw e;
+    }
+  }
+
+  get admin(): boolean {
+    return this.qid === 0;
+  }
+
+  #nextCid(): number {
+    // Skip CIDs still outstanding so two live commands never share one.
+    for (let i = 0; i <= CID_MAX; i++) {
+      const cid = this.#cid;
+      this.#cid = cid === CID_MAX ? 0 : cid + 1;
+      if (!this.#outstanding.has(cid)) return cid;
+    }
+    throw new InvalidArgumentError(`queue ${this.qid}: every command identifier is outstanding`);
+  }
+
+  /** Post `cmd`, ring, and wait for its completion; NvmeStatusError on a non-zero status. */
+  execute(cmd: Command, opts: ExecOptions = {}): Completion {
+    const timeoutMs = opts.timeoutMs ?? this.timeoutMs;
+    this.reap();
+    if (this.sq.full) {
+      throw new NvmeTimeoutError(`queue ${this.qid} is full of commands that never completed`, timeoutMs);
+    }
+    const cid = this.#nextCid();
+    writeCommand(this.sq.sqe, this.sq.slot, cid, cmd);
+    this.sq.advance();
+    this.#outstanding.add(cid);
+    this.sq.ring();
+
+    const n = native();
+    const bar0 = this.backend.bar0;
+    const deadline = performance.now() + timeoutMs;
+    for (let spins = 0; ; spins++) {
+      const o = this.cq.peek();
+      if (o >= 0) {
+        const cq = this.cq.cqe;
+        const got = cqeCid(cq, o);
+        const status = cqeStatus(cq, o);
+        const dw0 = cq[o]!;
+        const dw1 = cq[o + 1]!;
+        this.sq.head = cqeSqhd(cq, o);
+        this.#outstanding.delete(got);
+        this.cq.pop();
+        this.cq.ring();
+        if (got !== cid) continue; // a late completion of an earlier, timed-out command
+        if (status !== 0) {
+          throw new NvmeStatusError(status, {
+            command: commandName(cmd.opcode, this.admin),
+            opcode: cmd.opcode,
+            cid,
+            sqid: this.qid,
+            detail: opts.detail,
+          });
+        }
+        return { dw0, dw1, cid };
+      }
+      if ((spins & 255) === 255) {
+        if (performance.now() > deadline) {
+          throw new NvmeTimeoutError(
+            `${commandName(cmd.opcode, this.admin)} (cid ${cid}) on queue ${this.qid} did not complete within ${timeoutMs} ms`,
+            timeoutMs,
+          );
+        }
+        // CSTS is an uncached read: look at it now and then, not on every spin.
+        const csts = (spins & 16383) === 16383 ? n.nvm_read32(bar0, REG_CSTS) : 0;
+        if (csts === REG_ALL_ONES || (csts & CSTS_CFS) !== 0) {
+          throw new ControllerFatalError(
+            csts === REG_ALL_ONES
+              ? `${this.backend.name}: controller registers read all ones: the device is gone`
+              : `${this.backend.name}: Controller Fatal Status (CSTS.CFS) set while waiting for ${commandName(cmd.opcode, this.admin)}; reopen to reset it`,
+            csts,
+          );
+        }
+      }
+    }
+  }
+
+  /** Consume completions already posted (late ones of timed-out commands). */
+  reap(): number {
+    let n = 0;
+    for (let o = this.cq.peek(); o >= 0; o = this.cq.peek()) {
+      this.sq.head = cqeSqhd(this.cq.cqe, o);
+      this.#outstanding.delete(cqeCid(this.cq.cqe, o));
+      this.cq.pop();
+      n++;
+    }
+    if (n > 0) this.cq.ring();
+    return n;
+  }
+
+  /** Free the rings (the controller must no longer use them). */
+  free(): void {
+    this.sq.mem.free();
+    this.cq.mem.free();
+  }
+}

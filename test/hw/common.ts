@@ -1,0 +1,80 @@
+/**
+ * What every hardware test needs: the controller's address and what QEMU was started with.
+ * Outside the guest (or without LIBNVM_TEST_CTRL) the tests FAIL with the way to run them:
+ * a hardware test that silently skips is a defect.
+ */
+import { setDefaultTimeout } from "bun:test";
+import { join } from "node:path";
+
+// TCG emulation is slow: an admin command takes ~0.1-0.3 ms and a bun start ~1 s.
+setDefaultTimeout(120_000);
+
+export interface ExpectedNamespace {
+  nsid: number;
+  sizeBytes: number;
+  lbaSize: number;
+}
+
+export interface Expected {
+  serial: string;
+  mdts?: number;
+  maxIoQpairs?: number;
+  namespaces: ExpectedNamespace[];
+}
+
+export const REPO = join(import.meta.dir, "..", "..");
+
+export function ctrlAddress(): string {
+  const c = process.env.LIBNVM_TEST_CTRL;
+  if (!c) {
+    throw new Error(
+      "hardware tests need a controller: run `bun run test` (boots the QEMU guest), or set LIBNVM_TEST_CTRL=<BDF> " +
+        "(and LIBNVM_TEST_EXPECT) to run them on a real, unbound controller whose data may be lost",
+    );
+  }
+  return c;
+}
+
+/** The configuration QEMU was started with (JSON from test/vm/run.ts); undefined on real hardware. */
+export function expected(): Expected | undefined {
+  const e = process.env.LIBNVM_TEST_EXPECT;
+  return e ? (JSON.parse(e) as Expected) : undefined;
+}
+
+export function requireExpected(): Expected {
+  const e = expected();
+  if (!e) throw new Error("LIBNVM_TEST_EXPECT is not set: this test compares against the QEMU configuration");
+  return e;
+}
+
+/** Run a fixture script as a separate process (a second owner, or a victim to kill). */
+export function spawnFixture(name: string, args: string[] = []) {
+  return Bun.spawn(["bun", join(import.meta.dir, "fixtures", name), ctrlAddress(), ...args], {
+    stdout: "pipe",
+    stderr: "pipe",
+    cwd: REPO,
+  });
+}
+
+/** Read lines from a child's stdout until one matches, bounded by `timeoutMs`. */
+export async function waitForLine(stream: ReadableStream<Uint8Array>, want: RegExp, timeoutMs: number): Promise<string> {
+  const reader = stream.getReader();
+  const dec = new TextDecoder();
+  let buf = "";
+  const deadline = Date.now() + timeoutMs;
+  try {
+    while (Date.now() < deadline) {
+      const r = await Promise.race([
+        reader.read(),
+        Bun.sleep(Math.max(1, deadline - Date.now())).then(() => undefined),
+      ]);
+      if (!r) break;
+      if (r.done) break;
+      buf += dec.decode(r.value, { stream: true });
+      for (const line of buf.split("\n")) if (want.test(line)) return line;
+    }
+  } finally {
+    reader.releaseLock();
+  }
+  throw new Error(`child did not print ${want} within ${timeoutMs} ms; it printed: ${JSON.stringify(buf)}`);
+}

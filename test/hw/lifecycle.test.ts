@@ -1,0 +1,70 @@
+/** Nothing is left enabled behind a process: close(), SIGTERM, and recovery after SIGKILL. */
+import { describe, expect, test } from "bun:test";
+import { Controller, registers } from "../../lib/index.ts";
+import { ctrlAddress, spawnFixture, waitForLine } from "./common.ts";
+
+async function registersFromNewProcess() {
+  const p = spawnFixture("regs.ts");
+  const [out, err, code] = await Promise.all([new Response(p.stdout).text(), new Response(p.stderr).text(), p.exited]);
+  if (code !== 0) throw new Error(`regs.ts exited ${code}: ${err}`);
+  return JSON.parse(out) as { cc: number; csts: number };
+}
+
+describe("release", () => {
+  test("after close() the controller is disabled (CC.EN=0, CSTS.RDY=0), seen from a new process", async () => {
+    const c = Controller.open(ctrlAddress());
+    expect(registers.decodeCsts(c.registers().csts).rdy).toBe(true);
+    c.close();
+    c.close(); // idempotent
+    const r = await registersFromNewProcess();
+    expect(registers.decodeCc(r.cc).en).toBe(false);
+    expect(registers.decodeCsts(r.csts).rdy).toBe(false);
+  });
+
+  test("a child that closes and exits leaves the controller disabled", async () => {
+    const p = spawnFixture("hold.ts", ["--close"]);
+    expect(await p.exited).toBe(0);
+    const r = await registersFromNewProcess();
+    expect(registers.decodeCsts(r.csts).rdy).toBe(false);
+  });
+
+  test("SIGTERM: the process shuts the controller down and exits 143", async () => {
+    const p = spawnFixture("hold.ts");
+    await waitForLine(p.stdout, /^ready/, 60_000);
+    const before = await registersFromNewProcess();
+    expect(registers.decodeCsts(before.csts).rdy).toBe(true); // the holder has it enabled
+    p.kill("SIGTERM");
+    expect(await p.exited).toBe(143);
+    const r = await registersFromNewProcess();
+    expect(registers.decodeCc(r.cc).en).toBe(false);
+    expect(registers.decodeCsts(r.csts).rdy).toBe(false);
+  });
+
+  test("SIGTERM while busy with admin commands also shuts down", async () => {
+    const p = spawnFixture("hold.ts", ["--busy"]);
+    await waitForLine(p.stdout, /^ready/, 60_000);
+    await Bun.sleep(200);
+    p.kill("SIGTERM");
+    expect(await p.exited).toBe(143);
+    const r = await registersFromNewProcess();
+    expect(registers.decodeCsts(r.csts).rdy).toBe(false);
+  });
+
+  test("SIGKILL mid-command: a new open resets and identifies", async () => {
+    const p = spawnFixture("hold.ts", ["--busy"]);
+    await waitForLine(p.stdout, /^ready/, 60_000);
+    await Bun.sleep(300);
+    p.kill("SIGKILL");
+    expect(await p.exited).not.toBe(0);
+    // Nothing could run in the killed process: the controller is still enabled with its queues.
+    const left = await registersFromNewProcess();
+    expect(registers.decodeCsts(left.csts).rdy).toBe(true);
+    const c = Controller.open(ctrlAddress());
+    try {
+      expect(c.identifyController().mn).toBe("QEMU NVMe Ctrl");
+      for (let i = 0; i < 100; i++) c.numberOfQueues();
+    } finally {
+      c.close();
+    }
+  });
+});

@@ -1,0 +1,437 @@
+/**
+ * Boot a throw-away QEMU (TCG) guest with an emulated NVMe controller and run a shell script in it.
+ *
+ * The guest runs the HOST's own root file system (9p, read-only) in a chroot, so the project checkout,
+ * Bun and the C library build are used unchanged. A per-run temp dir is shared read-write as /run/xchg:
+ * run.ts writes cmd.sh and env there, the guest's /init (test/vm/init.sh) writes output.log and rc.
+ * Provision the kernel and initramfs first with `bash test/vm/setup.sh`.
+ *
+ * Library use:
+ *   const r = await runInGuest("bun test ./test/hw", { serial: "deadbeef", namespaces: [...] });
+ *   r.code; r.output; r.images; await cleanup(r);
+ *
+ * CLI:
+ *   bun test/vm/run.ts [--serial S] [--ns 64M:512,32M:4096] [--mdts N] [--qpairs N] [--machine pc|q35]
+ *                      [--mem MiB] [--timeout SEC] [--env K=V]... [--kernel-arg A]... [--qemu-arg A]...
+ *                      [--no-ctrl] [--keep] [--quiet] -- <shell command>
+ */
+import { mkdtemp, mkdir, open, readFile, rm, symlink, writeFile } from "node:fs/promises";
+import { existsSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join, resolve } from "node:path";
+
+export interface NamespaceSpec {
+  nsid: number;
+  sizeBytes: number;
+  lbaSize: 512 | 4096;
+}
+
+export interface GuestConfig {
+  /** Controller serial number, e.g. "deadbeef". */
+  serial: string;
+  /** `-device nvme mdts=` (QEMU 7.2 default: 7, i.e. 512 KiB with 4 KiB pages). */
+  mdts?: number;
+  /** `-device nvme max_ioqpairs=` (QEMU 7.2 default: 64). */
+  maxIoQpairs?: number;
+  /** Each one a fresh zero-filled (sparse) raw image attached with `-device nvme-ns`. */
+  namespaces: NamespaceSpec[];
+  /** Default "pc". */
+  machine?: "pc" | "q35";
+  /** Default 2048. */
+  memoryMiB?: number;
+  extraQemuArgs?: string[];
+  kernelArgs?: string[];
+  /** Harness self-check only: boot WITHOUT the NVMe controller (the harness must then fail). */
+  noController?: boolean;
+}
+
+export interface GuestResult {
+  /**
+   * The command's exit status (from xchg/rc). 124: timed out (QEMU killed). 125: the command's status is
+   * unknown: QEMU failed to start, the guest did not boot, or it died before the command finished
+   * (see `error`).
+   */
+  code: number;
+  /** The command's stdout+stderr (xchg/output.log; falls back to the console when that is missing). */
+  output: string;
+  /** The per-run exchange dir, /run/xchg in the guest (cmd.sh, env, output.log, rc). */
+  xchgDir: string;
+  /** Namespace image paths, in `config.namespaces` order; intact after the guest powered off. */
+  images: string[];
+  /** Everything written to the serial console (kernel, /init markers, the command's output). */
+  console: string;
+  /** True when the guest's /init ran (its "libnvm-vm: init started" marker was seen). */
+  booted: boolean;
+  timedOut: boolean;
+  /** Set when `code` is not the command's own status. */
+  error?: string;
+  /** PCI address of the controller in the guest (also LIBNVM_TEST_CTRL there). */
+  ctrl: string;
+  /** Wall time from QEMU start to QEMU exit. */
+  durationMs: number;
+  /** Temp dir holding xchgDir and the images; `cleanup()` removes it. */
+  tmpDir: string;
+}
+
+export interface RunOptions {
+  /** Extra environment for the command (written to xchg/env). */
+  env?: Record<string, string>;
+  /** Hard timeout for the whole boot + run + power off; default 300. */
+  timeoutSec?: number;
+  /** Stream the serial console to the host's stderr; default true. */
+  echo?: boolean;
+}
+
+export const REPO_ROOT = resolve(import.meta.dir, "../..");
+export const VM_CACHE = process.env.LIBNVM_VM_CACHE
+  ? resolve(process.env.LIBNVM_VM_CACHE)
+  : join(REPO_ROOT, ".cache/vm");
+
+/** QEMU 7.2's defaults, reported in LIBNVM_TEST_EXPECT when the config leaves them unset. */
+const QEMU_DEFAULT_MDTS = 7;
+const QEMU_DEFAULT_MAX_IOQPAIRS = 64;
+/** Slot of the NVMe controller on the root bus: free on both pc and q35. */
+const CTRL_SLOT = 4;
+const BOOT_MARKER = "libnvm-vm: init started";
+// eslint-disable-next-line no-control-regex
+const TERMINAL_ESCAPES = /\x1b(?:\[[0-9;?]*[A-Za-z]|[c78])/g;
+
+function shQuote(s: string): string {
+  return `'${s.replaceAll("'", `'\\''`)}'`;
+}
+
+/** QEMU option values: a comma is written as ",,". */
+function qemuVal(s: string): string {
+  return s.replaceAll(",", ",,");
+}
+
+function validate(config: GuestConfig): void {
+  if (!config.serial || config.serial.length > 20) throw new Error(`serial must be 1..20 characters`);
+  const seen = new Set<number>();
+  for (const ns of config.namespaces) {
+    if (!Number.isInteger(ns.nsid) || ns.nsid < 1 || ns.nsid > 256) throw new Error(`bad nsid ${ns.nsid}`);
+    if (seen.has(ns.nsid)) throw new Error(`duplicate nsid ${ns.nsid}`);
+    seen.add(ns.nsid);
+    if (ns.lbaSize !== 512 && ns.lbaSize !== 4096) throw new Error(`nsid ${ns.nsid}: lbaSize must be 512 or 4096`);
+    if (!Number.isSafeInteger(ns.sizeBytes) || ns.sizeBytes <= 0 || ns.sizeBytes % ns.lbaSize !== 0) {
+      throw new Error(`nsid ${ns.nsid}: sizeBytes must be a positive multiple of ${ns.lbaSize}`);
+    }
+  }
+  if (config.mdts !== undefined && (!Number.isInteger(config.mdts) || config.mdts < 0 || config.mdts > 255)) {
+    throw new Error(`bad mdts ${config.mdts}`);
+  }
+  if (config.maxIoQpairs !== undefined && (!Number.isInteger(config.maxIoQpairs) || config.maxIoQpairs < 1)) {
+    throw new Error(`bad maxIoQpairs ${config.maxIoQpairs}`);
+  }
+}
+
+/** The guest-visible PCI address of the controller for a config. */
+export function controllerBdf(_config: GuestConfig): string {
+  // pc: 00.0 host bridge, 01.x PIIX3, 02.0 VGA, 03.0 (NIC, none with -net none); q35: 00.0, 01.0 VGA, 1f.x.
+  return `0000:00:${CTRL_SLOT.toString(16).padStart(2, "0")}.0`;
+}
+
+/** The GuestConfig as the guest sees it in LIBNVM_TEST_EXPECT: defaults filled in, plus the BDF. */
+export function expectedConfig(config: GuestConfig): GuestConfig & { ctrl: string } {
+  return {
+    serial: config.serial,
+    mdts: config.mdts ?? QEMU_DEFAULT_MDTS,
+    maxIoQpairs: config.maxIoQpairs ?? QEMU_DEFAULT_MAX_IOQPAIRS,
+    namespaces: config.namespaces.map((n) => ({ nsid: n.nsid, sizeBytes: n.sizeBytes, lbaSize: n.lbaSize })),
+    machine: config.machine ?? "pc",
+    memoryMiB: config.memoryMiB ?? 2048,
+    ...(config.noController ? { noController: true } : {}),
+    ctrl: controllerBdf(config),
+  };
+}
+
+function vmFiles(): { vmlinux: string; initrd: string; modroot: string; kver: string } {
+  const vmlinux = join(VM_CACHE, "vmlinux");
+  const initrd = join(VM_CACHE, "initrd.gz");
+  const kverFile = join(VM_CACHE, "kernel-version");
+  for (const f of [vmlinux, initrd, kverFile]) {
+    if (!existsSync(f)) throw new Error(`${f} is missing: run \`bash test/vm/setup.sh\` first`);
+  }
+  return { vmlinux, initrd, modroot: join(VM_CACHE, "root"), kver: "" };
+}
+
+export async function runInGuest(script: string, config: GuestConfig, opts: RunOptions = {}): Promise<GuestResult> {
+  validate(config);
+  const echo = opts.echo ?? true;
+  const timeoutSec = opts.timeoutSec ?? 300;
+  const files = vmFiles();
+  files.kver = (await readFile(join(VM_CACHE, "kernel-version"), "utf8")).trim();
+  const ctrl = controllerBdf(config);
+
+  const tmpDir = await mkdtemp(join(tmpdir(), "libnvm-vm-"));
+  const xchgDir = join(tmpDir, "xchg");
+  await mkdir(xchgDir);
+
+  // Namespace images: sparse zero-filled raw files.
+  const images: string[] = [];
+  for (const ns of config.namespaces) {
+    const img = join(tmpDir, `ns${ns.nsid}.img`);
+    const fh = await open(img, "w");
+    await fh.truncate(ns.sizeBytes);
+    await fh.close();
+    images.push(img);
+  }
+
+  // xchg/env: sourced by cmd.sh with `set -a`.
+  const env: Record<string, string> = {
+    LIBNVM_TEST_CTRL: ctrl,
+    LIBNVM_TEST_EXPECT: JSON.stringify(expectedConfig(config)),
+    LIBNVM_VM_XCHG: "/run/xchg",
+    LIBNVM_VM_MODROOT: files.modroot,
+    LIBNVM_VM_KVER: files.kver,
+    ...opts.env,
+  };
+  let envText = "# written by test/vm/run.ts; sourced by cmd.sh\n";
+  for (const [k, v] of Object.entries(env)) {
+    if (!/^[A-Za-z_][A-Za-z0-9_]*$/.test(k)) throw new Error(`bad environment variable name ${JSON.stringify(k)}`);
+    envText += `${k}=${shQuote(v)}\n`;
+  }
+  await writeFile(join(xchgDir, "env"), envText);
+  await mkdir(join(xchgDir, "bin"));
+  await symlink(process.execPath, join(xchgDir, "bin", "bun"));
+  await writeFile(
+    join(xchgDir, "cmd.sh"),
+    [
+      "# written by test/vm/run.ts; run by the guest's /init as: chroot /mnt/host /bin/sh /run/xchg/cmd.sh",
+      "set -a",
+      ". /run/xchg/env",
+      "set +a",
+      // The Bun that runs this file on the host is `bun` in the guest too (xchg/bin/bun links to it; the
+      // host root is the guest's root, so it is there even when it lives in ~/.bun or node_modules).
+      `PATH=/run/xchg/bin:"$PATH"`,
+      `cd ${shQuote(REPO_ROOT)} || exit 126`,
+      script,
+      "",
+    ].join("\n"),
+  );
+
+  const machine = config.machine ?? "pc";
+  const append = ["console=ttyS0", "quiet", "panic=-1", ...(config.kernelArgs ?? [])].join(" ");
+  const args = [
+    "-accel", "tcg", "-cpu", "max", "-machine", machine,
+    "-m", `${config.memoryMiB ?? 2048}M`, "-smp", "2",
+    "-nographic", "-no-reboot",
+    "-kernel", files.vmlinux, "-initrd", files.initrd, "-append", append,
+  ];
+  if (!config.noController) {
+    let dev = `nvme,id=c0,serial=${qemuVal(config.serial)},addr=${CTRL_SLOT.toString(16).padStart(2, "0")}.0`;
+    if (config.mdts !== undefined) dev += `,mdts=${config.mdts}`;
+    if (config.maxIoQpairs !== undefined) dev += `,max_ioqpairs=${config.maxIoQpairs}`;
+    args.push("-device", dev);
+    config.namespaces.forEach((ns, i) => {
+      const id = `ns${ns.nsid}`;
+      args.push("-drive", `file=${qemuVal(images[i]!)},if=none,id=${id},format=raw,cache=unsafe`);
+      args.push(
+        "-device",
+        `nvme-ns,drive=${id},bus=c0,nsid=${ns.nsid},logical_block_size=${ns.lbaSize},physical_block_size=${ns.lbaSize}`,
+      );
+    });
+  }
+  args.push(
+    "-virtfs", "local,path=/,mount_tag=host,security_model=none,readonly=on,multidevs=remap",
+    "-virtfs", `local,path=${qemuVal(xchgDir)},mount_tag=xchg,security_model=none`,
+    "-net", "none",
+    ...(config.extraQemuArgs ?? []),
+  );
+
+  const t0 = performance.now();
+  const proc = Bun.spawn(["qemu-system-x86_64", ...args], { stdin: "ignore", stdout: "pipe", stderr: "pipe" });
+  let timedOut = false;
+  const killer = setTimeout(() => {
+    timedOut = true;
+    proc.kill("SIGTERM");
+    setTimeout(() => proc.kill("SIGKILL"), 2000).unref();
+  }, timeoutSec * 1000);
+  const onSignal = (sig: NodeJS.Signals) => {
+    proc.kill("SIGKILL");
+    process.exit(sig === "SIGINT" ? 130 : 143);
+  };
+  process.once("SIGINT", onSignal);
+  process.once("SIGTERM", onSignal);
+
+  let consoleText = "";
+  const pump = async (stream: ReadableStream<Uint8Array>) => {
+    const dec = new TextDecoder();
+    let carry = "";
+    for await (const chunk of stream) {
+      // SeaBIOS clears the screen and turns off line wrapping (ESC c, ESC[?7l, ESC[2J): keep those
+      // out of the host's terminal and of the captured text. A sequence may straddle two chunks.
+      let s = carry + dec.decode(chunk, { stream: true });
+      carry = "";
+      const esc = s.lastIndexOf("\x1b");
+      if (esc >= 0 && s.length - esc < 16 && !/^\x1b(?:\[[0-9;?]*[A-Za-z]|[^[])/.test(s.slice(esc))) {
+        carry = s.slice(esc);
+        s = s.slice(0, esc);
+      }
+      s = s.replace(TERMINAL_ESCAPES, "");
+      consoleText += s;
+      if (echo) process.stderr.write(s);
+    }
+    consoleText += carry + dec.decode();
+  };
+  const [qemuStatus] = await Promise.all([proc.exited, pump(proc.stdout), pump(proc.stderr)]);
+  clearTimeout(killer);
+  process.off("SIGINT", onSignal);
+  process.off("SIGTERM", onSignal);
+  const durationMs = performance.now() - t0;
+  consoleText = consoleText.replaceAll("\r\n", "\n");
+
+  const booted = consoleText.includes(BOOT_MARKER);
+  let output: string | undefined;
+  try {
+    output = await readFile(join(xchgDir, "output.log"), "utf8");
+  } catch {
+    output = undefined;
+  }
+  let rc: number | undefined;
+  try {
+    const t = (await readFile(join(xchgDir, "rc"), "utf8")).trim();
+    if (/^\d+$/.test(t)) rc = Number(t);
+  } catch {
+    rc = undefined;
+  }
+
+  let code: number;
+  let error: string | undefined;
+  if (timedOut) {
+    code = 124;
+    error = `guest timed out after ${timeoutSec} s (QEMU killed)${booted ? "" : "; it never reached /init"}`;
+  } else if (rc !== undefined) {
+    code = rc;
+  } else {
+    code = 125;
+    const fatal = /libnvm-vm: FATAL: (.*)/.exec(consoleText)?.[1];
+    if (!booted) {
+      error = `guest did not boot (QEMU exit status ${qemuStatus}; no "${BOOT_MARKER}" on the console)`;
+    } else if (fatal) {
+      error = `guest /init failed: ${fatal}`;
+    } else {
+      error = "guest died before the command finished (no xchg/rc written)";
+    }
+  }
+  if (error) process.stderr.write(`\nrun.ts: ${error}\n`);
+
+  return {
+    code,
+    output: output ?? consoleText,
+    xchgDir,
+    images,
+    console: consoleText,
+    booted,
+    timedOut,
+    ...(error !== undefined ? { error } : {}),
+    ctrl,
+    durationMs,
+    tmpDir,
+  };
+}
+
+/** Remove the run's temp dir (xchg dir and namespace images). */
+export async function cleanup(result: Pick<GuestResult, "tmpDir">): Promise<void> {
+  await rm(result.tmpDir, { recursive: true, force: true });
+}
+
+/** "64M" -> 67108864; accepts K, M, G (binary) or plain bytes. */
+export function parseSize(s: string): number {
+  const m = /^(\d+)([KMG]i?B?)?$/i.exec(s.trim());
+  if (!m) throw new Error(`bad size ${JSON.stringify(s)}`);
+  const unit = (m[2] ?? "").charAt(0).toUpperCase();
+  const mul = unit === "K" ? 1024 : unit === "M" ? 1024 ** 2 : unit === "G" ? 1024 ** 3 : 1;
+  return Number(m[1]) * mul;
+}
+
+/** "64M:512,32M:4096" -> namespaces 1, 2, ... */
+export function parseNamespaces(s: string): NamespaceSpec[] {
+  if (s.trim() === "") return [];
+  return s.split(",").map((part, i) => {
+    const [size, lba] = part.split(":");
+    const lbaSize = Number(lba ?? "512");
+    if (lbaSize !== 512 && lbaSize !== 4096) throw new Error(`bad LBA size in ${JSON.stringify(part)}`);
+    return { nsid: i + 1, sizeBytes: parseSize(size ?? ""), lbaSize };
+  });
+}
+
+async function main(argv: string[]): Promise<number> {
+  const config: GuestConfig = {
+    serial: "deadbeef",
+    namespaces: parseNamespaces("64M:512,32M:4096"),
+  };
+  const env: Record<string, string> = {};
+  let timeoutSec = 300;
+  let keep = false;
+  let echo = true;
+  let i = 0;
+  const next = (flag: string): string => {
+    const v = argv[++i];
+    if (v === undefined) throw new Error(`${flag} needs a value`);
+    return v;
+  };
+  for (; i < argv.length; i++) {
+    const a = argv[i]!;
+    if (a === "--") {
+      i++;
+      break;
+    }
+    // Bun drops a `--` that directly follows the script name: the first non-option starts the command.
+    if (!a.startsWith("-")) break;
+    switch (a) {
+      case "--serial": config.serial = next(a); break;
+      case "--ns": config.namespaces = parseNamespaces(next(a)); break;
+      case "--mdts": config.mdts = Number(next(a)); break;
+      case "--qpairs": config.maxIoQpairs = Number(next(a)); break;
+      case "--machine": {
+        const m = next(a);
+        if (m !== "pc" && m !== "q35") throw new Error(`--machine pc|q35`);
+        config.machine = m;
+        break;
+      }
+      case "--mem": config.memoryMiB = Number(next(a)); break;
+      case "--timeout": timeoutSec = Number(next(a)); break;
+      case "--env": {
+        const kv = next(a);
+        const eq = kv.indexOf("=");
+        if (eq < 1) throw new Error(`--env K=V`);
+        env[kv.slice(0, eq)] = kv.slice(eq + 1);
+        break;
+      }
+      case "--kernel-arg": (config.kernelArgs ??= []).push(next(a)); break;
+      case "--qemu-arg": (config.extraQemuArgs ??= []).push(next(a)); break;
+      case "--no-ctrl": config.noController = true; break;
+      case "--keep": keep = true; break;
+      case "--quiet": echo = false; break;
+      case "-h":
+      case "--help":
+        console.log(
+          "usage: bun test/vm/run.ts [--serial S] [--ns 64M:512,32M:4096] [--mdts N] [--qpairs N] [--machine pc|q35]\n" +
+            "                          [--mem MiB] [--timeout SEC] [--env K=V]... [--kernel-arg A]... [--qemu-arg A]...\n" +
+            "                          [--no-ctrl] [--keep] [--quiet] -- <shell command>",
+        );
+        return 0;
+      default:
+        throw new Error(`unknown option ${a} (the command goes after --)`);
+    }
+  }
+  const script = argv.slice(i).join(" ");
+  if (script.trim() === "") throw new Error("no command given (bun test/vm/run.ts [options] -- <shell command>)");
+  const r = await runInGuest(script, config, { env, timeoutSec, echo });
+  if (!echo) process.stdout.write(r.output.endsWith("\n") || r.output === "" ? r.output : `${r.output}\n`);
+  process.stderr.write(`run.ts: exit ${r.code} after ${(r.durationMs / 1000).toFixed(1)} s\n`);
+  if (keep) process.stderr.write(`run.ts: kept ${r.tmpDir} (images: ${r.images.join(" ")})\n`);
+  else await cleanup(r);
+  return r.code;
+}
+
+if (import.meta.main) {
+  main(process.argv.slice(2)).then(
+    (code) => process.exit(code),
+    (e: unknown) => {
+      process.stderr.write(`run.ts: ${e instanceof Error ? e.message : String(e)}\n`);
+      process.exit(2);
+    },
+  );
+}
