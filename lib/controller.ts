@@ -3,7 +3,7 @@
  * Initialization" and 3.6 "Shutdown"), ownership of the admin queue pair and of every I/O
  * queue, and release on close(), on normal exit and on SIGINT/SIGTERM/SIGHUP.
  */
-import { ControllerFatalError, ClosedError, InvalidArgumentError, NvmeTimeoutError } from "./errors.ts";
+import { ControllerFatalError, ClosedError, InvalidArgumentError, NvmeStatusError, NvmeTimeoutError } from "./errors.ts";
 import { native } from "./native.ts";
 import { DmaBuffer } from "./dma.ts";
 import { buildPrp, prpListPages, PRP_PAGE_SIZE } from "./prp.ts";
@@ -71,6 +71,8 @@ export class Controller {
   /** One 4 KiB page for Identify and small log pages. */
   readonly #scratch: DmaBuffer;
   readonly #ioQueues = new Map<number, QueuePair>();
+  /** Memory a failed command may still point the controller at: freed only once it is disabled. */
+  readonly #deferred: { free(): void }[] = [];
   #closed = false;
 
   /**
@@ -283,14 +285,14 @@ export class Controller {
     try {
       this.adminCommand(cmd.createIoCq(qid, entries, qp.cq.mem.busAddress(0)), { detail: `QID ${qid}, ${entries} entries` });
     } catch (e) {
-      qp.free();
+      this.releaseAfter(e, qp);
       throw e;
     }
     try {
       this.adminCommand(cmd.createIoSq(qid, entries, qid, qp.sq.mem.busAddress(0)), { detail: `QID ${qid}, ${entries} entries` });
     } catch (e) {
       this.#deleteQuietly(cmd.deleteIoCq(qid));
-      qp.free();
+      this.releaseAfter(e, qp);
       throw e;
     }
     this.#ioQueues.set(qid, qp);
@@ -305,9 +307,21 @@ export class Controller {
     try {
       this.adminCommand(cmd.deleteIoSq(qp.qid));
       this.adminCommand(cmd.deleteIoCq(qp.qid));
-    } finally {
-      qp.free();
+    } catch (e) {
+      this.releaseAfter(e, qp);
+      throw e;
     }
+    qp.free();
+  }
+
+  /**
+   * Free `resource` after a command that used it failed with `error`. A status from the controller
+   * means it is done with the command; a timeout or a fatal error means it may still read or write
+   * the memory, so it is kept until close() has disabled the controller.
+   */
+  releaseAfter(error: unknown, resource: { free(): void }): void {
+    if (error instanceof NvmeStatusError || error instanceof InvalidArgumentError) resource.free();
+    else this.#deferred.push(resource);
   }
 
   #deleteQuietly(c: cmd.Command): void {
@@ -337,11 +351,15 @@ export class Controller {
     try {
       const { prp1, prp2 } = buildPrp(data, 0, bytes, list);
       this.adminCommand(cmd.getLogPage(lid, nsid, bytes, prp1, prp2, opts.offset), { detail: `LID 0x${lid.toString(16)}` });
-      return data.bytes.slice(0, bytes);
-    } finally {
-      list?.free();
-      data.free();
+    } catch (e) {
+      if (list) this.releaseAfter(e, list);
+      this.releaseAfter(e, data);
+      throw e;
     }
+    const out = data.bytes.slice(0, bytes);
+    list?.free();
+    data.free();
+    return out;
   }
 
   /** SMART / Health Information (LID 02h), controller-wide. */
@@ -420,6 +438,7 @@ export class Controller {
     // Nothing points the controller at this memory any more: release it.
     for (const qp of this.#ioQueues.values()) step(() => qp.free());
     this.#ioQueues.clear();
+    for (const r of this.#deferred.splice(0)) step(() => r.free());
     step(() => this.#scratch.free());
     step(() => this.admin.free());
     step(() => this.backend.close());

@@ -26,6 +26,18 @@ export class DmaBuffer {
     this.#buffer = toArrayBuffer(this.#mapping.vaddr, 0, this.size);
     this.#bytes = new Uint8Array(this.#buffer);
     this.#u32 = new Uint32Array(this.#buffer);
+    // The backend may unmap this memory itself (close()); detach the views first.
+    this.#mapping.revoke = () => this.#detach();
+  }
+
+  #detach(): DmaMapping | undefined {
+    const m = this.#mapping;
+    if (!m) return undefined;
+    this.#mapping = undefined;
+    m.revoke = undefined;
+    // Every view over the external memory becomes empty before it is unmapped.
+    this.#buffer.transfer(0);
+    return m;
   }
 
   get freed(): boolean {
@@ -73,12 +85,8 @@ export class DmaBuffer {
 
   /** Release the memory. Views taken from `bytes`/`u32` become empty. Idempotent. */
   free(): void {
-    const m = this.#mapping;
-    if (!m) return;
-    this.#mapping = undefined;
-    // Detach every view over the external memory before it is unmapped.
-    this.#buffer.transfer(0);
-    this.#backend.freeDma(m);
+    const m = this.#detach();
+    if (m) this.#backend.freeDma(m);
   }
 
   [Symbol.dispose](): void {

@@ -63,9 +63,11 @@ export class Namespace {
     try {
       const { prp1, prp2 } = buildPrp(buf, offset, bytes, list);
       qp.execute(cmd.readWrite(opcode, this.nsid, lba, count, prp1, prp2), { detail: `@ LBA ${lba}, ${count} blocks` });
-    } finally {
-      list?.free();
+    } catch (e) {
+      if (list) this.ctrl.releaseAfter(e, list);
+      throw e;
     }
+    list?.free();
   }
 
   /** Read `count` blocks at `lba` into `buf` at byte `offset`, waiting for completion. */

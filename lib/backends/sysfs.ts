@@ -120,6 +120,7 @@ export class SysfsBackend implements Backend {
   freeDma(mapping: DmaMapping): void {
     const a = mapping as Allocation;
     if (!this.#live.delete(a)) return;
+    a.revoke?.();
     check(native().nvm_dma_free(a.vaddr, a.size, a.flags), "nvm_dma_free");
   }
 

@@ -16,6 +16,11 @@ export interface DmaMapping {
   readonly iova: Uint32Array;
   /** True when the pages are consecutive on the bus (one address range). */
   readonly contiguous: boolean;
+  /**
+   * Set by the owner of views over this memory; the backend calls it before unmapping (e.g. on
+   * close()), so no view outlives the mapping: a view into unmapped memory would crash the process.
+   */
+  revoke?: () => void;
 }
 
 export interface DmaOptions {

@@ -4,6 +4,7 @@
  * over the queue's DMA memory and `o` the dword offset of the slot (slot × 16). They write all
  * 16 dwords, so nothing of the slot's previous command survives.
  */
+import { getLogPageCdws } from "./log.ts";
 
 export const SQE_SIZE = 64;
 export const CQE_SIZE = 16;
@@ -172,21 +173,11 @@ export function deleteIoCq(qid: number): Command {
 }
 
 /**
- * Get Log Page (5.16): LID CDW10 07:00, NUMDL 31:16; NUMDU CDW11 15:00; LPOL/LPOU CDW12/13.
- * NUMD is the 0-based dword count, so `bytes` = 4096 gives NUMD 1023.
+ * Get Log Page (5.16): LID, NUMD (0-based dwords, so 4096 bytes is NUMD 1023) and the offset,
+ * checked and laid out by log.getLogPageCdws.
  */
 export function getLogPage(lid: number, nsid: number, bytes: number, prp1: number, prp2 = 0, offset = 0): Command {
-  const numd = bytes / 4 - 1;
-  return {
-    opcode: ADMIN_GET_LOG_PAGE,
-    nsid,
-    prp1,
-    prp2,
-    cdw10: ((lid & 0xff) | ((numd & 0xffff) << 16)) >>> 0,
-    cdw11: (numd >>> 16) & 0xffff,
-    cdw12: lo32(offset),
-    cdw13: hi32(offset),
-  };
+  return { opcode: ADMIN_GET_LOG_PAGE, nsid, prp1, prp2, ...getLogPageCdws({ lid, byteLength: bytes, offset }) };
 }
 
 /** Abort (5.1): SQID CDW10 15:00, CID 31:16. */

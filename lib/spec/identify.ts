@@ -12,12 +12,6 @@ import { ParseError } from "../errors.ts";
 /** Every Identify data structure is one 4 KiB page. */
 export const IDENTIFY_DATA_SIZE = 4096;
 
-/** Identify Controller or Namespace Structure (CNS) values used by this library. */
-export const CNS_NAMESPACE = 0x00;
-export const CNS_CONTROLLER = 0x01;
-export const CNS_ACTIVE_NAMESPACE_LIST = 0x02;
-export const CNS_NAMESPACE_DESCRIPTOR_LIST = 0x03;
-
 // ---------------------------------------------------------------------------------------------
 // Byte helpers, shared with log.ts
 // ---------------------------------------------------------------------------------------------

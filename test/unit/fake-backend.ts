@@ -1,0 +1,209 @@
+/**
+ * A Backend over plain memory, for unit tests without a controller: BAR0 is a zeroed C-allocated
+ * area, DMA memory is real (nvm_dma_alloc), and bus addresses are made up per 4 KiB page so the
+ * tests can check every PRP entry and queue base against known values.
+ *
+ * Fake bus addresses start above 4 GiB by default, so the high dword of every 64-bit field is
+ * exercised. Allocations that do not ask for `contiguous` get pages spaced two pages apart on the
+ * "bus", so code that assumes one address range for a multi-page buffer gets caught.
+ */
+import { toArrayBuffer, type Pointer } from "bun:ffi";
+import { HOST_PAGE_SIZE, type Backend, type DmaMapping, type DmaOptions } from "../../lib/backends/types.ts";
+import { native } from "../../lib/native.ts";
+import { CQE_DWORDS, SQE_DWORDS } from "../../lib/spec/commands.ts";
+import type { QueuePair } from "../../lib/queue.ts";
+
+export const FAKE_BAR0_SIZE = 16 * 1024;
+/** First fake bus address handed out: 4 GiB, so hi dwords are non-zero. */
+export const FAKE_BUS_BASE = 0x1_0000_0000;
+const TWO32 = 0x1_0000_0000;
+
+export interface FakeBackendOptions {
+  /** Bus address of the first page handed out. Defaults to FAKE_BUS_BASE. */
+  readonly busBase?: number;
+  /** Give non-contiguous allocations consecutive pages anyway. Defaults to false (pages are scattered). */
+  readonly alwaysContiguous?: boolean;
+}
+
+interface FakeMapping extends DmaMapping {
+  readonly requested: number;
+}
+
+export class FakeBackend implements Backend {
+  readonly kind = "sysfs" as const;
+  readonly name = "0000:fa:ke.0";
+  readonly bar0: Pointer;
+  readonly bar0Size = FAKE_BAR0_SIZE;
+  /** BAR0 as dwords: what the code under test wrote to registers and doorbells. */
+  readonly regs: Uint32Array;
+  readonly live = new Set<FakeMapping>();
+  allocations = 0;
+  frees = 0;
+  #nextBus: number;
+  readonly #alwaysContiguous: boolean;
+  #closed = false;
+
+  constructor(opts: FakeBackendOptions = {}) {
+    const p = native().nvm_host_alloc(FAKE_BAR0_SIZE);
+    if (p === null) throw new Error("nvm_host_alloc failed for the fake BAR0");
+    this.bar0 = p;
+    this.regs = new Uint32Array(toArrayBuffer(p, 0, FAKE_BAR0_SIZE));
+    this.#nextBus = opts.busBase ?? FAKE_BUS_BASE;
+    this.#alwaysContiguous = opts.alwaysContiguous ?? false;
+  }
+
+  get closed(): boolean {
+    return this.#closed;
+  }
+
+  /** A 32-bit register or doorbell as the code under test left it. */
+  reg(offset: number): number {
+    if (offset % 4 !== 0) throw new Error(`unaligned register offset ${offset}`);
+    return this.regs[offset / 4]!;
+  }
+
+  /** Put a value in a register, as the controller would (e.g. CSTS). */
+  setReg(offset: number, value: number): void {
+    this.regs[offset / 4] = value >>> 0;
+  }
+
+  allocDma(size: number, opts: DmaOptions = {}): DmaMapping {
+    if (this.#closed) throw new Error("FakeBackend is closed");
+    const pages = Math.ceil(size / HOST_PAGE_SIZE);
+    const vaddr = native().nvm_dma_alloc(size, 0);
+    if (vaddr === null) throw new Error(`nvm_dma_alloc(${size}) failed: errno ${native().nvm_last_error()}`);
+    const contiguous = opts.contiguous === true || this.#alwaysContiguous || pages === 1;
+    const stride = contiguous ? HOST_PAGE_SIZE : 2 * HOST_PAGE_SIZE;
+    const iova = new Uint32Array(2 * pages);
+    for (let i = 0; i < pages; i++) {
+      const a = this.#nextBus + i * stride;
+      iova[2 * i] = a % TWO32;
+      iova[2 * i + 1] = Math.floor(a / TWO32);
+    }
+    // Leave a gap between allocations too, so no two buffers look like one range.
+    this.#nextBus += pages * stride + HOST_PAGE_SIZE;
+    const m: FakeMapping = { vaddr, size: pages * HOST_PAGE_SIZE, iova, contiguous, requested: size };
+    this.live.add(m);
+    this.allocations++;
+    return m;
+  }
+
+  freeDma(mapping: DmaMapping): void {
+    const m = mapping as FakeMapping;
+    if (!this.live.delete(m)) return;
+    this.frees++;
+    m.revoke?.(); // as every backend must: no view may outlive the mapping
+    const rc = native().nvm_dma_free(m.vaddr, m.size, 0);
+    if (rc !== 0) throw new Error(`nvm_dma_free failed: ${rc}`);
+  }
+
+  close(): void {
+    if (this.#closed) return;
+    this.#closed = true;
+    for (const m of [...this.live]) this.freeDma(m);
+    native().nvm_host_free(this.bar0);
+  }
+
+  [Symbol.dispose](): void {
+    this.close();
+  }
+}
+
+/** The byte address (lo + hi * 2^32) stored in two dwords. */
+export function addr64(u32: ArrayLike<number>, o: number): number {
+  return u32[o]! + u32[o + 1]! * TWO32;
+}
+
+/** Write a completion queue entry at the slot `index` of a CQ ring (DW3 last, as a controller does). */
+export function postCqe(
+  cqe: Uint32Array,
+  index: number,
+  e: { cid: number; phase: number; status?: number; sqhd?: number; sqid?: number; dw0?: number; dw1?: number },
+): void {
+  const o = index * CQE_DWORDS;
+  cqe[o] = (e.dw0 ?? 0) >>> 0;
+  cqe[o + 1] = (e.dw1 ?? 0) >>> 0;
+  cqe[o + 2] = ((e.sqhd ?? 0) & 0xffff) | (((e.sqid ?? 0) & 0xffff) << 16);
+  cqe[o + 3] = ((e.cid & 0xffff) | ((e.phase & 1) << 16) | ((e.status ?? 0) << 17)) >>> 0;
+}
+
+/** What the fake controller answers for one command; `undefined` from the responder = never complete. */
+export interface FakeResponse {
+  readonly status?: number;
+  readonly dw0?: number;
+  readonly dw1?: number;
+}
+
+export interface SeenCommand {
+  readonly cid: number;
+  readonly opcode: number;
+  /** Copy of the 16 dwords of the SQE as the controller fetched it. */
+  readonly sqe: Uint32Array;
+}
+
+/**
+ * A controller that answers synchronously. QueuePair.execute() rings the SQ doorbell and then
+ * spins on the CQ without yielding, so nothing on another turn of the event loop could answer.
+ * This fake wraps the pair's `sq.ring()` instead: after the real doorbell store it reads the
+ * new tail from the fake BAR0 (so the doorbell write is what drives it), fetches every SQE
+ * between its own head and that tail, and posts completions with the phase it tracks itself.
+ *
+ * `queue` holds completions to post before the answer to the next fetched command
+ * (e.g. a late completion of an earlier command).
+ */
+export class FakeController {
+  readonly seen: SeenCommand[] = [];
+  /** SQ head as the controller sees it (entries fetched). */
+  sqHead = 0;
+  /** Next CQ slot to write and the phase to write it with. */
+  cqTail = 0;
+  cqPhase = 1;
+  /** Completions to post before answering the next fetched command. */
+  readonly queue: Array<{ cid: number; status?: number; dw0?: number }> = [];
+  responder: (cmd: SeenCommand) => FakeResponse | undefined = () => ({});
+
+  constructor(
+    readonly backend: FakeBackend,
+    readonly qp: QueuePair,
+  ) {
+    const sq = qp.sq;
+    const original = sq.ring.bind(sq);
+    sq.ring = () => {
+      original();
+      this.#onDoorbell();
+    };
+  }
+
+  /** Post a completion now, as if the controller finished `cid` at some point. */
+  complete(cid: number, r: FakeResponse = {}): void {
+    const cq = this.qp.cq;
+    postCqe(cq.cqe, this.cqTail, {
+      cid,
+      phase: this.cqPhase,
+      status: r.status ?? 0,
+      dw0: r.dw0 ?? 0,
+      dw1: r.dw1 ?? 0,
+      sqhd: this.sqHead,
+      sqid: this.qp.qid,
+    });
+    if (++this.cqTail === cq.entries) {
+      this.cqTail = 0;
+      this.cqPhase ^= 1;
+    }
+  }
+
+  #onDoorbell(): void {
+    const sq = this.qp.sq;
+    const tail = this.backend.reg(sq.doorbell);
+    while (this.sqHead !== tail) {
+      const o = this.sqHead * SQE_DWORDS;
+      const sqe = sq.sqe.slice(o, o + SQE_DWORDS);
+      const cmd: SeenCommand = { cid: sqe[0]! >>> 16, opcode: sqe[0]! & 0xff, sqe };
+      this.seen.push(cmd);
+      this.sqHead = this.sqHead + 1 === sq.entries ? 0 : this.sqHead + 1;
+      for (const late of this.queue.splice(0)) this.complete(late.cid, late);
+      const r = this.responder(cmd);
+      if (r) this.complete(cmd.cid, r);
+    }
+  }
+}
