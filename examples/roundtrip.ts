@@ -16,7 +16,7 @@ const usage = `usage: bun run examples/roundtrip.ts --ctrl=BDF --ns=NSID [--lba=
   --json       print the result as one JSON object
 `;
 
-await run(() => {
+await run(async () => {
   const args = parse(usage, { ns: { type: "string" }, lba: { type: "string" }, count: { type: "string" } });
   const nsid = intOption("ns", args.ns, usage) ?? 1;
   const lba = intOption("lba", args.lba, usage) ?? 0;
@@ -25,16 +25,15 @@ await run(() => {
   using ctrl = Controller.open(args.ctrl);
   const ns = new Namespace(ctrl, nsid);
   const bytes = ns.checkRange(lba, count);
-  const granted = ctrl.setNumberOfQueues(1);
-  const qp = ctrl.createQueuePair(1, 64);
+  const granted = ctrl.ioQueuesGranted();
   using out = ctrl.allocBuffer(bytes);
   using back = ctrl.allocBuffer(bytes);
   crypto.getRandomValues(out.bytes.subarray(0, bytes));
 
   const t0 = performance.now();
-  ns.writeSync(qp, lba, count, out);
+  await ns.write(lba, count, out);
   const t1 = performance.now();
-  ns.readSync(qp, lba, count, back);
+  await ns.read(lba, count, back);
   const t2 = performance.now();
 
   const a = out.bytes.subarray(0, bytes);

@@ -8,6 +8,7 @@ import { native } from "./native.ts";
 import { DmaBuffer } from "./dma.ts";
 import { buildPrp, prpListPages, PRP_PAGE_SIZE } from "./prp.ts";
 import { QueuePair, type Completion, type ExecOptions } from "./queue.ts";
+import { IoCompletionQueue, IoQueue, type IoQueueContext, type IoQueueOptions } from "./io.ts";
 import { SysfsBackend } from "./backends/sysfs.ts";
 import type { Backend } from "./backends/types.ts";
 import * as cmd from "./spec/commands.ts";
@@ -33,7 +34,7 @@ import {
   REG_VS,
   type Capabilities,
 } from "./spec/registers.ts";
-import { parseIdentifyController, parseIdentifyNamespace, parseNamespaceList } from "./spec/identify.ts";
+import { mdtsBytes, parseIdentifyController, parseIdentifyNamespace, parseNamespaceList } from "./spec/identify.ts";
 import type { IdentifyController, IdentifyNamespace } from "./spec/identify.ts";
 import { LID_ERROR, LID_FW_SLOT, LID_SMART, parseErrorLog, parseFirmwareSlotLog, parseSmartLog } from "./spec/log.ts";
 
@@ -46,6 +47,8 @@ export interface ControllerOptions {
   readonly timeoutMs?: number;
   /** Close this controller on SIGINT, SIGTERM and SIGHUP, then exit with 128+signal. Defaults to true. */
   readonly handleSignals?: boolean;
+  /** Largest transfer per command when the controller sets no limit (MDTS = 0). Defaults to 2 MiB. */
+  readonly maxTransferBytes?: number;
 }
 
 /** Registers as read, for diagnostics and tests. */
@@ -70,7 +73,12 @@ export class Controller {
   readonly timeoutMs: number;
   /** One 4 KiB page for Identify and small log pages. */
   readonly #scratch: DmaBuffer;
-  readonly #ioQueues = new Map<number, QueuePair>();
+  readonly #sqs = new Map<number, IoQueue>();
+  readonly #cqs = new Map<number, IoCompletionQueue>();
+  #granted: { sqs: number; cqs: number } | undefined;
+  #defaultQueue: IoQueue | undefined;
+  /** Largest transfer of one command in bytes: MDTS, or `maxTransferBytes` when MDTS is 0 (no limit). */
+  readonly maxTransfer: number;
   /** Memory a failed command may still point the controller at: freed only once it is disabled. */
   readonly #deferred: { free(): void }[] = [];
   #closed = false;
@@ -140,6 +148,7 @@ export class Controller {
       scratch = new DmaBuffer(backend, PRP_PAGE_SIZE);
       this.#scratch = scratch;
       this.info = this.#identifyController();
+      this.maxTransfer = mdtsBytes(this.info.mdts, this.cap.minPageSize) ?? opts.maxTransferBytes ?? 2 << 20;
     } catch (e) {
       this.#disableQuietly();
       scratch?.free();
@@ -262,7 +271,8 @@ export class Controller {
     if (!Number.isInteger(sqs) || !Number.isInteger(cqs) || sqs < 1 || cqs < 1 || sqs > 65535 || cqs > 65535) {
       throw new InvalidArgumentError(`Number of Queues asks 1 to 65535 SQs and CQs, got ${sqs} and ${cqs}`);
     }
-    return cmd.decodeNumberOfQueues(this.adminCommand(cmd.numberOfQueues(sqs, cqs)).dw0);
+    this.#granted = cmd.decodeNumberOfQueues(this.adminCommand(cmd.numberOfQueues(sqs, cqs)).dw0);
+    return this.#granted;
   }
 
   /** Current Number of Queues allocated (Get Features 07h). */
@@ -271,47 +281,138 @@ export class Controller {
   }
 
   /**
-   * Create an I/O completion queue and a submission queue bound to it, with id `qid`, each of
-   * `entries` entries (2 to CAP.MQES+1). Deleted by deleteQueuePair() or close().
+   * I/O queues the controller allocated (Set Features, Number of Queues). Asked for once, the
+   * first time a queue is created, unless setNumberOfQueues() was called first: the spec allows
+   * it only before any I/O queue exists.
    */
-  createQueuePair(qid: number, entries: number): QueuePair {
-    this.#check();
-    if (!Number.isInteger(qid) || qid < 1 || qid > 65535) throw new InvalidArgumentError(`I/O queue id ${qid}: must be 1 to 65535`);
-    if (this.#ioQueues.has(qid)) throw new InvalidArgumentError(`I/O queue ${qid} already exists on ${this.backend.name}`);
+  ioQueuesGranted(): { sqs: number; cqs: number } {
+    this.#granted ??= this.setNumberOfQueues(65535);
+    return this.#granted;
+  }
+
+  /** The I/O context queues get: the transfer limit, SGL support, doorbell stride, timeout. */
+  get #ioContext(): IoQueueContext {
+    return {
+      backend: this.backend,
+      dstrd: this.cap.dstrd,
+      timeoutMs: this.timeoutMs,
+      maxTransfer: this.maxTransfer,
+      sgls: this.info.sgls,
+    };
+  }
+
+  #checkEntries(entries: number): void {
     if (!Number.isInteger(entries) || entries < 2 || entries > this.cap.mqes + 1) {
       throw new InvalidArgumentError(`I/O queue of ${entries} entries: must be 2 to ${this.cap.mqes + 1} (CAP.MQES+1)`);
     }
-    const qp = new QueuePair(this.backend, qid, entries, this.cap.dstrd, this.timeoutMs);
-    try {
-      this.adminCommand(cmd.createIoCq(qid, entries, qp.cq.mem.busAddress(0)), { detail: `QID ${qid}, ${entries} entries` });
-    } catch (e) {
-      this.releaseAfter(e, qp);
-      throw e;
-    }
-    try {
-      this.adminCommand(cmd.createIoSq(qid, entries, qid, qp.sq.mem.busAddress(0)), { detail: `QID ${qid}, ${entries} entries` });
-    } catch (e) {
-      this.#deleteQuietly(cmd.deleteIoCq(qid));
-      this.releaseAfter(e, qp);
-      throw e;
-    }
-    this.#ioQueues.set(qid, qp);
-    return qp;
   }
 
-  /** Delete the SQ, then its CQ (a CQ may not be deleted while an SQ uses it), and free both. */
-  deleteQueuePair(qp: QueuePair): void {
+  #pickQid(used: Map<number, unknown>, max: number, wanted: number | undefined, what: string): number {
+    if (wanted !== undefined) {
+      if (!Number.isInteger(wanted) || wanted < 1 || wanted > max) {
+        throw new InvalidArgumentError(`${what} id ${wanted}: the controller granted ids 1 to ${max} (Number of Queues)`);
+      }
+      if (used.has(wanted)) throw new InvalidArgumentError(`${what} ${wanted} already exists on ${this.backend.name}`);
+      return wanted;
+    }
+    for (let q = 1; q <= max; q++) if (!used.has(q)) return q;
+    throw new InvalidArgumentError(`all ${max} ${what}s the controller granted are in use: delete one first`);
+  }
+
+  /** Create an I/O completion queue several submission queues can share (createIoQueue({ cq })). */
+  createCompletionQueue(opts: { entries?: number; qid?: number } = {}): IoCompletionQueue {
     this.#check();
-    if (this.#ioQueues.get(qp.qid) !== qp) return;
-    this.#ioQueues.delete(qp.qid);
+    const entries = opts.entries ?? 256;
+    this.#checkEntries(entries);
+    const qid = this.#pickQid(this.#cqs, this.ioQueuesGranted().cqs, opts.qid, "I/O completion queue");
+    return this.#createCq(qid, entries, false);
+  }
+
+  #createCq(qid: number, entries: number, implicit: boolean): IoCompletionQueue {
+    const cq = new IoCompletionQueue(this.backend, qid, entries, this.cap.dstrd, implicit);
     try {
-      this.adminCommand(cmd.deleteIoSq(qp.qid));
-      this.adminCommand(cmd.deleteIoCq(qp.qid));
+      this.adminCommand(cmd.createIoCq(qid, entries, cq.cq.mem.busAddress(0)), { detail: `QID ${qid}, ${entries} entries` });
     } catch (e) {
-      this.releaseAfter(e, qp);
+      this.releaseAfter(e, cq);
       throw e;
     }
-    qp.free();
+    this.#cqs.set(qid, cq);
+    return cq;
+  }
+
+  /**
+   * Create an I/O submission queue with its own completion queue of the same size, or bound to
+   * `opts.cq`. Deleted by deleteIoQueue() or close().
+   */
+  createIoQueue(opts: IoQueueOptions = {}): IoQueue {
+    this.#check();
+    const entries = opts.entries ?? 256;
+    this.#checkEntries(entries);
+    const granted = this.ioQueuesGranted();
+    const qid = this.#pickQid(this.#sqs, granted.sqs, opts.qid, "I/O submission queue");
+    if (opts.cq && (opts.cq.closed || this.#cqs.get(opts.cq.qid) !== opts.cq)) {
+      throw new InvalidArgumentError(`completion queue ${opts.cq.qid} is not a live queue of ${this.backend.name}`);
+    }
+    const cq = opts.cq ?? this.#createCq(this.#cqs.has(qid) ? this.#pickQid(this.#cqs, granted.cqs, undefined, "I/O completion queue") : qid, entries, true);
+    let q: IoQueue;
+    try {
+      q = new IoQueue(this.#ioContext, qid, entries, cq, opts);
+    } catch (e) {
+      if (cq.implicit) this.#deleteCq(cq);
+      throw e;
+    }
+    try {
+      this.adminCommand(cmd.createIoSq(qid, entries, cq.qid, q.sq.mem.busAddress(0)), { detail: `QID ${qid}, CQID ${cq.qid}, ${entries} entries` });
+    } catch (e) {
+      this.releaseAfter(e, q);
+      if (cq.implicit) this.#deleteCq(cq);
+      throw e;
+    }
+    cq.sqs.set(qid, q);
+    this.#sqs.set(qid, q);
+    return q;
+  }
+
+  /** Delete a submission queue (and the completion queue created with it); outstanding commands fail. */
+  deleteIoQueue(q: IoQueue): void {
+    this.#check();
+    if (this.#sqs.get(q.qid) !== q) return;
+    this.#sqs.delete(q.qid);
+    try {
+      this.adminCommand(cmd.deleteIoSq(q.qid));
+    } catch (e) {
+      this.releaseAfter(e, q);
+      throw e;
+    }
+    q.free();
+    if (q.ioCq.implicit && q.ioCq.sqs.size === 0) this.#deleteCq(q.ioCq);
+  }
+
+  /** Delete a completion queue; every SQ bound to it must be deleted first (the spec forbids otherwise). */
+  deleteCompletionQueue(cq: IoCompletionQueue): void {
+    this.#check();
+    if (cq.sqs.size > 0) {
+      throw new InvalidArgumentError(`completion queue ${cq.qid} still has submission queues ${[...cq.sqs.keys()].join(", ")}: delete them first`);
+    }
+    this.#deleteCq(cq);
+  }
+
+  #deleteCq(cq: IoCompletionQueue): void {
+    if (this.#cqs.get(cq.qid) !== cq) return;
+    this.#cqs.delete(cq.qid);
+    try {
+      this.adminCommand(cmd.deleteIoCq(cq.qid));
+    } catch (e) {
+      this.releaseAfter(e, cq);
+      throw e;
+    }
+    cq.free();
+  }
+
+  /** A 256-entry I/O queue created on first use, for the async Namespace methods. */
+  defaultIoQueue(): IoQueue {
+    if (!this.#defaultQueue || this.#defaultQueue.closed) this.#defaultQueue = this.createIoQueue();
+    return this.#defaultQueue;
   }
 
   /**
@@ -411,12 +512,15 @@ export class Controller {
       }
     };
     const alive = () => n.nvm_read32(bar0, REG_CSTS) !== REG_ALL_ONES;
-    for (const qp of [...this.#ioQueues.values()].reverse()) {
+    // Submission queues first: a completion queue may not be deleted while an SQ uses it.
+    for (const q of [...this.#sqs.values()].reverse()) {
       step(() => {
-        if (alive()) {
-          this.admin.execute(cmd.deleteIoSq(qp.qid));
-          this.admin.execute(cmd.deleteIoCq(qp.qid));
-        }
+        if (alive()) this.admin.execute(cmd.deleteIoSq(q.qid));
+      });
+    }
+    for (const cq of [...this.#cqs.values()].reverse()) {
+      step(() => {
+        if (alive()) this.admin.execute(cmd.deleteIoCq(cq.qid));
       });
     }
     step(() => {
@@ -436,8 +540,10 @@ export class Controller {
       if (alive()) this.#disable();
     });
     // Nothing points the controller at this memory any more: release it.
-    for (const qp of this.#ioQueues.values()) step(() => qp.free());
-    this.#ioQueues.clear();
+    for (const q of this.#sqs.values()) step(() => q.free());
+    for (const cq of this.#cqs.values()) step(() => cq.free());
+    this.#sqs.clear();
+    this.#cqs.clear();
     for (const r of this.#deferred.splice(0)) step(() => r.free());
     step(() => this.#scratch.free());
     step(() => this.admin.free());

@@ -13,4 +13,6 @@ export * as registers from "./spec/registers.ts";
 export * as status from "./spec/status.ts";
 export * as log from "./spec/log.ts";
 export * from "./spec/identify.ts";
-export { Namespace, MAX_BLOCKS_PER_COMMAND } from "./namespace.ts";
+export { Namespace, MAX_BLOCKS_PER_COMMAND, type IoOptions, type BlockRange } from "./namespace.ts";
+export { IoQueue, IoCompletionQueue, type IoQueueOptions, type CompletionHandler } from "./io.ts";
+export * as sgl from "./sgl.ts";

@@ -1,86 +1,169 @@
 /**
  * A namespace as seen through one controller: its geometry from Identify Namespace, the checks
- * every I/O must pass before it reaches the controller (range, count, MDTS, buffer size), and
- * synchronous read/write/flush on a queue pair.
+ * every command must pass before it reaches the controller (range, block count, MDTS, buffer),
+ * and the NVM commands, synchronous (`readSync`) and async (`read`).
  */
-import { InvalidArgumentError } from "./errors.ts";
+import { InvalidArgumentError, NvmeStatusError } from "./errors.ts";
 import type { Controller } from "./controller.ts";
 import type { DmaBuffer } from "./dma.ts";
-import { buildPrp, prpListPages, PRP_PAGE_SIZE } from "./prp.ts";
-import type { QueuePair } from "./queue.ts";
+import type { IoQueue } from "./io.ts";
 import * as cmd from "./spec/commands.ts";
-import { mdtsBytes, type IdentifyNamespace } from "./spec/identify.ts";
+import type { IdentifyNamespace } from "./spec/identify.ts";
+import { SC_COMPARE_FAILURE, SCT_MEDIA } from "./spec/status.ts";
 
 /** NLB is a 16-bit 0-based field: one command moves at most 65536 blocks. */
 export const MAX_BLOCKS_PER_COMMAND = 65536;
+
+const TWO32 = 0x1_0000_0000;
+
+export interface IoOptions {
+  /** Byte offset into the buffer. Defaults to 0. */
+  readonly offset?: number;
+  /** Queue to use. Defaults to the controller's default I/O queue. */
+  readonly queue?: IoQueue;
+}
+
+/** A range for deallocate(): `count` blocks from `lba`. */
+export interface BlockRange {
+  readonly lba: number;
+  readonly count: number;
+}
 
 export class Namespace {
   readonly info: IdentifyNamespace;
   /** Bytes per logical block. */
   readonly lbaSize: number;
-  /** Namespace Size (NSZE) in blocks; fits a double for any real device (2^53 blocks). */
+  /** Namespace Size (NSZE) in blocks (exact up to 2^53 blocks). */
   readonly blocks: number;
-  /** Largest transfer in bytes, or null when MDTS = 0 (no limit). */
-  readonly maxTransfer: number | null;
+  /** Largest transfer of one command in bytes (MDTS, and at most 65536 blocks). */
+  readonly maxTransfer: number;
+  /** Largest block count of one data command. */
+  readonly maxBlocks: number;
 
   constructor(
     readonly ctrl: Controller,
     readonly nsid: number,
   ) {
     this.info = ctrl.identifyNamespace(nsid);
-    if (!this.info.isActive) throw new InvalidArgumentError(`namespace ${nsid} on ${ctrl.name} is not active (NSZE 0): list active ones with examples/identify.ts`);
+    if (!this.info.isActive) {
+      throw new InvalidArgumentError(`namespace ${nsid} on ${ctrl.name} is not active (NSZE 0): list the active ones with examples/identify.ts`);
+    }
     this.lbaSize = this.info.lbaSize;
     this.blocks = Number(this.info.nsze);
-    this.maxTransfer = mdtsBytes(ctrl.info.mdts, ctrl.cap.minPageSize);
+    this.maxBlocks = Math.min(MAX_BLOCKS_PER_COMMAND, Math.floor(ctrl.maxTransfer / this.lbaSize));
+    this.maxTransfer = this.maxBlocks * this.lbaSize;
   }
 
-  /** Throw InvalidArgumentError unless [lba, lba+count) is inside the namespace and one command can move it. */
-  checkRange(lba: number, count: number): number {
+  /** Throw InvalidArgumentError unless [lba, lba+count) lies inside the namespace (any length: tools split it). */
+  checkSpan(lba: number, count: number): void {
     if (!Number.isSafeInteger(lba) || lba < 0) throw new InvalidArgumentError(`LBA ${lba} is not a non-negative integer`);
+    if (!Number.isSafeInteger(count) || count < 1) throw new InvalidArgumentError(`block count ${count} must be a positive integer`);
+    if (lba + count > this.blocks) throw new InvalidArgumentError(`LBA ${lba}+${count} past NSZE ${this.blocks} of namespace ${this.nsid}`);
+  }
+
+  /** Throw InvalidArgumentError unless [lba, lba+count) is inside the namespace and one command may cover it. */
+  checkRange(lba: number, count: number, limit = this.maxBlocks): number {
     if (!Number.isInteger(count) || count < 1 || count > MAX_BLOCKS_PER_COMMAND) {
       throw new InvalidArgumentError(`block count ${count}: one command moves 1 to ${MAX_BLOCKS_PER_COMMAND} blocks`);
     }
-    if (lba + count > this.blocks) {
-      throw new InvalidArgumentError(`LBA ${lba}+${count} past NSZE ${this.blocks} of namespace ${this.nsid}`);
-    }
-    const bytes = count * this.lbaSize;
-    if (this.maxTransfer !== null && bytes > this.maxTransfer) {
+    this.checkSpan(lba, count);
+    if (count > limit) {
       throw new InvalidArgumentError(
-        `${count} blocks (${bytes} bytes) exceed MDTS (${this.maxTransfer} bytes, ${this.maxTransfer / this.lbaSize} blocks): split the transfer`,
+        `${count} blocks (${count * this.lbaSize} bytes) exceed MDTS (${this.maxTransfer} bytes, ${this.maxBlocks} blocks): split the transfer`,
       );
     }
-    return bytes;
+    return count * this.lbaSize;
   }
 
-  #rw(opcode: number, qp: QueuePair, lba: number, count: number, buf: DmaBuffer, offset: number): void {
-    const bytes = this.checkRange(lba, count);
-    if (offset < 0 || offset % 4 !== 0) throw new InvalidArgumentError(`buffer offset ${offset} must be a non-negative multiple of 4 (PRP alignment)`);
-    if (offset + bytes > buf.size) {
-      throw new InvalidArgumentError(`buffer too small: ${bytes} bytes for ${count} blocks at offset ${offset}, buffer holds ${buf.size}`);
-    }
-    const listPages = prpListPages(offset, bytes);
-    const list = listPages > 0 ? this.ctrl.allocBuffer(listPages * PRP_PAGE_SIZE) : undefined;
+  #queue(opts: IoOptions): IoQueue {
+    return opts.queue ?? this.ctrl.defaultIoQueue();
+  }
+
+  // ---- synchronous ----------------------------------------------------------------------------
+
+  /** Read `count` blocks at `lba` into `buf` (at byte offset `offset`), waiting for completion. */
+  readSync(q: IoQueue, lba: number, count: number, buf: DmaBuffer, offset = 0): void {
+    q.rwSync(cmd.NVM_READ, this.nsid, lba, count, buf, offset, this.checkRange(lba, count));
+  }
+
+  /** Write `count` blocks at `lba` from `buf`, waiting for completion. */
+  writeSync(q: IoQueue, lba: number, count: number, buf: DmaBuffer, offset = 0): void {
+    q.rwSync(cmd.NVM_WRITE, this.nsid, lba, count, buf, offset, this.checkRange(lba, count));
+  }
+
+  flushSync(q: IoQueue): void {
+    q.commandSync((sqe, o, cid) => cmd.writeSqe(sqe, o, cmd.NVM_FLUSH, cid, this.nsid, 0, 0, 0, 0, 0));
+  }
+
+  // ---- async ----------------------------------------------------------------------------------
+
+  /** Read `count` blocks at `lba` into `buf`. Range, MDTS and buffer are checked before sending. */
+  async read(lba: number, count: number, buf: DmaBuffer, opts: IoOptions = {}): Promise<void> {
+    await this.#queue(opts).rwAsync(cmd.NVM_READ, this.nsid, lba, count, buf, opts.offset ?? 0, this.checkRange(lba, count));
+  }
+
+  /** Write `count` blocks at `lba` from `buf`. */
+  async write(lba: number, count: number, buf: DmaBuffer, opts: IoOptions = {}): Promise<void> {
+    await this.#queue(opts).rwAsync(cmd.NVM_WRITE, this.nsid, lba, count, buf, opts.offset ?? 0, this.checkRange(lba, count));
+  }
+
+  /**
+   * Compare (NVM Command Set 3.2.1): true when the blocks equal `buf`, false when the controller
+   * answers Compare Failure; any other status throws.
+   */
+  async compare(lba: number, count: number, buf: DmaBuffer, opts: IoOptions = {}): Promise<boolean> {
     try {
-      const { prp1, prp2 } = buildPrp(buf, offset, bytes, list);
-      qp.execute(cmd.readWrite(opcode, this.nsid, lba, count, prp1, prp2), { detail: `@ LBA ${lba}, ${count} blocks` });
+      await this.#queue(opts).rwAsync(cmd.NVM_COMPARE, this.nsid, lba, count, buf, opts.offset ?? 0, this.checkRange(lba, count));
+      return true;
     } catch (e) {
-      if (list) this.ctrl.releaseAfter(e, list);
+      if (e instanceof NvmeStatusError && e.sct === SCT_MEDIA && e.sc === SC_COMPARE_FAILURE) return false;
       throw e;
     }
-    list?.free();
   }
 
-  /** Read `count` blocks at `lba` into `buf` at byte `offset`, waiting for completion. */
-  readSync(qp: QueuePair, lba: number, count: number, buf: DmaBuffer, offset = 0): void {
-    this.#rw(cmd.NVM_READ, qp, lba, count, buf, offset);
+  /** Flush (NVM Command Set 3.2.2): volatile write cache contents reach non-volatile media. */
+  async flush(opts: IoOptions = {}): Promise<void> {
+    await this.#queue(opts).commandAsync((sqe, o, cid) => cmd.writeSqe(sqe, o, cmd.NVM_FLUSH, cid, this.nsid, 0, 0, 0, 0, 0));
   }
 
-  /** Write `count` blocks at `lba` from `buf` at byte `offset`, waiting for completion. */
-  writeSync(qp: QueuePair, lba: number, count: number, buf: DmaBuffer, offset = 0): void {
-    this.#rw(cmd.NVM_WRITE, qp, lba, count, buf, offset);
+  /**
+   * Write Zeroes (3.2.8): `count` blocks read back as zeros, without a data transfer. With
+   * `deallocate`, the controller may also deallocate them (DEAC). Not bound by MDTS.
+   */
+  async writeZeroes(lba: number, count: number, opts: IoOptions & { deallocate?: boolean } = {}): Promise<void> {
+    this.checkRange(lba, count, MAX_BLOCKS_PER_COMMAND);
+    const flags = opts.deallocate ? cmd.WRITE_ZEROES_DEAC : 0;
+    await this.#queue(opts).commandAsync((sqe, o, cid) =>
+      cmd.writeSqe(sqe, o, cmd.NVM_WRITE_ZEROES, cid, this.nsid, 0, 0, lba % TWO32, Math.floor(lba / TWO32), ((count - 1) & 0xffff) | flags),
+    );
   }
 
-  flushSync(qp: QueuePair): void {
-    qp.execute(cmd.flush(this.nsid));
+  /**
+   * Dataset Management with Attribute – Deallocate (3.2.3): the blocks' data is no longer needed
+   * (TRIM). Up to 256 ranges; each range is up to 2^32-1 blocks.
+   */
+  async deallocate(ranges: readonly BlockRange[], opts: IoOptions = {}): Promise<void> {
+    if (ranges.length < 1 || ranges.length > cmd.DSM_MAX_RANGES) {
+      throw new InvalidArgumentError(`Dataset Management takes 1 to ${cmd.DSM_MAX_RANGES} ranges, got ${ranges.length}`);
+    }
+    for (const r of ranges) {
+      if (!Number.isSafeInteger(r.lba) || r.lba < 0 || !Number.isInteger(r.count) || r.count < 1 || r.count > 0xffffffff) {
+        throw new InvalidArgumentError(`deallocate range ${r.lba}+${r.count}: LBA must be a non-negative integer and count 1 to 2^32-1`);
+      }
+      if (r.lba + r.count > this.blocks) throw new InvalidArgumentError(`LBA ${r.lba}+${r.count} past NSZE ${this.blocks} of namespace ${this.nsid}`);
+    }
+    const q = this.#queue(opts);
+    await q.commandAsync((sqe, o, cid) => {
+      // The range list travels in the CID's own list page (4 KiB = 256 ranges exactly).
+      const page = q.listBuffer(cid);
+      const u32 = page.u32;
+      ranges.forEach((r, i) => {
+        u32[i * 4] = 0; // Context Attributes
+        u32[i * 4 + 1] = r.count >>> 0;
+        u32[i * 4 + 2] = r.lba % TWO32 >>> 0;
+        u32[i * 4 + 3] = Math.floor(r.lba / TWO32);
+      });
+      cmd.writeSqe(sqe, o, cmd.NVM_DATASET_MANAGEMENT, cid, this.nsid, page.busAddress(0), 0, ranges.length - 1, cmd.DSM_ATTR_DEALLOCATE, 0);
+    });
   }
 }

@@ -1,6 +1,7 @@
 /**
  * Physical Region Page entries (NVMe Base 2.0, 4.1.1): how a command names its data.
- * PRP1 may start inside a page; every later entry is page aligned. Two pages fit in
+ * PRP1 may start inside a page; every later entry is page aligned. Offsets are relative to `data`,
+ * page boundaries those of its mapping (`data.base`), so regions work too. Two pages fit in
  * PRP1+PRP2; more need PRP2 to point at a list, whose last entry chains to the next list
  * page when the transfer needs more than a page of entries.
  */
@@ -35,13 +36,14 @@ export function buildPrp(data: DmaBuffer, offset: number, length: number, list?:
     throw new InvalidArgumentError(`buffer too small: ${offset}+${length} bytes asked of a ${data.size}-byte DMA buffer`);
   }
   const prp1 = data.busAddress(offset);
-  const firstPageBytes = PRP_PAGE_SIZE - (offset % PRP_PAGE_SIZE);
+  // Page boundaries are those of the mapping: a region may start inside a page.
+  const firstPageBytes = PRP_PAGE_SIZE - ((data.base + offset) % PRP_PAGE_SIZE);
   if (length <= firstPageBytes) return { prp1, prp2: 0 };
   const nextPage = offset + firstPageBytes;
   if (length <= firstPageBytes + PRP_PAGE_SIZE) return { prp1, prp2: data.busAddress(nextPage) };
 
-  const need = prpListPages(offset, length);
-  if (!list || listOffset % PRP_PAGE_SIZE !== 0 || listOffset + need * PRP_PAGE_SIZE > list.size) {
+  const need = prpListPages(data.base + offset, length);
+  if (!list || (list.base + listOffset) % PRP_PAGE_SIZE !== 0 || listOffset + need * PRP_PAGE_SIZE > list.size) {
     throw new InvalidArgumentError(`a ${length}-byte transfer needs ${need} PRP list page(s)`);
   }
   const u32 = list.u32;

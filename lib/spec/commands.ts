@@ -84,27 +84,61 @@ const TWO32 = 0x1_0000_0000;
 export const lo32 = (v: number): number => v % TWO32 >>> 0;
 export const hi32 = (v: number): number => Math.floor(v / TWO32) >>> 0;
 
-/** Write `cmd` with command identifier `cid` into the SQ slot at dword offset `o`. */
-export function writeCommand(sq: Uint32Array, o: number, cid: number, cmd: Command): void {
-  const prp1 = cmd.prp1 ?? 0;
-  const prp2 = cmd.prp2 ?? 0;
-  // CDW0: OPC 07:00, FUSE 09:08 = 0 (normal), PSDT 15:14 = 0 (PRPs), CID 31:16
-  sq[o] = ((cmd.opcode & 0xff) | (cid << 16)) >>> 0;
-  sq[o + 1] = (cmd.nsid ?? 0) >>> 0;
+/**
+ * Fill the SQ slot at dword offset `o`: every dword, so nothing of the slot's previous command
+ * survives. Numbers only, no objects: this is the hot path's writer. CDW0 gets OPC 07:00,
+ * FUSE 09:08 = 0 (normal), PSDT 15:14 = 0 (PRPs) and CID 31:16; MPTR is 0.
+ */
+export function writeSqe(
+  sq: Uint32Array,
+  o: number,
+  opcode: number,
+  cid: number,
+  nsid: number,
+  prp1: number,
+  prp2: number,
+  cdw10: number,
+  cdw11: number,
+  cdw12: number,
+  cdw13 = 0,
+  cdw14 = 0,
+  cdw15 = 0,
+): void {
+  sq[o] = ((opcode & 0xff) | (cid << 16)) >>> 0;
+  sq[o + 1] = nsid >>> 0;
   sq[o + 2] = 0;
   sq[o + 3] = 0;
-  sq[o + 4] = 0; // MPTR
+  sq[o + 4] = 0;
   sq[o + 5] = 0;
-  sq[o + 6] = lo32(prp1);
-  sq[o + 7] = hi32(prp1);
-  sq[o + 8] = lo32(prp2);
-  sq[o + 9] = hi32(prp2);
-  sq[o + 10] = (cmd.cdw10 ?? 0) >>> 0;
-  sq[o + 11] = (cmd.cdw11 ?? 0) >>> 0;
-  sq[o + 12] = (cmd.cdw12 ?? 0) >>> 0;
-  sq[o + 13] = (cmd.cdw13 ?? 0) >>> 0;
-  sq[o + 14] = (cmd.cdw14 ?? 0) >>> 0;
-  sq[o + 15] = (cmd.cdw15 ?? 0) >>> 0;
+  sq[o + 6] = prp1 % TWO32 >>> 0;
+  sq[o + 7] = Math.floor(prp1 / TWO32) >>> 0;
+  sq[o + 8] = prp2 % TWO32 >>> 0;
+  sq[o + 9] = Math.floor(prp2 / TWO32) >>> 0;
+  sq[o + 10] = cdw10 >>> 0;
+  sq[o + 11] = cdw11 >>> 0;
+  sq[o + 12] = cdw12 >>> 0;
+  sq[o + 13] = cdw13 >>> 0;
+  sq[o + 14] = cdw14 >>> 0;
+  sq[o + 15] = cdw15 >>> 0;
+}
+
+/** Write `cmd` with command identifier `cid` into the SQ slot at dword offset `o`. */
+export function writeCommand(sq: Uint32Array, o: number, cid: number, cmd: Command): void {
+  writeSqe(
+    sq,
+    o,
+    cmd.opcode,
+    cid,
+    cmd.nsid ?? 0,
+    cmd.prp1 ?? 0,
+    cmd.prp2 ?? 0,
+    cmd.cdw10 ?? 0,
+    cmd.cdw11 ?? 0,
+    cmd.cdw12 ?? 0,
+    cmd.cdw13 ?? 0,
+    cmd.cdw14 ?? 0,
+    cmd.cdw15 ?? 0,
+  );
 }
 
 // ---- admin command builders ----------------------------------------------------------------
@@ -240,3 +274,12 @@ export function readWrite(opcode: number, nsid: number, slba: number, blocks: nu
 export function flush(nsid: number): Command {
   return { opcode: NVM_FLUSH, nsid };
 }
+
+/** Write Zeroes CDW12 bit 25: Deallocate (DEAC) the blocks if the controller can. */
+export const WRITE_ZEROES_DEAC = 1 << 25;
+/** Dataset Management CDW11 bit 2: Attribute – Deallocate (AD). */
+export const DSM_ATTR_DEALLOCATE = 1 << 2;
+/** One Dataset Management range: Context Attributes (4), Length in logical blocks (4), SLBA (8). */
+export const DSM_RANGE_SIZE = 16;
+/** NR (CDW10 07:00) is 0-based: at most 256 ranges, exactly one 4 KiB page. */
+export const DSM_MAX_RANGES = 256;

@@ -98,11 +98,13 @@ describe("admin commands", () => {
   test("Create and Delete I/O queues; the controller refuses a bad queue id with its own status", () => {
     const c = open();
     const { sqs } = c.setNumberOfQueues(8);
-    const qp = c.createQueuePair(1, 32);
-    expect(qp.sq.entries).toBe(32);
-    c.deleteQueuePair(qp);
+    const q = c.createIoQueue({ qid: 1, entries: 32 });
+    expect(q.sq.entries).toBe(32);
+    expect(q.ioCq.qid).toBe(1);
+    c.deleteIoQueue(q);
+    // Past what Number of Queues granted: the controller itself must refuse the CQ id.
     try {
-      c.createQueuePair(sqs + 1, 8);
+      c.adminCommand(commands.createIoCq(sqs + 1, 8, c.allocBuffer(4096).busAddress(0)));
       throw new Error("expected the controller to refuse queue id " + (sqs + 1));
     } catch (e) {
       expect(e).toBeInstanceOf(NvmeStatusError);

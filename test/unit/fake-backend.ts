@@ -11,7 +11,7 @@ import { toArrayBuffer, type Pointer } from "bun:ffi";
 import { HOST_PAGE_SIZE, type Backend, type DmaMapping, type DmaOptions } from "../../lib/backends/types.ts";
 import { native } from "../../lib/native.ts";
 import { CQE_DWORDS, SQE_DWORDS } from "../../lib/spec/commands.ts";
-import type { QueuePair } from "../../lib/queue.ts";
+import type { CompletionQueue, QueuePair, SubmissionQueue } from "../../lib/queue.ts";
 
 export const FAKE_BAR0_SIZE = 16 * 1024;
 /** First fake bus address handed out: 4 GiB, so hi dwords are non-zero. */
@@ -204,6 +204,127 @@ export class FakeController {
       for (const late of this.queue.splice(0)) this.complete(late.cid, late);
       const r = this.responder(cmd);
       if (r) this.complete(cmd.cid, r);
+    }
+  }
+}
+
+export interface SeenIoCommand extends SeenCommand {
+  /** The SQ it was fetched from. */
+  readonly sqid: number;
+}
+
+/**
+ * A controller for I/O queues: one completion queue that any number of submission queues share
+ * (IoQueue over IoCompletionQueue). Like FakeController it wraps each attached SQ's ring(): the
+ * tail read back from the fake BAR0 is what makes it fetch. It also wraps the CQ's ring() and
+ * reads the head doorbell back, and it never posts into a full CQ (tail + 1 = head, as the host
+ * last rang it): such completions wait in `held` until the host frees entries, as a real
+ * controller must. `overflows` counts completions that arrived while the CQ was full.
+ *
+ * The responder answers each fetched command at once; `undefined` leaves it outstanding, and
+ * complete() finishes it later (a late completion).
+ */
+export class FakeIoController {
+  readonly seen: SeenIoCommand[] = [];
+  /** SQ head per SQ id as the controller sees it (entries fetched). */
+  readonly sqHeads = new Map<number, number>();
+  /** SQ tail doorbell writes per SQ id. */
+  readonly sqDoorbells = new Map<number, number>();
+  /** Every value the host wrote to the CQ head doorbell, in order. */
+  readonly cqDoorbells: number[] = [];
+  readonly #sqEntries = new Map<number, number>();
+  readonly #sqs = new Map<number, SubmissionQueue>();
+  /** Next CQ slot to write and the phase to write it with. */
+  cqTail = 0;
+  cqPhase = 1;
+  /** Completions that found the CQ full, posted when the host rings the head doorbell. */
+  readonly held: Array<{ sqid: number; cid: number; r: FakeResponse }> = [];
+  /** Completions that found the CQ full (held, not lost). */
+  overflows = 0;
+  responder: (cmd: SeenIoCommand) => FakeResponse | undefined = () => ({});
+
+  constructor(
+    readonly backend: FakeBackend,
+    readonly cq: CompletionQueue,
+  ) {
+    const original = cq.ring.bind(cq);
+    cq.ring = () => {
+      original();
+      this.cqDoorbells.push(this.backend.reg(cq.doorbell));
+      this.#flush();
+    };
+  }
+
+  /** Answer commands rung on `sq` (its completions carry `sqid`, by default its qid). */
+  attach(sq: SubmissionQueue, sqid = sq.qid): void {
+    this.sqHeads.set(sqid, 0);
+    this.sqDoorbells.set(sqid, 0);
+    this.#sqEntries.set(sqid, sq.entries);
+    this.#sqs.set(sqid, sq);
+    const original = sq.ring.bind(sq);
+    sq.ring = () => {
+      original();
+      this.sqDoorbells.set(sqid, this.sqDoorbells.get(sqid)! + 1);
+      this.#onDoorbell(sqid);
+    };
+  }
+
+  /** CQ head as the host last released it (0 before any head doorbell). */
+  get cqHead(): number {
+    return this.backend.reg(this.cq.doorbell);
+  }
+
+  get cqFull(): boolean {
+    return (this.cqTail + 1) % this.cq.entries === this.cqHead;
+  }
+
+  /** Post a completion for `cid` of SQ `sqid` now (or hold it while the CQ is full). */
+  complete(sqid: number, cid: number, r: FakeResponse = {}): void {
+    if (this.cqFull || this.held.length > 0) {
+      if (this.cqFull) this.overflows++;
+      this.held.push({ sqid, cid, r });
+      return;
+    }
+    this.#post(sqid, cid, r);
+  }
+
+  #post(sqid: number, cid: number, r: FakeResponse): void {
+    postCqe(this.cq.cqe, this.cqTail, {
+      cid,
+      phase: this.cqPhase,
+      status: r.status ?? 0,
+      dw0: r.dw0 ?? 0,
+      dw1: r.dw1 ?? 0,
+      sqhd: this.sqHeads.get(sqid) ?? 0,
+      sqid,
+    });
+    if (++this.cqTail === this.cq.entries) {
+      this.cqTail = 0;
+      this.cqPhase ^= 1;
+    }
+  }
+
+  #flush(): void {
+    while (this.held.length > 0 && !this.cqFull) {
+      const h = this.held.shift()!;
+      this.#post(h.sqid, h.cid, h.r);
+    }
+  }
+
+  #onDoorbell(sqid: number): void {
+    const sq = this.#sqs.get(sqid)!;
+    const entries = this.#sqEntries.get(sqid)!;
+    const tail = this.backend.reg(sq.doorbell);
+    let head = this.sqHeads.get(sqid)!;
+    while (head !== tail) {
+      const o = head * SQE_DWORDS;
+      const sqe = sq.sqe.slice(o, o + SQE_DWORDS);
+      const cmd: SeenIoCommand = { cid: sqe[0]! >>> 16, opcode: sqe[0]! & 0xff, sqe, sqid };
+      this.seen.push(cmd);
+      head = head + 1 === entries ? 0 : head + 1;
+      this.sqHeads.set(sqid, head);
+      const r = this.responder(cmd);
+      if (r) this.complete(sqid, cmd.cid, r);
     }
   }
 }

@@ -3,6 +3,11 @@
  * `bun test ./test/hw` in it (from the repo root). Exits 0 only when the guest command exited 0 and
  * bun reports at least one pass, no fail, no skip, no todo, and pass == "Ran N tests".
  *
+ * For ./test/hw (not another --dir), when the bun tests passed the guest then runs
+ * test/hw/blocktools.sh (the block tools end to end: each namespace written whole with a pattern and
+ * read back), and after the guest powered off every namespace image is checked byte for byte on the
+ * host against the pattern xchg/images.json names. Each blocktools check and each image counts.
+ *
  * The last line is always `hw: N passed, M failed`, preceded by `hw: FAILED: <reason>` on failure.
  * M counts failed, skipped and todo tests; a run that failed without any of them (guest did not boot,
  * controller missing, no test ran, ...) reports at least 1 failed, so "0 failed" always means success.
@@ -11,7 +16,10 @@
  *   bun test/vm/hw.ts --dir ./test/vm/_selftest  # harness self-check
  *   options: --dir D  --env K=V  --no-ctrl  --timeout SEC  --quiet
  */
-import { cleanup, runInGuest, type GuestConfig } from "./run.ts";
+import { readFile } from "node:fs/promises";
+import { join, resolve } from "node:path";
+import { verifyFile } from "../hw/pattern.ts";
+import { cleanup, REPO_ROOT, runInGuest, type GuestConfig, type GuestResult } from "./run.ts";
 
 export const TEST_CONFIG: GuestConfig = {
   serial: "deadbeef",
@@ -30,6 +38,69 @@ export interface BunSummary {
   todo: number;
   ran: number;
   files: number;
+}
+
+export interface BlocktoolsSummary {
+  pass: number;
+  fail: number;
+  /** The closing `blocktools: N passed, M failed` line was seen (the script ran to its end). */
+  finished: boolean;
+}
+
+/** Count `blocktools: ok` / `blocktools: FAIL` lines in `output`. */
+export function parseBlocktools(output: string): BlocktoolsSummary {
+  const text = output.replaceAll("\r", "");
+  const pass = [...text.matchAll(/^blocktools: ok /gm)].length;
+  const fail = [...text.matchAll(/^blocktools: FAIL /gm)].length;
+  const end = [...text.matchAll(/^blocktools: (\d+) passed, (\d+) failed$/gm)].at(-1);
+  return { pass, fail, finished: end !== undefined && Number(end[1]) === pass && Number(end[2]) === fail };
+}
+
+/**
+ * Check each namespace image against the pattern the guest says it wrote (xchg/images.json,
+ * [{nsid, seed, bytes}]): the whole image, byte for byte. One line per image; returns the counts.
+ */
+export async function verifyImages(r: GuestResult, config: GuestConfig): Promise<{ pass: number; fail: number; reasons: string[] }> {
+  const out = { pass: 0, fail: 0, reasons: [] as string[] };
+  let entries: { nsid: number; seed: number; bytes: number }[];
+  try {
+    entries = JSON.parse(await readFile(join(r.xchgDir, "images.json"), "utf8"));
+    if (!Array.isArray(entries)) throw new Error("not a JSON array");
+  } catch (e) {
+    const why = (e as NodeJS.ErrnoException).code === "ENOENT" ? "missing" : (e as Error).message;
+    out.fail = Math.max(config.namespaces.length, 1);
+    out.reasons.push(`xchg/images.json: ${why}`);
+    return out;
+  }
+  for (const [i, ns] of config.namespaces.entries()) {
+    const what = `image of namespace ${ns.nsid}`;
+    const t0 = performance.now();
+    const e = entries.find((x) => x?.nsid === ns.nsid);
+    const image = r.images[i];
+    let bad: string | undefined;
+    if (!e) bad = "not in images.json (blocktools did not write it)";
+    else if (e.bytes !== ns.sizeBytes) bad = `images.json says ${e.bytes} bytes of pattern, the namespace has ${ns.sizeBytes}`;
+    else if (!image) bad = "no image file";
+    else {
+      try {
+        const size = Bun.file(image).size;
+        const at = verifyFile(image, e.seed, e.bytes);
+        if (size !== ns.sizeBytes) bad = `${image} is ${size} bytes, expected ${ns.sizeBytes}`;
+        else if (at >= 0) bad = `${image} differs from pattern ${e.seed} at byte ${at} (LBA ${Math.floor(at / ns.lbaSize)})`;
+      } catch (err) {
+        bad = `${image}: ${(err as Error).message}`;
+      }
+    }
+    if (bad === undefined) {
+      out.pass++;
+      console.log(`hw: ok ${what}: ${ns.sizeBytes} bytes match pattern ${e!.seed} (${((performance.now() - t0) / 1000).toFixed(2)} s)`);
+    } else {
+      out.fail++;
+      out.reasons.push(`${what}: ${bad}`);
+      console.log(`hw: FAIL ${what}: ${bad}`);
+    }
+  }
+  return out;
 }
 
 /** The last `bun test` summary in `output`, or undefined when there is none. */
@@ -84,6 +155,8 @@ async function main(argv: string[]): Promise<number> {
   if (!dir.startsWith("./") && !dir.startsWith("/") && !dir.startsWith("../")) dir = `./${dir}`;
 
   const q = (s: string) => `'${s.replaceAll("'", `'\\''`)}'`;
+  // The block tools and the image check belong to the hardware suite, not to other dirs (--dir ./test/vm/_selftest).
+  const blocktools = resolve(REPO_ROOT, dir) === join(REPO_ROOT, "test/hw");
   const script = [
     // The slot may hold another device when the controller is absent: check the NVMe class code.
     `if [ "$(cat "/sys/bus/pci/devices/$LIBNVM_TEST_CTRL/class" 2>/dev/null)" != 0x010802 ]; then`,
@@ -91,10 +164,14 @@ async function main(argv: string[]): Promise<number> {
     `fi`,
     // TCG is slow: a test gets 120 s, not bun's default 5 s.
     `bun test --timeout 120000 ${q(dir)} 2>&1`,
+    // Only after a clean bun run; the guest's status is bun's when it failed, else the script's.
+    ...(blocktools ? [`rc=$?`, `[ $rc -eq 0 ] || exit $rc`, `bash test/hw/blocktools.sh 2>&1`] : []),
   ].join("\n");
 
   const reasons: string[] = [];
   let summary: BunSummary | undefined;
+  let tools: BlocktoolsSummary | undefined;
+  let images: { pass: number; fail: number } | undefined;
   try {
     const r = await runInGuest(script, config, { env, timeoutSec, echo });
     process.stderr.write(`hw: guest run took ${(r.durationMs / 1000).toFixed(1)} s\n`);
@@ -114,6 +191,19 @@ async function main(argv: string[]): Promise<number> {
         reasons.push(`${summary.pass} passed but bun ran ${summary.ran}`);
       }
     }
+    // The guest runs blocktools.sh only after bun exited 0; look at it then, or whenever it printed.
+    const bunClean = summary !== undefined && r.booted && reasons.length === 0;
+    if (blocktools && (bunClean || /^blocktools: /m.test(r.output))) {
+      tools = parseBlocktools(r.output);
+      if (tools.fail > 0) reasons.push(`${tools.fail} blocktools check(s) failed`);
+      if (!tools.finished) reasons.push(`test/hw/blocktools.sh did not finish (no matching "blocktools: N passed, M failed" line)`);
+      else if (tools.pass < 1) reasons.push("blocktools ran no check");
+      const t0 = performance.now();
+      const v = await verifyImages(r, config);
+      images = v;
+      reasons.push(...v.reasons);
+      process.stderr.write(`hw: image check took ${((performance.now() - t0) / 1000).toFixed(1)} s\n`);
+    }
     if (reasons.length === 0 && r.code !== 0) reasons.push(`guest command exited with status ${r.code}`);
     if (reasons.length === 0) await cleanup(r);
     else process.stderr.write(`hw: kept ${r.tmpDir} for inspection\n`);
@@ -121,8 +211,8 @@ async function main(argv: string[]): Promise<number> {
     reasons.push(`harness error: ${e instanceof Error ? e.message : String(e)}`);
   }
 
-  const passed = summary?.pass ?? 0;
-  let failed = (summary?.fail ?? 0) + (summary?.skip ?? 0) + (summary?.todo ?? 0);
+  const passed = (summary?.pass ?? 0) + (tools?.pass ?? 0) + (images?.pass ?? 0);
+  let failed = (summary?.fail ?? 0) + (summary?.skip ?? 0) + (summary?.todo ?? 0) + (tools?.fail ?? 0) + (images?.fail ?? 0);
   if (reasons.length > 0 && failed === 0) failed = 1;
   if (reasons.length > 0) console.log(`hw: FAILED: ${reasons.join("; ")}`);
   console.log(`hw: ${passed} passed, ${failed} failed`);

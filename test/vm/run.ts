@@ -225,7 +225,7 @@ export async function runInGuest(script: string, config: GuestConfig, opts: RunO
     args.push("-device", dev);
     config.namespaces.forEach((ns, i) => {
       const id = `ns${ns.nsid}`;
-      args.push("-drive", `file=${qemuVal(images[i]!)},if=none,id=${id},format=raw,cache=unsafe`);
+      args.push("-drive", `file=${qemuVal(images[i]!)},if=none,id=${id},format=raw,cache=unsafe,discard=unmap`);
       args.push(
         "-device",
         `nvme-ns,drive=${id},bus=c0,nsid=${ns.nsid},logical_block_size=${ns.lbaSize},physical_block_size=${ns.lbaSize}`,
