@@ -76,6 +76,10 @@ describe("data pointers", () => {
           ] as const) {
             const lba = ns.blocks - count - 3;
             const bytes = count * lbaSize;
+            // QEMU maps at most 1024 segments (IOV_MAX) per command and answers Internal Error past
+            // that: a full 4 MiB (MDTS 10) starting inside a page spans 1025 pages. Not a spec limit.
+            const pages = (off: number) => Math.ceil(((off % 4096) + bytes) / 4096);
+            if (dataPointer === "prp" && (pages(wo) > 1024 || pages(ro) > 1024)) continue;
             random(out);
             back.bytes.fill(0xa5);
             ns.writeSync(q, lba, count, out, wo);

@@ -23,6 +23,8 @@ import { cleanup, REPO_ROOT, runInGuest, type GuestConfig, type GuestResult } fr
 
 export const TEST_CONFIG: GuestConfig = {
   serial: "deadbeef",
+  // 4 MiB transfers: their PRP lists (1024 entries) chain across list pages on the controller.
+  mdts: 10,
   namespaces: [
     { nsid: 1, sizeBytes: 64 * 1024 * 1024, lbaSize: 512 },
     { nsid: 2, sizeBytes: 32 * 1024 * 1024, lbaSize: 4096 },
