@@ -1,15 +1,33 @@
 /**
- * Shared command-line handling for the examples: --ctrl, --json, --help; usage errors exit 2,
- * failures print the error's one-line cause and exit 1.
+ * Shared command-line handling for the examples: --ctrl, --backend, --force, --json, --help;
+ * usage errors exit 2, failures print the error's one-line cause and exit 1.
  */
 import { parseArgs, type ParseArgsConfig } from "node:util";
+import { Controller, type ControllerOptions } from "../lib/controller.ts";
+import type { BackendChoice } from "../lib/backends/index.ts";
 import { NvmeError } from "../lib/errors.ts";
 
 export const commonOptions = {
   ctrl: { type: "string" },
+  backend: { type: "string", default: "auto" },
+  force: { type: "boolean", default: false },
   json: { type: "boolean", default: false },
   help: { type: "boolean", short: "h", default: false },
 } as const satisfies NonNullable<ParseArgsConfig["options"]>;
+
+/** Lines every example's usage ends with. */
+export const commonUsage = `  --backend=B    auto (default: by the bound driver), sysfs, vfio or disnvm
+  --force        open even if another process owns the controller (it is reset under that process)
+`;
+
+const BACKENDS = ["auto", "sysfs", "vfio", "disnvm"] as const;
+
+/** Controller.open with the --ctrl, --backend and --force the user gave. */
+export function openController(args: { ctrl: string; backend?: unknown; force?: unknown }, opts: ControllerOptions = {}): Controller {
+  const backend = (args.backend ?? "auto") as string;
+  if (!(BACKENDS as readonly string[]).includes(backend)) throw new UsageError(`--backend=${backend}: choose one of ${BACKENDS.join(", ")}`);
+  return Controller.open(args.ctrl, { ...opts, backend: backend as BackendChoice, force: args.force === true });
+}
 
 export class UsageError extends Error {}
 
@@ -23,7 +41,7 @@ export function parse<O extends NonNullable<ParseArgsConfig["options"]>>(usage: 
   }
   const values = parsed.values as Record<string, unknown>;
   if (values.help) {
-    process.stdout.write(usage);
+    process.stdout.write(usage + commonUsage);
     process.exit(0);
   }
   if (typeof values.ctrl !== "string" || values.ctrl === "") {

@@ -4,12 +4,11 @@
  *
  *   bun run examples/identify.ts --ctrl=05:00.0 [--ns=N] [--json]
  */
-import { Controller } from "../lib/index.ts";
 import { formatVersion, mdtsBytes, type IdentifyNamespace } from "../lib/spec/identify.ts";
-import { intOption, parse, run, toJson } from "./common.ts";
+import { intOption, parse, run, toJson, openController } from "./common.ts";
 
 const usage = `usage: bun run examples/identify.ts --ctrl=BDF [--ns=NSID] [--json]
-  --ctrl=BDF   controller's PCI address (05:00.0 or 0000:05:00.0), unbound from the kernel's nvme driver
+  --ctrl=BDF   controller's PCI address (05:00.0 or 0000:05:00.0), or /dev/disnvmN
   --ns=NSID    show only this namespace (default: every active namespace)
   --json       print one JSON object with the parsed structures
   -h, --help   this text
@@ -21,7 +20,7 @@ await run(() => {
   const args = parse(usage, { ns: { type: "string" } });
   const nsArg = intOption("ns", args.ns, usage);
   if (!args.json) console.log("Resetting controller and setting up admin queues...");
-  using ctrl = Controller.open(args.ctrl);
+  using ctrl = openController(args);
   const id = ctrl.info;
   const nsids = nsArg !== undefined ? [nsArg] : ctrl.activeNamespaces();
   const namespaces = nsids.map((nsid) => ({ nsid, ...ctrl.identifyNamespace(nsid) }));

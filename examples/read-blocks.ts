@@ -6,13 +6,13 @@
  *   bun run examples/read-blocks.ts --ctrl=05:00.0 --ns=1 --lba=0 --count=2048 --output=disk.bin
  */
 import { closeSync, openSync, renameSync, unlinkSync, writeSync } from "node:fs";
-import { Controller, InvalidArgumentError, Namespace, type DmaBuffer } from "../lib/index.ts";
-import { intOption, parse, run, toJson, UsageError } from "./common.ts";
+import { Namespace, type Controller, type DmaBuffer } from "../lib/index.ts";
+import { intOption, parse, run, toJson, UsageError, openController } from "./common.ts";
 import { Progress } from "./progress.ts";
 
 const usage = `usage: bun run examples/read-blocks.ts --ctrl=BDF --ns=NSID --lba=N --count=N [--output=FILE] [--json]
   Reads COUNT blocks starting at LBA into FILE, or to stdout when it is not a terminal.
-  --ctrl=BDF     controller's PCI address, unbound from the kernel's nvme driver
+  --ctrl=BDF     controller's PCI address (05:00.0), or /dev/disnvmN
   --ns=NSID      namespace
   --lba=N        first block
   --count=N      blocks to read (1 or more; split into commands of at most MDTS)
@@ -73,7 +73,7 @@ await run(async () => {
   if (output === undefined && args.json) throw new UsageError(`--json prints on stdout: give --output for the data\n${usage}`);
   if (output === undefined && process.stdout.isTTY) throw new UsageError(`refusing to write binary data to a terminal: give --output=FILE or redirect stdout\n${usage}`);
 
-  using ctrl = Controller.open(args.ctrl);
+  using ctrl = openController(args);
   const ns = new Namespace(ctrl, nsid);
   // The whole range first: nothing is read (and no file created) for a range past the end.
   ns.checkSpan(lba, count);

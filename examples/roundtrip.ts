@@ -4,12 +4,12 @@
  *
  *   bun run examples/roundtrip.ts --ctrl=05:00.0 --ns=1 [--lba=0] [--count=8]
  */
-import { Controller, Namespace } from "../lib/index.ts";
-import { intOption, parse, run, toJson } from "./common.ts";
+import { Namespace } from "../lib/index.ts";
+import { intOption, parse, run, toJson, openController } from "./common.ts";
 
 const usage = `usage: bun run examples/roundtrip.ts --ctrl=BDF --ns=NSID [--lba=N] [--count=N] [--json]
   Writes a random pattern to COUNT blocks at LBA (their data is lost), reads them back, compares.
-  --ctrl=BDF   controller's PCI address, unbound from the kernel's nvme driver
+  --ctrl=BDF   controller's PCI address (05:00.0), or /dev/disnvmN
   --ns=NSID    namespace (default 1)
   --lba=N      first block (default 0)
   --count=N    blocks (default 8)
@@ -22,7 +22,7 @@ await run(async () => {
   const lba = intOption("lba", args.lba, usage) ?? 0;
   const count = intOption("count", args.count, usage) ?? 8;
 
-  using ctrl = Controller.open(args.ctrl);
+  using ctrl = openController(args);
   const ns = new Namespace(ctrl, nsid);
   const bytes = ns.checkRange(lba, count);
   const granted = ctrl.ioQueuesGranted();

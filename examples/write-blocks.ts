@@ -6,13 +6,13 @@
  *   bun run examples/write-blocks.ts --ctrl=05:00.0 --ns=1 --lba=0 --input=disk.bin
  */
 import { closeSync, fstatSync, openSync, readSync } from "node:fs";
-import { Controller, InvalidArgumentError, Namespace, type DmaBuffer } from "../lib/index.ts";
-import { intOption, parse, run, toJson, UsageError } from "./common.ts";
+import { Namespace, type Controller, type DmaBuffer } from "../lib/index.ts";
+import { intOption, parse, run, toJson, UsageError, openController } from "./common.ts";
 import { Progress } from "./progress.ts";
 
 const usage = `usage: bun run examples/write-blocks.ts --ctrl=BDF --ns=NSID --lba=N --input=FILE [--count=N] [--json]
   Writes FILE to the namespace starting at LBA (the blocks' data is lost), then sends Flush.
-  --ctrl=BDF     controller's PCI address, unbound from the kernel's nvme driver
+  --ctrl=BDF     controller's PCI address (05:00.0), or /dev/disnvmN
   --ns=NSID      namespace
   --lba=N        first block
   --input=FILE   data to write (- for stdin, with --count); the last partial block is padded with zeros
@@ -99,7 +99,7 @@ await run(async () => {
     if (countArg === undefined && fileBytes === undefined) throw new UsageError(`${input} is not a regular file: give --count\n${usage}`);
     if (countArg === undefined && fileBytes === 0) throw new UsageError(`${input} is empty: nothing to write (--count=N writes N blocks of zeros)\n${usage}`);
 
-    using ctrl = Controller.open(args.ctrl);
+    using ctrl = openController(args);
     const ns = new Namespace(ctrl, nsid);
     const count = countArg ?? Math.ceil(fileBytes! / ns.lbaSize);
     // The whole range first: a range past the end writes nothing, not the part that fits.

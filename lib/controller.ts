@@ -9,7 +9,8 @@ import { DmaBuffer } from "./dma.ts";
 import { buildPrp, prpListPages, PRP_PAGE_SIZE } from "./prp.ts";
 import { QueuePair, type Completion, type ExecOptions } from "./queue.ts";
 import { IoCompletionQueue, IoQueue, type IoQueueContext, type IoQueueOptions } from "./io.ts";
-import { SysfsBackend } from "./backends/sysfs.ts";
+import { createBackend, resolveController, type BackendChoice } from "./backends/index.ts";
+import { OwnerLock } from "./lock.ts";
 import type { Backend } from "./backends/types.ts";
 import * as cmd from "./spec/commands.ts";
 import {
@@ -41,12 +42,25 @@ import { LID_ERROR, LID_FW_SLOT, LID_SMART, parseErrorLog, parseFirmwareSlotLog,
 const HOST_PAGE_SHIFT = 12;
 
 export interface ControllerOptions {
+  /**
+   * How to reach the controller: "sysfs" (raw, root, IOMMU off), "vfio" (bound to vfio-pci),
+   * "disnvm" (the kernel module), or "auto": by the device's bound driver, or disnvm for a
+   * /dev/disnvmN path. Defaults to "auto".
+   */
+  readonly backend?: BackendChoice;
   /** Admin SQ and CQ entries, 2 to 4096 (AQA). Defaults to 64. */
   readonly adminQueueEntries?: number;
   /** Per-command timeout in milliseconds. Defaults to 10 000. */
   readonly timeoutMs?: number;
   /** Close this controller on SIGINT, SIGTERM and SIGHUP, then exit with 128+signal. Defaults to true. */
   readonly handleSignals?: boolean;
+  /**
+   * Open even when another live process owns the controller (it is reset under that process).
+   * For a hung owner; after a crash the lock is free anyway. Defaults to false.
+   */
+  readonly force?: boolean;
+  /** After an Abort the controller accepted, how long the command may still take before a reset. Defaults to 1000. */
+  readonly abortGraceMs?: number;
   /** Largest transfer per command when the controller sets no limit (MDTS = 0). Defaults to 2 MiB. */
   readonly maxTransferBytes?: number;
 }
@@ -82,17 +96,53 @@ export class Controller {
   /** Memory a failed command may still point the controller at: freed only once it is disabled. */
   readonly #deferred: { free(): void }[] = [];
   #closed = false;
+  #lock: OwnerLock | undefined;
+  #resetting = false;
+  #resets = 0;
+  /** What setNumberOfQueues() asked for, to ask again after a reset. */
+  #requested = { sqs: 65535, cqs: 65535 };
+  /** How long a command the controller did not abort may take before the controller is reset. */
+  readonly #abortGraceMs: number;
 
   /**
-   * Open the controller at `ctrl` (a PCI address like 05:00.0), reset it and bring up the admin
-   * queue pair. The device must be unbound from kernel drivers; see SysfsBackend for the errors.
+   * Open the controller at `ctrl` (a PCI address like 05:00.0, or /dev/disnvmN), reset it and
+   * bring up the admin queue pair, through the backend `opts.backend` picks (see resolveController).
    */
   static open(ctrl: string, opts: ControllerOptions = {}): Controller {
-    const backend = new SysfsBackend(ctrl);
+    const where = resolveController(ctrl, opts.backend);
+    // The owner lock comes before anything touches the device; keyed by PCI address so every
+    // backend of one controller shares it.
+    const lock = OwnerLock.acquire(where.bdf ?? where.path!, opts.force);
+    let backend: Backend;
     try {
-      return new Controller(backend, opts);
+      backend = createBackend(where);
+    } catch (e) {
+      lock?.release();
+      throw e;
+    }
+    return Controller.#bringUp(backend, opts, lock);
+  }
+
+  /** Bring up the controller behind an already opened backend; the controller owns it from here on. */
+  static openBackend(backend: Backend, opts: ControllerOptions = {}): Controller {
+    let lock: OwnerLock | undefined;
+    try {
+      lock = OwnerLock.acquire(backend.bdf ?? backend.name, opts.force);
     } catch (e) {
       backend.close();
+      throw e;
+    }
+    return Controller.#bringUp(backend, opts, lock);
+  }
+
+  static #bringUp(backend: Backend, opts: ControllerOptions, lock: OwnerLock | undefined): Controller {
+    try {
+      const c = new Controller(backend, opts);
+      c.#lock = lock;
+      return c;
+    } catch (e) {
+      backend.close();
+      lock?.release();
       throw e;
     }
   }
@@ -100,6 +150,7 @@ export class Controller {
   private constructor(backend: Backend, opts: ControllerOptions) {
     this.backend = backend;
     this.timeoutMs = opts.timeoutMs ?? 10_000;
+    this.#abortGraceMs = opts.abortGraceMs ?? 1000;
     const n = native();
     const bar0 = backend.bar0;
     const capLo = n.nvm_read32(bar0, REG_CAP);
@@ -129,22 +180,7 @@ export class Controller {
     this.admin = new QueuePair(backend, 0, entries, this.cap.dstrd, this.timeoutMs);
     let scratch: DmaBuffer | undefined;
     try {
-      n.nvm_write32(bar0, REG_AQA, encodeAqa(entries, entries));
-      const asq = this.admin.sq.mem.busAddress(0);
-      const acq = this.admin.cq.mem.busAddress(0);
-      n.nvm_write64(bar0, REG_ASQ, cmd.lo32(asq), cmd.hi32(asq));
-      n.nvm_write64(bar0, REG_ACQ, cmd.lo32(acq), cmd.hi32(acq));
-      const cc = encodeCc({
-        css: 0, // NVM command set
-        mps: HOST_PAGE_SHIFT - 12,
-        ams: 0, // round robin
-        iosqes: cmd.SQE_SIZE_LOG2,
-        iocqes: cmd.CQE_SIZE_LOG2,
-      });
-      n.nvm_write32(bar0, REG_CC, cc);
-      n.nvm_write32(bar0, REG_CC, cc | CC_EN);
-      this.#waitReady(true);
-
+      this.#enable();
       scratch = new DmaBuffer(backend, PRP_PAGE_SIZE);
       this.#scratch = scratch;
       this.info = this.#identifyController();
@@ -192,6 +228,28 @@ export class Controller {
       }
       Bun.sleepSync(1);
     }
+  }
+
+  /** Program the admin queue (AQA, ASQ, ACQ) and CC, set CC.EN and wait for CSTS.RDY (3.5.1). */
+  #enable(): void {
+    const n = native();
+    const bar0 = this.backend.bar0;
+    const entries = this.admin.sq.entries;
+    n.nvm_write32(bar0, REG_AQA, encodeAqa(entries, entries));
+    const asq = this.admin.sq.mem.busAddress(0);
+    const acq = this.admin.cq.mem.busAddress(0);
+    n.nvm_write64(bar0, REG_ASQ, cmd.lo32(asq), cmd.hi32(asq));
+    n.nvm_write64(bar0, REG_ACQ, cmd.lo32(acq), cmd.hi32(acq));
+    const cc = encodeCc({
+      css: 0, // NVM command set
+      mps: HOST_PAGE_SHIFT - 12,
+      ams: 0, // round robin
+      iosqes: cmd.SQE_SIZE_LOG2,
+      iocqes: cmd.CQE_SIZE_LOG2,
+    });
+    n.nvm_write32(bar0, REG_CC, cc);
+    n.nvm_write32(bar0, REG_CC, cc | CC_EN);
+    this.#waitReady(true);
   }
 
   #disable(): void {
@@ -272,6 +330,7 @@ export class Controller {
       throw new InvalidArgumentError(`Number of Queues asks 1 to 65535 SQs and CQs, got ${sqs} and ${cqs}`);
     }
     this.#granted = cmd.decodeNumberOfQueues(this.adminCommand(cmd.numberOfQueues(sqs, cqs)).dw0);
+    this.#requested = { sqs, cqs };
     return this.#granted;
   }
 
@@ -298,6 +357,8 @@ export class Controller {
       timeoutMs: this.timeoutMs,
       maxTransfer: this.maxTransfer,
       sgls: this.info.sgls,
+      onExpired: (q, cid) => this.#onExpired(q, cid),
+      onFatal: (err) => this.#onFatal(err),
     };
   }
 
@@ -490,6 +551,82 @@ export class Controller {
     return new DmaBuffer(this.backend, size);
   }
 
+  // ---- recovery --------------------------------------------------------------------------
+
+  /** How many times reset() brought the controller back. */
+  get resets(): number {
+    return this.#resets;
+  }
+
+  /**
+   * Reset the controller and carry on: disable it (its DMA stops), fail every outstanding command
+   * (NvmeTimeoutError, or `reason` when it is a ControllerFatalError), start every ring over,
+   * enable it again, ask for the same Number of Queues and re-create every I/O queue with its
+   * id, size and memory. Queue objects stay valid; requests waiting for a slot are then sent.
+   */
+  reset(reason?: Error): void {
+    this.#check();
+    if (this.#resetting) return;
+    this.#resetting = true;
+    try {
+      const why = reason?.message ?? "reset() called";
+      const fail =
+        reason instanceof ControllerFatalError
+          ? reason
+          : new NvmeTimeoutError(`failed by a controller reset (${why})`, reason instanceof NvmeTimeoutError ? reason.timeoutMs : this.timeoutMs);
+      this.#disable();
+      for (const q of this.#sqs.values()) q.resetAfterDisable(fail);
+      for (const cq of this.#cqs.values()) cq.reset();
+      this.admin.reset();
+      this.#enable();
+      if (this.#granted) this.#granted = cmd.decodeNumberOfQueues(this.admin.execute(cmd.numberOfQueues(this.#requested.sqs, this.#requested.cqs)).dw0);
+      for (const cq of this.#cqs.values()) this.admin.execute(cmd.createIoCq(cq.qid, cq.entries, cq.cq.mem.busAddress(0)));
+      for (const q of this.#sqs.values()) this.admin.execute(cmd.createIoSq(q.qid, q.sq.entries, q.ioCq.qid, q.sq.mem.busAddress(0)));
+      this.#resets++;
+      for (const q of this.#sqs.values()) q.resume();
+    } finally {
+      this.#resetting = false;
+    }
+  }
+
+  /**
+   * A command's deadline passed. Ask the controller to Abort it; if the abort fails, or the
+   * command is still not completed after a grace period, reset the controller.
+   */
+  #onExpired(q: IoQueue, cid: number): void {
+    if (this.#closed || this.#resetting) return;
+    let aborted = false;
+    try {
+      aborted = (this.admin.execute(cmd.abort(q.qid, cid), { timeoutMs: Math.min(this.timeoutMs, 1000) }).dw0 & 1) === 0;
+    } catch {
+      // The admin queue does not answer either: nothing but a reset helps.
+      this.#resetQuietly(q, cid);
+      return;
+    }
+    // An aborted command completes with Command Abort Requested; one that was not aborted gets
+    // a short grace period to complete on its own.
+    const t = setTimeout(() => this.#resetQuietly(q, cid), aborted ? this.#abortGraceMs : this.#abortGraceMs / 10);
+    t.unref();
+  }
+
+  #resetQuietly(q: IoQueue, cid: number): void {
+    if (this.#closed || q.closed || !q.isExpired(cid)) return;
+    try {
+      this.reset(new NvmeTimeoutError(`command ${cid} on queue ${q.qid} did not complete within ${q.timeoutMs} ms and was not aborted`, q.timeoutMs));
+    } catch {
+      // The reset failed too: the next command reports the controller's state.
+    }
+  }
+
+  #onFatal(err: ControllerFatalError): void {
+    if (this.#closed || this.#resetting) return;
+    try {
+      this.reset(err);
+    } catch {
+      // Could not bring it back: queues keep failing with the reset's error.
+    }
+  }
+
   // ---- teardown --------------------------------------------------------------------------
 
   /**
@@ -548,6 +685,7 @@ export class Controller {
     step(() => this.#scratch.free());
     step(() => this.admin.free());
     step(() => this.backend.close());
+    step(() => this.#lock?.release());
     if (firstError !== undefined) throw firstError;
   }
 

@@ -13,7 +13,8 @@ export type NvmeErrorCode =
   | "ERR_NVME_DEVICE"
   | "ERR_NVME_PERMISSION"
   | "ERR_NVME_CLOSED"
-  | "ERR_NVME_PARSE";
+  | "ERR_NVME_PARSE"
+  | "ERR_NVME_BUSY";
 
 export abstract class NvmeError extends Error {
   abstract readonly code: NvmeErrorCode;
@@ -146,4 +147,17 @@ export class ClosedError extends NvmeError {
 export class ParseError extends NvmeError {
   override readonly name = "ParseError";
   readonly code = "ERR_NVME_PARSE" as const;
+}
+
+/** Another live process owns the controller (libnvm's advisory lock); opening it would reset it under that process. */
+export class ControllerBusyError extends NvmeError {
+  override readonly name = "ControllerBusyError";
+  readonly code = "ERR_NVME_BUSY" as const;
+  constructor(
+    message: string,
+    /** PID of the owner, or 0 when it could not be read. */
+    readonly pid: number,
+  ) {
+    super(message);
+  }
 }

@@ -17,7 +17,7 @@ import { ClosedError, ControllerFatalError, InvalidArgumentError, NvmeStatusErro
 import { native } from "./native.ts";
 import type { Backend } from "./backends/types.ts";
 import { DmaBuffer } from "./dma.ts";
-import { buildPrp, prpListPages, PRP_PAGE_SIZE } from "./prp.ts";
+import { prpListPages, PRP_PAGE_SIZE, writePrp } from "./prp.ts";
 import { buildSgl, sglListPages, sglSupport } from "./sgl.ts";
 import { CompletionQueue, SubmissionQueue } from "./queue.ts";
 import { commandName, CQE_DWORDS, SQE_DWORDS, writeSqe } from "./spec/commands.ts";
@@ -78,6 +78,12 @@ export class IoCompletionQueue {
     this.credits = entries - 1;
   }
 
+  /** @internal After a controller reset: empty ring, full budget. */
+  reset(): void {
+    this.cq.reset();
+    this.credits = this.entries - 1;
+  }
+
   /** Reap every posted completion, dispatch it to its SQ, ring the head doorbell once. */
   poll(): number {
     const cq = this.cq;
@@ -110,6 +116,10 @@ export interface IoQueueContext {
   readonly maxTransfer: number;
   /** Identify Controller SGLS. */
   readonly sgls: number;
+  /** A command's deadline passed (after its caller was failed): the owner aborts it, or resets. */
+  readonly onExpired?: (q: IoQueue, cid: number) => void;
+  /** CSTS.CFS or a vanished device seen while polling: the owner resets the controller. */
+  readonly onFatal?: (err: ControllerFatalError) => void;
 }
 
 interface Waiter {
@@ -155,6 +165,8 @@ export class IoQueue {
   #expired = 0;
   /** Set when the controller failed: nothing more is posted on this queue. */
   #fatal: Error | undefined;
+  /** Why the last synchronous command failed without a status (status -2). */
+  #syncError: Error | undefined;
   #ringPending = false;
   #polling = false;
   #closed = false;
@@ -312,12 +324,7 @@ export class IoQueue {
       }
       buildSgl(this.sq.sqe, o, buf, offset, bytes, this.#lists, listOffset);
     } else {
-      const { prp1, prp2 } = buildPrp(buf, offset, bytes, this.#lists, listOffset);
-      const sqe = this.sq.sqe;
-      sqe[o + 6] = prp1 % TWO32 >>> 0;
-      sqe[o + 7] = Math.floor(prp1 / TWO32);
-      sqe[o + 8] = prp2 % TWO32 >>> 0;
-      sqe[o + 9] = Math.floor(prp2 / TWO32);
+      writePrp(this.sq.sqe, o, buf, offset, bytes, this.#lists, listOffset);
     }
   }
 
@@ -411,8 +418,14 @@ export class IoQueue {
         this.#reject[cid] = undefined;
         reject(err);
       } else this.onTimeout?.(cid);
+      this.#ctx.onExpired?.(this, cid);
     }
     return n;
+  }
+
+  /** True while `cid` timed out and the controller has not completed it yet. */
+  isExpired(cid: number): boolean {
+    return this.#state[cid] === EXPIRED;
   }
 
   #checkController(): void {
@@ -421,15 +434,24 @@ export class IoQueue {
     const err = new ControllerFatalError(
       csts === REG_ALL_ONES
         ? `${this.#ctx.backend.name}: controller registers read all ones: the device is gone`
-        : `${this.#ctx.backend.name}: Controller Fatal Status (CSTS.CFS) set with ${this.#inflight} commands outstanding; close and reopen to reset it`,
+        : `${this.#ctx.backend.name}: Controller Fatal Status (CSTS.CFS) set with ${this.#inflight} commands outstanding`,
       csts,
     );
-    this.#failAll(err);
+    // With an owner that can reset the controller, outstanding commands fail and the queue goes on;
+    // alone, the queue refuses further commands.
+    if (this.#ctx.onFatal) this.#ctx.onFatal(err);
+    else this.#failAll(err);
   }
 
   /** Fail every outstanding async command and waiter; their CIDs stay reserved (the controller is broken). */
   #failAll(err: Error): void {
     this.#fatal = err;
+    this.#failOutstanding(err);
+    for (const w of this.#waiting.splice(0)) w.reject(err);
+  }
+
+  #failOutstanding(err: Error): void {
+    this.#syncError = err;
     for (let cid = 0; cid < this.depth; cid++) {
       if (this.#state[cid] !== INFLIGHT) continue;
       this.#state[cid] = EXPIRED;
@@ -440,8 +462,35 @@ export class IoQueue {
         this.#reject[cid] = undefined;
         reject(err);
       } else if (this.#mode[cid] === MODE_SYNC) this.#status[cid] = -2;
+      else this.onTimeout?.(cid);
     }
-    for (const w of this.#waiting.splice(0)) w.reject(err);
+  }
+
+  /**
+   * @internal The controller was disabled (reset): every posted command fails with `err`, the
+   * rings start over empty, every CID is free again. Requests still waiting for a CID are kept
+   * and sent once the queue exists again (resume()).
+   */
+  resetAfterDisable(err: Error): void {
+    this.#failOutstanding(err);
+    this.sq.reset();
+    for (let i = 0; i < this.depth; i++) {
+      this.#state[i] = FREE;
+      this.#free[i] = this.depth - 1 - i;
+    }
+    this.#freeTop = this.depth;
+    this.#inflight = 0;
+    this.#expired = 0;
+    this.#fatal = undefined;
+    this.#ringPending = false;
+  }
+
+  /** @internal The queue exists on the controller again: send what waited. */
+  resume(): void {
+    if (this.#waiting.length > 0) {
+      this.#drain();
+      this.#startPolling();
+    }
   }
 
   // ---- synchronous --------------------------------------------------------------------------
@@ -472,16 +521,18 @@ export class IoQueue {
         if (performance.now() > deadline) {
           this.#state[cid] = EXPIRED;
           this.#expired++;
-          throw new NvmeTimeoutError(
+          const err = new NvmeTimeoutError(
             `${commandName(this.#opcode[cid]!, false)} (cid ${cid}) on queue ${this.qid} did not complete within ${this.timeoutMs} ms`,
             this.timeoutMs,
           );
+          this.#ctx.onExpired?.(this, cid);
+          throw err;
         }
         if ((spins & 16383) === 16383) this.#checkController();
       }
     }
     const status = this.#status[cid]!;
-    if (status === -2) throw this.#fatal!;
+    if (status === -2) throw this.#syncError!;
     if (status !== 0) throw this.#statusError(cid, status);
     return this.#dw0[cid]!;
   }

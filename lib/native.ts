@@ -39,6 +39,28 @@ const symbols = {
   nvm_config_read: { args: [P, u32, u32, P], returns: i32 },
   nvm_config_write: { args: [P, u32, u32, u32], returns: i32 },
   nvm_memlock_limit: { args: [P], returns: i32 },
+  // single owner (advisory lock)
+  nvm_lock_acquire: { args: [P], returns: i32 },
+  nvm_lock_release: { args: [i32], returns: i32 },
+  // VFIO (type1 IOMMU): fds as i32, 64-bit offsets and IOVAs as two u32 halves
+  nvm_vfio_open: { args: [P, P, P], returns: i32 },
+  nvm_vfio_close: { args: [i32, i32, i32], returns: i32 },
+  nvm_vfio_iommu_info: { args: [i32, P, u32], returns: i32 },
+  nvm_vfio_region_info: { args: [i32, u32, P], returns: i32 },
+  nvm_vfio_map_region: { args: [i32, u32, u32, u32], returns: P },
+  nvm_vfio_region_read: { args: [i32, u32, u32, u32, P], returns: i32 },
+  nvm_vfio_region_write: { args: [i32, u32, u32, u32, u32], returns: i32 },
+  nvm_vfio_dma_map: { args: [i32, P, u32, u32, u32, u32], returns: i32 },
+  nvm_vfio_dma_unmap: { args: [i32, u32, u32, u32], returns: i32 },
+  nvm_vfio_device_reset: { args: [i32], returns: i32 },
+  // disnvm kernel module (/dev/disnvmN): fds as i32, bus addresses into C-owned (lo, hi) arrays
+  nvm_disnvm_open: { args: [P], returns: i32 },
+  nvm_disnvm_close: { args: [i32], returns: i32 },
+  nvm_disnvm_map_bar: { args: [i32, u32], returns: P },
+  nvm_disnvm_info: { args: [i32, P], returns: i32 },
+  nvm_disnvm_map_host: { args: [i32, P, u32, P], returns: i32 },
+  nvm_disnvm_map_device: { args: [i32, u32, u32, u32, P], returns: i32 },
+  nvm_disnvm_unmap: { args: [i32, P], returns: i32 },
 } as const;
 
 /** c/include/nvm_native.h as TypeScript sees it. */
@@ -60,6 +82,27 @@ export interface NativeLib {
   nvm_config_read(path: Buffer, offset: number, width: number, value: Pointer): number;
   nvm_config_write(path: Buffer, offset: number, width: number, value: number): number;
   nvm_memlock_limit(out: Pointer): number;
+  nvm_lock_acquire(path: Buffer): number;
+  nvm_lock_release(fd: number): number;
+  // VFIO (type1 IOMMU)
+  nvm_vfio_open(groupPath: Buffer, bdf: Buffer, out: Pointer): number;
+  nvm_vfio_close(container: number, group: number, device: number): number;
+  nvm_vfio_iommu_info(container: number, out: Pointer, maxRanges: number): number;
+  nvm_vfio_region_info(device: number, index: number, out: Pointer): number;
+  nvm_vfio_map_region(device: number, offsetLo: number, offsetHi: number, size: number): Pointer | null;
+  nvm_vfio_region_read(device: number, offsetLo: number, offsetHi: number, width: number, value: Pointer): number;
+  nvm_vfio_region_write(device: number, offsetLo: number, offsetHi: number, width: number, value: number): number;
+  nvm_vfio_dma_map(container: number, vaddr: Pointer, iovaLo: number, iovaHi: number, size: number, flags: number): number;
+  nvm_vfio_dma_unmap(container: number, iovaLo: number, iovaHi: number, size: number): number;
+  nvm_vfio_device_reset(device: number): number;
+  // disnvm kernel module
+  nvm_disnvm_open(path: Buffer): number;
+  nvm_disnvm_close(fd: number): number;
+  nvm_disnvm_map_bar(fd: number, size: number): Pointer | null;
+  nvm_disnvm_info(fd: number, out: Pointer): number;
+  nvm_disnvm_map_host(fd: number, vaddr: Pointer, size: number, addrs: Pointer): number;
+  nvm_disnvm_map_device(fd: number, vaddrLo: number, vaddrHi: number, size: number, addrs: Pointer): number;
+  nvm_disnvm_unmap(fd: number, vaddr: Pointer): number;
 }
 type Lib = NativeLib;
 

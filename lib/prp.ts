@@ -31,16 +31,34 @@ export function prpListPages(first: number, length: number): number {
  * of at least prpListPages() pages, starting at listOffset) when more than two pages are needed.
  */
 export function buildPrp(data: DmaBuffer, offset: number, length: number, list?: DmaBuffer, listOffset = 0): PrpPair {
+  const prp2 = prp2For(data, offset, length, list, listOffset);
+  return { prp1: data.busAddress(offset), prp2 };
+}
+
+/**
+ * The same, written straight into DPTR (dwords 6-9) of the SQE at dword offset `o`: the I/O
+ * path's variant, which allocates nothing.
+ */
+export function writePrp(sqe: Uint32Array, o: number, data: DmaBuffer, offset: number, length: number, list?: DmaBuffer, listOffset = 0): void {
+  const prp2 = prp2For(data, offset, length, list, listOffset);
+  const prp1 = data.busAddress(offset);
+  sqe[o + 6] = prp1 % TWO32 >>> 0;
+  sqe[o + 7] = Math.floor(prp1 / TWO32);
+  sqe[o + 8] = prp2 % TWO32 >>> 0;
+  sqe[o + 9] = Math.floor(prp2 / TWO32);
+}
+
+/** PRP2 for the transfer: 0, the second page, or the list (which it fills). */
+function prp2For(data: DmaBuffer, offset: number, length: number, list: DmaBuffer | undefined, listOffset: number): number {
   if (length <= 0) throw new InvalidArgumentError(`transfer length must be positive, got ${length}`);
   if (offset < 0 || offset + length > data.size) {
     throw new InvalidArgumentError(`buffer too small: ${offset}+${length} bytes asked of a ${data.size}-byte DMA buffer`);
   }
-  const prp1 = data.busAddress(offset);
   // Page boundaries are those of the mapping: a region may start inside a page.
   const firstPageBytes = PRP_PAGE_SIZE - ((data.base + offset) % PRP_PAGE_SIZE);
-  if (length <= firstPageBytes) return { prp1, prp2: 0 };
+  if (length <= firstPageBytes) return 0;
   const nextPage = offset + firstPageBytes;
-  if (length <= firstPageBytes + PRP_PAGE_SIZE) return { prp1, prp2: data.busAddress(nextPage) };
+  if (length <= firstPageBytes + PRP_PAGE_SIZE) return data.busAddress(nextPage);
 
   const need = prpListPages(data.base + offset, length);
   if (!list || (list.base + listOffset) % PRP_PAGE_SIZE !== 0 || listOffset + need * PRP_PAGE_SIZE > list.size) {
@@ -69,5 +87,5 @@ export function buildPrp(data: DmaBuffer, offset: number, length: number, list?:
     page += PRP_PAGE_SIZE;
     remaining -= PRP_PAGE_SIZE;
   }
-  return { prp1, prp2: list.busAddress(listOffset) };
+  return list.busAddress(listOffset);
 }

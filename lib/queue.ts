@@ -63,6 +63,12 @@ export class SubmissionQueue {
     this.tail = this.tail + 1 === this.entries ? 0 : this.tail + 1;
   }
 
+  /** Empty again, as after a controller reset (the controller's SQ head is 0 once it is re-created). */
+  reset(): void {
+    this.tail = 0;
+    this.head = 0;
+  }
+
   /** Tell the controller about every entry up to the tail (one doorbell per batch). */
   ring(): void {
     native().nvm_doorbell(this.bar0, this.doorbell, this.tail);
@@ -104,6 +110,13 @@ export class CompletionQueue {
       this.head = 0;
       this.phase ^= 1;
     }
+  }
+
+  /** Empty again, as after a controller reset: old entries' phase bits must not look new. */
+  reset(): void {
+    this.cqe.fill(0);
+    this.head = 0;
+    this.phase = 1;
   }
 
   /** Release consumed entries to the controller (once per batch). */
@@ -240,6 +253,13 @@ export class QueuePair {
     }
     if (n > 0) this.cq.ring();
     return n;
+  }
+
+  /** @internal After a controller reset: both rings empty, no command outstanding. */
+  reset(): void {
+    this.sq.reset();
+    this.cq.reset();
+    this.#outstanding.clear();
   }
 
   /** Free the rings (the controller must no longer use them). */

@@ -74,6 +74,80 @@ NVM_API int32_t nvm_config_write(const char *path, uint32_t offset, uint32_t wid
 /* RLIMIT_MEMLOCK soft limit in bytes as (lo, hi) into out[2]; all ones = unlimited. */
 NVM_API int32_t nvm_memlock_limit(uint32_t *out);
 
+/* --- single owner ------------------------------------------------------------------------------ */
+
+/* flock(LOCK_EX|LOCK_NB) on `path` (created if needed) and write our PID into it: returns the fd
+ * (keep it open while owning the device) or -EBUSY when another live process holds it. */
+NVM_API int32_t nvm_lock_acquire(const char *path);
+NVM_API int32_t nvm_lock_release(int32_t fd);
+
+/* --- VFIO (type1 IOMMU) ------------------------------------------------------------------------ */
+
+/* Steps of nvm_vfio_open(), reported in out[4] so the caller can say which one failed. */
+#define NVM_VFIO_STEP_NONE 0u
+#define NVM_VFIO_STEP_CONTAINER 1u     /* open /dev/vfio/vfio */
+#define NVM_VFIO_STEP_API_VERSION 2u   /* VFIO_GET_API_VERSION (got it in out[5]); -EPROTO */
+#define NVM_VFIO_STEP_EXTENSION 3u     /* VFIO_CHECK_EXTENSION TYPE1v2 / TYPE1; -ENODEV */
+#define NVM_VFIO_STEP_GROUP 4u         /* open /dev/vfio/<group>: -EBUSY held elsewhere, -EACCES */
+#define NVM_VFIO_STEP_GROUP_STATUS 5u  /* VFIO_GROUP_GET_STATUS; -EBUSY when not viable (flags in out[5]) */
+#define NVM_VFIO_STEP_SET_CONTAINER 6u /* VFIO_GROUP_SET_CONTAINER */
+#define NVM_VFIO_STEP_SET_IOMMU 7u     /* VFIO_SET_IOMMU */
+#define NVM_VFIO_STEP_DEVICE 8u        /* VFIO_GROUP_GET_DEVICE_FD */
+#define NVM_VFIO_OPEN_DWORDS 8u
+
+/* Open a container (close-on-exec), check the API version and the type1 extension, open the group
+ * (e.g. "/dev/vfio/12"), check it is viable, attach it, set the IOMMU (TYPE1v2, else TYPE1) and get
+ * the device fd of `bdf`. out[8]: container, group, device fds, IOMMU type, failed step, and the API
+ * version or group flags. On failure everything opened is closed again. */
+NVM_API int32_t nvm_vfio_open(const char *group_path, const char *bdf, uint32_t *out);
+/* Close the device, group and container fds in that order; a negative fd is skipped. */
+NVM_API int32_t nvm_vfio_close(int32_t container, int32_t group, int32_t device);
+
+#define NVM_VFIO_INFO_HDR_DWORDS 8u
+/* VFIO_IOMMU_GET_INFO with its capability chain. out[8 + 4*max_ranges]: flags, iova_pgsizes (lo, hi),
+ * number of IOVA ranges the IOMMU reported (may exceed max_ranges), DMA mappings still available
+ * (all ones when not reported), 3 reserved; then per range start (lo, hi) and end (lo, hi), inclusive. */
+NVM_API int32_t nvm_vfio_iommu_info(int32_t container, uint32_t *out, uint32_t max_ranges);
+
+#define NVM_VFIO_REGION_MMAP 4u /* VFIO_REGION_INFO_FLAG_MMAP */
+/* VFIO_DEVICE_GET_REGION_INFO (vfio-pci: BAR0 = 0, config space = 7). out[5]: flags, size (lo, hi),
+ * offset in the device fd (lo, hi). */
+NVM_API int32_t nvm_vfio_region_info(int32_t device, uint32_t index, uint32_t *out);
+/* mmap(size bytes of the device fd at offset, MAP_SHARED): a BAR. Undo with nvm_unmap(). */
+NVM_API void *nvm_vfio_map_region(int32_t device, uint32_t offset_lo, uint32_t offset_hi, uint32_t size);
+/* pread/pwrite of width 1, 2 or 4 bytes at a device fd offset (config region offset + register). */
+NVM_API int32_t nvm_vfio_region_read(int32_t device, uint32_t offset_lo, uint32_t offset_hi, uint32_t width, uint32_t *value);
+NVM_API int32_t nvm_vfio_region_write(int32_t device, uint32_t offset_lo, uint32_t offset_hi, uint32_t width, uint32_t value);
+
+#define NVM_VFIO_MAP_READ 1u  /* the device may read the memory */
+#define NVM_VFIO_MAP_WRITE 2u /* the device may write it */
+/* VFIO_IOMMU_MAP_DMA: pin [vaddr, vaddr+size) and map it at iova. -EEXIST when the IOVA overlaps. */
+NVM_API int32_t nvm_vfio_dma_map(int32_t container, void *vaddr, uint32_t iova_lo, uint32_t iova_hi, uint32_t size, uint32_t flags);
+/* VFIO_IOMMU_UNMAP_DMA of exactly one earlier mapping; -ENOENT when nothing of that size was mapped there. */
+NVM_API int32_t nvm_vfio_dma_unmap(int32_t container, uint32_t iova_lo, uint32_t iova_hi, uint32_t size);
+/* VFIO_DEVICE_RESET (function level reset when the device has one). */
+NVM_API int32_t nvm_vfio_device_reset(int32_t device);
+
+/* --- disnvm kernel module (module/, uapi c/include/disnvm_ioctl.h) ---------------------------- */
+
+/* open(path, O_RDWR|O_CLOEXEC) of /dev/disnvmN: the fd, or -errno (EBUSY: another process has it). */
+NVM_API int32_t nvm_disnvm_open(const char *path);
+/* close(fd); the module releases everything once the fd and the BAR0 mapping are both gone. */
+NVM_API int32_t nvm_disnvm_close(int32_t fd);
+/* mmap(size bytes at offset 0, MAP_SHARED) of the open node: BAR0, uncached. Stays valid after
+ * nvm_disnvm_close(); undo with nvm_unmap(). */
+NVM_API void *nvm_disnvm_map_bar(int32_t fd, uint32_t size);
+#define NVM_DISNVM_INFO_DWORDS 32u
+/* DISNVM_IOC_INFO: struct disnvm_info's u64 fields as (lo, hi) pairs into out[32]. */
+NVM_API int32_t nvm_disnvm_info(int32_t fd, uint32_t *out);
+/* DISNVM_IOC_MAP_HOST: pin and DMA-map [vaddr, vaddr+size); the bus address of each 4 KiB page as
+ * (lo, hi) pairs into addrs[2 * size/4096] (C-owned memory). */
+NVM_API int32_t nvm_disnvm_map_host(int32_t fd, void *vaddr, uint32_t size, uint32_t *addrs);
+/* DISNVM_IOC_MAP_DEVICE: the same for a CUDA device address; -EOPNOTSUPP without CUDA support. */
+NVM_API int32_t nvm_disnvm_map_device(int32_t fd, uint32_t vaddr_lo, uint32_t vaddr_hi, uint32_t size, uint32_t *addrs);
+/* DISNVM_IOC_UNMAP of the mapping that starts at vaddr; -ENOENT when none does. */
+NVM_API int32_t nvm_disnvm_unmap(int32_t fd, void *vaddr);
+
 #ifdef __cplusplus
 }
 #endif

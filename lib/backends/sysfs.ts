@@ -35,9 +35,8 @@ export class SysfsBackend implements Backend {
     this.device = findPciDevice(this.name);
     if (this.device.driver) {
       const hint =
-        this.device.driver === "vfio-pci"
-          ? "the VFIO backend is not available yet; bind it back: echo " +
-            `${this.name} > /sys/bus/pci/drivers/vfio-pci/unbind`
+        this.device.driver === "vfio-pci" || this.device.driver === "disnvm"
+          ? `open it with backend "${this.device.driver === "vfio-pci" ? "vfio" : "disnvm"}" (or "auto"), or unbind it: echo ${this.name} > /sys/bus/pci/drivers/${this.device.driver}/unbind`
           : `unbind it first: echo ${this.name} > /sys/bus/pci/devices/${this.name}/driver/unbind`;
       throw new DeviceError(`${this.name} is bound to the kernel driver ${this.device.driver}; ${hint}`);
     }

@@ -32,6 +32,8 @@ export interface Backend {
   readonly kind: BackendKind;
   /** The PCI address or device path it was opened with, normalised. */
   readonly name: string;
+  /** The controller's PCI address when known (the owner lock is keyed by it). */
+  readonly bdf?: string | undefined;
   /** BAR0 mapped uncached. */
   readonly bar0: Pointer;
   readonly bar0Size: number;

@@ -7,7 +7,7 @@
  * Command Set Independent" and NVM Command Set Specification 1.0 figure "Identify Namespace Data
  * Structure, NVM Command Set". All multi-byte fields are little endian.
  */
-import { ParseError } from "../errors.ts";
+import { InvalidArgumentError, ParseError } from "../errors.ts";
 
 /** Every Identify data structure is one 4 KiB page. */
 export const IDENTIFY_DATA_SIZE = 4096;
@@ -254,7 +254,10 @@ export interface IdentifyController {
   readonly ctrattr: number;
   /** Maximum SGL Data Block Descriptors, byte 1803 (fabrics). */
   readonly msdbd: number;
-  /** Power State Descriptors PSD0..PSD{NPSS}. */
+  /**
+   * Power State Descriptors PSD0..PSD{NPSS}. The structure has room for 32 (bytes 3071:2048),
+   * so an NPSS above 31 from a broken device is capped at 32 descriptors; `npss` stays raw.
+   */
   readonly psd: readonly PowerStateDescriptor[];
 }
 
@@ -281,6 +284,11 @@ function parsePowerState(view: DataView, off: number): PowerStateDescriptor {
   };
 }
 
+/** PSD0 is at byte 2048; each descriptor is 32 bytes and there are at most 32 (NPSS <= 31). */
+const PSD_OFFSET = 2048;
+const PSD_SIZE = 32;
+const MAX_POWER_STATES = 32;
+
 /** Parse the Identify Controller data structure (CNS 01h). */
 export function parseIdentifyController(data: Uint8Array): IdentifyController {
   requireLength(data, IDENTIFY_DATA_SIZE, "Identify Controller data");
@@ -291,8 +299,10 @@ export function parseIdentifyController(data: Uint8Array): IdentifyController {
 
   const npss = u8(263);
   const psd: PowerStateDescriptor[] = [];
-  // NPSS is 0's based and at most 31, so PSD0..PSD31 always fit in bytes 3071:2048.
-  for (let i = 0; i <= npss; i++) psd.push(parsePowerState(v, 2048 + 32 * i));
+  // NPSS is 0's based and the structure holds PSD0..PSD31 (bytes 3071:2048). A larger NPSS
+  // (the byte goes to 255) would read the vendor specific area, then past the 4 KiB page.
+  const psdCount = Math.min(npss + 1, MAX_POWER_STATES);
+  for (let i = 0; i < psdCount; i++) psd.push(parsePowerState(v, PSD_OFFSET + PSD_SIZE * i));
 
   const sqes = u8(512);
   const cqes = u8(513);
@@ -383,18 +393,37 @@ export function parseIdentifyController(data: Uint8Array): IdentifyController {
   };
 }
 
-/** "major.minor.tertiary" from a VER field or VS register: MJR bits 31:16, MNR 15:8, TER 7:0. */
+/**
+ * "major.minor.tertiary" from a VER field or VS register: MJR bits 31:16, MNR 15:8, TER 7:0.
+ * `ver` must be a 32-bit value (unsigned, or signed as `x | 0` leaves it); anything else (NaN, a
+ * fraction, wider than 32 bits) is an InvalidArgumentError rather than a made-up "0.0.0".
+ */
 export function formatVersion(ver: number): string {
+  if (!Number.isInteger(ver) || ver < -0x8000_0000 || ver > 0xffff_ffff) {
+    throw new InvalidArgumentError(`version ${ver} is not a 32-bit VER / VS value`);
+  }
   return `${(ver >>> 16) & 0xffff}.${(ver >>> 8) & 0xff}.${ver & 0xff}`;
 }
 
 /**
  * Largest transfer one command may move, in bytes: 2^MDTS pages of CAP.MPSMIN. MDTS 0 means the
- * controller sets no limit, returned as null.
+ * controller sets no limit, returned as null. MDTS is one byte, so a device may report up to
+ * 2^255 pages; a limit that is not a safe integer (above 2^53 bytes) is no limit in practice and
+ * is also returned as null rather than as an inexact or infinite number.
+ *
+ * `mdts` must be an integer in 0..255 and `mpsminBytes` a power of two (CAP.MPSMIN in bytes, as
+ * decodeCap's minPageSize gives it); anything else is an InvalidArgumentError.
  */
 export function mdtsBytes(mdts: number, mpsminBytes: number): number | null {
+  if (!Number.isInteger(mdts) || mdts < 0 || mdts > 0xff) {
+    throw new InvalidArgumentError(`MDTS ${mdts} is not an integer in 0..255 (Identify Controller byte 77)`);
+  }
+  if (!Number.isSafeInteger(mpsminBytes) || mpsminBytes < 1 || 2 ** Math.round(Math.log2(mpsminBytes)) !== mpsminBytes) {
+    throw new InvalidArgumentError(`memory page size ${mpsminBytes} is not a power of two in bytes (CAP.MPSMIN)`);
+  }
   if (mdts === 0) return null;
-  return mpsminBytes * 2 ** mdts;
+  const bytes = mpsminBytes * 2 ** mdts;
+  return Number.isSafeInteger(bytes) ? bytes : null;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -498,6 +527,8 @@ export interface IdentifyNamespace {
 
 /** NLBAF is 0's based and the NVM command set defines at most 64 formats (bytes 383:128). */
 const MAX_LBA_FORMATS = 64;
+/** LBAF0 is at byte 128, 4 bytes each. */
+const LBAF_OFFSET = 128;
 
 /** Parse the Identify Namespace data structure for the NVM command set (CNS 00h). */
 export function parseIdentifyNamespace(data: Uint8Array): IdentifyNamespace {
@@ -514,7 +545,7 @@ export function parseIdentifyNamespace(data: Uint8Array): IdentifyNamespace {
   const count = Math.min(nlbaf + 1, MAX_LBA_FORMATS);
   const lbaf: LbaFormat[] = [];
   for (let i = 0; i < count; i++) {
-    const d = u32(128 + 4 * i);
+    const d = u32(LBAF_OFFSET + 4 * i);
     lbaf.push({ ms: d & 0xffff, lbads: (d >>> 16) & 0xff, rp: (d >>> 24) & 0x3 });
   }
   // Bits 6:5 are reserved (zero) when there are 16 or fewer formats, so combining them
@@ -528,14 +559,16 @@ export function parseIdentifyNamespace(data: Uint8Array): IdentifyNamespace {
     const current = lbaf[formatIndex];
     if (current === undefined) {
       throw new ParseError(
-        `Identify Namespace: FLBAS selects LBA format ${formatIndex} but NLBAF reports only ${count} formats`,
+        `Identify Namespace: FLBAS (byte 26) = 0x${flbas.toString(16).padStart(2, "0")} selects LBA format ${formatIndex}, ` +
+          `but NLBAF (byte 25) = ${nlbaf} reports only ${count} formats (bytes 128..${127 + 4 * count})`,
       );
     }
     // LBADS below 9 (512 bytes) marks an unsupported format; above 2^30 is not a block size any
     // device uses and would not fit the arithmetic callers do with it.
     if (current.lbads < 9 || current.lbads > 30) {
       throw new ParseError(
-        `Identify Namespace: LBA format ${formatIndex} in use has LBADS ${current.lbads}, which is not a valid block size`,
+        `Identify Namespace: LBA format ${formatIndex} in use (LBAF${formatIndex}, byte ${LBAF_OFFSET + 4 * formatIndex + 2}) ` +
+          `has LBADS ${current.lbads}, which is not a valid block size (9..30)`,
       );
     }
     lbaSize = 2 ** current.lbads;

@@ -90,8 +90,9 @@ export function getLogPageCdws(opts: GetLogPageOptions): {
   return {
     cdw10: (opts.lid | (lsp << 8) | (opts.rae ? 1 << 15 : 0) | (numdl << 16)) >>> 0,
     cdw11: (numdu | (lsi << 16)) >>> 0,
-    cdw12: offset % 2 ** 32,
-    cdw13: Math.floor(offset / 2 ** 32),
+    // `>>> 0` also turns an offset of -0 (which passes the checks above) into 0.
+    cdw12: (offset % 2 ** 32) >>> 0,
+    cdw13: Math.floor(offset / 2 ** 32) >>> 0,
   };
 }
 

@@ -2,7 +2,13 @@
  * Controller registers (NVMe Base Specification 2.0, 3.1.4 "Controller Properties").
  * Offsets into BAR0 and field decoders. 64-bit registers are read and written as two
  * 32-bit halves by the native layer; here they arrive as (lo, hi).
+ *
+ * The decoders accept a register value as an unsigned (0..2^32-1) or signed (-2^31..-1, as
+ * `x | 0` leaves it) 32-bit integer and throw InvalidArgumentError for anything else (NaN,
+ * fractions, values wider than 32 bits): such a value is a bug in the caller, and decoding it
+ * bit-wise would quietly yield zeros (CSTS.RDY = 0, CFS = 0) or drop the high bits.
  */
+import { InvalidArgumentError } from "../errors.ts";
 
 export const REG_CAP = 0x00; // Controller Capabilities, 64-bit
 export const REG_VS = 0x08; // Version
@@ -79,7 +85,17 @@ export interface Capabilities {
   readonly raw: bigint;
 }
 
+/** @internal `v` as an unsigned 32-bit register value, or InvalidArgumentError naming the register. */
+function reg32(v: number, what: string): number {
+  if (!Number.isInteger(v) || v < -0x8000_0000 || v > 0xffff_ffff) {
+    throw new InvalidArgumentError(`${what} value ${v} is not a 32-bit register value (an integer in -2^31..2^32-1)`);
+  }
+  return v >>> 0;
+}
+
 export function decodeCap(lo: number, hi: number): Capabilities {
+  lo = reg32(lo, "CAP (offset 00h, low dword)");
+  hi = reg32(hi, "CAP (offset 04h, high dword)");
   const to = (lo >>> 24) & 0xff;
   const mpsmin = (hi >>> 16) & 0xf;
   const mpsmax = (hi >>> 20) & 0xf;
@@ -111,6 +127,7 @@ export interface Version {
 
 /** VS (3.1.4.2): MJR bits 31:16, MNR 15:08, TER 07:00. Identify Controller's VER uses the same layout. */
 export function decodeVersion(vs: number): Version {
+  vs = reg32(vs, "VS (offset 08h)");
   return { mjr: (vs >>> 16) & 0xffff, mnr: (vs >>> 8) & 0xff, ter: vs & 0xff };
 }
 
@@ -130,6 +147,7 @@ export interface ControllerConfig {
 }
 
 export function decodeCc(cc: number): ControllerConfig {
+  cc = reg32(cc, "CC (offset 14h)");
   return {
     en: (cc & CC_EN) !== 0,
     css: (cc >>> CC_CSS_SHIFT) & 0x7,
@@ -163,6 +181,7 @@ export interface ControllerStatus {
 }
 
 export function decodeCsts(csts: number): ControllerStatus {
+  csts = reg32(csts, "CSTS (offset 1Ch)");
   return {
     rdy: (csts & CSTS_RDY) !== 0,
     cfs: (csts & CSTS_CFS) !== 0,
@@ -181,6 +200,7 @@ export function encodeAqa(asqEntries: number, acqEntries: number): number {
 }
 
 export function decodeAqa(aqa: number): { asqs: number; acqs: number } {
+  aqa = reg32(aqa, "AQA (offset 24h)");
   return { asqs: (aqa & 0xfff) + 1, acqs: ((aqa >>> 16) & 0xfff) + 1 };
 }
 

@@ -7,9 +7,13 @@
  * I/O command set specific ranges (SC 80h-BFh) from the NVM, Zoned Namespace and Key Value
  * command set specifications.
  *
- * This module must not import ../errors.ts: errors.ts imports it, and a cycle would leave one
- * side undefined at load time.
+ * errors.ts imports this module (for statusName / statusTypeName) and this module imports
+ * errors.ts (for InvalidArgumentError). The cycle is safe only because neither side touches the
+ * other's bindings while loading: errors.ts calls statusName inside a constructor, this module
+ * throws InvalidArgumentError inside decodeStatus. Keep it that way: no top-level use of
+ * anything from errors.ts here (no `extends`, no constants built from it).
  */
+import { InvalidArgumentError } from "../errors.ts";
 
 // ---------------------------------------------------------------------------------------------
 // Status Code Type (SCT), Status Field bits 10:8
@@ -269,25 +273,50 @@ function hex2(v: number): string {
   return "0x" + v.toString(16).padStart(2, "0");
 }
 
-/** Lower-case name of a Status Code Type, as used in error messages. */
+/** SCT is a 3-bit field: 0..7. */
+function isSct(v: number): boolean {
+  return Number.isInteger(v) && v >= 0 && v <= 0x7;
+}
+
+/** SC is an 8-bit field: 0..255. */
+function isSc(v: number): boolean {
+  return Number.isInteger(v) && v >= 0 && v <= 0xff;
+}
+
+/** A value for a message: hex when it is a plausible field value, else as JavaScript prints it (NaN, 1.5, -3). */
+function show(v: number): string {
+  return Number.isSafeInteger(v) && v >= 0 ? hex2(v) : String(v);
+}
+
+/**
+ * Lower-case name of a Status Code Type, as used in error messages. Total: any argument gives a
+ * string (NvmeStatusError calls it while constructing itself, so it must not throw); a value that
+ * is not a 3-bit integer gives "invalid".
+ */
 export function statusTypeName(sct: number): string {
+  if (!isSct(sct)) return "invalid";
   if (sct === SCT_VENDOR_SPECIFIC) return "vendor specific";
   return TYPE_NAMES[sct] ?? "reserved";
 }
 
 /**
  * The specification's name for a status. Codes the tables do not define get a descriptive
- * fallback that still carries the raw value, e.g. "Unknown generic status 0x3f".
+ * fallback that still carries the raw value, e.g. "Unknown generic status 0x3f". Total like
+ * statusTypeName: an SCT that is not an integer in 0..7 or an SC that is not one in 0..255 gives
+ * an "Invalid ..." string naming the value rather than an exception.
  */
 export function statusName(sct: number, sc: number): string {
+  if (!isSct(sct)) return `Invalid status code type ${show(sct)}, status ${show(sc)}`;
+  if (!isSc(sc)) return `Invalid status code ${show(sc)} (status code type ${hex2(sct)})`;
   if (sct === SCT_VENDOR_SPECIFIC) return `Vendor specific status ${hex2(sc)}`;
   const table = TABLES[sct];
-  if (table === undefined) return `Reserved status code type ${hex2(sct)}, status ${hex2(sc)}`;
+  const type = TYPE_NAMES[sct];
+  if (table === undefined || type === undefined) return `Reserved status code type ${hex2(sct)}, status ${hex2(sc)}`;
   const name = table.get(sc);
   if (name !== undefined) return name;
   // C0h-FFh is vendor specific within every defined SCT (Base 2.0 figure "Status Code" ranges).
-  if (sc >= 0xc0 && sc <= 0xff) return `Vendor specific ${TYPE_NAMES[sct]} status ${hex2(sc)}`;
-  return `Unknown ${TYPE_NAMES[sct]} status ${hex2(sc)}`;
+  if (sc >= 0xc0) return `Vendor specific ${type} status ${hex2(sc)}`;
+  return `Unknown ${type} status ${hex2(sc)}`;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -308,11 +337,23 @@ export interface CompletionStatus {
   readonly dnr: boolean;
 }
 
+/** Largest 15-bit Status Field. */
+const STATUS_FIELD_MAX = 0x7fff;
+
 /**
  * Decode the 15-bit Status Field, i.e. CQE DW3 >>> 17 (the phase tag, DW3 bit 16, already
  * dropped). Bit 0 of `status15` is SC bit 0.
+ *
+ * Throws InvalidArgumentError unless `status15` is an integer in 0..7FFFh: NaN would otherwise
+ * decode as Successful Completion, and a 16-bit value (DW3 >>> 16, phase tag still in bit 0)
+ * would decode every field one bit off.
  */
 export function decodeStatus(status15: number): CompletionStatus {
+  if (!Number.isInteger(status15) || status15 < 0 || status15 > STATUS_FIELD_MAX) {
+    throw new InvalidArgumentError(
+      `Status Field ${status15} is not an integer in 0..0x7fff; pass CQE DW3 >>> 17 (bits 31:17, phase tag dropped)`,
+    );
+  }
   return {
     sc: status15 & 0xff,
     sct: (status15 >>> 8) & 0x7,

@@ -5,6 +5,7 @@
  */
 import { setDefaultTimeout } from "bun:test";
 import { join } from "node:path";
+import { Controller, type ControllerOptions } from "../../lib/index.ts";
 
 // TCG emulation is slow: an admin command takes ~0.1-0.3 ms and a bun start ~1 s.
 setDefaultTimeout(120_000);
@@ -33,6 +34,15 @@ export function ctrlAddress(): string {
     );
   }
   return c;
+}
+
+/**
+ * The backend a suite runs through (LIBNVM_TEST_BACKEND, set by test/vm/hw.ts after it bound the
+ * controller to that driver), checked against what Controller.open picked so a suite can never
+ * pass through the wrong backend. Undefined: whatever auto picks (raw sysfs on an unbound device).
+ */
+export function expectedBackend(): string | undefined {
+  return process.env.LIBNVM_TEST_BACKEND || undefined;
 }
 
 /** The configuration QEMU was started with (JSON from test/vm/run.ts); undefined on real hardware. */
@@ -77,4 +87,15 @@ export async function waitForLine(stream: ReadableStream<Uint8Array>, want: RegE
     reader.releaseLock();
   }
   throw new Error(`child did not print ${want} within ${timeoutMs} ms; it printed: ${JSON.stringify(buf)}`);
+}
+
+/** Controller.open on the test controller, through the backend the suite expects. */
+export function openTestController(opts?: ControllerOptions): Controller {
+  const c = Controller.open(ctrlAddress(), opts);
+  const want = expectedBackend();
+  if (want && c.backend.kind !== want) {
+    c.close();
+    throw new Error(`this suite must run through the ${want} backend, but Controller.open picked ${c.backend.kind}`);
+  }
+  return c;
 }

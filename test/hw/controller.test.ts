@@ -1,7 +1,7 @@
 /** Bring-up, identify and the admin queue against QEMU's controller. */
 import { afterEach, describe, expect, test } from "bun:test";
 import { Controller, InvalidArgumentError, NvmeStatusError, commands, formatVersion, log, registers, status } from "../../lib/index.ts";
-import { ctrlAddress, requireExpected } from "./common.ts";
+import { openTestController, requireExpected } from "./common.ts";
 
 let ctrl: Controller | undefined;
 afterEach(() => {
@@ -9,7 +9,7 @@ afterEach(() => {
   ctrl = undefined;
 });
 
-const open = (opts?: Parameters<typeof Controller.open>[1]) => (ctrl = Controller.open(ctrlAddress(), opts));
+const open = (opts?: Parameters<typeof Controller.open>[1]) => (ctrl = openTestController(opts));
 
 describe("identify", () => {
   test("Identify Controller matches the QEMU configuration", () => {

@@ -4,7 +4,7 @@
  */
 import { afterEach, describe, expect, test } from "bun:test";
 import { Controller, DmaBuffer, InvalidArgumentError, IoQueue, Namespace, NvmeStatusError, commands, status } from "../../lib/index.ts";
-import { ctrlAddress, requireExpected } from "./common.ts";
+import { openTestController, requireExpected } from "./common.ts";
 
 let ctrl: Controller | undefined;
 afterEach(() => {
@@ -13,7 +13,7 @@ afterEach(() => {
 });
 
 function open(): Controller {
-  ctrl = Controller.open(ctrlAddress());
+  ctrl = openTestController();
   return ctrl;
 }
 

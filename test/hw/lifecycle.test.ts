@@ -1,6 +1,6 @@
 /** Nothing is left enabled behind a process: close(), SIGTERM, and recovery after SIGKILL. */
 import { describe, expect, test } from "bun:test";
-import { Controller, registers } from "../../lib/index.ts";
+import { Controller, ControllerBusyError, registers } from "../../lib/index.ts";
 import { ctrlAddress, spawnFixture, waitForLine } from "./common.ts";
 
 async function registersFromNewProcess() {
@@ -66,5 +66,34 @@ describe("release", () => {
     } finally {
       c.close();
     }
+  });
+});
+
+describe("one owner at a time", () => {
+  test("a second opener gets ControllerBusyError naming the owner's PID; force takes over", async () => {
+    const p = spawnFixture("hold.ts");
+    try {
+      const line = await waitForLine(p.stdout, /^ready/, 60_000);
+      const pid = Number(line.split(" ")[1]);
+      let err: unknown;
+      try {
+        Controller.open(ctrlAddress()).close();
+      } catch (e) {
+        err = e;
+      }
+      expect(err).toBeInstanceOf(ControllerBusyError);
+      expect((err as ControllerBusyError).pid).toBe(pid);
+      expect((err as Error).message).toContain(`in use by process ${pid}`);
+      // The owner was not disturbed: its controller is still enabled.
+      expect(registers.decodeCsts((await registersFromNewProcess()).csts).rdy).toBe(true);
+      const forced = Controller.open(ctrlAddress(), { force: true });
+      expect(forced.info.mn).toBe("QEMU NVMe Ctrl");
+      forced.close();
+    } finally {
+      p.kill("SIGKILL");
+      await p.exited;
+    }
+    // The kernel dropped the dead owner's lock: no force needed.
+    Controller.open(ctrlAddress()).close();
   });
 });

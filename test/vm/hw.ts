@@ -128,46 +128,100 @@ export function parseBunSummary(output: string): BunSummary | undefined {
   };
 }
 
-async function main(argv: string[]): Promise<number> {
-  let dir = "./test/hw";
-  const env: Record<string, string> = {};
-  const config: GuestConfig = { ...TEST_CONFIG };
-  let timeoutSec = 900;
-  let echo = true;
-  for (let i = 0; i < argv.length; i++) {
-    const a = argv[i]!;
-    const next = () => {
-      const v = argv[++i];
-      if (v === undefined) throw new Error(`${a} needs a value`);
-      return v;
-    };
-    if (a === "--dir") dir = next();
-    else if (a === "--env") {
-      const kv = next();
-      const eq = kv.indexOf("=");
-      if (eq < 1) throw new Error("--env K=V");
-      env[kv.slice(0, eq)] = kv.slice(eq + 1);
-    } else if (a === "--no-ctrl") config.noController = true;
-    else if (a === "--timeout") timeoutSec = Number(next());
-    else if (a === "--quiet") echo = false;
-    else throw new Error(`unknown option ${a}`);
-  }
-  // `bun test` treats an argument without ./ or / as a name filter inside the configured root
-  // (bunfig.toml: test/unit); with ./ it is a path, anywhere.
-  if (!dir.startsWith("./") && !dir.startsWith("/") && !dir.startsWith("../")) dir = `./${dir}`;
+/** One guest boot: a configuration and the test paths run in it. */
+export interface Suite {
+  readonly name: string;
+  /** Directories or files for `bun test` (./-prefixed). */
+  readonly dir: string;
+  readonly more?: readonly string[];
+  readonly config: GuestConfig;
+  /** Shell run in the guest before the tests (e.g. bind the controller to a driver). */
+  readonly prelude?: string;
+  /** Extra environment for the tests. */
+  readonly env?: Record<string, string>;
+  /** Run test/hw/blocktools.sh after the bun tests and check the images from the host. */
+  readonly blocktools?: boolean;
+}
 
+/** Blocks the fault namespace's blkdebug rules poison (test/hw-faults/faults.test.ts reads them from here). */
+const FAULT_BLKDEBUG = (readSector: number, writeSector: number) =>
+  [
+    `[inject-error]\nevent = "read_aio"\nerrno = "5"\nsector = "${readSector}"\n`,
+    `[inject-error]\nevent = "write_aio"\nerrno = "5"\nsector = "${writeSector}"\n`,
+  ].join("\n");
+
+/** Faults injected by QEMU's block layer: media errors (blkdebug) and stalls (throttle). */
+export const FAULT_CONFIG: GuestConfig = {
+  serial: "faulty01",
+  namespaces: [
+    { nsid: 1, sizeBytes: 16 * 1024 * 1024, lbaSize: 4096 },
+    // 4096-byte blocks: LBA 100 is sector 800 of the image, LBA 200 sector 1600.
+    { nsid: 2, sizeBytes: 16 * 1024 * 1024, lbaSize: 4096, fault: { blkdebug: FAULT_BLKDEBUG(800, 1600) } },
+    { nsid: 3, sizeBytes: 8 * 1024 * 1024, lbaSize: 512, fault: { throttleIops: 4 } },
+  ],
+};
+
+/** q35 with QEMU's Intel IOMMU: interrupt remapping is needed for VFIO type1; no_timer_check avoids a boot panic under load. */
+export const IOMMU_CONFIG: GuestConfig = {
+  ...TEST_CONFIG,
+  machine: "q35",
+  extraQemuArgs: ["-device", "intel-iommu,intremap=on"],
+  kernelArgs: ["intel_iommu=on", "no_timer_check"],
+};
+
+/** Bind the guest's controller to `driver` (loaded from the guest kernel's modules, or insmod'ed). */
+const bindTo = (driver: string, load: string) =>
+  [
+    load,
+    `echo ${driver} > /sys/bus/pci/devices/$LIBNVM_TEST_CTRL/driver_override`,
+    `echo $LIBNVM_TEST_CTRL > /sys/bus/pci/drivers_probe`,
+    `[ "$(basename "$(readlink /sys/bus/pci/devices/$LIBNVM_TEST_CTRL/driver)")" = ${driver} ] || { echo "could not bind the controller to ${driver}"; exit 98; }`,
+  ].join(" && ");
+
+/** The backend-neutral tests, run again through each backend. */
+const COMMON = ["./test/hw/controller.test.ts"];
+
+export const SUITES: readonly Suite[] = [
+  { name: "hw", dir: "./test/hw", config: TEST_CONFIG, blocktools: true },
+  { name: "faults", dir: "./test/hw-faults", config: FAULT_CONFIG },
+  { name: "vfio", dir: "./test/hw-vfio", config: IOMMU_CONFIG },
+  {
+    name: "vfio-io",
+    dir: "./test/hw/io.test.ts",
+    more: COMMON,
+    config: IOMMU_CONFIG,
+    prelude: bindTo("vfio-pci", "modprobe -d $LIBNVM_VM_MODROOT vfio-pci"),
+    env: { LIBNVM_TEST_BACKEND: "vfio" },
+  },
+  {
+    name: "disnvm-io",
+    dir: "./test/hw/io.test.ts",
+    more: COMMON,
+    config: TEST_CONFIG,
+    prelude: bindTo("disnvm", "insmod module/build/$LIBNVM_VM_KVER/disnvm.ko"),
+    env: { LIBNVM_TEST_BACKEND: "disnvm" },
+  },
+];
+
+interface SuiteResult {
+  passed: number;
+  failed: number;
+  reasons: string[];
+}
+
+async function runSuite(suite: Suite, env: Record<string, string>, timeoutSec: number, echo: boolean): Promise<SuiteResult> {
+  const { dir, config } = suite;
   const q = (s: string) => `'${s.replaceAll("'", `'\\''`)}'`;
-  // The block tools and the image check belong to the hardware suite, not to other dirs (--dir ./test/vm/_selftest).
-  const blocktools = resolve(REPO_ROOT, dir) === join(REPO_ROOT, "test/hw");
   const script = [
     // The slot may hold another device when the controller is absent: check the NVMe class code.
     `if [ "$(cat "/sys/bus/pci/devices/$LIBNVM_TEST_CTRL/class" 2>/dev/null)" != 0x010802 ]; then`,
     `  echo "${CTRL_MISSING}: no NVMe controller at $LIBNVM_TEST_CTRL in the guest"; lspci -nn 2>/dev/null; exit 97`,
     `fi`,
+    ...(suite.prelude ? [suite.prelude] : []),
     // TCG is slow: a test gets 120 s, not bun's default 5 s.
-    `bun test --timeout 120000 ${q(dir)} 2>&1`,
+    `bun test --timeout 120000 ${[dir, ...(suite.more ?? [])].map(q).join(" ")} 2>&1`,
     // Only after a clean bun run; the guest's status is bun's when it failed, else the script's.
-    ...(blocktools ? [`rc=$?`, `[ $rc -eq 0 ] || exit $rc`, `bash test/hw/blocktools.sh 2>&1`] : []),
+    ...(suite.blocktools ? [`rc=$?`, `[ $rc -eq 0 ] || exit $rc`, `bash test/hw/blocktools.sh 2>&1`] : []),
   ].join("\n");
 
   const reasons: string[] = [];
@@ -175,8 +229,8 @@ async function main(argv: string[]): Promise<number> {
   let tools: BlocktoolsSummary | undefined;
   let images: { pass: number; fail: number } | undefined;
   try {
-    const r = await runInGuest(script, config, { env, timeoutSec, echo });
-    process.stderr.write(`hw: guest run took ${(r.durationMs / 1000).toFixed(1)} s\n`);
+    const r = await runInGuest(script, config, { env: { ...env, ...suite.env }, timeoutSec, echo });
+    process.stderr.write(`hw[${suite.name}]: guest run took ${(r.durationMs / 1000).toFixed(1)} s\n`);
     summary = parseBunSummary(r.output);
     if (r.timedOut) reasons.push(`guest timed out after ${timeoutSec} s`);
     else if (!r.booted) reasons.push("guest did not boot");
@@ -195,7 +249,7 @@ async function main(argv: string[]): Promise<number> {
     }
     // The guest runs blocktools.sh only after bun exited 0; look at it then, or whenever it printed.
     const bunClean = summary !== undefined && r.booted && reasons.length === 0;
-    if (blocktools && (bunClean || /^blocktools: /m.test(r.output))) {
+    if (suite.blocktools && (bunClean || /^blocktools: /m.test(r.output))) {
       tools = parseBlocktools(r.output);
       if (tools.fail > 0) reasons.push(`${tools.fail} blocktools check(s) failed`);
       if (!tools.finished) reasons.push(`test/hw/blocktools.sh did not finish (no matching "blocktools: N passed, M failed" line)`);
@@ -204,18 +258,64 @@ async function main(argv: string[]): Promise<number> {
       const v = await verifyImages(r, config);
       images = v;
       reasons.push(...v.reasons);
-      process.stderr.write(`hw: image check took ${((performance.now() - t0) / 1000).toFixed(1)} s\n`);
+      process.stderr.write(`hw[${suite.name}]: image check took ${((performance.now() - t0) / 1000).toFixed(1)} s\n`);
     }
     if (reasons.length === 0 && r.code !== 0) reasons.push(`guest command exited with status ${r.code}`);
     if (reasons.length === 0) await cleanup(r);
-    else process.stderr.write(`hw: kept ${r.tmpDir} for inspection\n`);
+    else process.stderr.write(`hw[${suite.name}]: kept ${r.tmpDir} for inspection\n`);
   } catch (e) {
     reasons.push(`harness error: ${e instanceof Error ? e.message : String(e)}`);
   }
-
   const passed = (summary?.pass ?? 0) + (tools?.pass ?? 0) + (images?.pass ?? 0);
   let failed = (summary?.fail ?? 0) + (summary?.skip ?? 0) + (summary?.todo ?? 0) + (tools?.fail ?? 0) + (images?.fail ?? 0);
   if (reasons.length > 0 && failed === 0) failed = 1;
+  console.log(`hw[${suite.name}]: ${passed} passed, ${failed} failed${reasons.length ? ` (${reasons.join("; ")})` : ""}`);
+  return { passed, failed, reasons };
+}
+
+async function main(argv: string[]): Promise<number> {
+  let suites: Suite[] = [...SUITES];
+  const env: Record<string, string> = {};
+  let timeoutSec = 900;
+  let echo = true;
+  let noController = false;
+  for (let i = 0; i < argv.length; i++) {
+    const a = argv[i]!;
+    const next = () => {
+      const v = argv[++i];
+      if (v === undefined) throw new Error(`${a} needs a value`);
+      return v;
+    };
+    if (a === "--dir") {
+      // `bun test` treats an argument without ./ or / as a name filter inside the configured root
+      // (bunfig.toml: test/unit); with ./ it is a path, anywhere.
+      let dir = next();
+      if (!dir.startsWith("./") && !dir.startsWith("/") && !dir.startsWith("../")) dir = `./${dir}`;
+      const known = SUITES.find((s) => resolve(REPO_ROOT, s.dir) === resolve(REPO_ROOT, dir));
+      suites = [known ?? { name: dir.replace(/^\.\//, ""), dir, config: TEST_CONFIG }];
+    } else if (a === "--suite") {
+      const names = next().split(",");
+      suites = SUITES.filter((s) => names.includes(s.name));
+      if (suites.length !== names.length) throw new Error(`--suite: known suites are ${SUITES.map((s) => s.name).join(", ")}`);
+    } else if (a === "--env") {
+      const kv = next();
+      const eq = kv.indexOf("=");
+      if (eq < 1) throw new Error("--env K=V");
+      env[kv.slice(0, eq)] = kv.slice(eq + 1);
+    } else if (a === "--no-ctrl") noController = true;
+    else if (a === "--timeout") timeoutSec = Number(next());
+    else if (a === "--quiet") echo = false;
+    else throw new Error(`unknown option ${a}`);
+  }
+  let passed = 0;
+  let failed = 0;
+  const reasons: string[] = [];
+  for (const suite of suites) {
+    const r = await runSuite(noController ? { ...suite, config: { ...suite.config, noController: true } } : suite, env, timeoutSec, echo);
+    passed += r.passed;
+    failed += r.failed;
+    reasons.push(...r.reasons.map((x) => `${suite.name}: ${x}`));
+  }
   if (reasons.length > 0) console.log(`hw: FAILED: ${reasons.join("; ")}`);
   console.log(`hw: ${passed} passed, ${failed} failed`);
   return reasons.length === 0 ? 0 : 1;

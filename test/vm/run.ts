@@ -16,7 +16,7 @@
  *                      [--no-ctrl] [--keep] [--quiet] -- <shell command>
  */
 import { mkdtemp, mkdir, open, readFile, rm, symlink, writeFile } from "node:fs/promises";
-import { existsSync } from "node:fs";
+import { existsSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
 
@@ -24,6 +24,13 @@ export interface NamespaceSpec {
   nsid: number;
   sizeBytes: number;
   lbaSize: 512 | 4096;
+  /**
+   * Faults injected by QEMU's own block layer under this namespace: `throttleIops` puts a
+   * throttle filter (throttle-group x-iops-total) in front of the image so commands stall;
+   * `blkdebug` is the text of a blkdebug config file ([inject-error] sections) so chosen
+   * operations fail with an errno the controller turns into a media error status.
+   */
+  fault?: { throttleIops?: number; blkdebug?: string };
 }
 
 export interface GuestConfig {
@@ -137,7 +144,7 @@ export function expectedConfig(config: GuestConfig): GuestConfig & { ctrl: strin
     serial: config.serial,
     mdts: config.mdts ?? QEMU_DEFAULT_MDTS,
     maxIoQpairs: config.maxIoQpairs ?? QEMU_DEFAULT_MAX_IOQPAIRS,
-    namespaces: config.namespaces.map((n) => ({ nsid: n.nsid, sizeBytes: n.sizeBytes, lbaSize: n.lbaSize })),
+    namespaces: config.namespaces.map((n) => ({ nsid: n.nsid, sizeBytes: n.sizeBytes, lbaSize: n.lbaSize, ...(n.fault ? { fault: n.fault } : {}) })),
     machine: config.machine ?? "pc",
     memoryMiB: config.memoryMiB ?? 2048,
     ...(config.noController ? { noController: true } : {}),
@@ -225,6 +232,29 @@ export async function runInGuest(script: string, config: GuestConfig, opts: RunO
     args.push("-device", dev);
     config.namespaces.forEach((ns, i) => {
       const id = `ns${ns.nsid}`;
+      if (ns.fault) {
+        // A -blockdev chain: file <- [blkdebug] <- raw <- [throttle]; the top node is the drive.
+        let node = `${id}-file`;
+        args.push("-blockdev", `driver=file,filename=${qemuVal(images[i]!)},node-name=${node},cache.direct=off,cache.no-flush=on,discard=unmap`);
+        if (ns.fault.blkdebug !== undefined) {
+          const conf = join(xchgDir, `${id}-blkdebug.conf`);
+          writeFileSync(conf, ns.fault.blkdebug);
+          args.push("-blockdev", `driver=blkdebug,config=${qemuVal(conf)},image=${node},node-name=${id}-dbg`);
+          node = `${id}-dbg`;
+        }
+        args.push("-blockdev", `driver=raw,file=${node},node-name=${id}-raw,discard=unmap`);
+        node = `${id}-raw`;
+        if (ns.fault.throttleIops !== undefined) {
+          args.push("-object", `throttle-group,id=${id}-tg,x-iops-total=${ns.fault.throttleIops}`);
+          args.push("-blockdev", `driver=throttle,throttle-group=${id}-tg,file=${node},node-name=${id}-thr`);
+          node = `${id}-thr`;
+        }
+        args.push(
+          "-device",
+          `nvme-ns,drive=${node},bus=c0,nsid=${ns.nsid},logical_block_size=${ns.lbaSize},physical_block_size=${ns.lbaSize}`,
+        );
+        return;
+      }
       args.push("-drive", `file=${qemuVal(images[i]!)},if=none,id=${id},format=raw,cache=unsafe,discard=unmap`);
       args.push(
         "-device",

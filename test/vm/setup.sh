@@ -203,4 +203,5 @@ EOF
 fi
 
 echo "$KVER" > "$CACHE/kernel-version.tmp" && mv "$CACHE/kernel-version.tmp" "$CACHE/kernel-version"
+bash "$SCRIPT_DIR/build-module.sh" || die "the disnvm kernel module did not build (see above; rerun: bash test/vm/build-module.sh)"
 log "ready: kernel $KVER in $CACHE"

@@ -1,5 +1,5 @@
 import { describe, expect, test } from "bun:test";
-import { ParseError } from "../../../lib/errors.ts";
+import { InvalidArgumentError, ParseError } from "../../../lib/errors.ts";
 import {
   IDENTIFY_DATA_SIZE,
   formatVersion,
@@ -305,6 +305,18 @@ describe("parseIdentifyController", () => {
     expect(c.psd[31]?.mp).toBe(1234);
   });
 
+  test("NPSS above 31 is capped at the 32 descriptors the structure holds", () => {
+    for (const npss of [32, 63, 64, 255]) {
+      const c = parseIdentifyController(controllerPage().u8(263, npss).bytes);
+      expect(c.npss).toBe(npss);
+      expect(c.psd).toHaveLength(32);
+    }
+    // In a larger buffer too: nothing past byte 4095 is read.
+    const backing = new Uint8Array(3 * IDENTIFY_DATA_SIZE).fill(0xee);
+    backing.set(controllerPage().u8(263, 255).bytes, 7);
+    expect(parseIdentifyController(backing.subarray(7)).psd).toHaveLength(32);
+  });
+
   test("works on a view that does not start at offset 0 of its buffer", () => {
     const backing = new Uint8Array(IDENTIFY_DATA_SIZE + 100);
     backing.set(controllerPage().bytes, 100);
@@ -326,11 +338,25 @@ describe("formatVersion / mdtsBytes", () => {
     expect(formatVersion(0x00020000)).toBe("2.0.0");
     expect(formatVersion(0x00010302)).toBe("1.3.2");
     expect(formatVersion(0x00000000)).toBe("0.0.0");
+    expect(formatVersion(0xffffffff)).toBe("65535.255.255");
+    expect(formatVersion(-1)).toBe("65535.255.255");
+  });
+
+  test("formatVersion rejects what is not a 32-bit value", () => {
+    for (const bad of [NaN, 1.5, 2 ** 32, -(2 ** 31) - 1]) expect(() => formatVersion(bad)).toThrow(InvalidArgumentError);
   });
 
   test("MDTS in pages of CAP.MPSMIN, 0 meaning unlimited", () => {
     expect(mdtsBytes(5, 4096)).toBe(128 * 1024);
     expect(mdtsBytes(0, 4096)).toBeNull();
+    expect(mdtsBytes(255, 2 ** 27)).toBeNull(); // beyond 2^53 bytes: no limit in practice
+    expect(mdtsBytes(40, 4096)).toBe(2 ** 52);
+    expect(mdtsBytes(41, 4096)).toBeNull(); // 2^53 is not a safe integer
+  });
+
+  test("mdtsBytes rejects an MDTS outside 0..255 or a page size that is not a power of two", () => {
+    for (const bad of [-1, 256, 1.5, NaN]) expect(() => mdtsBytes(bad, 4096)).toThrow(InvalidArgumentError);
+    for (const bad of [0, -4096, 4095, 1.5, NaN, Infinity]) expect(() => mdtsBytes(5, bad)).toThrow(InvalidArgumentError);
   });
 });
 

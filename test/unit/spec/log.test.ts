@@ -101,6 +101,12 @@ describe("getLogPageCdws", () => {
     expect(() => getLogPageCdws({ lid: 2, byteLength: 512, lsi: 0x10000 })).toThrow(InvalidArgumentError);
     expect(() => getLogPageCdws({ lid: 2, byteLength: 512, offset: 2 })).toThrow(InvalidArgumentError);
   });
+
+  test("an offset of -0 gives LPOL / LPOU of +0", () => {
+    const c = getLogPageCdws({ lid: 2, byteLength: 512, offset: -0 });
+    expect(Object.is(c.cdw12, 0)).toBe(true);
+    expect(Object.is(c.cdw13, 0)).toBe(true);
+  });
 });
 
 function smartPage(): Uint8Array {

@@ -1,5 +1,5 @@
 import { describe, expect, test } from "bun:test";
-import { NvmeStatusError } from "../../../lib/errors.ts";
+import { InvalidArgumentError, NvmeStatusError } from "../../../lib/errors.ts";
 import {
   SCT_COMMAND_SPECIFIC,
   SCT_GENERIC,
@@ -147,6 +147,17 @@ describe("statusName", () => {
     expect(statusName(4, 0x01)).toBe("Reserved status code type 0x04, status 0x01");
     expect(statusName(6, 0x80)).toBe("Reserved status code type 0x06, status 0x80");
   });
+
+  test("values outside the 3-bit SCT / 8-bit SC give text naming them, never an exception", () => {
+    expect(statusName(8, 0x01)).toBe("Invalid status code type 0x08, status 0x01");
+    expect(statusName(NaN, 1.5)).toBe("Invalid status code type NaN, status 1.5");
+    expect(statusName(-1, 2)).toBe("Invalid status code type -1, status 0x02");
+    expect(statusName(0, 0x100)).toBe("Invalid status code 0x100 (status code type 0x00)");
+    expect(statusName(7, -3)).toBe("Invalid status code -3 (status code type 0x07)");
+    expect(statusTypeName(8)).toBe("invalid");
+    expect(statusTypeName(1.5)).toBe("invalid");
+    expect(statusTypeName(NaN)).toBe("invalid");
+  });
 });
 
 describe("statusTypeName", () => {
@@ -195,6 +206,13 @@ describe("decodeStatus", () => {
     const s = decodeStatus(dw3 >>> 17);
     expect(s).toEqual({ sct: 0, sc: SC_INVALID_FIELD, crd: 0, more: false, dnr: true });
     expect(isSuccess(dw3 >>> 17)).toBe(false);
+  });
+
+  test("anything but an integer in 0..0x7fff is an InvalidArgumentError", () => {
+    for (const bad of [NaN, 1.5, -1, 0x8000, 0xffff, 2 ** 32, Infinity]) {
+      expect(() => decodeStatus(bad)).toThrow(InvalidArgumentError);
+    }
+    expect(() => decodeStatus(NaN)).toThrow(/0x7fff/);
   });
 
   test("success with DNR/More set still counts as success", () => {

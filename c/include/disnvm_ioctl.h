@@ -1,0 +1,97 @@
+/* SPDX-License-Identifier: (GPL-2.0 WITH Linux-syscall-note) OR BSD-2-Clause */
+/*
+ * disnvm: the user API of the disnvm kernel module (module/disnvm.c), shared with libnvm's C
+ * library (c/src/disnvm.c). One header for both sides: every struct is fixed-size, made of __u64
+ * fields only, so its layout is the same for 32- and 64-bit processes and needs no compat code.
+ *
+ * /dev/disnvmN is one NVMe controller bound to the disnvm PCI driver. One process opens it at a
+ * time (a second open() gets EBUSY). What the open file gives:
+ *
+ *   mmap(fd, offset 0)    BAR0, uncached, MAP_SHARED only; not inherited across fork()
+ *   DISNVM_IOC_MAP_HOST   pin host memory and map it for the controller's DMA (through the IOMMU
+ *                         when there is one): one bus address per 4 KiB page
+ *   DISNVM_IOC_MAP_DEVICE the same for CUDA device memory (nvidia_p2p_get_pages; 64 KiB pages);
+ *                         EOPNOTSUPP when the module was built without the NVIDIA driver's headers
+ *   DISNVM_IOC_UNMAP      undo one MAP_* by its start address
+ *   DISNVM_IOC_INFO       BAR0 size, PCI identity, pinned-page counts
+ *
+ * When the file is released (close and munmap of BAR0, or the process dies, SIGKILL included)
+ * the module shuts the controller down (CC.SHN, then CC.EN = 0, bounded by CAP.TO), clears bus
+ * mastering, and only then unmaps and unpins everything the file mapped: no DMA can reach freed
+ * memory.
+ */
+#ifndef DISNVM_IOCTL_H
+#define DISNVM_IOCTL_H
+
+#include <linux/ioctl.h>
+#include <linux/types.h>
+
+/* Bumped on any incompatible change of the structs or numbers below; DISNVM_IOC_INFO reports it. */
+#define DISNVM_ABI_VERSION 1
+
+/* The unit of the bus address lists: one address per 4 KiB page, whatever the CPU's page size. */
+#define DISNVM_PAGE_SIZE 4096ULL
+
+/* Largest single MAP_HOST/MAP_DEVICE request (1 GiB); larger ones get E2BIG. */
+#define DISNVM_MAX_MAP_SIZE (1ULL << 30)
+
+/* CUDA device memory is pinned in GPU pages of 64 KiB: MAP_DEVICE wants that alignment. */
+#define DISNVM_GPU_PAGE_SIZE 65536ULL
+
+/*
+ * DISNVM_IOC_MAP_HOST / DISNVM_IOC_MAP_DEVICE.
+ *
+ * In:  vaddr, size: a range of this process's memory, both multiples of 4 KiB (of the CPU page size
+ *      where that is larger; 64 KiB for MAP_DEVICE), 0 < size <= DISNVM_MAX_MAP_SIZE; it must not
+ *      overlap a range this file has mapped.
+ *      addrs: user pointer to size / 4096 __u64 entries. flags: 0.
+ * Out: addrs[i] = the bus address the controller uses for byte i * 4096 of the range. The list is
+ *      complete or the call fails: never a short list, never an address 0.
+ * Errors: EINVAL (unaligned, size 0, flags != 0), E2BIG (size too large), EEXIST (overlap),
+ *      EFAULT (range or addrs not accessible, or not all pages could be pinned), ENOMEM,
+ *      EPERM (ioctl from a process other than the one that opened the file), ENODEV (device
+ *      unbound), EOPNOTSUPP (MAP_DEVICE without CUDA support).
+ */
+struct disnvm_map {
+	__u64 vaddr;
+	__u64 size;
+	__u64 addrs;
+	__u64 flags;
+};
+
+/*
+ * DISNVM_IOC_UNMAP: release the mapping that starts at vaddr (DMA unmap, then unpin). The caller
+ * makes sure the controller no longer uses it. Errors: ENOENT (no mapping starts there), EINVAL
+ * (flags != 0).
+ */
+struct disnvm_unmap {
+	__u64 vaddr;
+	__u64 flags;
+};
+
+/* disnvm_info.flags */
+#define DISNVM_INFO_CUDA (1ULL << 0)       /* MAP_DEVICE is compiled in */
+#define DISNVM_INFO_DMA_64BIT (1ULL << 1)  /* 64-bit DMA mask (else 32-bit) */
+
+/* DISNVM_IOC_INFO. */
+struct disnvm_info {
+	__u64 abi_version;        /* DISNVM_ABI_VERSION */
+	__u64 bar0_size;          /* bytes; mmap at most this much */
+	__u64 vendor;             /* PCI vendor ID */
+	__u64 device;             /* PCI device ID */
+	__u64 class_code;         /* PCI class code, 0x010802 for NVMe */
+	__u64 flags;              /* DISNVM_INFO_* */
+	__u64 pinned_pages;       /* 4 KiB pages pinned on this device, all files */
+	__u64 file_pinned_pages;  /* 4 KiB pages pinned through this file */
+	__u64 file_mappings;      /* live MAP_* ranges of this file */
+	__u64 reserved[7];
+};
+
+#define DISNVM_IOC_MAGIC 0xDA
+
+#define DISNVM_IOC_MAP_HOST   _IOWR(DISNVM_IOC_MAGIC, 0x01, struct disnvm_map)
+#define DISNVM_IOC_MAP_DEVICE _IOWR(DISNVM_IOC_MAGIC, 0x02, struct disnvm_map)
+#define DISNVM_IOC_UNMAP      _IOW(DISNVM_IOC_MAGIC, 0x03, struct disnvm_unmap)
+#define DISNVM_IOC_INFO       _IOR(DISNVM_IOC_MAGIC, 0x04, struct disnvm_info)
+
+#endif /* DISNVM_IOCTL_H */

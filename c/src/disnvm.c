@@ -1,0 +1,90 @@
+/*
+ * The disnvm kernel module's device node (/dev/disnvmN): open, BAR0 mmap and the ioctls of
+ * c/include/disnvm_ioctl.h. Only the system calls; the messages and the policy (what to pin, when)
+ * are lib/backends/disnvm.ts's.
+ */
+#define _GNU_SOURCE
+#include <fcntl.h>
+#include <string.h>
+#include <sys/ioctl.h>
+#include <sys/mman.h>
+#include <unistd.h>
+#include "common.h"
+#include "disnvm_ioctl.h"
+
+_Static_assert(sizeof(struct disnvm_info) == NVM_DISNVM_INFO_DWORDS * 4, "info is NVM_DISNVM_INFO_DWORDS");
+_Static_assert(DISNVM_PAGE_SIZE == 4096, "one bus address per 4 KiB page");
+
+int32_t nvm_disnvm_open(const char *path)
+{
+    /* O_CLOEXEC: a spawned child must not keep the controller's file (and its pins) alive. */
+    int fd = open(path, O_RDWR | O_CLOEXEC);
+    if (fd < 0)
+        return nvm_fail(errno);
+    nvm_errno_tls = 0;
+    return fd;
+}
+
+int32_t nvm_disnvm_close(int32_t fd)
+{
+    /* The module's release runs once this and every BAR0 mapping are gone. */
+    if (close(fd) != 0)
+        return nvm_fail(errno);
+    return nvm_ok();
+}
+
+void *nvm_disnvm_map_bar(int32_t fd, uint32_t size)
+{
+    void *p = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+    if (p == MAP_FAILED)
+        return nvm_fail_null(errno);
+    nvm_errno_tls = 0;
+    return p;
+}
+
+int32_t nvm_disnvm_info(int32_t fd, uint32_t *out)
+{
+    struct disnvm_info info;
+
+    memset(&info, 0, sizeof(info));
+    if (ioctl(fd, DISNVM_IOC_INFO, &info) != 0)
+        return nvm_fail(errno);
+    /* u64 fields, little endian: each is (lo, hi) as u32 pairs. */
+    memcpy(out, &info, sizeof(info));
+    return nvm_ok();
+}
+
+int32_t nvm_disnvm_map_host(int32_t fd, void *vaddr, uint32_t size, uint32_t *addrs)
+{
+    struct disnvm_map req = {
+        .vaddr = (uintptr_t)vaddr,
+        .size = size,
+        .addrs = (uintptr_t)addrs, /* size / 4096 u64 = (lo, hi) pairs */
+    };
+
+    if (ioctl(fd, DISNVM_IOC_MAP_HOST, &req) != 0)
+        return nvm_fail(errno);
+    return nvm_ok();
+}
+
+int32_t nvm_disnvm_map_device(int32_t fd, uint32_t vaddr_lo, uint32_t vaddr_hi, uint32_t size, uint32_t *addrs)
+{
+    struct disnvm_map req = {
+        .vaddr = (uint64_t)vaddr_hi << 32 | vaddr_lo,
+        .size = size,
+        .addrs = (uintptr_t)addrs,
+    };
+
+    if (ioctl(fd, DISNVM_IOC_MAP_DEVICE, &req) != 0)
+        return nvm_fail(errno);
+    return nvm_ok();
+}
+
+int32_t nvm_disnvm_unmap(int32_t fd, void *vaddr)
+{
+    struct disnvm_unmap req = { .vaddr = (uintptr_t)vaddr };
+
+    if (ioctl(fd, DISNVM_IOC_UNMAP, &req) != 0)
+        return nvm_fail(errno);
+    return nvm_ok();
+}

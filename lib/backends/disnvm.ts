@@ -1,0 +1,353 @@
+/**
+ * disnvm backend: the controller bound to libnvm's own kernel module (module/), reached through
+ * its device node /dev/disnvmN. BAR0 is mmap'ed from the node (uncached); DMA memory is ordinary
+ * locked memory that the module pins and maps through the kernel's DMA API (so the IOMMU, on or
+ * off, is handled by the kernel) and whose bus addresses it hands back, one per 4 KiB page. No
+ * root is needed beyond access to the node, and the IOMMU need not be off.
+ *
+ * Release: close() unmaps BAR0 and closes the node; the module's release then shuts the controller
+ * down, disables it, clears bus mastering and unpins everything, and only after that is the memory
+ * freed. If the process dies, SIGKILL included, the kernel runs the same release.
+ * The uapi is c/include/disnvm_ioctl.h; the module's README is module/README.md.
+ */
+import type { Pointer } from "bun:ffi";
+import { toArrayBuffer } from "bun:ffi";
+import { existsSync, readdirSync, readFileSync, readlinkSync, statSync } from "node:fs";
+import { basename, join } from "node:path";
+import { ControllerBusyError, DeviceError, NativeError, PermissionError } from "../errors.ts";
+import { check, checkPtr, cstr, native } from "../native.ts";
+import { findPciDevice, PCI_CLASS_NVME, SYSFS_PCI_DEVICES, type PciDevice } from "../pci.ts";
+import { BAR0_MIN_SIZE } from "../spec/registers.ts";
+import { HOST_PAGE_SIZE, type Backend, type DmaMapping, type DmaOptions } from "./types.ts";
+
+/** c/include/nvm_native.h, c/include/disnvm_ioctl.h */
+const DMA_HUGE = 1;
+const HUGE_PAGE_SIZE = 2 << 20;
+const INFO_DWORDS = 32;
+const DISNVM_ABI_VERSION = 1;
+const INFO_CUDA = 1;
+const INFO_DMA_64BIT = 2;
+
+const TWO32 = 0x1_0000_0000;
+const EPERM = 1;
+const ENOENT = 2;
+const E2BIG = 7;
+const ENOMEM = 12;
+const EACCES = 13;
+const EFAULT = 14;
+const EBUSY = 16;
+const EEXIST = 17;
+const ENODEV = 19;
+const EINVAL = 22;
+const ENOTTY = 25;
+const EOPNOTSUPP = 95;
+
+const ERRNO_NAMES: Record<number, string> = {
+  [EPERM]: "EPERM",
+  [ENOENT]: "ENOENT",
+  [E2BIG]: "E2BIG",
+  [ENOMEM]: "ENOMEM",
+  [EACCES]: "EACCES",
+  [EFAULT]: "EFAULT",
+  [EBUSY]: "EBUSY",
+  [EEXIST]: "EEXIST",
+  [ENODEV]: "ENODEV",
+  [EINVAL]: "EINVAL",
+  [ENOTTY]: "ENOTTY",
+  [EOPNOTSUPP]: "EOPNOTSUPP",
+};
+function errName(errno: number): string {
+  return ERRNO_NAMES[errno] ?? `errno ${errno}`;
+}
+
+/** What DISNVM_IOC_INFO reports (struct disnvm_info). */
+export interface DisnvmInfo {
+  readonly abiVersion: number;
+  readonly bar0Size: number;
+  readonly vendor: number;
+  readonly device: number;
+  readonly classCode: number;
+  /** DISNVM_IOC_MAP_DEVICE (CUDA memory) was compiled into the module. */
+  readonly cuda: boolean;
+  /** The controller got a 64-bit DMA mask (else 32-bit). */
+  readonly dma64: boolean;
+  /** 4 KiB pages pinned on this controller, by any open file. */
+  readonly pinnedPages: number;
+  /** 4 KiB pages pinned through this backend's file. */
+  readonly filePinnedPages: number;
+  /** Live DMA mappings of this backend's file. */
+  readonly fileMappings: number;
+}
+
+interface Allocation extends DmaMapping {
+  readonly flags: number;
+}
+
+/** The PCI address behind /dev/disnvmN, from sysfs (/sys/class/misc/disnvmN/device), if bound. */
+export function disnvmBdf(path: string): string | undefined {
+  try {
+    const uevent = readFileSync(join("/sys/class/misc", basename(path), "device", "uevent"), "utf8");
+    return /^PCI_SLOT_NAME=(.+)$/m.exec(uevent)?.[1];
+  } catch {
+    return undefined;
+  }
+}
+
+/** The PID of a process holding `path` open (from /proc/<pid>/fd), or 0. */
+function ownerPid(path: string): number {
+  let pids: string[];
+  try {
+    pids = readdirSync("/proc").filter((p) => /^\d+$/.test(p));
+  } catch {
+    return 0;
+  }
+  for (const pid of pids) {
+    let fds: string[];
+    try {
+      fds = readdirSync(`/proc/${pid}/fd`);
+    } catch {
+      continue; // gone, or not ours to look at
+    }
+    for (const fd of fds) {
+      try {
+        if (readlinkSync(`/proc/${pid}/fd/${fd}`) === path) return Number(pid);
+      } catch {
+        // closed meanwhile
+      }
+    }
+  }
+  return 0;
+}
+
+/** NVMe controllers (class 01:08:02) in sysfs and the driver each is bound to, for hints. */
+function nvmeControllers(): PciDevice[] {
+  const out: PciDevice[] = [];
+  let names: string[];
+  try {
+    names = readdirSync(SYSFS_PCI_DEVICES);
+  } catch {
+    return out; // no sysfs: no hint
+  }
+  for (const bdf of names) {
+    try {
+      const d = findPciDevice(bdf);
+      if (d.classCode === PCI_CLASS_NVME) out.push(d);
+    } catch {
+      // unreadable: skip it
+    }
+  }
+  return out;
+}
+
+/** How to get /dev/disnvmN when it is missing: load the module if needed, then bind a controller. */
+function bindHint(): string {
+  const loaded = existsSync("/sys/bus/pci/drivers/disnvm");
+  const ctrls = nvmeControllers().filter((c) => c.driver !== "disnvm");
+  const bdf = ctrls.length === 1 ? ctrls[0]!.bdf : "<bdf>";
+  const steps: string[] = [];
+  if (!loaded) steps.push(`insmod module/build/$(uname -r)/disnvm.ko (build it: bash test/vm/build-module.sh, or make -C module)`);
+  const bound = ctrls.length === 1 ? ctrls[0]!.driver : undefined;
+  if (bound) steps.push(`echo ${bdf} > /sys/bus/pci/drivers/${bound}/unbind`);
+  steps.push(`echo disnvm > /sys/bus/pci/devices/${bdf}/driver_override`, `echo ${bdf} > /sys/bus/pci/drivers_probe`);
+  const list = ctrls.length > 1 ? ` (NVMe controllers here: ${ctrls.map((c) => c.bdf).join(", ")})` : "";
+  return `load and bind the module: ${steps.join("; ")}${list}`;
+}
+
+export class DisnvmBackend implements Backend {
+  readonly kind = "disnvm" as const;
+  /** The device node, e.g. /dev/disnvm0. */
+  readonly name: string;
+  /** The controller's PCI address, when sysfs tells. */
+  readonly bdf: string | undefined;
+  readonly bar0: Pointer;
+  readonly bar0Size: number;
+  readonly #fd: number;
+  readonly #live = new Set<Allocation>();
+  #closed = false;
+
+  /** Open the node at `path` (/dev/disnvmN); throws DeviceError/PermissionError with the next step. */
+  constructor(path: string) {
+    this.name = path;
+    let st;
+    try {
+      st = statSync(path);
+    } catch {
+      throw new DeviceError(`${path} does not exist: ${bindHint()}`);
+    }
+    if (!st.isCharacterDevice()) throw new DeviceError(`${path} is not a device node (expected /dev/disnvmN of the disnvm module)`);
+    const n = native();
+    const fd = n.nvm_disnvm_open(cstr(path));
+    if (fd < 0) {
+      const errno = -fd;
+      if (errno === EACCES || errno === EPERM) {
+        throw new PermissionError(`cannot open ${path}: permission denied; the node is root-only (mode 0600): run as root, or give your user access (chown, or a udev rule for KERNEL=="disnvm*")`);
+      }
+      if (errno === EBUSY) {
+        const pid = ownerPid(path);
+        const msg =
+          pid === process.pid
+            ? `${path} is already open in this process (${pid}); disnvm allows one owner at a time: close the other DisnvmBackend or Controller first`
+            : `${path} is open in ${pid ? `process ${pid} (see /proc/${pid}/cmdline)` : `another process (\`fuser -v ${path}\` names it)`}; disnvm allows one owner at a time: close it there first, or kill it`;
+        throw new ControllerBusyError(msg, pid);
+      }
+      if (errno === ENODEV || errno === ENOENT || errno === 6 /* ENXIO */) {
+        throw new DeviceError(`${path}: no controller behind it (${errName(errno)}): it was unbound; ${bindHint()}`);
+      }
+      throw new NativeError(`cannot open ${path}: ${errName(errno)}`, errno, "open", path);
+    }
+    this.#fd = fd;
+    try {
+      let info: DisnvmInfo;
+      try {
+        info = this.#readInfo();
+      } catch (e) {
+        if (e instanceof NativeError && (e.errno === ENOTTY || e.errno === EINVAL)) {
+          throw new DeviceError(`${path} is not a disnvm device node (DISNVM_IOC_INFO: ${errName(e.errno)}); use /dev/disnvmN of the disnvm module`);
+        }
+        throw e;
+      }
+      if (info.abiVersion !== DISNVM_ABI_VERSION) {
+        throw new DeviceError(`${path}: the loaded disnvm module speaks ABI ${info.abiVersion}, this libnvm ${DISNVM_ABI_VERSION}: load the module built from this checkout`);
+      }
+      if (info.bar0Size < BAR0_MIN_SIZE) {
+        throw new DeviceError(`${path}: BAR0 is ${info.bar0Size} bytes, too small for NVMe registers (${BAR0_MIN_SIZE})`);
+      }
+      this.bar0Size = Math.min(info.bar0Size, 0xffff_f000);
+      const p = n.nvm_disnvm_map_bar(fd, this.bar0Size);
+      if (p === null) {
+        const errno = n.nvm_last_error();
+        throw new NativeError(`cannot mmap BAR0 of ${path}: ${errName(errno)}`, errno, "mmap", path);
+      }
+      this.bar0 = p;
+    } catch (e) {
+      n.nvm_disnvm_close(fd);
+      throw e;
+    }
+    this.bdf = disnvmBdf(path);
+  }
+
+  /** The module's view of this controller and of this file (DISNVM_IOC_INFO). */
+  info(): DisnvmInfo {
+    if (this.#closed) throw new DeviceError(`${this.name} is closed`);
+    return this.#readInfo();
+  }
+
+  #readInfo(): DisnvmInfo {
+    const n = native();
+    const out = checkPtr(n.nvm_host_alloc(INFO_DWORDS * 4), "nvm_host_alloc");
+    try {
+      check(n.nvm_disnvm_info(this.#fd, out), "DISNVM_IOC_INFO", this.name);
+      const v = new Uint32Array(toArrayBuffer(out, 0, INFO_DWORDS * 4));
+      const u64 = (i: number) => v[2 * i]! + v[2 * i + 1]! * TWO32;
+      const flags = u64(5);
+      return {
+        abiVersion: u64(0),
+        bar0Size: u64(1),
+        vendor: u64(2),
+        device: u64(3),
+        classCode: u64(4),
+        cuda: (flags & INFO_CUDA) !== 0,
+        dma64: (flags & INFO_DMA_64BIT) !== 0,
+        pinnedPages: u64(6),
+        filePinnedPages: u64(7),
+        fileMappings: u64(8),
+      };
+    } finally {
+      n.nvm_host_free(out);
+    }
+  }
+
+  allocDma(size: number, opts: DmaOptions = {}): DmaMapping {
+    if (this.#closed) throw new DeviceError(`${this.name} is closed`);
+    const n = native();
+    const pages = Math.ceil(size / HOST_PAGE_SIZE);
+    // The module maps whatever pages it is given; one bus range for a multi-page request still
+    // needs physically contiguous memory when no IOMMU merges it: 2 MiB hugepages, as sysfs.ts.
+    const huge = opts.contiguous === true && pages > 1;
+    if (huge && size > HUGE_PAGE_SIZE) {
+      throw new DeviceError(`a bus-contiguous DMA range is limited to ${HUGE_PAGE_SIZE} bytes here (asked ${size})`);
+    }
+    const flags = huge ? DMA_HUGE : 0;
+    const vaddr = n.nvm_dma_alloc(size, flags);
+    if (vaddr === null) {
+      const errno = n.nvm_last_error();
+      if (huge && errno === ENOMEM) {
+        throw new PermissionError(
+          `no free 2 MiB hugepage for a contiguous DMA range of ${size} bytes: reserve some with \`echo 64 > /proc/sys/vm/nr_hugepages\``,
+        );
+      }
+      if (errno === ENOMEM || errno === EPERM || errno === 11) {
+        throw new PermissionError(
+          `cannot lock ${size} bytes of DMA memory (errno ${errno}): raise the memlock limit (\`ulimit -l unlimited\`, or LimitMEMLOCK= for a service)`,
+        );
+      }
+      throw new NativeError(`DMA allocation of ${size} bytes failed: errno ${errno}`, errno, "nvm_dma_alloc");
+    }
+    const bytes = pages * HOST_PAGE_SIZE;
+    const out = checkPtr(n.nvm_host_alloc(pages * 8), "nvm_host_alloc");
+    try {
+      const rc = n.nvm_disnvm_map_host(this.#fd, vaddr, bytes, out);
+      if (rc < 0) {
+        n.nvm_dma_free(vaddr, size, flags);
+        const errno = -rc;
+        if (errno === ENODEV) throw new DeviceError(`${this.name}: the controller was unbound from disnvm; open it again after binding`);
+        throw new NativeError(`${this.name}: DISNVM_IOC_MAP_HOST of ${bytes} bytes failed: ${errName(errno)}`, errno, "DISNVM_IOC_MAP_HOST", this.name);
+      }
+      const iova = new Uint32Array(toArrayBuffer(out, 0, pages * 8).slice(0));
+      const contiguous = isContiguous(iova);
+      const a: Allocation = { vaddr, size: bytes, iova, contiguous, flags };
+      if (opts.contiguous && !contiguous) {
+        this.#release(a);
+        throw new DeviceError(`could not get ${size} bus-contiguous bytes`);
+      }
+      this.#live.add(a);
+      return a;
+    } finally {
+      n.nvm_host_free(out);
+    }
+  }
+
+  freeDma(mapping: DmaMapping): void {
+    const a = mapping as Allocation;
+    if (!this.#live.delete(a)) return;
+    a.revoke?.();
+    this.#release(a);
+  }
+
+  /** DISNVM_IOC_UNMAP, then give the memory back. The memory goes even if the unmap failed. */
+  #release(a: Allocation): void {
+    const n = native();
+    const rc = n.nvm_disnvm_unmap(this.#fd, a.vaddr);
+    check(n.nvm_dma_free(a.vaddr, a.size, a.flags), "nvm_dma_free");
+    // ENODEV: the device was unbound and the module already released the mapping.
+    if (rc < 0 && -rc !== ENODEV) {
+      throw new NativeError(`${this.name}: DISNVM_IOC_UNMAP failed: ${errName(-rc)}`, -rc, "DISNVM_IOC_UNMAP", this.name);
+    }
+  }
+
+  close(): void {
+    if (this.#closed) return;
+    this.#closed = true;
+    const n = native();
+    for (const a of this.#live) a.revoke?.();
+    // BAR0 and the fd first: the module's release then disables the controller and unpins every
+    // mapping before any of the memory goes back to the system.
+    n.nvm_unmap(this.bar0, this.bar0Size);
+    n.nvm_disnvm_close(this.#fd);
+    for (const a of this.#live) n.nvm_dma_free(a.vaddr, a.size, a.flags);
+    this.#live.clear();
+  }
+
+  [Symbol.dispose](): void {
+    this.close();
+  }
+}
+
+function isContiguous(iova: Uint32Array): boolean {
+  for (let i = 2; i < iova.length; i += 2) {
+    const prev = iova[i - 2]! + iova[i - 1]! * TWO32;
+    const cur = iova[i]! + iova[i + 1]! * TWO32;
+    if (cur !== prev + HOST_PAGE_SIZE) return false;
+  }
+  return true;
+}

@@ -1,0 +1,866 @@
+// SPDX-License-Identifier: GPL-2.0
+/*
+ * disnvm: hand an NVMe controller to one userspace process (libnvm), safely.
+ *
+ * A PCI driver with no ID table: it binds only to devices it is pointed at (driver_override or
+ * new_id) and refuses anything that is not an NVMe controller (class 01:08:02). Each bound
+ * controller gets /dev/disnvmN (a misc device; N in probe order). Through an open file a process
+ * maps BAR0 (uncached) and asks for host memory to be pinned and mapped for the controller's DMA
+ * through the DMA API, so it works with the IOMMU on as well as off; the uapi is
+ * c/include/disnvm_ioctl.h.
+ *
+ * One open file per device at a time. When it is released (close and munmap, or the process dies,
+ * SIGKILL included) the controller is shut down and disabled and bus mastering cleared before any
+ * of the memory it was given is unmapped and unpinned: a dead process leaves no DMA behind.
+ *
+ * Locking: dev->lock (mutex) guards the open file, its mapping list and the gone flag, and is held
+ * across pinning (which may take mmap_lock): dev->lock -> mmap_lock. BAR0 pages are inserted by the
+ * fault handler, which runs under mmap_lock and takes only dev->bar_lock: mmap_lock -> bar_lock.
+ * Removal sets gone under both and zaps the user's BAR0 mappings, so nothing reaches a BAR that
+ * is about to be released.
+ */
+#define pr_fmt(fmt) KBUILD_MODNAME ": " fmt
+
+#include <linux/delay.h>
+#include <linux/dma-mapping.h>
+#include <linux/fs.h>
+#include <linux/idr.h>
+#include <linux/iommu.h>
+#include <linux/kref.h>
+#include <linux/miscdevice.h>
+#include <linux/mm.h>
+#include <linux/module.h>
+#include <linux/mutex.h>
+#include <linux/nvme.h>
+#include <linux/pci.h>
+#include <linux/scatterlist.h>
+#include <linux/sched/mm.h>
+#include <linux/slab.h>
+#include <linux/uaccess.h>
+#include <linux/version.h>
+
+#include "disnvm_ioctl.h"
+
+#ifdef DISNVM_CUDA
+#include <nv-p2p.h>
+#endif
+
+#define DISNVM_NAME "disnvm"
+
+/* A BAR0 smaller than this has no room for the admin queue doorbells (NVMe 1.4 3.1.24, 0x1000). */
+#define DISNVM_BAR0_MIN SZ_8K
+
+/* Shutdown notification (CC.SHN) is given this long before the controller is disabled anyway. */
+#define DISNVM_SHUTDOWN_MS 5000
+
+/* 4 KiB entries in the address list per CPU page. */
+#define DISNVM_SUBPAGES (PAGE_SIZE / DISNVM_PAGE_SIZE)
+
+struct disnvm_file;
+
+struct disnvm_dev {
+	struct kref ref;		/* the binding, plus one per open file */
+	struct pci_dev *pdev;
+	void __iomem *bar;		/* kernel mapping of BAR0, for disnvm_quiesce() */
+	resource_size_t bar_start;
+	resource_size_t bar_len;
+	int id;				/* the N of /dev/disnvmN */
+	char name[24];
+	struct miscdevice misc;
+
+	struct mutex lock;		/* file, gone, and the file's mappings */
+	struct disnvm_file *file;	/* the open file, or NULL */
+	bool gone;			/* unbound: BAR0 and DMA are no longer ours */
+	struct mutex bar_lock;		/* gone, seen from the BAR0 fault handler */
+
+	atomic64_t pinned;		/* 4 KiB pages pinned, all files: sysfs disnvm_pinned_pages */
+};
+
+struct disnvm_file {
+	struct disnvm_dev *dev;
+	struct mm_struct *mm;		/* the opener's; only it may map and unmap */
+	struct address_space *mapping;	/* where its BAR0 vmas hang, for zapping on removal */
+	struct list_head mappings;	/* struct disnvm_mapping, under dev->lock */
+	u64 pinned;			/* 4 KiB pages */
+	u64 nmappings;
+};
+
+enum disnvm_p2p_state {
+	DISNVM_P2P_LIVE,
+	DISNVM_P2P_RELEASING,		/* we are giving the pages back */
+	DISNVM_P2P_REVOKED,		/* the NVIDIA driver took them back (free callback) */
+};
+
+struct disnvm_mapping {
+	struct list_head list;
+	u64 vaddr;
+	u64 size;
+	bool gpu;
+	/* host memory */
+	unsigned long npages;		/* CPU pages */
+	struct page **pages;
+	struct sg_table sgt;
+#ifdef DISNVM_CUDA
+	/* CUDA device memory */
+	struct nvidia_p2p_page_table *p2p_pages;
+	struct nvidia_p2p_dma_mapping *p2p_dma;
+	atomic_t p2p_state;
+#endif
+};
+
+static DEFINE_IDA(disnvm_ida);
+
+static void disnvm_dev_free(struct kref *ref)
+{
+	struct disnvm_dev *dev = container_of(ref, struct disnvm_dev, ref);
+
+	pci_dev_put(dev->pdev);
+	kfree(dev);
+}
+
+/* VM_* flags of a vma became read-only in 6.3 (vm_flags_set()). */
+static void disnvm_vm_flags_set(struct vm_area_struct *vma, vm_flags_t flags)
+{
+#if LINUX_VERSION_CODE >= KERNEL_VERSION(6, 3, 0)
+	vm_flags_set(vma, flags);
+#else
+	vma->vm_flags |= flags;
+#endif
+}
+
+/* ------------------------------------------------------------------------------------------ */
+/* controller quiesce */
+
+static bool disnvm_wait_csts(struct disnvm_dev *dev, u32 mask, u32 val, unsigned int timeout_ms)
+{
+	unsigned long deadline = jiffies + msecs_to_jiffies(timeout_ms);
+	u32 csts;
+
+	for (;;) {
+		csts = readl(dev->bar + NVME_REG_CSTS);
+		if (csts == ~0U)
+			return false;
+		if ((csts & mask) == val)
+			return true;
+		if (time_after(jiffies, deadline))
+			return false;
+		usleep_range(1000, 2000);
+	}
+}
+
+/*
+ * Stop the controller's DMA before the memory it was given goes back to the kernel: a shutdown
+ * notification first (a volatile write cache gets flushed), then CC.EN = 0 and CSTS.RDY = 0
+ * within CAP.TO, as nvme_disable_ctrl() does. Bus mastering is cleared last, so even a controller
+ * that ignores the reset cannot issue another DMA. The library's close() has normally done all of
+ * this already; a killed process has not.
+ */
+static void disnvm_quiesce(struct disnvm_dev *dev)
+{
+	struct device *d = &dev->pdev->dev;
+	u32 cap = readl(dev->bar + NVME_REG_CAP);	/* Timeout (TO): bits 31:24, 500 ms units */
+	unsigned int ready_ms = (NVME_CAP_TIMEOUT(cap) + 1) * 500;
+	u32 cc = readl(dev->bar + NVME_REG_CC);
+	u32 csts = readl(dev->bar + NVME_REG_CSTS);
+
+	if (cc == ~0U || csts == ~0U) {
+		dev_warn(d, "registers read all ones: device not responding\n");
+		goto clear_master;
+	}
+	if (!(cc & NVME_CC_ENABLE) && !(csts & NVME_CSTS_RDY))
+		goto clear_master;
+
+	if ((cc & NVME_CC_ENABLE) && (csts & NVME_CSTS_RDY) && !(csts & NVME_CSTS_CFS)) {
+		writel((cc & ~NVME_CC_SHN_MASK) | NVME_CC_SHN_NORMAL, dev->bar + NVME_REG_CC);
+		if (!disnvm_wait_csts(dev, NVME_CSTS_SHST_MASK, NVME_CSTS_SHST_CMPLT, DISNVM_SHUTDOWN_MS))
+			dev_warn(d, "shutdown not complete after %u ms; disabling anyway\n",
+				 DISNVM_SHUTDOWN_MS);
+	}
+	writel(cc & ~(NVME_CC_SHN_MASK | NVME_CC_ENABLE), dev->bar + NVME_REG_CC);
+	if (!disnvm_wait_csts(dev, NVME_CSTS_RDY, 0, ready_ms))
+		dev_warn(d, "CSTS.RDY still set %u ms after CC.EN = 0\n", ready_ms);
+
+clear_master:
+	pci_clear_master(dev->pdev);
+}
+
+/* ------------------------------------------------------------------------------------------ */
+/* host memory */
+
+/*
+ * With only a 32-bit DMA mask and no IOMMU translating for the device, memory above the mask would
+ * be bounced through swiotlb: the controller would then read and write a kernel bounce buffer the
+ * process never sees. Refuse such pages instead.
+ */
+static int disnvm_check_reach(struct disnvm_dev *dev, struct disnvm_mapping *m)
+{
+	struct device *d = &dev->pdev->dev;
+	struct iommu_domain *domain = iommu_get_domain_for_dev(d);
+	u64 mask = dma_get_mask(d);
+	unsigned long i;
+
+	if (mask == DMA_BIT_MASK(64) || (domain && iommu_is_dma_domain(domain)))
+		return 0;
+	for (i = 0; i < m->npages; i++) {
+		phys_addr_t pa = page_to_phys(m->pages[i]);
+
+		if (pa + PAGE_SIZE - 1 > mask) {
+			dev_warn_ratelimited(d, "memory at physical %pa is beyond the 32-bit DMA mask\n",
+					     &pa);
+			return -EIO;
+		}
+	}
+	return 0;
+}
+
+/* One bus address per 4 KiB of the mapping, out of its DMA segments. */
+static int disnvm_sgt_addrs(struct disnvm_mapping *m, u64 *addrs)
+{
+	u64 n = m->size / DISNVM_PAGE_SIZE, i = 0;
+	struct scatterlist *sg;
+	unsigned int k, len;
+	dma_addr_t a;
+
+	for_each_sgtable_dma_sg(&m->sgt, sg, k) {
+		a = sg_dma_address(sg);
+		len = sg_dma_len(sg);
+		if (!IS_ALIGNED(a, DISNVM_PAGE_SIZE) || !IS_ALIGNED(len, DISNVM_PAGE_SIZE))
+			return -EIO;
+		for (; len; len -= DISNVM_PAGE_SIZE, a += DISNVM_PAGE_SIZE) {
+			/* Address 0 is what the C original handed out for pages it failed to pin. */
+			if (i == n || !a)
+				return -EIO;
+			addrs[i++] = a;
+		}
+	}
+	return i == n ? 0 : -EIO;
+}
+
+static int disnvm_map_pages(struct disnvm_dev *dev, struct disnvm_mapping *m, u64 *addrs)
+{
+	struct device *d = &dev->pdev->dev;
+	unsigned long done = 0;
+	int ret;
+
+	m->npages = m->size >> PAGE_SHIFT;
+	m->pages = kvmalloc_array(m->npages, sizeof(*m->pages), GFP_KERNEL);
+	if (!m->pages)
+		return -ENOMEM;
+
+	/*
+	 * FOLL_LONGTERM: the pages stay with the controller for as long as the process wants, so they
+	 * must not sit in ZONE_MOVABLE or CMA. pin_user_pages_fast() may pin fewer pages than asked;
+	 * carry on from there, and when it pins none give back everything pinned so far: the caller
+	 * gets a complete list or an error, never a short list.
+	 */
+	while (done < m->npages) {
+		ret = pin_user_pages_fast(m->vaddr + (done << PAGE_SHIFT), m->npages - done,
+					  FOLL_WRITE | FOLL_LONGTERM, m->pages + done);
+		if (ret <= 0) {
+			ret = ret ? ret : -EFAULT;
+			goto unpin;
+		}
+		done += ret;
+	}
+
+	ret = disnvm_check_reach(dev, m);
+	if (ret)
+		goto unpin;
+	ret = sg_alloc_table_from_pages(&m->sgt, m->pages, m->npages, 0, m->size, GFP_KERNEL);
+	if (ret)
+		goto unpin;
+	ret = dma_map_sgtable(d, &m->sgt, DMA_BIDIRECTIONAL, 0);
+	if (ret)
+		goto free_table;
+	ret = disnvm_sgt_addrs(m, addrs);
+	if (ret) {
+		dev_warn_ratelimited(d, "DMA mapping of %llu bytes gave an unusable address list\n",
+				     m->size);
+		goto unmap;
+	}
+	return 0;
+
+unmap:
+	dma_unmap_sgtable(d, &m->sgt, DMA_BIDIRECTIONAL, 0);
+free_table:
+	sg_free_table(&m->sgt);
+unpin:
+	unpin_user_pages(m->pages, done);
+	kvfree(m->pages);
+	m->pages = NULL;
+	return ret;
+}
+
+static void disnvm_unmap_pages(struct disnvm_dev *dev, struct disnvm_mapping *m)
+{
+	dma_unmap_sgtable(&dev->pdev->dev, &m->sgt, DMA_BIDIRECTIONAL, 0);
+	sg_free_table(&m->sgt);
+	/* The controller may have written to any of them. */
+	unpin_user_pages_dirty_lock(m->pages, m->npages, true);
+	kvfree(m->pages);
+	m->pages = NULL;
+}
+
+/* ------------------------------------------------------------------------------------------ */
+/* CUDA device memory (compiled only with the NVIDIA driver's nv-p2p.h; see Kbuild) */
+
+#ifdef DISNVM_CUDA
+/*
+ * The NVIDIA driver calls this when the GPU memory goes away under a live mapping (cudaFree, or
+ * the CUDA context died). It may not call back into nvidia_p2p_put_pages(); it only frees the
+ * tables. Whoever moves the state away from LIVE first releases the pages.
+ */
+static void disnvm_p2p_free_callback(void *data)
+{
+	struct disnvm_mapping *m = data;
+
+	if (atomic_cmpxchg(&m->p2p_state, DISNVM_P2P_LIVE, DISNVM_P2P_REVOKED) != DISNVM_P2P_LIVE)
+		return;
+	nvidia_p2p_free_dma_mapping(m->p2p_dma);
+	nvidia_p2p_free_page_table(m->p2p_pages);
+}
+
+static u64 disnvm_p2p_page_size(u32 type)
+{
+	switch (type) {
+	case NVIDIA_P2P_PAGE_SIZE_4KB:
+		return SZ_4K;
+	case NVIDIA_P2P_PAGE_SIZE_64KB:
+		return SZ_64K;
+	case NVIDIA_P2P_PAGE_SIZE_128KB:
+		return SZ_128K;
+	default:
+		return 0;
+	}
+}
+
+static int disnvm_map_gpu(struct disnvm_dev *dev, struct disnvm_mapping *m, u64 *addrs)
+{
+	u64 page, n = 0, i, j;
+	int ret;
+
+	atomic_set(&m->p2p_state, DISNVM_P2P_LIVE);
+	ret = nvidia_p2p_get_pages(0, 0, m->vaddr, m->size, &m->p2p_pages,
+				   disnvm_p2p_free_callback, m);
+	if (ret)
+		return ret;
+	if (!NVIDIA_P2P_PAGE_TABLE_VERSION_COMPATIBLE(m->p2p_pages)) {
+		ret = -EOPNOTSUPP;
+		goto put;
+	}
+	ret = nvidia_p2p_dma_map_pages(dev->pdev, m->p2p_pages, &m->p2p_dma);
+	if (ret)
+		goto put;
+	if (!NVIDIA_P2P_DMA_MAPPING_VERSION_COMPATIBLE(m->p2p_dma)) {
+		ret = -EOPNOTSUPP;
+		goto unmap;
+	}
+	page = disnvm_p2p_page_size(m->p2p_dma->page_size_type);
+	if (!page || m->p2p_dma->entries * page != m->size) {
+		ret = -EIO;
+		goto unmap;
+	}
+	for (i = 0; i < m->p2p_dma->entries; i++) {
+		for (j = 0; j < page; j += DISNVM_PAGE_SIZE) {
+			addrs[n] = m->p2p_dma->dma_addresses[i] + j;
+			if (!addrs[n++]) {
+				ret = -EIO;
+				goto unmap;
+			}
+		}
+	}
+	return 0;
+
+unmap:
+	nvidia_p2p_dma_unmap_pages(dev->pdev, m->p2p_pages, m->p2p_dma);
+put:
+	if (atomic_cmpxchg(&m->p2p_state, DISNVM_P2P_LIVE, DISNVM_P2P_RELEASING) == DISNVM_P2P_LIVE)
+		nvidia_p2p_put_pages(0, 0, m->vaddr, m->p2p_pages);
+	return ret;
+}
+
+static void disnvm_unmap_gpu(struct disnvm_dev *dev, struct disnvm_mapping *m)
+{
+	if (atomic_cmpxchg(&m->p2p_state, DISNVM_P2P_LIVE, DISNVM_P2P_RELEASING) != DISNVM_P2P_LIVE)
+		return;	/* the free callback released it */
+	nvidia_p2p_dma_unmap_pages(dev->pdev, m->p2p_pages, m->p2p_dma);
+	nvidia_p2p_put_pages(0, 0, m->vaddr, m->p2p_pages);
+}
+#endif /* DISNVM_CUDA */
+
+/* ------------------------------------------------------------------------------------------ */
+/* mappings of a file */
+
+static u64 disnvm_mapping_4k(const struct disnvm_mapping *m)
+{
+	return m->size / DISNVM_PAGE_SIZE;
+}
+
+/* Give one mapping back and forget it. Called with dev->lock held. */
+static void disnvm_release_mapping(struct disnvm_file *f, struct disnvm_mapping *m)
+{
+	struct disnvm_dev *dev = f->dev;
+
+	list_del(&m->list);
+#ifdef DISNVM_CUDA
+	if (m->gpu)
+		disnvm_unmap_gpu(dev, m);
+	else
+#endif
+		disnvm_unmap_pages(dev, m);
+	f->pinned -= disnvm_mapping_4k(m);
+	f->nmappings--;
+	atomic64_sub(disnvm_mapping_4k(m), &dev->pinned);
+	kfree(m);
+}
+
+static void disnvm_release_all(struct disnvm_file *f)
+{
+	struct disnvm_mapping *m, *tmp;
+
+	list_for_each_entry_safe(m, tmp, &f->mappings, list)
+		disnvm_release_mapping(f, m);
+}
+
+static bool disnvm_overlaps(struct disnvm_file *f, u64 start, u64 end)
+{
+	struct disnvm_mapping *m;
+
+	list_for_each_entry(m, &f->mappings, list)
+		if (start < m->vaddr + m->size && m->vaddr < end)
+			return true;
+	return false;
+}
+
+static long disnvm_ioctl_map(struct disnvm_file *f, struct disnvm_map __user *uarg, bool gpu)
+{
+	struct disnvm_dev *dev = f->dev;
+	u64 align = gpu ? DISNVM_GPU_PAGE_SIZE : max_t(u64, PAGE_SIZE, DISNVM_PAGE_SIZE);
+	struct disnvm_mapping *m = NULL;
+	struct disnvm_map req;
+	u64 *addrs = NULL;
+	u64 n;
+	long ret;
+
+	if (copy_from_user(&req, uarg, sizeof(req)))
+		return -EFAULT;
+	if (req.flags || !req.size || !IS_ALIGNED(req.vaddr, align) || !IS_ALIGNED(req.size, align))
+		return -EINVAL;
+	if (req.size > DISNVM_MAX_MAP_SIZE)
+		return -E2BIG;
+	if (req.vaddr + req.size < req.vaddr)
+		return -EINVAL;
+	if (!gpu && !access_ok(u64_to_user_ptr(req.vaddr), req.size))
+		return -EFAULT;
+	n = req.size / DISNVM_PAGE_SIZE;
+	if (!req.addrs || !access_ok(u64_to_user_ptr(req.addrs), n * sizeof(u64)))
+		return -EFAULT;
+	if (current->mm != f->mm)
+		return -EPERM;
+
+	addrs = kvmalloc_array(n, sizeof(u64), GFP_KERNEL);
+	m = kzalloc(sizeof(*m), GFP_KERNEL);
+	if (!addrs || !m) {
+		ret = -ENOMEM;
+		goto out;
+	}
+	m->vaddr = req.vaddr;
+	m->size = req.size;
+	m->gpu = gpu;
+
+	mutex_lock(&dev->lock);
+	if (dev->gone) {
+		ret = -ENODEV;
+		goto unlock;
+	}
+	if (disnvm_overlaps(f, req.vaddr, req.vaddr + req.size)) {
+		ret = -EEXIST;
+		goto unlock;
+	}
+#ifdef DISNVM_CUDA
+	if (gpu)
+		ret = disnvm_map_gpu(dev, m, addrs);
+	else
+#endif
+		ret = disnvm_map_pages(dev, m, addrs);
+	if (ret)
+		goto unlock;
+
+	list_add_tail(&m->list, &f->mappings);
+	f->pinned += n;
+	f->nmappings++;
+	atomic64_add(n, &dev->pinned);
+	if (copy_to_user(u64_to_user_ptr(req.addrs), addrs, n * sizeof(u64))) {
+		disnvm_release_mapping(f, m);
+		ret = -EFAULT;
+	}
+	m = NULL;	/* on the list, or released */
+unlock:
+	mutex_unlock(&dev->lock);
+out:
+	kfree(m);
+	kvfree(addrs);
+	return ret;
+}
+
+static long disnvm_ioctl_unmap(struct disnvm_file *f, struct disnvm_unmap __user *uarg)
+{
+	struct disnvm_dev *dev = f->dev;
+	struct disnvm_unmap req;
+	struct disnvm_mapping *m;
+	long ret = -ENOENT;
+
+	if (copy_from_user(&req, uarg, sizeof(req)))
+		return -EFAULT;
+	if (req.flags)
+		return -EINVAL;
+	if (current->mm != f->mm)
+		return -EPERM;
+
+	mutex_lock(&dev->lock);
+	if (dev->gone) {
+		ret = -ENODEV;
+		goto unlock;
+	}
+	list_for_each_entry(m, &f->mappings, list) {
+		if (m->vaddr == req.vaddr) {
+			disnvm_release_mapping(f, m);
+			ret = 0;
+			break;
+		}
+	}
+unlock:
+	mutex_unlock(&dev->lock);
+	return ret;
+}
+
+static long disnvm_ioctl_info(struct disnvm_file *f, struct disnvm_info __user *uarg)
+{
+	struct disnvm_dev *dev = f->dev;
+	struct pci_dev *pdev = dev->pdev;
+	struct disnvm_info info = {
+		.abi_version = DISNVM_ABI_VERSION,
+		.bar0_size = dev->bar_len,
+		.vendor = pdev->vendor,
+		.device = pdev->device,
+		.class_code = pdev->class,
+	};
+
+	if (IS_ENABLED(DISNVM_CUDA))
+		info.flags |= DISNVM_INFO_CUDA;
+	if (dma_get_mask(&pdev->dev) == DMA_BIT_MASK(64))
+		info.flags |= DISNVM_INFO_DMA_64BIT;
+	mutex_lock(&dev->lock);
+	info.pinned_pages = atomic64_read(&dev->pinned);
+	info.file_pinned_pages = f->pinned;
+	info.file_mappings = f->nmappings;
+	mutex_unlock(&dev->lock);
+
+	return copy_to_user(uarg, &info, sizeof(info)) ? -EFAULT : 0;
+}
+
+static long disnvm_ioctl(struct file *file, unsigned int cmd, unsigned long arg)
+{
+	struct disnvm_file *f = file->private_data;
+	void __user *argp = (void __user *)arg;
+
+	switch (cmd) {
+	case DISNVM_IOC_MAP_HOST:
+		return disnvm_ioctl_map(f, argp, false);
+	case DISNVM_IOC_MAP_DEVICE:
+		if (!IS_ENABLED(DISNVM_CUDA))
+			return -EOPNOTSUPP;
+		return disnvm_ioctl_map(f, argp, true);
+	case DISNVM_IOC_UNMAP:
+		return disnvm_ioctl_unmap(f, argp);
+	case DISNVM_IOC_INFO:
+		return disnvm_ioctl_info(f, argp);
+	default:
+		return -ENOTTY;
+	}
+}
+
+/* ------------------------------------------------------------------------------------------ */
+/* BAR0 mmap */
+
+/*
+ * BAR0 pages are inserted on first touch rather than all at mmap() time: the check for a removed
+ * device and the insertion are then atomic with respect to disnvm_remove(), which zaps what was
+ * inserted before; anything after gets SIGBUS instead of a BAR that is no longer ours.
+ */
+static vm_fault_t disnvm_bar_fault(struct vm_fault *vmf)
+{
+	struct vm_area_struct *vma = vmf->vma;
+	struct disnvm_dev *dev = vma->vm_private_data;
+	unsigned long pfn = (dev->bar_start >> PAGE_SHIFT) + vma->vm_pgoff +
+			    ((vmf->address - vma->vm_start) >> PAGE_SHIFT);
+	vm_fault_t ret;
+
+	mutex_lock(&dev->bar_lock);
+	ret = dev->gone ? VM_FAULT_SIGBUS : vmf_insert_pfn(vma, vmf->address, pfn);
+	mutex_unlock(&dev->bar_lock);
+	return ret;
+}
+
+static const struct vm_operations_struct disnvm_bar_vm_ops = {
+	.fault = disnvm_bar_fault,
+};
+
+static int disnvm_mmap(struct file *file, struct vm_area_struct *vma)
+{
+	struct disnvm_file *f = file->private_data;
+	struct disnvm_dev *dev = f->dev;
+	unsigned long len = vma->vm_end - vma->vm_start;
+	unsigned long pages = dev->bar_len >> PAGE_SHIFT;
+
+	if (!(vma->vm_flags & VM_SHARED))
+		return -EINVAL;
+	if (vma->vm_pgoff >= pages || len > (pages - vma->vm_pgoff) << PAGE_SHIFT)
+		return -EINVAL;
+	if (READ_ONCE(dev->gone))
+		return -ENODEV;
+
+	/* Registers: uncached; never copied into a child, grown by mremap() or dumped. */
+	vma->vm_page_prot = pgprot_noncached(vma->vm_page_prot);
+	disnvm_vm_flags_set(vma, VM_IO | VM_PFNMAP | VM_DONTEXPAND | VM_DONTDUMP | VM_DONTCOPY);
+	vma->vm_private_data = dev;
+	vma->vm_ops = &disnvm_bar_vm_ops;
+	return 0;
+}
+
+/* ------------------------------------------------------------------------------------------ */
+/* open and release */
+
+static int disnvm_open(struct inode *inode, struct file *file)
+{
+	/* misc_open() leaves the miscdevice here, and holds misc_mtx: remove cannot run meanwhile. */
+	struct disnvm_dev *dev = container_of(file->private_data, struct disnvm_dev, misc);
+	struct disnvm_file *f;
+	int ret = 0;
+
+	if (!current->mm)
+		return -EINVAL;
+	f = kzalloc(sizeof(*f), GFP_KERNEL);
+	if (!f)
+		return -ENOMEM;
+	f->dev = dev;
+	f->mapping = file->f_mapping;
+	INIT_LIST_HEAD(&f->mappings);
+
+	mutex_lock(&dev->lock);
+	if (dev->gone)
+		ret = -ENODEV;
+	else if (dev->file)
+		ret = -EBUSY;	/* one owner at a time: see module/README.md */
+	if (ret) {
+		mutex_unlock(&dev->lock);
+		kfree(f);
+		return ret;
+	}
+	dev->file = f;
+	kref_get(&dev->ref);
+	pci_set_master(dev->pdev);
+	mutex_unlock(&dev->lock);
+
+	f->mm = current->mm;
+	mmgrab(f->mm);
+	file->private_data = f;
+	return nonseekable_open(inode, file);
+}
+
+/* Runs when the last reference is gone: close() and munmap() of BAR0, or the owner's death. */
+static int disnvm_release(struct inode *inode, struct file *file)
+{
+	struct disnvm_file *f = file->private_data;
+	struct disnvm_dev *dev = f->dev;
+
+	mutex_lock(&dev->lock);
+	if (!dev->gone) {
+		/* The controller first: nothing may DMA into pages once they are unpinned. */
+		disnvm_quiesce(dev);
+		disnvm_release_all(f);
+	}
+	dev->file = NULL;
+	mutex_unlock(&dev->lock);
+
+	mmdrop(f->mm);
+	kfree(f);
+	kref_put(&dev->ref, disnvm_dev_free);
+	return 0;
+}
+
+static const struct file_operations disnvm_fops = {
+	.owner = THIS_MODULE,
+	.open = disnvm_open,
+	.release = disnvm_release,
+	.unlocked_ioctl = disnvm_ioctl,
+	.compat_ioctl = compat_ptr_ioctl,
+	.mmap = disnvm_mmap,
+};
+
+/* ------------------------------------------------------------------------------------------ */
+/* sysfs: /sys/bus/pci/devices/<bdf>/disnvm_pinned_pages */
+
+static ssize_t disnvm_pinned_pages_show(struct device *d, struct device_attribute *attr, char *buf)
+{
+	struct disnvm_dev *dev = pci_get_drvdata(to_pci_dev(d));
+
+	return sysfs_emit(buf, "%lld\n", (long long)atomic64_read(&dev->pinned));
+}
+static DEVICE_ATTR_RO(disnvm_pinned_pages);
+
+static struct attribute *disnvm_attrs[] = {
+	&dev_attr_disnvm_pinned_pages.attr,
+	NULL,
+};
+ATTRIBUTE_GROUPS(disnvm);
+
+/* ------------------------------------------------------------------------------------------ */
+/* PCI driver */
+
+static void __iomem *disnvm_map_bar0(struct pci_dev *pdev)
+{
+#if LINUX_VERSION_CODE >= KERNEL_VERSION(6, 11, 0)
+	return pcim_iomap_region(pdev, 0, DISNVM_NAME);
+#else
+	int ret = pcim_iomap_regions(pdev, BIT(0), DISNVM_NAME);
+
+	if (ret)
+		return IOMEM_ERR_PTR(ret);
+	return pcim_iomap_table(pdev)[0];
+#endif
+}
+
+static int disnvm_probe(struct pci_dev *pdev, const struct pci_device_id *id)
+{
+	struct disnvm_dev *dev;
+	int ret;
+
+	if (pdev->class != PCI_CLASS_STORAGE_EXPRESS) {
+		dev_info(&pdev->dev, "class %06x is not an NVMe controller (%06x); not binding\n",
+			 pdev->class, PCI_CLASS_STORAGE_EXPRESS);
+		return -ENODEV;
+	}
+	if (!(pci_resource_flags(pdev, 0) & IORESOURCE_MEM) ||
+	    pci_resource_len(pdev, 0) < max_t(resource_size_t, DISNVM_BAR0_MIN, PAGE_SIZE) ||
+	    !PAGE_ALIGNED(pci_resource_start(pdev, 0))) {
+		dev_err(&pdev->dev, "BAR0 %pR is not a usable NVMe register BAR\n", &pdev->resource[0]);
+		return -ENODEV;
+	}
+
+	dev = kzalloc(sizeof(*dev), GFP_KERNEL);
+	if (!dev)
+		return -ENOMEM;
+	kref_init(&dev->ref);
+	mutex_init(&dev->lock);
+	mutex_init(&dev->bar_lock);
+	atomic64_set(&dev->pinned, 0);
+	dev->pdev = pci_dev_get(pdev);
+
+	ret = pcim_enable_device(pdev);
+	if (ret)
+		goto put;
+	dev->bar = disnvm_map_bar0(pdev);
+	if (IS_ERR(dev->bar)) {
+		ret = PTR_ERR(dev->bar);
+		dev_err(&pdev->dev, "cannot map BAR0: %d\n", ret);
+		goto put;
+	}
+	dev->bar_start = pci_resource_start(pdev, 0);
+	dev->bar_len = pci_resource_len(pdev, 0);
+
+	ret = dma_set_mask_and_coherent(&pdev->dev, DMA_BIT_MASK(64));
+	if (ret) {
+		ret = dma_set_mask_and_coherent(&pdev->dev, DMA_BIT_MASK(32));
+		if (ret) {
+			dev_err(&pdev->dev, "no usable DMA mask\n");
+			goto put;
+		}
+		dev_warn(&pdev->dev, "32-bit DMA only: memory above 4 GiB is refused without an IOMMU\n");
+	}
+
+	ret = ida_alloc(&disnvm_ida, GFP_KERNEL);
+	if (ret < 0)
+		goto put;
+	dev->id = ret;
+	snprintf(dev->name, sizeof(dev->name), DISNVM_NAME "%d", dev->id);
+	dev->misc.minor = MISC_DYNAMIC_MINOR;
+	dev->misc.name = dev->name;
+	dev->misc.fops = &disnvm_fops;
+	dev->misc.parent = &pdev->dev;
+	dev->misc.mode = 0600;
+
+	pci_set_drvdata(pdev, dev);
+	ret = misc_register(&dev->misc);
+	if (ret)
+		goto free_id;
+
+	dev_info(&pdev->dev, "/dev/%s: BAR0 %pR, %d-bit DMA\n", dev->name, &pdev->resource[0],
+		 dma_get_mask(&pdev->dev) == DMA_BIT_MASK(64) ? 64 : 32);
+	return 0;
+
+free_id:
+	pci_set_drvdata(pdev, NULL);
+	ida_free(&disnvm_ida, dev->id);
+put:
+	kref_put(&dev->ref, disnvm_dev_free);
+	return ret;
+}
+
+static void disnvm_remove(struct pci_dev *pdev)
+{
+	struct disnvm_dev *dev = pci_get_drvdata(pdev);
+	struct disnvm_file *f;
+
+	misc_deregister(&dev->misc);	/* no new opens */
+
+	mutex_lock(&dev->lock);
+	mutex_lock(&dev->bar_lock);
+	dev->gone = true;
+	mutex_unlock(&dev->bar_lock);
+	f = dev->file;
+	if (f) {
+		/* Still open: the user's BAR0 mappings go (SIGBUS on the next access), then its DMA. */
+		dev_warn(&pdev->dev, "unbound while /dev/%s is open; revoking its mappings\n", dev->name);
+		unmap_mapping_range(f->mapping, 0, 0, 1);
+		disnvm_quiesce(dev);
+		disnvm_release_all(f);
+	}
+	mutex_unlock(&dev->lock);
+
+	ida_free(&disnvm_ida, dev->id);
+	pci_set_drvdata(pdev, NULL);
+	kref_put(&dev->ref, disnvm_dev_free);
+}
+
+/*
+ * No ID table: loading the module binds nothing. Bind with
+ *   echo disnvm > /sys/bus/pci/devices/<bdf>/driver_override
+ *   echo <bdf> > /sys/bus/pci/drivers_probe
+ * or new_id; probe refuses anything that is not an NVMe controller.
+ */
+static struct pci_driver disnvm_driver = {
+	.name = DISNVM_NAME,
+	.id_table = NULL,
+	.probe = disnvm_probe,
+	.remove = disnvm_remove,
+	.dev_groups = disnvm_groups,
+};
+
+static int __init disnvm_init(void)
+{
+	return pci_register_driver(&disnvm_driver);
+}
+
+static void __exit disnvm_exit(void)
+{
+	pci_unregister_driver(&disnvm_driver);
+	ida_destroy(&disnvm_ida);
+}
+
+module_init(disnvm_init);
+module_exit(disnvm_exit);
+
+MODULE_DESCRIPTION("NVMe controllers for userspace drivers (libnvm): BAR0 mmap, DMA mapping");
+MODULE_AUTHOR("libnvm");
+MODULE_LICENSE("GPL");
