@@ -65,6 +65,7 @@ export class IoCompletionQueue {
    */
   credits: number;
   closed = false;
+  #lastSq: IoQueue | undefined;
 
   constructor(
     backend: Backend,
@@ -95,7 +96,11 @@ export class IoCompletionQueue {
       const dw0 = e[o]!;
       cq.pop();
       n++;
-      this.sqs.get(dw2 >>> 16)?.complete(dw3 & 0xffff, dw3 >>> 17, dw0, dw2 & 0xffff);
+      const sqid = dw2 >>> 16;
+      let q = this.#lastSq;
+      // One Map lookup per change of SQ, not per completion (usually one SQ per CQ).
+      if (q === undefined || q.qid !== sqid || q.closed) q = this.#lastSq = this.sqs.get(sqid);
+      q?.complete(dw3 & 0xffff, dw3 >>> 17, dw0, dw2 & 0xffff);
     }
     if (n > 0) cq.ring();
     return n;
@@ -168,6 +173,11 @@ export class IoQueue {
   /** Why the last synchronous command failed without a status (status -2). */
   #syncError: Error | undefined;
   #ringPending = false;
+  /**
+   * performance.now() of the first command posted since the last submit(): every command of a
+   * batch gets its deadline from it (one clock read per batch, not per command; never later).
+   */
+  #batchStart = -1;
   #polling = false;
   #closed = false;
 
@@ -270,11 +280,17 @@ export class IoQueue {
     if (this.sq.sqe[this.slot]! >>> 16 !== cid) {
       throw new InvalidArgumentError(`the SQ slot holds CID ${this.sq.sqe[this.slot]! >>> 16}, not the acquired CID ${cid}`);
     }
+    this.#post(cid, mode, this.sq.sqe[this.slot]! & 0xff);
+  }
+
+  /** Post the checked command at `slot`. */
+  #post(cid: number, mode: number, opcode: number): void {
+    if (this.#batchStart < 0) this.#batchStart = performance.now();
     this.#state[cid] = INFLIGHT;
     this.#mode[cid] = mode;
     this.#status[cid] = -1;
-    this.#deadline[cid] = performance.now() + this.timeoutMs;
-    this.#opcode[cid] = this.sq.sqe[this.slot]! & 0xff;
+    this.#deadline[cid] = this.#batchStart + this.timeoutMs;
+    this.#opcode[cid] = opcode;
     this.#inflight++;
     this.sq.advance();
   }
@@ -295,7 +311,8 @@ export class IoQueue {
     const sqe = this.sq.sqe;
     writeSqe(sqe, o, opcode, cid, nsid, 0, 0, slba % TWO32, Math.floor(slba / TWO32), ((blocks - 1) & 0xffff) | cdw12Flags);
     this.#dataPointer(cid, o, buf, offset, bytes);
-    this.post(cid);
+    // Checked above and written here: post without re-reading the slot.
+    this.#post(cid, MODE_HANDLER, opcode & 0xff);
     this.#slba[cid] = slba;
     this.#nlb[cid] = blocks;
   }
@@ -336,6 +353,7 @@ export class IoQueue {
   /** Ring the SQ tail doorbell once for everything posted since the last submit. */
   submit(): void {
     this.#ringPending = false;
+    this.#batchStart = -1;
     this.sq.ring();
   }
 
@@ -483,6 +501,7 @@ export class IoQueue {
     this.#expired = 0;
     this.#fatal = undefined;
     this.#ringPending = false;
+    this.#batchStart = -1;
   }
 
   /** @internal The queue exists on the controller again: send what waited. */

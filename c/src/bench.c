@@ -46,7 +46,7 @@ static uint64_t now_ns(void)
     return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
 }
 
-API uint32_t nvm_bench_abi_version(void) { return 1; }
+API uint32_t nvm_bench_abi_version(void) { return 2; }
 
 /* Pin the calling thread to `cpu` (-1: allow every CPU). */
 API int32_t nvm_bench_pin(int32_t cpu)
@@ -267,6 +267,8 @@ struct loop {
     uint64_t completions, errors;
     /* A completer without a thread that this loop steps itself while it waits (-1: none). */
     int32_t inline_completer;
+    /* 0: one clock read per command for its deadline (as IoQueue.post does); 1: one per batch. */
+    uint32_t clock_per_batch;
 };
 
 static struct loop loops[MAX_HANDLES];
@@ -429,10 +431,11 @@ API uint32_t nvm_bench_loop_batch(int32_t h, uint32_t batch, uint32_t opcode)
     struct loop *l = &loops[h];
     uint64_t want = l->completions + batch;
     uint32_t blocks = l->bs >> l->lba_shift;
+    uint64_t batch_start = l->clock_per_batch ? now_ns() : 0;
     for (uint32_t i = 0; i < batch; i++) {
         int cid = acquire(l);
         if (cid < 0) break;
-        uint64_t now = now_ns();
+        uint64_t now = l->clock_per_batch ? batch_start : now_ns();
         post_rw(l, (uint32_t)cid, opcode, l->next_lba, blocks, (uint32_t)cid * l->bs, l->bs, now);
         l->next_lba = (l->next_lba + blocks) & 0xffffff;
     }
@@ -484,6 +487,14 @@ API uint32_t nvm_bench_loop_drain(int32_t h)
         }
     }
     return l->inflight;
+}
+
+/* Deadlines from one clock read per command (0, what IoQueue does today) or per batch (1). */
+API int32_t nvm_bench_loop_clock(int32_t h, uint32_t per_batch)
+{
+    if (h < 0 || h >= MAX_HANDLES || !loops[h].used) return -EINVAL;
+    loops[h].clock_per_batch = per_batch ? 1u : 0u;
+    return 0;
 }
 
 /* Step completer `c` (started with NVM_BENCH_NO_THREAD) from this loop while it waits; -1: none. */

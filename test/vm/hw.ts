@@ -179,7 +179,7 @@ const bindTo = (driver: string, load: string) =>
   ].join(" && ");
 
 /** The backend-neutral tests, run again through each backend. */
-const COMMON = ["./test/hw/controller.test.ts"];
+const COMMON = ["./test/hw/controller.test.ts", "./test/hw/examples.test.ts"];
 
 export const SUITES: readonly Suite[] = [
   { name: "hw", dir: "./test/hw", config: TEST_CONFIG, blocktools: true },

@@ -1,0 +1,55 @@
+/**
+ * A Backend over plain memory for the benchmarks: "BAR0" is a page of locked memory whose
+ * doorbells a completer thread (c/src/bench.c) watches, DMA memory is real locked memory
+ * (nvm_dma_alloc) and its "bus address" is its virtual address, so every buffer is contiguous.
+ * Nothing here touches a device.
+ */
+import { toArrayBuffer, type Pointer } from "bun:ffi";
+import { HOST_PAGE_SIZE, type Backend, type DmaMapping, type DmaOptions } from "../lib/backends/types.ts";
+import { native } from "../lib/native.ts";
+
+const TWO32 = 0x1_0000_0000;
+export const MEMORY_BAR0_SIZE = 16 * 1024;
+
+export class MemoryBackend implements Backend {
+  readonly kind = "sysfs" as const;
+  readonly name = "memory";
+  readonly bar0: Pointer;
+  readonly bar0Size = MEMORY_BAR0_SIZE;
+  readonly regs: Uint32Array;
+  readonly #live = new Set<DmaMapping>();
+
+  constructor() {
+    const p = native().nvm_dma_alloc(MEMORY_BAR0_SIZE, 0);
+    if (p === null) throw new Error(`nvm_dma_alloc failed (errno ${native().nvm_last_error()}): raise the memlock limit (ulimit -l)`);
+    this.bar0 = p;
+    this.regs = new Uint32Array(toArrayBuffer(p, 0, MEMORY_BAR0_SIZE));
+  }
+
+  allocDma(size: number, _opts: DmaOptions = {}): DmaMapping {
+    const pages = Math.ceil(size / HOST_PAGE_SIZE);
+    const vaddr = native().nvm_dma_alloc(pages * HOST_PAGE_SIZE, 0);
+    if (vaddr === null) throw new Error(`nvm_dma_alloc(${size}) failed: errno ${native().nvm_last_error()}`);
+    const iova = new Uint32Array(2 * pages);
+    const base = Number(vaddr);
+    for (let i = 0; i < pages; i++) {
+      const a = base + i * HOST_PAGE_SIZE;
+      iova[2 * i] = a % TWO32;
+      iova[2 * i + 1] = Math.floor(a / TWO32);
+    }
+    const m: DmaMapping = { vaddr, size: pages * HOST_PAGE_SIZE, iova, contiguous: true };
+    this.#live.add(m);
+    return m;
+  }
+
+  freeDma(m: DmaMapping): void {
+    if (!this.#live.delete(m)) return;
+    m.revoke?.();
+    native().nvm_dma_free(m.vaddr, m.size, 0);
+  }
+
+  close(): void {
+    for (const m of [...this.#live]) this.freeDma(m);
+    native().nvm_dma_free(this.bar0, MEMORY_BAR0_SIZE, 0);
+  }
+}

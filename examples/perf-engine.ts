@@ -1,0 +1,350 @@
+/**
+ * The load generator behind examples/perf.ts, run in the main thread (one queue pair) or in a
+ * Worker per queue pair (examples/perf-worker.ts): keeps `qd` commands outstanding on one I/O
+ * queue and records every completion's latency in a fixed log-linear histogram.
+ *
+ * Low-level API (the default): acquire a CID, rw() the SQE in place (each CID reads or writes its
+ * own `bs` slice of the buffer), one submit() per refill, poll() with one completion handler that
+ * queues CIDs; one clock read per refill and per non-empty poll, nothing allocated per command.
+ * Async API: `qd` loops each awaiting rwAsync() (a promise per command, by design).
+ */
+import type { DmaBuffer } from "../lib/dma.ts";
+import type { IoQueue } from "../lib/io.ts";
+import { NvmeStatusError, NvmeTimeoutError } from "../lib/errors.ts";
+import { commandName, NVM_READ, NVM_WRITE } from "../lib/spec/commands.ts";
+
+// ---- latency histogram ---------------------------------------------------------------------------
+
+/** Sub-buckets per power of two: relative bucket width 1/64 (values below 64 ns are exact). */
+const SUB_BITS = 6;
+const SUB = 1 << SUB_BITS;
+/** Powers of two above 64 ns covered: up to 2^(6+42) ns, about 3 days. */
+const GROUPS = 42;
+export const HIST_BUCKETS = SUB + GROUPS * SUB;
+const MAX_EXP = SUB_BITS + GROUPS - 1;
+
+export const PERCENTILES = [1, 5, 25, 50, 75, 90, 95, 99, 99.9] as const;
+export type PercentileKey = `p${(typeof PERCENTILES)[number]}`;
+
+/** Bucket of a latency in ns (non-negative). */
+function bucketOf(ns: number): number {
+  const v = Math.floor(ns);
+  if (v < SUB) return v < 0 ? 0 : v;
+  let e: number;
+  let top: number;
+  if (v < 0x1_0000_0000) {
+    e = 31 - Math.clz32(v);
+    top = v >>> (e - SUB_BITS);
+  } else {
+    e = Math.min(Math.floor(Math.log2(v)), MAX_EXP);
+    top = Math.min(Math.floor(v / 2 ** (e - SUB_BITS)), 2 * SUB - 1);
+  }
+  return SUB + (e - SUB_BITS) * SUB + (top - SUB);
+}
+
+/** Smallest value (ns) of a bucket, and its width. */
+export function bucketRange(b: number): { low: number; width: number } {
+  if (b < SUB) return { low: b, width: 1 };
+  const g = Math.floor((b - SUB) / SUB);
+  const m = (b - SUB) % SUB;
+  return { low: (SUB + m) * 2 ** g, width: 2 ** g };
+}
+
+export class LatencyHistogram {
+  /** Count per bucket (ns). */
+  readonly counts: Float64Array;
+  count = 0;
+  sum = 0;
+  min = Infinity;
+  max = 0;
+
+  constructor(counts?: ArrayLike<number>) {
+    this.counts = new Float64Array(HIST_BUCKETS);
+    if (counts) this.counts.set(counts);
+  }
+
+  record(ns: number): void {
+    this.counts[bucketOf(ns)]!++;
+    this.count++;
+    this.sum += ns;
+    if (ns < this.min) this.min = ns;
+    if (ns > this.max) this.max = ns;
+  }
+
+  merge(o: { counts: ArrayLike<number>; count: number; sum: number; min: number; max: number }): void {
+    for (let i = 0; i < HIST_BUCKETS; i++) this.counts[i]! += o.counts[i]!;
+    this.count += o.count;
+    this.sum += o.sum;
+    this.min = Math.min(this.min, o.min);
+    this.max = Math.max(this.max, o.max);
+  }
+
+  get mean(): number {
+    return this.count > 0 ? this.sum / this.count : 0;
+  }
+
+  /** The p-th percentile in ns: the middle of its bucket, within [min, max] (exact below 64 ns). */
+  percentile(p: number): number {
+    if (this.count === 0) return 0;
+    const target = Math.max(1, Math.ceil((p / 100) * this.count));
+    let seen = 0;
+    for (let b = 0; b < HIST_BUCKETS; b++) {
+      seen += this.counts[b]!;
+      if (seen >= target) {
+        const { low, width } = bucketRange(b);
+        return Math.min(Math.max(low + (width - 1) / 2, this.min), this.max);
+      }
+    }
+    return this.max;
+  }
+
+  /** Plain numbers for postMessage and JSON. */
+  toJSON(): { counts: number[]; count: number; sum: number; min: number; max: number } {
+    return { counts: Array.from(this.counts), count: this.count, sum: this.sum, min: this.min, max: this.max };
+  }
+}
+
+// ---- workload -------------------------------------------------------------------------------------
+
+export interface Workload {
+  readonly nsid: number;
+  readonly lbaSize: number;
+  /** The LBA range this queue covers. */
+  readonly firstLba: number;
+  readonly spanBlocks: number;
+  readonly bs: number;
+  readonly qd: number;
+  readonly pattern: "rand" | "seq";
+  readonly rw: "read" | "write" | "mix";
+  /** Percentage of reads when rw is "mix". */
+  readonly rwmixRead: number;
+  /** Stop after this many seconds of measurement, or after `ios` commands (whichever is given). */
+  readonly seconds?: number;
+  readonly ios?: number;
+  /** Run this long before measuring (JIT warm-up, steady state). */
+  readonly warmupSeconds: number;
+  readonly api: "low" | "async";
+  readonly seed: number;
+}
+
+export interface JobResult {
+  index: number;
+  qid: number;
+  ios: number;
+  reads: number;
+  writes: number;
+  bytes: number;
+  /** Measured time: from the end of the warm-up to the last completion. */
+  seconds: number;
+  errors: number;
+  firstError?: string;
+  interrupted: boolean;
+  hist: ReturnType<LatencyHistogram["toJSON"]>;
+}
+
+/**
+ * Shared progress: [0] stop flag (set by the main thread), then per job index i:
+ * [1 + 3i] commands measured, [2 + 3i] bytes measured, [3 + 3i] 1 once measuring.
+ */
+export const progressSlots = (jobs: number): number => 1 + 3 * jobs;
+
+const YIELD_MS = 50;
+
+function yieldToEventLoop(): Promise<void> {
+  return new Promise((resolve) => setImmediate(resolve));
+}
+
+/** Keep `w.qd` commands outstanding on `q` over `buf` (at least qd × bs bytes) until done. */
+export async function runJob(q: IoQueue, buf: DmaBuffer, w: Workload, progress: Float64Array, index: number, onTick?: () => void): Promise<JobResult> {
+  if (w.qd > q.depth) throw new Error(`queue depth ${w.qd} exceeds the queue's ${q.depth} command slots`);
+  if (buf.size < w.qd * w.bs && w.api === "async") throw new Error(`buffer of ${buf.size} bytes is too small for ${w.qd} x ${w.bs}`);
+  if (buf.size < q.depth * w.bs && w.api === "low") throw new Error(`buffer of ${buf.size} bytes is too small for ${q.depth} x ${w.bs}`);
+  const blocks = w.bs / w.lbaSize;
+  const slots = Math.floor(w.spanBlocks / blocks);
+  if (!Number.isInteger(blocks) || slots < 1) throw new Error(`${w.bs}-byte commands do not fit ${w.spanBlocks} blocks of ${w.lbaSize} bytes`);
+
+  // xorshift32: one state word, no allocation.
+  let x = w.seed >>> 0 || 0x9e3779b9;
+  const rand32 = (): number => {
+    x ^= x << 13;
+    x ^= x >>> 17;
+    x ^= x << 5;
+    return x >>> 0;
+  };
+  const seq = w.pattern === "seq";
+  const bigSpan = slots > 0x1_0000_0000;
+  let seqSlot = 0;
+  const nextLba = (): number => {
+    let s: number;
+    if (seq) {
+      s = seqSlot;
+      seqSlot = seqSlot + 1 === slots ? 0 : seqSlot + 1;
+    } else s = bigSpan ? (rand32() * 0x1_0000_0000 + rand32()) % slots : rand32() % slots;
+    return w.firstLba + s * blocks;
+  };
+  const writeAlways = w.rw === "write";
+  const mix = w.rw === "mix";
+  const mixReadBelow = Math.floor((w.rwmixRead / 100) * 0x1_0000_0000);
+  const isWrite = (): boolean => writeAlways || (mix && rand32() >= mixReadBelow);
+
+  const hist = new LatencyHistogram();
+  const base = 1 + 3 * index;
+  const limit = w.ios ?? Infinity;
+  let ios = 0;
+  let reads = 0;
+  let writes = 0;
+  let errors = 0;
+  let firstError: string | undefined;
+  let interrupted = false;
+
+  const t0 = performance.now();
+  let measuring = w.warmupSeconds <= 0;
+  let tMeasure = measuring ? t0 : t0 + w.warmupSeconds * 1000;
+  let tEnd = w.seconds !== undefined ? tMeasure + w.seconds * 1000 : Infinity;
+  let tLast = t0;
+  const startMeasuring = (t: number) => {
+    measuring = true;
+    tMeasure = t;
+    if (w.seconds !== undefined) tEnd = t + w.seconds * 1000;
+    progress[base + 2] = 1;
+  };
+  if (measuring) progress[base + 2] = 1;
+
+  if (w.api === "async") {
+    let stopping = false;
+    let inflight = 0;
+    const loop = async (slot: number) => {
+      const offset = slot * w.bs;
+      while (!stopping && !(measuring && ios + inflight >= limit)) {
+        const write = isWrite();
+        const lba = nextLba();
+        inflight++;
+        const start = performance.now();
+        try {
+          await q.rwAsync(write ? NVM_WRITE : NVM_READ, w.nsid, lba, blocks, buf, offset, w.bs);
+        } catch (e) {
+          errors++;
+          firstError ??= (e as Error).message;
+          stopping = true;
+        }
+        inflight--;
+        const t = performance.now();
+        tLast = t;
+        if (measuring) {
+          hist.record((t - start) * 1e6);
+          ios++;
+          if (write) writes++;
+          else reads++;
+          progress[base] = ios;
+          progress[base + 1] = ios * w.bs;
+        } else if (t >= tMeasure) startMeasuring(t);
+        if (t >= tEnd) stopping = true;
+        if (progress[0] !== 0) {
+          stopping = true;
+          interrupted = true;
+        }
+        onTick?.();
+      }
+    };
+    const loops: Promise<void>[] = [];
+    for (let i = 0; i < w.qd; i++) loops.push(loop(i));
+    await Promise.all(loops);
+  } else {
+    const depth = q.depth;
+    const start = new Float64Array(depth);
+    const wrote = new Uint8Array(depth);
+    const done = new Uint16Array(depth);
+    let nDone = 0;
+    let firstStatus = -1;
+    let firstCid = 0;
+    let firstOpcode = NVM_READ;
+    q.onComplete = (cid, status) => {
+      done[nDone++] = cid;
+      if (status !== 0 && errors++ === 0) {
+        firstStatus = status;
+        firstCid = cid;
+        firstOpcode = wrote[cid] === 1 ? NVM_WRITE : NVM_READ;
+      }
+    };
+    const bs = w.bs;
+    const qd = w.qd;
+    const nsid = w.nsid;
+    const refill = (t: number): void => {
+      let posted = 0;
+      while (q.outstanding < qd && !(measuring && ios + q.outstanding >= limit)) {
+        const cid = q.acquire();
+        if (cid < 0) break;
+        const write = isWrite();
+        q.rw(cid, write ? NVM_WRITE : NVM_READ, nsid, nextLba(), blocks, buf, cid * bs, bs);
+        start[cid] = t;
+        wrote[cid] = write ? 1 : 0;
+        posted++;
+      }
+      if (posted > 0) q.submit();
+    };
+
+    let t = performance.now();
+    let stopping = false;
+    let lastActivity = t;
+    let lastYield = t;
+    refill(t);
+    for (let spins = 1; ; spins++) {
+      const n = q.poll();
+      if (n === 0 || nDone === 0) {
+        if ((spins & 255) !== 0) continue;
+        t = performance.now();
+        if (t - lastActivity > q.timeoutMs) {
+          throw new NvmeTimeoutError(`queue ${q.qid}: no completion within ${q.timeoutMs} ms with ${q.outstanding} commands outstanding`, q.timeoutMs);
+        }
+      } else {
+        t = performance.now();
+        lastActivity = t;
+        tLast = t;
+        if (measuring) {
+          for (let k = 0; k < nDone; k++) {
+            const cid = done[k]!;
+            hist.record((t - start[cid]!) * 1e6);
+            if (wrote[cid] === 1) writes++;
+            else reads++;
+          }
+          ios += nDone;
+          progress[base] = ios;
+          progress[base + 1] = ios * bs;
+        }
+        nDone = 0;
+      }
+      if (!measuring && t >= tMeasure) startMeasuring(t);
+      if (errors > 0 || t >= tEnd || (measuring && ios >= limit)) stopping = true;
+      if (stopping) {
+        if (q.outstanding === 0) break;
+      } else refill(t);
+      if (t - lastYield > YIELD_MS) {
+        // Signals (and the main thread's stop flag) are seen between turns of the event loop.
+        await yieldToEventLoop();
+        lastYield = performance.now();
+        if (progress[0] !== 0 && !stopping) {
+          stopping = true;
+          interrupted = true;
+        }
+        onTick?.();
+      }
+    }
+    q.onComplete = null;
+    if (firstStatus >= 0) {
+      firstError = new NvmeStatusError(firstStatus, { command: commandName(firstOpcode, false), opcode: firstOpcode, cid: firstCid, sqid: q.qid }).message;
+    }
+  }
+  return {
+    index,
+    qid: q.qid,
+    ios,
+    reads,
+    writes,
+    bytes: ios * w.bs,
+    seconds: Math.max(tLast - tMeasure, 0) / 1000,
+    errors,
+    ...(firstError !== undefined ? { firstError } : {}),
+    interrupted,
+    hist: hist.toJSON(),
+  };
+}

@@ -1,0 +1,500 @@
+/**
+ * Side by side in one guest boot, on the same emulated controller: our driver (examples/perf.ts,
+ * controller unbound) and then the kernel's nvme driver (fio through /dev/nvme0n1: io_uring with
+ * interrupts and libaio, then io_uring polled with --hipri after reloading nvme with
+ * poll_queues=2), for 4 KiB random read and write at QD 1, 4, 32 and 128 and 128 KiB sequential
+ * read and write at QD 8. The drivers alternate per workload (ours, kernel, kernel polled, next
+ * workload), so a change in the host's load hits a whole row rather than a whole column. Then the
+ * cost of growth for ours: IOPS against queue depth, and against the number of queue pairs (one
+ * Worker each). Prints one table (ours, kernel, ratio) and writes every figure as JSON.
+ *
+ *   bun run bench:guest [--seconds 5] [--warmup 1] [--repeat 1] [--ns-size 1G] [--json] [--out FILE]
+ *
+ * On the host it installs fio when missing (the guest runs the host's root), boots the guest and
+ * runs itself inside with --inside. Figures come from an emulated (TCG) machine whose CPUs are
+ * shared with everything else on the host: they compare drivers within one boot, nothing more.
+ */
+import { existsSync, readFileSync, writeFileSync } from "node:fs";
+import { join } from "node:path";
+import { parseArgs } from "node:util";
+import { describeMachine, machineInfo, qemuVersion, table, type MachineInfo } from "../../bench/machine.ts";
+import { cleanup, parseSize, REPO_ROOT, runInGuest } from "./run.ts";
+
+const { values: opts } = parseArgs({
+  args: Bun.argv.slice(2),
+  options: {
+    inside: { type: "boolean", default: false },
+    seconds: { type: "string", default: "5" },
+    warmup: { type: "string", default: "5" },
+    repeat: { type: "string", default: "1" },
+    "ns-size": { type: "string", default: "1G" },
+    "skip-growth": { type: "boolean", default: false },
+    "skip-kernel": { type: "boolean", default: false },
+    only: { type: "string" },
+    json: { type: "boolean", default: false },
+    out: { type: "string" },
+    timeout: { type: "string" },
+    help: { type: "boolean", short: "h", default: false },
+  },
+  strict: true,
+});
+
+const USAGE = `usage: bun test/vm/bench-guest.ts [--seconds S] [--warmup S] [--repeat N] [--ns-size 1G] [--only NAME,...]
+                                 [--skip-growth] [--skip-kernel] [--json] [--out FILE] [--timeout SEC]
+  Boots the QEMU guest once and runs examples/perf.ts, then fio through the kernel's nvme driver,
+  on the same emulated controller; prints ours / kernel / ratio per workload and the growth tables.
+  --seconds S    measured seconds per run (default 5); --warmup S before each (default 5: the JIT
+                 tiers up slowly under TCG; fio gets the same ramp_time)
+  --repeat N     runs per figure, the median is reported (default 1)
+  --ns-size SZ   namespace size (default 1G; written once in full before the reads)
+  --only LIST    workloads by name (e.g. randread-qd1,seqwrite-qd8)
+  --json         print the JSON document instead of the tables; --out FILE also writes it
+`;
+if (opts.help) {
+  process.stdout.write(USAGE);
+  process.exit(0);
+}
+
+const SECONDS = Number(opts.seconds);
+const WARMUP = Number(opts.warmup);
+const REPEAT = Math.max(1, Math.floor(Number(opts.repeat)));
+if (!(SECONDS > 0) || !(WARMUP >= 0) || !Number.isFinite(REPEAT)) {
+  process.stderr.write(USAGE);
+  process.exit(2);
+}
+
+interface Workload {
+  name: string;
+  pattern: "rand" | "seq";
+  rw: "read" | "write";
+  bs: number;
+  qd: number;
+}
+
+const WORKLOADS: Workload[] = [
+  ...[1, 4, 32, 128].map((qd): Workload => ({ name: `randread-qd${qd}`, pattern: "rand", rw: "read", bs: 4096, qd })),
+  ...[1, 4, 32, 128].map((qd): Workload => ({ name: `randwrite-qd${qd}`, pattern: "rand", rw: "write", bs: 4096, qd })),
+  { name: "seqread-qd8", pattern: "seq", rw: "read", bs: 131072, qd: 8 },
+  { name: "seqwrite-qd8", pattern: "seq", rw: "write", bs: 131072, qd: 8 },
+];
+const GROWTH_QD = [1, 2, 4, 8, 16, 32, 64, 128];
+const GROWTH_QUEUES = [1, 2, 4];
+const GROWTH_QUEUES_QD = 32;
+const ENGINES = ["io_uring", "io_uring-hipri", "libaio"] as const;
+type Engine = (typeof ENGINES)[number];
+
+/** One measurement: IOPS, MiB/s and latency in microseconds (ours: submit to reap; fio: lat = slat + clat). */
+interface Figure {
+  iops: number;
+  mibPerSec: number;
+  latUs: { mean: number; p50: number; p99: number; p999: number; max: number };
+  runs: number[];
+  error?: string;
+}
+
+interface Results {
+  machine: MachineInfo & {
+    fio?: string;
+    guestKernel?: string;
+    hostKernel?: string;
+    hostCpu?: string;
+    hostNproc?: number;
+    /** Host load averages before the boot and after the run (filled in on the host). */
+    hostLoad?: { start: number[]; end: number[] };
+  };
+  config: { seconds: number; warmup: number; repeat: number; nsSize: number; lbaSize: number; ctrl: string };
+  ours: Record<string, Figure>;
+  kernel: Partial<Record<Engine, Record<string, Figure>>>;
+  kernelNotes: string[];
+  growth: {
+    qd: { qd: number; fig: Figure }[];
+    queues: { queues: number; qd: number; fig: Figure; perQueue: number[] }[];
+    /** The kernel (io_uring, interrupts) with as many fio jobs as our queue pairs, same depth each. */
+    kernelJobs: { jobs: number; qd: number; fig: Figure }[];
+  };
+}
+
+
+function sh(cmd: string[], timeoutMs = 600_000): { code: number; out: string; err: string } {
+  const r = Bun.spawnSync(cmd, { stdout: "pipe", stderr: "pipe", timeout: timeoutMs });
+  return { code: r.exitCode ?? -1, out: r.stdout.toString(), err: r.stderr.toString() };
+}
+
+function log(s: string): void {
+  process.stderr.write(`bench-guest: ${s}\n`);
+}
+
+// ==== in the guest =================================================================================
+
+interface PerfJson {
+  total: { iops: number; mibPerSec: number; errors: number; firstError?: string; latencyUs: { mean: number; max: number; percentiles: Record<string, number> } };
+  queues: { iops: number }[];
+}
+
+const NO_FIGURE: Figure = { iops: 0, mibPerSec: 0, latUs: { mean: 0, p50: 0, p99: 0, p999: 0, max: 0 }, runs: [] };
+
+/** The run with the median IOPS of several, with every run's IOPS and the last error seen. */
+function combine(runs: Figure[]): Figure {
+  const ok = runs.filter((r) => !r.error || r.iops > 0);
+  const error = runs.find((r) => r.error)?.error;
+  if (ok.length === 0) return { ...NO_FIGURE, error: error ?? "no run" };
+  const pick = [...ok].sort((x, y) => x.iops - y.iops)[Math.floor((ok.length - 1) / 2)]!;
+  return { ...pick, runs: runs.map((r) => r.iops), ...(error ? { error } : {}) };
+}
+
+/** One run of examples/perf.ts; `perQueue` holds each queue pair's IOPS. */
+function ours(ctrl: string, w: { pattern: string; rw: string; bs: number; qd: number }, queues = 1, workers = false): Figure & { perQueue: number[] } {
+  const r = sh([
+    "bun", "examples/perf.ts", `--ctrl=${ctrl}`, "--ns=1", `--qd=${w.qd}`, `--bs=${w.bs}`, `--pattern=${w.pattern}`, `--rw=${w.rw}`,
+    `--seconds=${SECONDS}`, `--warmup=${WARMUP}`, `--queues=${queues}`, ...(workers ? ["--workers"] : []), "--json",
+  ]);
+  if (r.code !== 0) return { ...NO_FIGURE, perQueue: [], error: `perf exited ${r.code}: ${r.err.trim().split("\n").slice(-2).join(" ")}` };
+  const j = JSON.parse(r.out) as PerfJson;
+  const t = j.total;
+  return {
+    iops: t.iops,
+    mibPerSec: t.mibPerSec,
+    latUs: { mean: t.latencyUs.mean, p50: t.latencyUs.percentiles.p50!, p99: t.latencyUs.percentiles.p99!, p999: t.latencyUs.percentiles["p99.9"]!, max: t.latencyUs.max },
+    runs: [t.iops],
+    perQueue: j.queues.map((q) => q.iops),
+    ...(t.errors > 0 ? { error: `${t.errors} commands failed: ${t.firstError}` } : {}),
+  };
+}
+
+interface FioJob {
+  error: number;
+  read: FioDir;
+  write: FioDir;
+}
+interface FioDir {
+  iops: number;
+  bw_bytes: number;
+  lat_ns: { mean: number; max: number };
+  clat_ns: { percentile?: Record<string, number> };
+}
+
+/** One fio run through the kernel's driver (`jobs` > 1: that many threads, --group_reporting). */
+function fio(dev: string, w: Workload, engine: Engine, jobs = 1): Figure {
+  const rw = w.pattern === "rand" ? `rand${w.rw}` : w.rw;
+  const r = sh([
+    "fio", "--name=bench", `--filename=${dev}`, "--direct=1", `--ioengine=${engine === "libaio" ? "libaio" : "io_uring"}`,
+    ...(engine === "io_uring-hipri" ? ["--hipri"] : []),
+    `--rw=${rw}`, `--bs=${w.bs}`, `--iodepth=${w.qd}`, `--runtime=${SECONDS}`, `--ramp_time=${WARMUP}`, "--time_based",
+    "--norandommap", "--randrepeat=0", `--numjobs=${jobs}`, "--group_reporting", "--output-format=json", "--percentile_list=50:99:99.9",
+  ]);
+  if (r.code !== 0) return { ...NO_FIGURE, error: `fio exited ${r.code}: ${r.err.trim().split("\n").slice(-2).join(" ")}` };
+  const job = (JSON.parse(r.out.slice(r.out.indexOf("{"))) as { jobs: FioJob[] }).jobs[0]!;
+  const dir = w.rw === "read" ? job.read : job.write;
+  const pct = dir.clat_ns.percentile ?? {};
+  const p = (k: string) => Number(((pct[k] ?? 0) / 1000).toFixed(3));
+  return {
+    iops: Number(dir.iops.toFixed(1)),
+    mibPerSec: Number((dir.bw_bytes / 1048576).toFixed(2)),
+    // fio's lat = slat + clat; its percentiles are of clat (submission to completion).
+    latUs: { mean: Number((dir.lat_ns.mean / 1000).toFixed(3)), p50: p("50.000000"), p99: p("99.000000"), p999: p("99.900000"), max: Number((dir.lat_ns.max / 1000).toFixed(3)) },
+    runs: [Number(dir.iops.toFixed(1))],
+    ...(job.error ? { error: `fio job error ${job.error}` } : {}),
+  };
+}
+
+async function waitFor(cond: () => boolean, ms: number): Promise<boolean> {
+  const end = performance.now() + ms;
+  while (performance.now() < end) {
+    if (cond()) return true;
+    await Bun.sleep(100);
+  }
+  return cond();
+}
+
+/** Load the kernel's nvme driver (it probes the unbound controller) and wait for the namespace. */
+async function loadNvme(ctrl: string, params: string[], notes: string[]): Promise<string | undefined> {
+  const modroot = process.env.LIBNVM_VM_MODROOT;
+  const r = sh(["modprobe", ...(modroot ? ["-d", modroot] : []), "nvme", ...params]);
+  if (r.code !== 0) {
+    notes.push(`modprobe nvme ${params.join(" ")} failed: ${r.err.trim()}`);
+    return undefined;
+  }
+  const dev = "/dev/nvme0n1";
+  if (!(await waitFor(() => existsSync(dev) && existsSync("/sys/block/nvme0n1/queue/io_poll"), 20_000))) {
+    notes.push(`nvme ${params.join(" ")}: ${dev} did not appear (driver: ${driverOf(ctrl) ?? "none"})`);
+    return undefined;
+  }
+  return dev;
+}
+
+function driverOf(ctrl: string): string | undefined {
+  try {
+    return readFileSync(`/sys/bus/pci/devices/${ctrl}/driver/module/drivers`, "utf8").trim();
+  } catch {
+    const r = sh(["readlink", `/sys/bus/pci/devices/${ctrl}/driver`]);
+    return r.code === 0 ? r.out.trim().split("/").pop() : undefined;
+  }
+}
+
+function unloadNvme(ctrl: string, notes: string[]): void {
+  try {
+    writeFileSync("/sys/bus/pci/drivers/nvme/unbind", ctrl);
+  } catch (e) {
+    notes.push(`unbind ${ctrl} from nvme: ${(e as Error).message}`);
+  }
+  const r = sh(["rmmod", "nvme"]);
+  if (r.code !== 0) notes.push(`rmmod nvme: ${r.err.trim()}`);
+}
+
+async function inside(): Promise<Results> {
+  const ctrl = process.env.LIBNVM_TEST_CTRL;
+  if (!ctrl) throw new Error("LIBNVM_TEST_CTRL is not set: run this through the guest harness (bun test/vm/bench-guest.ts)");
+  const expect = JSON.parse(process.env.LIBNVM_TEST_EXPECT ?? "{}") as { namespaces?: { sizeBytes: number; lbaSize: number }[] };
+  const ns = expect.namespaces?.[0] ?? { sizeBytes: parseSize(opts["ns-size"]!), lbaSize: 4096 };
+  const host = JSON.parse(process.env.BENCH_HOST ?? "{}") as Partial<MachineInfo>;
+  const fioVersion = sh(["fio", "--version"]).out.trim();
+  const results: Results = {
+    machine: {
+      ...machineInfo({ guest: true, ...(host.qemu ? { qemu: host.qemu } : {}) }),
+      fio: fioVersion,
+      guestKernel: sh(["uname", "-r"]).out.trim(),
+      hostKernel: host.kernel,
+      hostCpu: host.cpu,
+      hostNproc: host.nproc,
+    },
+    config: { seconds: SECONDS, warmup: WARMUP, repeat: REPEAT, nsSize: ns.sizeBytes, lbaSize: ns.lbaSize, ctrl },
+    ours: {},
+    kernel: {},
+    kernelNotes: [],
+    growth: { qd: [], queues: [], kernelJobs: [] },
+  };
+  const only = opts.only ? new Set(opts.only.split(",")) : undefined;
+  const workloads = WORKLOADS.filter((w) => !only || only.has(w.name));
+
+  // Write the whole namespace once: reads then hit allocated data for both drivers.
+  log(`preconditioning: sequential 128 KiB writes over ${ns.sizeBytes} bytes`);
+  const pre = sh([
+    "bun", "examples/perf.ts", `--ctrl=${ctrl}`, "--ns=1", "--pattern=seq", "--rw=write", "--bs=128k", "--qd=8",
+    `--ios=${Math.floor(ns.sizeBytes / 131072)}`, "--json",
+  ]);
+  if (pre.code !== 0) throw new Error(`preconditioning failed: ${pre.err.trim()}`);
+
+  // Interleaved: for each workload ours, then the kernel with interrupts, then polled; the driver
+  // is switched per workload, so a change in the host's load hits every column of a row alike.
+  const samples = new Map<string, Figure[]>();
+  const add = (key: string, f: Figure) => samples.set(key, [...(samples.get(key) ?? []), f]);
+  const notes = results.kernelNotes;
+  let pollChecked = false;
+  for (let round = 0; round < REPEAT; round++) {
+    for (const w of workloads) {
+      log(`round ${round + 1}/${REPEAT} ${w.name}: ours`);
+      add(`ours ${w.name}`, ours(ctrl, w));
+      if (opts["skip-kernel"]) continue;
+      // Interrupt-driven queues only: the stock configuration.
+      let dev = await loadNvme(ctrl, [], notes);
+      if (dev) {
+        for (const engine of ["io_uring", "libaio"] as const) {
+          log(`round ${round + 1}/${REPEAT} ${w.name}: kernel ${engine}`);
+          add(`${engine} ${w.name}`, fio(dev, w, engine));
+        }
+        unloadNvme(ctrl, notes);
+      }
+      // Polled queues: nvme.poll_queues at module load, then io_uring --hipri (IORING_SETUP_IOPOLL).
+      dev = await loadNvme(ctrl, ["poll_queues=2"], notes);
+      if (dev) {
+        if (!pollChecked) {
+          pollChecked = true;
+          const ioPoll = readFileSync("/sys/block/nvme0n1/queue/io_poll", "utf8").trim();
+          notes.push(`nvme poll_queues=2: /sys/block/nvme0n1/queue/io_poll = ${ioPoll}`);
+          if (ioPoll !== "1") notes.push("the kernel did not enable polling: the hipri column ran interrupt-driven");
+        }
+        log(`round ${round + 1}/${REPEAT} ${w.name}: kernel io_uring --hipri`);
+        add(`io_uring-hipri ${w.name}`, fio(dev, w, "io_uring-hipri"));
+        unloadNvme(ctrl, notes);
+      }
+    }
+  }
+  for (const w of workloads) {
+    results.ours[w.name] = combine(samples.get(`ours ${w.name}`) ?? []);
+    for (const e of ENGINES) {
+      const runs = samples.get(`${e} ${w.name}`);
+      if (runs) (results.kernel[e] ??= {})[w.name] = combine(runs);
+    }
+  }
+
+  if (!opts["skip-growth"]) {
+    for (const qd of GROWTH_QD) {
+      log(`ours growth: randread qd ${qd}`);
+      const runs = Array.from({ length: REPEAT }, () => ours(ctrl, { pattern: "rand", rw: "read", bs: 4096, qd }));
+      results.growth.qd.push({ qd, fig: combine(runs) });
+    }
+    for (const queues of GROWTH_QUEUES) {
+      log(`ours growth: randread qd ${GROWTH_QUEUES_QD} x ${queues} queue pairs`);
+      // Workers for 1 queue pair too: like for like (the main table's runs use this thread).
+      const runs = Array.from({ length: REPEAT }, () => ours(ctrl, { pattern: "rand", rw: "read", bs: 4096, qd: GROWTH_QUEUES_QD }, queues, true));
+      const fig = combine(runs);
+      const picked = runs.find((r) => r.iops === fig.iops) ?? runs[0]!;
+      results.growth.queues.push({ queues, qd: GROWTH_QUEUES_QD, fig, perQueue: picked.perQueue });
+    }
+    if (!opts["skip-kernel"]) {
+      const dev = await loadNvme(ctrl, [], notes);
+      if (dev) {
+        for (const jobs of GROWTH_QUEUES) {
+          log(`kernel growth: io_uring randread qd ${GROWTH_QUEUES_QD} x ${jobs} fio jobs`);
+          const w: Workload = { name: "randread", pattern: "rand", rw: "read", bs: 4096, qd: GROWTH_QUEUES_QD };
+          const fig = combine(Array.from({ length: REPEAT }, () => fio(dev, w, "io_uring", jobs)));
+          results.growth.kernelJobs.push({ jobs, qd: GROWTH_QUEUES_QD, fig });
+        }
+        unloadNvme(ctrl, notes);
+      }
+    }
+  }
+  return results;
+}
+
+// ==== report =========================================================================================
+
+const r2 = (x: number) => (Number.isFinite(x) ? `${x.toFixed(2)}x` : "-");
+
+export function renderResults(res: Results): string {
+  const m = res.machine;
+  const out: string[] = [];
+  out.push(
+    `date    ${m.date}`,
+    `host    ${m.hostNproc ?? "?"} CPUs, ${m.hostCpu ?? "?"}; kernel ${m.hostKernel ?? "?"}; ${m.qemu ?? "QEMU ?"} (TCG)`,
+    `guest   ${m.nproc} vCPUs; kernel ${m.guestKernel}; bun ${m.bun}; ${m.fio}`,
+    ...(m.hostLoad ? [`load    host 1/5/15-min load ${m.hostLoad.start.join(" ")} before the boot, ${m.hostLoad.end.join(" ")} after (other guests on the host skew every figure)`] : []),
+    `setup   namespace ${res.config.nsSize} bytes of ${res.config.lbaSize}-byte blocks, written once; ${res.config.seconds} s per run after ${res.config.warmup} s warm-up; median of ${res.config.repeat}`,
+    "",
+  );
+  const k = res.kernel;
+  const rows = Object.keys(res.ours).map((name) => {
+    const o = res.ours[name]!;
+    const cell = (e: Engine) => k[e]?.[name];
+    const ratio = (e: Engine) => {
+      const f = cell(e);
+      return f && f.iops > 0 ? r2(o.iops / f.iops) : "-";
+    };
+    const iops = (f: Figure | undefined) => (f ? (f.error && f.iops === 0 ? "error" : Math.round(f.iops).toString()) : "-");
+    return [name, iops(o), iops(cell("io_uring")), ratio("io_uring"), iops(cell("io_uring-hipri")), ratio("io_uring-hipri"), iops(cell("libaio")), ratio("libaio")];
+  });
+  out.push("IOPS: ours (libnvm, polled, userspace) against the kernel's nvme driver through fio, same controller, same boot");
+  out.push(table(["workload", "ours", "io_uring", "ratio", "io_uring hipri", "ratio", "libaio", "ratio"], rows));
+  out.push("targets: ours >= 1.5x io_uring at QD1 and >= 2x at QD32; >= 1.0x io_uring hipri (polled queues) at every depth");
+  out.push("");
+  const latRows = Object.keys(res.ours).map((name) => {
+    const o = res.ours[name]!;
+    const f = k["io_uring"]?.[name];
+    const h = k["io_uring-hipri"]?.[name];
+    const l = (x: Figure | undefined) => (x ? `${x.latUs.p50.toFixed(0)} / ${x.latUs.p99.toFixed(0)} / ${x.latUs.mean.toFixed(0)}` : "-");
+    return [name, l(o), l(f), l(h)];
+  });
+  out.push("latency µs, p50 / p99 / mean (ours: doorbell batch to reap; fio: clat percentiles, lat mean)");
+  out.push(table(["workload", "ours", "io_uring", "io_uring hipri"], latRows));
+  if (res.growth.qd.length > 0) {
+    out.push("", "cost of growth, ours: 4 KiB random reads, one queue pair, IOPS against queue depth");
+    const base = res.growth.qd[0]!.fig.iops;
+    out.push(
+      table(
+        ["qd", "IOPS", "x qd 1", "mean µs", "p99 µs"],
+        res.growth.qd.map((g) => [g.qd, Math.round(g.fig.iops), base > 0 ? r2(g.fig.iops / base) : "-", g.fig.latUs.mean.toFixed(0), g.fig.latUs.p99.toFixed(0)]),
+      ),
+    );
+  }
+  if (res.growth.queues.length > 0) {
+    out.push("", `cost of growth, ours: 4 KiB random reads at qd ${GROWTH_QUEUES_QD} per queue pair, IOPS against queue pairs (one Worker each)`);
+    const base = res.growth.queues[0]!.fig.iops;
+    out.push(
+      table(
+        ["queue pairs", "total IOPS", "x 1 pair", "per queue pair", "mean µs", "kernel io_uring, same jobs", "ours / kernel"],
+        res.growth.queues.map((g) => {
+          const k = res.growth.kernelJobs?.find((j) => j.jobs === g.queues);
+          return [
+            g.queues,
+            Math.round(g.fig.iops),
+            base > 0 ? r2(g.fig.iops / base) : "-",
+            g.perQueue.map((x) => Math.round(x)).join(" "),
+            g.fig.latUs.mean.toFixed(0),
+            k ? Math.round(k.fig.iops) : "-",
+            k && k.fig.iops > 0 ? r2(g.fig.iops / k.fig.iops) : "-",
+          ];
+        }),
+      ),
+    );
+  }
+  const errors = [
+    ...Object.entries(res.ours).filter(([, f]) => f.error).map(([n, f]) => `ours ${n}: ${f.error}`),
+    ...Object.entries(res.kernel).flatMap(([e, mm]) => Object.entries(mm ?? {}).filter(([, f]) => f.error).map(([n, f]) => `${e} ${n}: ${f.error}`)),
+  ];
+  if (res.kernelNotes.length > 0) out.push("", ...res.kernelNotes.map((n) => `note: ${n}`));
+  if (errors.length > 0) out.push("", ...errors.map((e) => `error: ${e}`));
+  return out.join("\n");
+}
+
+// ==== on the host ====================================================================================
+
+async function host(): Promise<number> {
+  if (!Bun.which("fio")) {
+    log("fio is missing: apt-get install -y fio (the guest runs the host's root)");
+    const r = Bun.spawnSync(["apt-get", "install", "-y", "fio"], { stdout: "inherit", stderr: "inherit", env: { ...process.env, DEBIAN_FRONTEND: "noninteractive" } });
+    if (r.exitCode !== 0 || !Bun.which("fio")) {
+      log("could not install fio; run: apt-get update && apt-get install -y fio");
+      return 1;
+    }
+  }
+  const hostInfo = machineInfo({ qemu: qemuVersion() });
+  if (!opts.json) process.stderr.write(`${describeMachine(hostInfo)}\n`);
+  const nsSize = parseSize(opts["ns-size"]!);
+  const nWork = (opts.only ? opts.only.split(",").length : WORKLOADS.length);
+  const perRun = SECONDS + WARMUP + 4; // plus Bun/fio start-up in the guest
+  const switches = opts["skip-kernel"] ? 0 : REPEAT * nWork * 2 * 8; // modprobe, probe, unbind, rmmod
+  const estimate =
+    60 + nsSize / 20e6 + switches + perRun * REPEAT * (nWork * (opts["skip-kernel"] ? 1 : 4) + (opts["skip-growth"] ? 0 : GROWTH_QD.length + GROWTH_QUEUES.length * (opts["skip-kernel"] ? 1 : 2)));
+  const timeoutSec = opts.timeout ? Number(opts.timeout) : Math.ceil(estimate * 3);
+  log(`booting the guest (about ${Math.round(estimate)} s of runs; timeout ${timeoutSec} s)`);
+  const args = [
+    "--inside", `--seconds=${SECONDS}`, `--warmup=${WARMUP}`, `--repeat=${REPEAT}`, `--ns-size=${opts["ns-size"]}`,
+    ...(opts.only ? [`--only=${opts.only}`] : []), ...(opts["skip-growth"] ? ["--skip-growth"] : []), ...(opts["skip-kernel"] ? ["--skip-kernel"] : []),
+  ];
+  const r = await runInGuest(
+    `bun test/vm/bench-guest.ts ${args.join(" ")} --out=/run/xchg/bench-guest.json`,
+    { serial: "LIBNVM-BENCH", namespaces: [{ nsid: 1, sizeBytes: nsSize, lbaSize: 4096 }] },
+    // The console shows the guest's progress lines (and kernel messages) on stderr.
+    { timeoutSec, echo: !opts.json, env: { BENCH_HOST: JSON.stringify(hostInfo) } },
+  );
+  const file = join(r.xchgDir, "bench-guest.json");
+  if (!existsSync(file)) {
+    process.stderr.write(r.output.split("\n").slice(-30).join("\n") + "\n");
+    log(`the guest run failed (exit ${r.code}${r.error ? `: ${r.error}` : ""})`);
+    await cleanup(r);
+    return 1;
+  }
+  const res = JSON.parse(readFileSync(file, "utf8")) as Results;
+  res.machine.hostLoad = { start: hostInfo.loadStart, end: machineInfo().loadStart };
+  const text = JSON.stringify(res, null, 2) + "\n";
+  if (opts.out) writeFileSync(opts.out, text);
+  if (opts.json) process.stdout.write(text);
+  else process.stdout.write(`${renderResults(res)}\nguest wall time ${(r.durationMs / 1000).toFixed(0)} s\n`);
+  await cleanup(r);
+  return r.code === 0 ? 0 : 1;
+}
+
+if (import.meta.main) {
+  if (opts.inside) {
+    try {
+      const res = await inside();
+      const text = JSON.stringify(res, null, 2) + "\n";
+      // With --out the host prints the tables; without, print them here.
+      if (opts.out) writeFileSync(opts.out, text);
+      else process.stdout.write(renderResults(res) + "\n");
+    } catch (e) {
+      log(`failed: ${e instanceof Error ? e.message : String(e)}`);
+      process.exit(1);
+    }
+  } else {
+    if (process.env.LIBNVM_VM) {
+      log("already inside the guest: pass --inside");
+      process.exit(2);
+    }
+    if (!existsSync(join(REPO_ROOT, ".cache/vm/vmlinux")) && !process.env.LIBNVM_VM_CACHE) {
+      log("the guest is not provisioned: run `bash test/vm/setup.sh` first (bun run bench:guest does)");
+      process.exit(2);
+    }
+    process.exit(await host());
+  }
+}
