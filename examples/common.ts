@@ -81,3 +81,15 @@ export async function run(main: () => Promise<void> | void): Promise<void> {
 export function toJson(v: unknown): string {
   return JSON.stringify(v, (_k, x) => (typeof x === "bigint" ? x.toString() : x), 2);
 }
+
+/**
+ * Let the event loop run at least every 50 ms: SIGINT/SIGTERM handlers (the controller's, which
+ * shut it down and exit) are macrotasks, and a command that completes by the time it is awaited
+ * never leaves the microtask queue.
+ */
+let lastYield = performance.now();
+export async function yieldForSignals(): Promise<void> {
+  if (performance.now() - lastYield < 50) return;
+  await new Promise((resolve) => setImmediate(resolve));
+  lastYield = performance.now();
+}

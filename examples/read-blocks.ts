@@ -7,7 +7,7 @@
  */
 import { closeSync, openSync, renameSync, unlinkSync, writeSync } from "node:fs";
 import { Namespace, type Controller, type DmaBuffer } from "../lib/index.ts";
-import { intOption, parse, run, toJson, UsageError, openController } from "./common.ts";
+import { intOption, parse, run, toJson, UsageError, openController, yieldForSignals } from "./common.ts";
 import { Progress } from "./progress.ts";
 
 const usage = `usage: bun run examples/read-blocks.ts --ctrl=BDF --ns=NSID --lba=N --count=N [--output=FILE] [--json]
@@ -47,18 +47,6 @@ function writeAll(fd: number, data: Uint8Array): void {
       Bun.sleepSync(1);
     }
   }
-}
-
-/**
- * Let the event loop run at least every 50 ms: SIGINT/SIGTERM handlers (the controller's, which
- * shut it down and exit) are macrotasks, and a command that completes by the time it is awaited
- * never leaves the microtask queue.
- */
-let lastYield = performance.now();
-async function yieldForSignals(): Promise<void> {
-  if (performance.now() - lastYield < 50) return;
-  await new Promise((resolve) => setImmediate(resolve));
-  lastYield = performance.now();
 }
 
 await run(async () => {

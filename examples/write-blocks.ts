@@ -7,7 +7,7 @@
  */
 import { closeSync, fstatSync, openSync, readSync } from "node:fs";
 import { Namespace, type Controller, type DmaBuffer } from "../lib/index.ts";
-import { intOption, parse, run, toJson, UsageError, openController } from "./common.ts";
+import { intOption, parse, run, toJson, UsageError, openController, yieldForSignals } from "./common.ts";
 import { Progress } from "./progress.ts";
 
 const usage = `usage: bun run examples/write-blocks.ts --ctrl=BDF --ns=NSID --lba=N --input=FILE [--count=N] [--json]
@@ -59,18 +59,6 @@ function readFull(fd: number, into: Uint8Array): number {
     got += r;
   }
   return got;
-}
-
-/**
- * Let the event loop run at least every 50 ms: SIGINT/SIGTERM handlers (the controller's, which
- * shut it down and exit) are macrotasks, and a command that completes by the time it is awaited
- * never leaves the microtask queue.
- */
-let lastYield = performance.now();
-async function yieldForSignals(): Promise<void> {
-  if (performance.now() - lastYield < 50) return;
-  await new Promise((resolve) => setImmediate(resolve));
-  lastYield = performance.now();
 }
 
 await run(async () => {
