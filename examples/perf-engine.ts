@@ -125,6 +125,12 @@ export interface Workload {
   readonly warmupSeconds: number;
   readonly api: "low" | "async";
   readonly seed: number;
+  /**
+   * Hybrid polling (low-level API): after 64 empty polls in a row, sleep this many microseconds
+   * before polling again. 0 (the default) spins. Sleeping gives the CPU back when pollers outnumber
+   * free CPUs (or, in an emulator, when the device model needs the host CPU the poller spins on).
+   */
+  readonly idleSleepUs?: number;
 }
 
 export interface JobResult {
@@ -287,16 +293,25 @@ export async function runJob(q: IoQueue, buf: DmaBuffer, w: Workload, progress: 
     let stopping = false;
     let lastActivity = t;
     let lastYield = t;
+    const sleepMs = (w.idleSleepUs ?? 0) / 1000;
+    const sleeper = new Int32Array(new SharedArrayBuffer(4));
+    let empty = 0;
     refill(t);
     for (let spins = 1; ; spins++) {
       const n = q.poll();
       if (n === 0 || nDone === 0) {
+        // Hybrid polling: a short futex wait lets the CPU idle (nothing wakes it early).
+        if (sleepMs > 0 && ++empty >= 64) {
+          empty = 0;
+          Atomics.wait(sleeper, 0, 0, sleepMs);
+        }
         if ((spins & 255) !== 0) continue;
         t = performance.now();
         if (t - lastActivity > q.timeoutMs) {
           throw new NvmeTimeoutError(`queue ${q.qid}: no completion within ${q.timeoutMs} ms with ${q.outstanding} commands outstanding`, q.timeoutMs);
         }
       } else {
+        empty = 0;
         t = performance.now();
         lastActivity = t;
         tLast = t;

@@ -21,7 +21,7 @@ import type { PerfWorkerData, PerfWorkerMessage } from "./perf-worker.ts";
 
 const usage = `usage: bun run examples/perf.ts --ctrl=BDF [--ns=NSID] [--qd=N] [--bs=SIZE] [--pattern=rand|seq]
                  [--rw=read|write|mix] [--rwmix=PCT] [--seconds=S | --ios=N] [--warmup=S] [--queues=N]
-                 [--workers] [--api=low|async] [--offset=SIZE] [--size=SIZE] [--seed=N] [--plot=FILE] [--json]
+                 [--workers] [--api=low|async] [--idle-sleep=US] [--offset=SIZE] [--size=SIZE] [--seed=N] [--plot=FILE] [--json]
   Keeps QD commands outstanding per queue pair and reports IOPS, MiB/s and completion latency
   (min, mean, max, p1 p5 p25 p50 p75 p90 p95 p99 p99.9) per queue pair and in total.
   WRITES OVERWRITE THE NAMESPACE (--rw=write or mix).
@@ -38,6 +38,8 @@ const usage = `usage: bun run examples/perf.ts --ctrl=BDF [--ns=NSID] [--qd=N] [
   --queues=N        N queue pairs, each driven by its own Worker (default 1: this thread)
   --workers         use a Worker even for one queue pair (like for like with --queues=N)
   --api=A           low (default): acquire/rw/submit/poll; async: rwAsync promises
+  --idle-sleep=US   hybrid polling (low API): after 64 empty polls sleep US microseconds (default 0: spin);
+                    for more pollers than free CPUs
   --offset=SIZE     start of the region used (default 0)
   --size=SIZE       length of the region (default: to the end of the namespace); seq splits it among queues
   --seed=N          random LBA seed (default: from the clock)
@@ -206,6 +208,7 @@ await run(async () => {
     seed: { type: "string" },
     plot: { type: "string" },
     workers: { type: "boolean", default: false },
+    "idle-sleep": { type: "string" },
   });
   const nsid = intOption("ns", args.ns, usage) ?? 1;
   const qd = intOption("qd", args.qd, usage) ?? 1;
@@ -222,6 +225,7 @@ await run(async () => {
   const sizeBytes = sizeOption("size", args.size);
   const seed = intOption("seed", args.seed, usage) ?? (Date.now() >>> 0);
   const plot = args.plot;
+  const idleSleepUs = intOption("idle-sleep", args["idle-sleep"], usage) ?? 0;
   if (qd < 1 || qd > 65535) throw new UsageError(`--qd=${qd}: 1 to 65535 commands\n${usage}`);
   if (nQueues < 1 || nQueues > 1024) throw new UsageError(`--queues=${nQueues}: 1 to 1024\n${usage}`);
   if (rwmixRead > 100) throw new UsageError(`--rwmix=${rwmixRead}: a percentage, 0 to 100\n${usage}`);
@@ -284,6 +288,7 @@ await run(async () => {
       warmupSeconds,
       api,
       seed: (seed + i * 0x9e3779b9) >>> 0,
+      idleSleepUs,
     });
   }
 
@@ -363,7 +368,7 @@ await run(async () => {
         nsid,
         lbaSize: ns.lbaSize,
         nsBlocks: ns.blocks,
-        workload: { pattern, rw, rwmixRead, bs, qd, queues: nQueues, workers: useWorkers, api, seconds, ios: iosArg, warmupSeconds, firstLba, spanBlocks, seed },
+        workload: { pattern, rw, rwmixRead, bs, qd, queues: nQueues, workers: useWorkers, api, idleSleepUs, seconds, ios: iosArg, warmupSeconds, firstLba, spanBlocks, seed },
         queues: perQueue,
         total: totalReport,
         interrupted,

@@ -11,7 +11,8 @@
  *
  * 2. The C reference loop: the same work as the TypeScript low-level path (IoQueue.acquire, rw,
  *    submit, poll, one completion handler), written in C and called once per batch: a CID from a
- *    free stack, tracker state and a per-command deadline, all 16 SQE dwords written in place with
+ *    free stack, tracker state and a deadline (from one clock read per batch, as IoQueue; or one
+ *    per command, nvm_bench_loop_clock), all 16 SQE dwords written in place with
  *    PRPs for the CID's slice of a data buffer, one doorbell per batch behind a release fence, then
  *    reaping (phase first, acquire load), dispatch through a function pointer, one CQ head
  *    doorbell per reap round. Every wait is bounded.
@@ -267,7 +268,7 @@ struct loop {
     uint64_t completions, errors;
     /* A completer without a thread that this loop steps itself while it waits (-1: none). */
     int32_t inline_completer;
-    /* 0: one clock read per command for its deadline (as IoQueue.post does); 1: one per batch. */
+    /* 1: one clock read per batch for the deadlines (as IoQueue does); 0: one per command. */
     uint32_t clock_per_batch;
 };
 
@@ -344,6 +345,7 @@ API int32_t nvm_bench_loop_create(void *sq, uint32_t sq_entries, void *cq, uint3
     l->lba_shift = 9;
     l->handler = count_completion;
     l->inline_completer = -1;
+    l->clock_per_batch = 1;
     return h;
 }
 
@@ -489,7 +491,7 @@ API uint32_t nvm_bench_loop_drain(int32_t h)
     return l->inflight;
 }
 
-/* Deadlines from one clock read per command (0, what IoQueue does today) or per batch (1). */
+/* Deadlines from one clock read per batch (1, the default: what IoQueue does) or per command (0). */
 API int32_t nvm_bench_loop_clock(int32_t h, uint32_t per_batch)
 {
     if (h < 0 || h >= MAX_HANDLES || !loops[h].used) return -EINVAL;
