@@ -11,7 +11,9 @@
  * and answers every new entry at once. The benchmark thread is pinned to CPU 0 and the completer
  * to CPU 1 when there are two CPUs or more. mitata times one batch per iteration: B commands,
  * one doorbell, then reap until all B completed; ns/command = time per batch / B.
- *   1. batch sizes 1, 8, 32 (and 128): ns/command for TS rw(), TS writeSqe+post, TS rwAsync, C;
+ *   1. batch sizes 1, 8, 32 (and 128): ns/command for TS rw(), TS writeSqe+post, TS rwAsync, C,
+ *      and a flat TS loop (the C loop's work hand-inlined in one function, no library): the
+ *      JIT's own floor, so rw()'s distance from it is what the library's structure costs;
  *   2. outstanding 1..128: one command per doorbell while the completer holds N-1 back, so N
  *      are always outstanding: the per-command cost must stay flat;
  *   3. heap: 10^6 commands through rw() against the completer: heap before/after (full GC),
@@ -30,6 +32,7 @@ import { cpus } from "node:os";
 import { DmaBuffer } from "../lib/dma.ts";
 import { IoCompletionQueue, IoQueue, type IoQueueContext } from "../lib/io.ts";
 import { NVM_READ, writeSqe } from "../lib/spec/commands.ts";
+import { native } from "../lib/native.ts";
 import { benchNative, NO_THREAD } from "./bench-native.ts";
 import { describeMachine, finishMachineInfo, machineInfo, table } from "./machine.ts";
 import { MemoryBackend } from "./memory-backend.ts";
@@ -93,11 +96,12 @@ function onComplete(_cid: number, status: number): void {
 }
 
 /** c: the C loop as the library works (one clock read per batch); cpc: a clock read per command. */
-type Kind = "rw" | "raw" | "async" | "c" | "cpc";
+type Kind = "rw" | "raw" | "async" | "flat" | "c" | "cpc";
 const NAMES: Record<Kind, string> = {
   rw: "ts rw()",
   raw: "ts writeSqe+post",
   async: "ts rwAsync",
+  flat: "ts flat loop",
   c: "c loop",
   cpc: "c loop, clock per command",
 };
@@ -287,8 +291,135 @@ function cContestant(batch: number, outstanding = 1, clockPerCommand = false): C
   };
 }
 
+/**
+ * The C loop's work written flat in TypeScript, with no library: one function, locals, the same
+ * checks, tracker stores and PRPs from the page table. Not an API anyone should use; it shows what
+ * the JIT itself costs over C, so the rest of the gap is what the library's structure costs.
+ */
+function flatContestant(batch: number, outstanding = 1): Contestant {
+  const qid = allocQid();
+  const sqMem = new DmaBuffer(be, ENTRIES * 64, { contiguous: true });
+  const cqMem = new DmaBuffer(be, ENTRIES * 16, { contiguous: true });
+  const buf = new DmaBuffer(be, ENTRIES * BS);
+  const sq = sqMem.u32;
+  const cq = cqMem.u32;
+  const iova = buf.iova;
+  const bar0 = be.bar0;
+  const n = native();
+  const depth = ENTRIES - 1;
+  const state = new Uint8Array(depth);
+  const free = new Uint16Array(depth);
+  const deadline = new Float64Array(depth);
+  const slbas = new Float64Array(depth);
+  const opcodes = new Uint8Array(depth);
+  for (let i = 0; i < depth; i++) free[i] = depth - 1 - i;
+  let freeTop = depth;
+  let credits = depth;
+  let tail = 0;
+  let head = 0;
+  let phase = 1;
+  let inflight = 0;
+  let sqHead = 0;
+  const completer = startCompleter(qid, sqMem, cqMem, outstanding - 1);
+  const post = (count: number): void => {
+    const now = performance.now();
+    for (let i = 0; i < count; i++) {
+      if (freeTop === 0 || credits === 0) throw new Error("queue full");
+      const cid = free[--freeTop]!;
+      credits--;
+      const offset = cid * BS;
+      if (state[cid] !== 0 || offset % 4 !== 0 || offset + BS > buf.size) throw new Error("bad command");
+      const page = offset >>> 12;
+      const inPage = offset & 4095;
+      const o = tail * 16;
+      sq[o] = NVM_READ | (cid << 16);
+      sq[o + 1] = 1;
+      sq[o + 2] = 0;
+      sq[o + 3] = 0;
+      sq[o + 4] = 0;
+      sq[o + 5] = 0;
+      sq[o + 6] = iova[2 * page]! + inPage;
+      sq[o + 7] = iova[2 * page + 1]!;
+      sq[o + 8] = 0;
+      sq[o + 9] = 0;
+      sq[o + 10] = lba;
+      sq[o + 11] = 0;
+      sq[o + 12] = BLOCKS - 1;
+      sq[o + 13] = 0;
+      sq[o + 14] = 0;
+      sq[o + 15] = 0;
+      state[cid] = 2;
+      opcodes[cid] = NVM_READ;
+      slbas[cid] = lba;
+      deadline[cid] = now + WAIT_LIMIT_MS;
+      inflight++;
+      tail = tail + 1 === ENTRIES ? 0 : tail + 1;
+      lba = (lba + BLOCKS) & LBA_MASK;
+    }
+    n.nvm_doorbell(bar0, sqDoorbell(qid), tail);
+  };
+  const reap = (): number => {
+    let k = 0;
+    for (;;) {
+      const o = head * 4;
+      const dw3 = Atomics.load(cq, o + 3);
+      if (((dw3 >>> 16) & 1) !== phase) break;
+      const dw2 = cq[o + 2]!;
+      if (++head === ENTRIES) {
+        head = 0;
+        phase ^= 1;
+      }
+      k++;
+      sqHead = dw2 & 0xffff;
+      const cid = dw3 & 0xffff;
+      if (cid >= depth || state[cid] !== 2) continue;
+      state[cid] = 0;
+      free[freeTop++] = cid;
+      credits++;
+      inflight--;
+      onComplete(cid, dw3 >>> 17);
+    }
+    if (k > 0) n.nvm_doorbell(bar0, cqDoorbell(qid), head);
+    return k;
+  };
+  if (outstanding > 1) post(outstanding - 1);
+  return {
+    kind: "flat",
+    batch,
+    outstanding,
+    completer,
+    run(batches) {
+      for (let b = 0; b < batches; b++) {
+        const want = completed + batch;
+        post(batch);
+        const since = performance.now();
+        for (let spins = 0; completed < want; spins++) if (reap() === 0) wait(spins, since, completer);
+      }
+    },
+    close() {
+      lib.nvm_bench_completer_pause(completer, 0);
+      lib.nvm_bench_completer_hold(completer, 0);
+      const until = performance.now() + WAIT_LIMIT_MS;
+      while (inflight > 0) {
+        if (reap() === 0 && INLINE) lib.nvm_bench_completer_step(completer);
+        if (performance.now() > until) throw new Error(`${inflight} commands never completed`);
+      }
+      if (sqHead !== tail) throw new Error(`SQ head ${sqHead} != tail ${tail} after draining`);
+      stopCompleter(completer);
+      sqMem.free();
+      cqMem.free();
+      buf.free();
+      freeQids.push(qid);
+    },
+  };
+}
+
 const contestant = (kind: Kind, batch: number, outstanding = 1): Contestant =>
-  kind === "c" || kind === "cpc" ? cContestant(batch, outstanding, kind === "cpc") : tsContestant(kind, batch, outstanding);
+  kind === "c" || kind === "cpc"
+    ? cContestant(batch, outstanding, kind === "cpc")
+    : kind === "flat"
+      ? flatContestant(batch, outstanding)
+      : tsContestant(kind, batch, outstanding);
 
 /** What mitata passes a generator benchmark: its arguments by name. */
 interface BenchState {
@@ -383,10 +514,10 @@ function pairedStats(times: number[], cTimes?: number[]): Paired {
   return out;
 }
 
-const perBatch: { batch: number; rw: Paired; raw: Paired; async?: Paired; c: Paired; cpc: Paired }[] = [];
+const perBatch: { batch: number; rw: Paired; raw: Paired; async?: Paired; flat: Paired; c: Paired; cpc: Paired }[] = [];
 for (const b of BATCHES) {
   // The async API's own poller reaps: it cannot step an inline completer.
-  const kinds: Kind[] = INLINE ? ["rw", "raw", "c", "cpc"] : ["rw", "raw", "async", "c", "cpc"];
+  const kinds: Kind[] = INLINE ? ["rw", "raw", "flat", "c", "cpc"] : ["rw", "raw", "async", "flat", "c", "cpc"];
   const cs = kinds.map((k) => contestant(k, b));
   const t = await contest(cs);
   for (const c of cs) c.close();
@@ -397,6 +528,7 @@ for (const b of BATCHES) {
     rw: pairedStats(of("rw"), cT),
     raw: pairedStats(of("raw"), cT),
     ...(INLINE ? {} : { async: pairedStats(of("async"), cT) }),
+    flat: pairedStats(of("flat"), cT),
     c: pairedStats(cT),
     cpc: pairedStats(of("cpc"), cT),
   });
@@ -506,23 +638,26 @@ if (args.json) {
   );
   out.push(
     table(
-      ["batch", "ts rw()", "ts writeSqe+post", "ts rwAsync", "c loop", "rw/C", "writeSqe/C", "async/C", "c, clock/command"],
+      ["batch", "ts rw()", "ts writeSqe+post", "ts rwAsync", "ts flat loop", "c loop", "rw/C", "writeSqe/C", "async/C", "flat/C", "c, clock/command"],
       perBatch.map((r) => [
         r.batch,
         fmt(r.rw),
         fmt(r.raw),
         fmt(r.async),
+        fmt(r.flat),
         fmt(r.c),
         fmtR(r.rw.ratioToC),
         fmtR(r.raw.ratioToC),
         fmtR(r.async?.ratioToC),
+        fmtR(r.flat.ratioToC),
         fmt(r.cpc),
       ]),
     ),
   );
   out.push(
     "targets: rw/C <= 1.3x at batch 32, <= 2x at batch 1. The C loop reads the clock once per batch for the deadlines,",
-    "as IoQueue does; the last column reads it once per command (what both did before).",
+    "as IoQueue does; the last column reads it once per command (what both did before). The flat loop is the",
+    "C loop's work hand-inlined in one TS function (no library): what the JIT alone costs over C.",
     "",
   );
   out.push("ns per command with N commands outstanding (1 command per doorbell, the completer holds N-1); flat = no growth with N");

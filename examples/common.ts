@@ -93,3 +93,58 @@ export async function yieldForSignals(): Promise<void> {
   await new Promise((resolve) => setImmediate(resolve));
   lastYield = performance.now();
 }
+
+/** What read-blocks and write-blocks report at the end of a transfer. */
+export interface TransferSummary {
+  /** The tool's name, which starts the text line ("read-blocks"). */
+  readonly tool: string;
+  readonly ctrl: string;
+  readonly nsid: number;
+  readonly lba: number;
+  readonly blocks: number;
+  readonly lbaSize: number;
+  readonly commands: number;
+  readonly maxBlocksPerCommand: number;
+  readonly seconds: number;
+  /** The tool's own JSON fields, right after `bytes` (write-blocks: inputBytes, paddingBytes). */
+  readonly byteFields?: Record<string, unknown>;
+  /** The JSON fields that end the object: the file (`output`, left out when undefined; `input`). */
+  readonly fileFields: Record<string, unknown>;
+  /** Text right after "N commands" (write-blocks: " + Flush"). */
+  readonly afterCommands?: string;
+  /** Text that ends the line (read-blocks: " -> FILE"; write-blocks: the zero padding). */
+  readonly tail?: string;
+}
+
+/**
+ * The end-of-transfer summary of `blocks` × `lbaSize` bytes: with --json one JSON object on stdout
+ * (u64 counts as strings), else one line on stderr,
+ * "<tool>: B bytes, N blocks, C commands, S s, R MiB/s".
+ */
+export function printTransferSummary(json: boolean, s: TransferSummary): void {
+  const bytes = s.blocks * s.lbaSize;
+  const mibPerSec = bytes / (1024 * 1024) / s.seconds;
+  if (json) {
+    process.stdout.write(
+      toJson({
+        ctrl: s.ctrl,
+        nsid: s.nsid,
+        lba: BigInt(s.lba),
+        blocks: BigInt(s.blocks),
+        lbaSize: s.lbaSize,
+        bytes: BigInt(bytes),
+        ...s.byteFields,
+        commands: s.commands,
+        maxBlocksPerCommand: s.maxBlocksPerCommand,
+        seconds: Number(s.seconds.toFixed(6)),
+        mibPerSec,
+        ...s.fileFields,
+      }) + "\n",
+    );
+  } else {
+    process.stderr.write(
+      `${s.tool}: ${bytes} bytes, ${s.blocks} blocks, ${s.commands} command${s.commands === 1 ? "" : "s"}${s.afterCommands ?? ""}, ` +
+        `${s.seconds.toFixed(2)} s, ${mibPerSec.toFixed(1)} MiB/s${s.tail ?? ""}\n`,
+    );
+  }
+}

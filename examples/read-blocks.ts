@@ -7,7 +7,7 @@
  */
 import { closeSync, openSync, renameSync, unlinkSync, writeSync } from "node:fs";
 import { Namespace, type Controller, type DmaBuffer } from "../lib/index.ts";
-import { intOption, parse, run, toJson, UsageError, openController, yieldForSignals } from "./common.ts";
+import { intOption, parse, printTransferSummary, run, UsageError, openController, yieldForSignals } from "./common.ts";
 import { Progress } from "./progress.ts";
 
 const usage = `usage: bun run examples/read-blocks.ts --ctrl=BDF --ns=NSID --lba=N --count=N [--output=FILE] [--json]
@@ -140,27 +140,17 @@ await run(async () => {
   const seconds = (performance.now() - t0) / 1000;
   progress.done();
 
-  const mibps = totalBytes / (1024 * 1024) / seconds;
-  if (args.json) {
-    process.stdout.write(
-      toJson({
-        ctrl: ctrl.name,
-        nsid,
-        lba: BigInt(lba),
-        blocks: BigInt(count),
-        lbaSize: ns.lbaSize,
-        bytes: BigInt(totalBytes),
-        commands,
-        maxBlocksPerCommand: chunkBlocks,
-        seconds: Number(seconds.toFixed(6)),
-        mibPerSec: mibps,
-        output,
-      }) + "\n",
-    );
-  } else {
-    process.stderr.write(
-      `read-blocks: ${totalBytes} bytes, ${count} blocks, ${commands} command${commands === 1 ? "" : "s"}, ${seconds.toFixed(2)} s, ${mibps.toFixed(1)} MiB/s` +
-        `${output === undefined ? "" : ` -> ${output}`}\n`,
-    );
-  }
+  printTransferSummary(args.json, {
+    tool: "read-blocks",
+    ctrl: ctrl.name,
+    nsid,
+    lba,
+    blocks: count,
+    lbaSize: ns.lbaSize,
+    commands,
+    maxBlocksPerCommand: chunkBlocks,
+    seconds,
+    fileFields: { output },
+    tail: output === undefined ? "" : ` -> ${output}`,
+  });
 });

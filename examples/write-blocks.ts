@@ -7,7 +7,7 @@
  */
 import { closeSync, fstatSync, openSync, readSync } from "node:fs";
 import { Namespace, type Controller, type DmaBuffer } from "../lib/index.ts";
-import { intOption, parse, run, toJson, UsageError, openController, yieldForSignals } from "./common.ts";
+import { intOption, parse, printTransferSummary, run, UsageError, openController, yieldForSignals } from "./common.ts";
 import { Progress } from "./progress.ts";
 
 const usage = `usage: bun run examples/write-blocks.ts --ctrl=BDF --ns=NSID --lba=N --input=FILE [--count=N] [--json]
@@ -128,31 +128,21 @@ await run(async () => {
     }
     const seconds = (performance.now() - t0) / 1000;
 
-    const mibps = totalBytes / (1024 * 1024) / seconds;
-    if (args.json) {
-      process.stdout.write(
-        toJson({
-          ctrl: ctrl.name,
-          nsid,
-          lba: BigInt(lba),
-          blocks: BigInt(count),
-          lbaSize: ns.lbaSize,
-          bytes: BigInt(totalBytes),
-          inputBytes: BigInt(fromFile),
-          paddingBytes: BigInt(totalBytes - fromFile),
-          commands,
-          maxBlocksPerCommand: chunkBlocks,
-          seconds: Number(seconds.toFixed(6)),
-          mibPerSec: mibps,
-          input,
-        }) + "\n",
-      );
-    } else {
-      process.stderr.write(
-        `write-blocks: ${totalBytes} bytes, ${count} blocks, ${commands} command${commands === 1 ? "" : "s"} + Flush, ${seconds.toFixed(2)} s, ${mibps.toFixed(1)} MiB/s` +
-          `${totalBytes > fromFile ? ` (${totalBytes - fromFile} bytes of zero padding)` : ""}\n`,
-      );
-    }
+    printTransferSummary(args.json, {
+      tool: "write-blocks",
+      ctrl: ctrl.name,
+      nsid,
+      lba,
+      blocks: count,
+      lbaSize: ns.lbaSize,
+      byteFields: { inputBytes: BigInt(fromFile), paddingBytes: BigInt(totalBytes - fromFile) },
+      commands,
+      maxBlocksPerCommand: chunkBlocks,
+      seconds,
+      fileFields: { input },
+      afterCommands: " + Flush",
+      tail: totalBytes > fromFile ? ` (${totalBytes - fromFile} bytes of zero padding)` : "",
+    });
   } finally {
     if (fd !== 0) closeSync(fd);
   }

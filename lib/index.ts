@@ -19,3 +19,4 @@ export * from "./spec/identify.ts";
 export { Namespace, MAX_BLOCKS_PER_COMMAND, type IoOptions, type BlockRange } from "./namespace.ts";
 export { IoQueue, IoCompletionQueue, type IoQueueOptions, type CompletionHandler } from "./io.ts";
 export * as sgl from "./sgl.ts";
+export { exportIoQueue, exportBuffer, attachIoQueue, type SharedIoQueue, type SharedMapping, type AttachedIoQueue } from "./worker.ts";

@@ -17,27 +17,44 @@ import { ClosedError, ControllerFatalError, InvalidArgumentError, NvmeStatusErro
 import { native } from "./native.ts";
 import type { Backend } from "./backends/types.ts";
 import { DmaBuffer } from "./dma.ts";
-import { prpListPages, PRP_PAGE_SIZE, writePrp } from "./prp.ts";
+import { prpListPages, writePrp } from "./prp.ts";
 import { buildSgl, sglListPages, sglSupport } from "./sgl.ts";
 import { CompletionQueue, SubmissionQueue } from "./queue.ts";
-import { commandName, CQE_DWORDS, SQE_DWORDS, writeSqe } from "./spec/commands.ts";
+import { commandName, hi32, lo32 } from "./spec/commands.ts";
 import { CSTS_CFS, REG_ALL_ONES, REG_CSTS, cqHeadDoorbell, sqTailDoorbell } from "./spec/registers.ts";
 
-const TWO32 = 0x1_0000_0000;
+// Constants of the hot path are const enums: Bun inlines their values, while a module-level
+// const costs three bytecodes per use (scope lookup and TDZ check), which counts against the
+// JIT's inlining budget even though the optimized code folds it (bench/README.md, "inlining").
+const enum K {
+  TWO32 = 0x1_0000_0000,
+  /** Largest SLBA a JS number holds exactly; the controller's NSZE bounds it further. */
+  MAX_SLBA = 9007199254740991,
+  PAGE_SIZE = 4096,
+  PAGE_SHIFT = 12,
+  PAGE_MASK = 4095,
+  SQE_DWORDS = 16,
+  CQE_DWORDS = 4,
+}
 
-// Tracker states
-const FREE = 0;
-/** Acquired through the low-level API, not yet posted. */
-const ACQUIRED = 1;
-const INFLIGHT = 2;
-/** Its deadline passed; the CID stays reserved until the controller completes it (or a reset). */
-const EXPIRED = 3;
+/** Tracker states. */
+const enum State {
+  FREE = 0,
+  /** Acquired through the low-level API, not yet posted. */
+  ACQUIRED = 1,
+  INFLIGHT = 2,
+  /** Its deadline passed; the CID stays reserved until the controller completes it (or a reset). */
+  EXPIRED = 3,
+  /** Every CID of a deleted queue: nothing can be posted. */
+  CLOSED = 4,
+}
 
-// How a posted command reports its completion
-const MODE_HANDLER = 0;
-const MODE_PROMISE = 1;
-const MODE_SYNC = 2;
-
+/** How a posted command reports its completion. */
+const enum Mode {
+  HANDLER = 0,
+  PROMISE = 1,
+  SYNC = 2,
+}
 /** A completion for the low-level handler: called once per CQE, with the 15-bit status (0 = success). */
 export type CompletionHandler = (cid: number, status: number, dw0: number) => void;
 
@@ -54,6 +71,47 @@ export interface IoQueueOptions {
   readonly dataPointer?: "prp" | "sgl";
 }
 
+/** NLB fits 16 bits (1 to 65536 blocks) and the SLBA is a non-negative integer a double holds exactly. */
+function rwFieldsOk(blocks: number, slba: number): boolean {
+  return (blocks | 0) === blocks && blocks >= 1 && blocks <= 65536 && slba >= 0 && slba <= K.MAX_SLBA && Math.floor(slba) === slba;
+}
+
+// The SQE writers are split in two so each stays under the JIT's inlining limit.
+
+/** CDW0 (opcode, CID), NSID, MPTR and CDW13-15 of an SQE at dword `o`: all but DPTR and CDW10-12. */
+function writeSqeHead(sqe: Uint32Array, o: number, opcode: number, cid: number, nsid: number): void {
+  sqe[o] = (opcode & 0xff) | (cid << 16);
+  sqe[o + 1] = nsid;
+  sqe[o + 2] = 0;
+  sqe[o + 3] = 0;
+  sqe[o + 4] = 0;
+  sqe[o + 5] = 0;
+  sqe[o + 13] = 0;
+  sqe[o + 14] = 0;
+  sqe[o + 15] = 0;
+}
+
+/** CDW10-12 of a Read/Write/Compare: SLBA, NLB-1 with the CDW12 flags. */
+function writeRwCdws(sqe: Uint32Array, o: number, slba: number, blocks: number, cdw12Flags: number): void {
+  sqe[o + 10] = lo32(slba);
+  sqe[o + 11] = hi32(slba);
+  sqe[o + 12] = ((blocks - 1) & 0xffff) | cdw12Flags;
+}
+
+/**
+ * PRP1 and PRP2 for a transfer within two pages, from the per-page (lo, hi) bus addresses with
+ * integer stores only. Page bus addresses are 4 KiB aligned, so lo + the in-page offset never
+ * carries into hi. `at` is the byte offset in the mapping (below 2^31).
+ */
+function writePrpPair(sqe: Uint32Array, o: number, iova: Uint32Array, at: number, inPage: number, bytes: number): void {
+  const p = 2 * (at >>> K.PAGE_SHIFT);
+  sqe[o + 6] = iova[p]! + inPage;
+  sqe[o + 7] = iova[p + 1]!;
+  const second = inPage + bytes > K.PAGE_SIZE;
+  sqe[o + 8] = second ? iova[p + 2]! : 0;
+  sqe[o + 9] = second ? iova[p + 3]! : 0;
+}
+
 /** A completion queue; SQs bound to it receive their completions through poll(). */
 export class IoCompletionQueue {
   readonly cq: CompletionQueue;
@@ -65,7 +123,7 @@ export class IoCompletionQueue {
    */
   credits: number;
   closed = false;
-  #lastSq: IoQueue | undefined;
+  private lastSq: IoQueue | undefined;
 
   constructor(
     backend: Backend,
@@ -89,21 +147,42 @@ export class IoCompletionQueue {
   poll(): number {
     const cq = this.cq;
     const e = cq.cqe;
+    const entries = cq.entries;
+    let head = cq.head;
+    let phase = cq.phase;
+    let q = this.lastSq;
     let n = 0;
-    for (let o = cq.peek(); o >= 0; o = cq.peek()) {
+    for (;;) {
+      const o = head * K.CQE_DWORDS;
+      // Atomics.load: a plain load in a polling loop is hoisted by the JIT. Phase first; the
+      // rest of the entry is valid only after it.
+      const dw3 = Atomics.load(e, o + 3);
+      if (((dw3 >>> 16) & 1) !== phase) break;
       const dw2 = e[o + 2]!;
-      const dw3 = e[o + 3]!;
       const dw0 = e[o]!;
-      cq.pop();
+      if (++head === entries) {
+        head = 0;
+        phase ^= 1;
+      }
       n++;
+      // Consumed before it is dispatched: a handler may poll this CQ again (a sync command).
+      cq.head = head;
+      cq.phase = phase;
       const sqid = dw2 >>> 16;
-      let q = this.#lastSq;
       // One Map lookup per change of SQ, not per completion (usually one SQ per CQ).
-      if (q === undefined || q.qid !== sqid || q.closed) q = this.#lastSq = this.sqs.get(sqid);
+      if (q === undefined || q.qid !== sqid) q = this.lastSq = this.sqs.get(sqid);
       q?.complete(dw3 & 0xffff, dw3 >>> 17, dw0, dw2 & 0xffff);
+      head = cq.head;
+      phase = cq.phase;
     }
     if (n > 0) cq.ring();
     return n;
+  }
+
+  /** @internal `q` was deleted: its completions are no longer dispatched. */
+  unbind(q: IoQueue): void {
+    if (this.sqs.get(q.qid) === q) this.sqs.delete(q.qid);
+    if (this.lastSq === q) this.lastSq = undefined;
   }
 
   free(): void {
@@ -146,30 +225,34 @@ export class IoQueue {
   /** Called when a low-level command's deadline passes (checkTimeouts()). */
   onTimeout: ((cid: number) => void) | null = null;
 
+  // State the hot path touches is in TS-private fields (one bytecode per access, so rw() and
+  // complete() stay small enough to inline); the rest is #private.
   readonly #ctx: IoQueueContext;
-  readonly #state: Uint8Array;
-  readonly #mode: Uint8Array;
-  readonly #free: Uint16Array;
-  #freeTop: number;
-  readonly #deadline: Float64Array;
-  readonly #status: Int32Array;
-  readonly #dw0: Uint32Array;
+  private readonly backend: Backend;
+  private readonly cidState: Uint8Array;
+  private readonly cidMode: Uint8Array;
+  private readonly freeCids: Uint16Array;
+  private freeTop: number;
+  private readonly cidDeadline: Float64Array;
+  private readonly cidStatus: Int32Array;
+  private readonly cidDw0: Uint32Array;
   // For error messages only: what each CID was doing.
-  readonly #opcode: Uint8Array;
-  readonly #slba: Float64Array;
-  readonly #nlb: Uint32Array;
+  private readonly cidOpcode: Uint8Array;
+  private readonly cidSlba: Float64Array;
+  private readonly cidNlb: Uint32Array;
   readonly #resolve: (((dw0: number) => void) | undefined)[];
   readonly #reject: (((e: Error) => void) | undefined)[];
   /** Data-pointer list pages, `listPages` per CID. */
-  readonly #lists: DmaBuffer;
+  private readonly lists: DmaBuffer;
   readonly listPages: number;
+  private readonly listBytes: number;
   /** Async requests waiting for a free CID, in order; they time out like posted commands. */
   readonly #waiting: Waiter[] = [];
-  #inflight = 0;
-  /** Of #inflight, those whose caller was already failed (timed out, controller fatal). */
-  #expired = 0;
+  private inflight = 0;
+  /** Of inflight, those whose caller was already failed (timed out, controller fatal). */
+  private expiredCount = 0;
   /** Set when the controller failed: nothing more is posted on this queue. */
-  #fatal: Error | undefined;
+  private fatal: Error | undefined;
   /** Why the last synchronous command failed without a status (status -2). */
   #syncError: Error | undefined;
   #ringPending = false;
@@ -177,9 +260,9 @@ export class IoQueue {
    * performance.now() of the first command posted since the last submit(): every command of a
    * batch gets its deadline from it (one clock read per batch, not per command; never later).
    */
-  #batchStart = -1;
+  private batchStart = -1;
   #polling = false;
-  #closed = false;
+  private isClosed = false;
 
   constructor(
     ctx: IoQueueContext,
@@ -189,6 +272,7 @@ export class IoQueue {
     opts: IoQueueOptions = {},
   ) {
     this.#ctx = ctx;
+    this.backend = ctx.backend;
     this.ioCq = ioCq;
     this.timeoutMs = opts.timeoutMs ?? ctx.timeoutMs;
     this.maxTransfer = ctx.maxTransfer;
@@ -201,97 +285,98 @@ export class IoQueue {
     this.depth = depth;
     // Worst case for one command of maxTransfer bytes starting inside a page: PRP entries, or one
     // SGL data block per page plus segment pointers (255 descriptors and a pointer per page).
-    const pages = Math.ceil(this.maxTransfer / PRP_PAGE_SIZE) + 1;
-    this.listPages = Math.max(1, prpListPages(PRP_PAGE_SIZE - 4, this.maxTransfer), Math.ceil(pages / 255));
+    const pages = Math.ceil(this.maxTransfer / K.PAGE_SIZE) + 1;
+    this.listPages = Math.max(1, prpListPages(K.PAGE_SIZE - 4, this.maxTransfer), Math.ceil(pages / 255));
+    this.listBytes = this.listPages * K.PAGE_SIZE;
     this.sq = new SubmissionQueue(ctx.backend, qid, entries, sqTailDoorbell(qid, ctx.dstrd), ctx.backend.bar0);
     try {
-      this.#lists = new DmaBuffer(ctx.backend, depth * this.listPages * PRP_PAGE_SIZE);
+      this.lists = new DmaBuffer(ctx.backend, depth * this.listPages * K.PAGE_SIZE);
     } catch (e) {
       this.sq.mem.free();
       throw e;
     }
-    this.#state = new Uint8Array(depth);
-    this.#mode = new Uint8Array(depth);
-    this.#free = new Uint16Array(depth);
-    for (let i = 0; i < depth; i++) this.#free[i] = depth - 1 - i; // pop gives 0, 1, 2, ...
-    this.#freeTop = depth;
-    this.#deadline = new Float64Array(depth);
-    this.#status = new Int32Array(depth);
-    this.#dw0 = new Uint32Array(depth);
-    this.#opcode = new Uint8Array(depth);
-    this.#slba = new Float64Array(depth);
-    this.#nlb = new Uint32Array(depth);
+    this.cidState = new Uint8Array(depth);
+    this.cidMode = new Uint8Array(depth);
+    this.freeCids = new Uint16Array(depth);
+    for (let i = 0; i < depth; i++) this.freeCids[i] = depth - 1 - i; // pop gives 0, 1, 2, ...
+    this.freeTop = depth;
+    this.cidDeadline = new Float64Array(depth);
+    this.cidStatus = new Int32Array(depth);
+    this.cidDw0 = new Uint32Array(depth);
+    this.cidOpcode = new Uint8Array(depth);
+    this.cidSlba = new Float64Array(depth);
+    this.cidNlb = new Uint32Array(depth);
     this.#resolve = new Array(depth).fill(undefined);
     this.#reject = new Array(depth).fill(undefined);
   }
 
   get closed(): boolean {
-    return this.#closed;
+    return this.isClosed;
   }
 
   /** Commands posted and not yet completed (expired ones included). */
   get outstanding(): number {
-    return this.#inflight;
+    return this.inflight;
   }
 
   // ---- low-level API ------------------------------------------------------------------------
 
   /** A free CID, reserved for the caller; -1 when `depth` commands are outstanding. */
   acquire(): number {
-    if (this.#freeTop === 0 || this.ioCq.credits === 0 || this.#fatal) return -1;
-    const cid = this.#free[--this.#freeTop]!;
-    this.#state[cid] = ACQUIRED;
+    if (this.freeTop === 0 || this.ioCq.credits === 0 || this.fatal) return -1;
+    const cid = this.freeCids[--this.freeTop]!;
+    this.cidState[cid] = State.ACQUIRED;
     this.ioCq.credits--;
     return cid;
   }
 
   /** Give back a CID acquired but never posted. */
   release(cid: number): void {
-    this.#checkAcquired(cid);
-    this.#freeCid(cid);
+    this.checkAcquired(cid);
+    this.freeCid(cid);
   }
 
-  #freeCid(cid: number): void {
-    this.#state[cid] = FREE;
-    this.#free[this.#freeTop++] = cid;
+  private freeCid(cid: number): void {
+    this.cidState[cid] = State.FREE;
+    this.freeCids[this.freeTop++] = cid;
     this.ioCq.credits++;
   }
 
-  #checkAcquired(cid: number): void {
-    if (this.#closed) throw new ClosedError(`I/O queue ${this.qid} is closed`);
+  private checkAcquired(cid: number): void {
+    if (this.isClosed) throw new ClosedError(`I/O queue ${this.qid} is closed`);
     const valid = Number.isInteger(cid) && cid >= 0 && cid < this.depth;
-    if (!valid || this.#state[cid] !== ACQUIRED) {
-      const what = valid ? ["free", "acquired", "already in flight", "expired and still outstanding"][this.#state[cid]!] : "not a CID of this queue";
+    if (!valid || this.cidState[cid] !== State.ACQUIRED) {
+      const what = valid ? ["free", "acquired", "already in flight", "expired and still outstanding"][this.cidState[cid]!] : "not a CID of this queue";
       throw new InvalidArgumentError(`CID ${cid} on queue ${this.qid} is ${what}: post only CIDs returned by acquire() (0 to ${this.depth - 1})`);
     }
   }
 
   /** Dword offset of the SQ slot the next posted command goes into. */
   get slot(): number {
-    return this.sq.tail * SQE_DWORDS;
+    return this.sq.tail * K.SQE_DWORDS;
   }
 
   /**
    * Post the command already written at `slot` under `cid` (CDW0 31:16 must hold `cid`).
    * It reaches the controller at the next submit().
    */
-  post(cid: number, mode = MODE_HANDLER): void {
-    this.#checkAcquired(cid);
-    if (this.sq.sqe[this.slot]! >>> 16 !== cid) {
-      throw new InvalidArgumentError(`the SQ slot holds CID ${this.sq.sqe[this.slot]! >>> 16}, not the acquired CID ${cid}`);
+  post(cid: number, mode?: number): void {
+    const dw0 = this.sq.sqe[this.sq.tail * K.SQE_DWORDS]!;
+    if (this.cidState[cid] !== State.ACQUIRED || dw0 >>> 16 !== cid) {
+      this.checkAcquired(cid);
+      throw new InvalidArgumentError(`the SQ slot holds CID ${dw0 >>> 16}, not the acquired CID ${cid}`);
     }
-    this.#post(cid, mode, this.sq.sqe[this.slot]! & 0xff);
+    this.postChecked(cid, mode ?? Mode.HANDLER, dw0 & 0xff);
   }
 
   /** Post the checked command at `slot`. */
-  #post(cid: number, mode: number, opcode: number): void {
-    if (this.#batchStart < 0) this.#batchStart = performance.now();
-    this.#state[cid] = INFLIGHT;
-    this.#mode[cid] = mode;
-    this.#status[cid] = -1;
-    this.#deadline[cid] = this.#batchStart + this.timeoutMs;
-    this.#opcode[cid] = opcode;
-    this.#inflight++;
+  private postChecked(cid: number, mode: number, opcode: number): void {
+    if (this.batchStart < 0) this.batchStart = performance.now();
+    this.cidState[cid] = State.INFLIGHT;
+    this.cidMode[cid] = mode;
+    this.cidDeadline[cid] = this.batchStart + this.timeoutMs;
+    this.cidOpcode[cid] = opcode;
+    this.inflight++;
     this.sq.advance();
   }
 
@@ -300,31 +385,92 @@ export class IoQueue {
    * for `cid`, with PRPs or an SGL for `bytes` bytes of `buf` at `offset`, and post it.
    * The caller has checked the range (Namespace.checkRange); this checks the buffer.
    */
-  rw(cid: number, opcode: number, nsid: number, slba: number, blocks: number, buf: DmaBuffer, offset: number, bytes: number, cdw12Flags = 0): void {
-    this.#checkAcquired(cid);
+  rw(cid: number, opcode: number, nsid: number, slba: number, blocks: number, buf: DmaBuffer, offset: number, bytes: number, cdw12Flags?: number): void {
+    // The hot path is split into functions small enough for the JIT to inline, whole, into the
+    // caller's loop: JSC's FTL inlines a callee of up to 170 bytecode units (options
+    // maximumFunctionForCallInlineCandidateBytecodeCostForFTL); one 660-unit rw() was called
+    // instead, which cost more than its work (bench/README.md, "inlining"). Hence also no default
+    // parameter values here (they make JSC copy every argument), TS-private fields rather than
+    // #private ones (three bytecodes per access instead of one) and const enums. One branch
+    // covers every check; checkRw() finds what failed and says so. A CID out of range or of a
+    // closed queue reads undefined or State.CLOSED.
+    this.rwCheck(cid, blocks, slba, buf, offset, bytes);
+    this.rwSqe(opcode, cid, nsid, slba, blocks, cdw12Flags);
+    this.rwDataAndPost(cid, opcode, slba, blocks, buf, offset, bytes);
+  }
+
+  /** Every check of rw() in one branch (CID state, NLB, SLBA, buffer span, owner); checkRw() says what failed. */
+  private rwCheck(cid: number, blocks: number, slba: number, buf: DmaBuffer, offset: number, bytes: number): void {
+    if (!(this.cidState[cid] === State.ACQUIRED && rwFieldsOk(blocks, slba) && this.spanOk(buf, offset, bytes))) {
+      this.checkRw(cid, blocks, slba, buf, offset, bytes);
+    }
+  }
+
+  /** CDW0-5 and CDW10-15 of a Read/Write/Compare in the slot at the tail. */
+  private rwSqe(opcode: number, cid: number, nsid: number, slba: number, blocks: number, cdw12Flags: number | undefined): void {
+    const o = this.sq.tail * K.SQE_DWORDS;
+    const sqe = this.sq.sqe;
+    writeSqeHead(sqe, o, opcode, cid, nsid);
+    writeRwCdws(sqe, o, slba, blocks, cdw12Flags ?? 0);
+  }
+
+  /** DPTR of the slot at the tail, then post it, keeping what error messages name (SLBA, blocks). */
+  private rwDataAndPost(cid: number, opcode: number, slba: number, blocks: number, buf: DmaBuffer, offset: number, bytes: number): void {
+    this.dataPointer(cid, this.sq.tail * K.SQE_DWORDS, buf, offset, bytes);
+    this.postChecked(cid, Mode.HANDLER, opcode & 0xff);
+    this.cidSlba[cid] = slba;
+    this.cidNlb[cid] = blocks;
+  }
+
+  /** Offset and length fit `buf`, dword aligned, within MDTS, and the buffer is this controller's. */
+  private spanOk(buf: DmaBuffer, offset: number, bytes: number): boolean {
+    return (
+      (offset | 0) === offset &&
+      (offset & 0x8000_0003) === 0 &&
+      (bytes | 0) === bytes &&
+      bytes > 0 &&
+      bytes <= this.maxTransfer &&
+      offset + bytes <= buf.size &&
+      buf.belongsTo(this.backend)
+    );
+  }
+
+  /** DPTR for `bytes` of `buf` at `offset`: PRP1/PRP2 inline for one or two pages, else a list or an SGL. */
+  private dataPointer(cid: number, o: number, buf: DmaBuffer, offset: number, bytes: number): void {
+    const at = buf.base + offset;
+    const inPage = at & K.PAGE_MASK;
+    if (inPage + bytes <= 2 * K.PAGE_SIZE && at <= 0x7fff_ffff && !this.useSgl) {
+      writePrpPair(this.sq.sqe, o, buf.iova, at, inPage, bytes);
+    } else this.dataPointerSlow(cid, o, buf, offset, bytes);
+  }
+
+  private dataPointerSlow(cid: number, o: number, buf: DmaBuffer, offset: number, bytes: number): void {
+    if (!this.useSgl) return writePrp(this.sq.sqe, o, buf, offset, bytes, this.lists, cid * this.listBytes);
+    if (sglListPages(buf, offset, bytes) > this.listPages) {
+      throw new InvalidArgumentError(`this transfer needs more SGL segment pages than a command has (${this.listPages})`);
+    }
+    buildSgl(this.sq.sqe, o, buf, offset, bytes, this.lists, cid * this.listBytes);
+  }
+
+  /** The slow half of rw()'s checks: throws what failed; returns when all hold (e.g. a buffer over 2 GiB). */
+  private checkRw(cid: number, blocks: number, slba: number, buf: DmaBuffer, offset: number, bytes: number): void {
+    this.checkAcquired(cid);
     if (!Number.isInteger(blocks) || blocks < 1 || blocks > 65536) {
       throw new InvalidArgumentError(`block count ${blocks}: NLB is 16 bits, one command moves 1 to 65536 blocks`);
     }
     if (!Number.isSafeInteger(slba) || slba < 0) throw new InvalidArgumentError(`SLBA ${slba} is not a non-negative integer`);
     this.#checkBuffer(buf, offset, bytes);
-    const o = this.slot;
-    const sqe = this.sq.sqe;
-    writeSqe(sqe, o, opcode, cid, nsid, 0, 0, slba % TWO32, Math.floor(slba / TWO32), ((blocks - 1) & 0xffff) | cdw12Flags);
-    this.#dataPointer(cid, o, buf, offset, bytes);
-    // Checked above and written here: post without re-reading the slot.
-    this.#post(cid, MODE_HANDLER, opcode & 0xff);
-    this.#slba[cid] = slba;
-    this.#nlb[cid] = blocks;
   }
 
   #checkBuffer(buf: DmaBuffer, offset: number, bytes: number): void {
     if (buf.freed) throw new ClosedError("the data buffer was freed; allocate a new one");
-    if (!buf.belongsTo(this.#ctx.backend)) {
+    if (!buf.belongsTo(this.backend)) {
       throw new InvalidArgumentError("the data buffer belongs to another controller: allocate it with this controller's allocBuffer()");
     }
     if (!Number.isInteger(offset) || offset < 0 || offset % 4 !== 0) {
       throw new InvalidArgumentError(`buffer offset ${offset} must be a non-negative multiple of 4 (dword alignment)`);
     }
+    if (!Number.isInteger(bytes) || bytes <= 0) throw new InvalidArgumentError(`transfer length must be a positive integer, got ${bytes}`);
     if (offset + bytes > buf.size) {
       throw new InvalidArgumentError(`buffer too small: ${bytes} bytes at offset ${offset}, the buffer holds ${buf.size}`);
     }
@@ -333,79 +479,79 @@ export class IoQueue {
     }
   }
 
-  #dataPointer(cid: number, o: number, buf: DmaBuffer, offset: number, bytes: number): void {
-    const listOffset = cid * this.listPages * PRP_PAGE_SIZE;
-    if (this.useSgl) {
-      if (sglListPages(buf, offset, bytes) > this.listPages) {
-        throw new InvalidArgumentError(`this transfer needs more SGL segment pages than a command has (${this.listPages})`);
-      }
-      buildSgl(this.sq.sqe, o, buf, offset, bytes, this.#lists, listOffset);
-    } else {
-      writePrp(this.sq.sqe, o, buf, offset, bytes, this.#lists, listOffset);
-    }
-  }
-
   /** The CID's own list page, for commands whose data is a small structure (Dataset Management ranges). */
   listBuffer(cid: number): DmaBuffer {
-    return this.#lists.region(cid * this.listPages * PRP_PAGE_SIZE, PRP_PAGE_SIZE);
+    return this.lists.region(cid * this.listBytes, K.PAGE_SIZE);
   }
 
   /** Ring the SQ tail doorbell once for everything posted since the last submit. */
   submit(): void {
     this.#ringPending = false;
-    this.#batchStart = -1;
+    this.batchStart = -1;
     this.sq.ring();
   }
 
   /** Reap completions (of this queue and of others sharing its CQ); returns how many. */
   poll(): number {
-    if (this.#closed) return 0;
+    if (this.isClosed) return 0;
     const n = this.ioCq.poll();
     // Another SQ on a shared CQ may have reaped our completions: drain whenever there is room.
     if (this.#waiting.length > 0) this.#drain();
     return n;
   }
 
-  /** @internal Called by the CQ for each completion of this SQ. */
+  /**
+   * @internal Called by the CQ for each completion of this SQ. Kept small so the JIT inlines it
+   * into the CQ's poll loop: only the low-level handler's case is here.
+   */
   complete(cid: number, status: number, dw0: number, sqhd: number): void {
     this.sq.head = sqhd;
-    if (cid >= this.depth) return; // not ours: a controller bug, or a stale entry after reset
-    const state = this.#state[cid];
-    if (state !== INFLIGHT && state !== EXPIRED) return;
-    this.#freeCid(cid);
-    this.#inflight--;
-    if (state === EXPIRED) {
-      this.#expired--;
-      return; // its caller was already told it timed out
-    }
-    switch (this.#mode[cid]) {
-      case MODE_SYNC:
-        this.#status[cid] = status;
-        this.#dw0[cid] = dw0;
-        break;
-      case MODE_PROMISE: {
-        const resolve = this.#resolve[cid]!;
-        const reject = this.#reject[cid]!;
-        this.#resolve[cid] = undefined;
-        this.#reject[cid] = undefined;
-        if (status === 0) resolve(dw0);
-        else reject(this.#statusError(cid, status));
-        break;
+    // Out of range reads undefined: not ours (a controller bug, or a stale entry after reset).
+    if (this.cidState[cid] === State.INFLIGHT && this.cidMode[cid] === Mode.HANDLER) {
+      this.cidState[cid] = State.FREE;
+      this.freeCids[this.freeTop++] = cid;
+      this.ioCq.credits++;
+      this.inflight--;
+      const handler = this.onComplete;
+      if (handler !== null) handler(cid, status, dw0);
+    } else this.completeOther(cid, status, dw0);
+  }
+
+  /** Completions of promise and sync commands, and of expired or unknown CIDs. */
+  private completeOther(cid: number, status: number, dw0: number): void {
+    const state = this.cidState[cid];
+    if (state !== State.INFLIGHT) {
+      if (state === State.EXPIRED) {
+        this.freeCid(cid);
+        this.inflight--;
+        this.expiredCount--; // its caller was already told it timed out
       }
-      default:
-        this.onComplete?.(cid, status, dw0);
+      return;
+    }
+    this.freeCid(cid);
+    this.inflight--;
+    if (this.cidMode[cid] === Mode.PROMISE) {
+      const resolve = this.#resolve[cid]!;
+      const reject = this.#reject[cid]!;
+      this.#resolve[cid] = undefined;
+      this.#reject[cid] = undefined;
+      if (status === 0) resolve(dw0);
+      else reject(this.#statusError(cid, status));
+    } else {
+      this.cidStatus[cid] = status;
+      this.cidDw0[cid] = dw0;
     }
   }
 
   #statusError(cid: number, status: number): NvmeStatusError {
-    const opcode = this.#opcode[cid]!;
-    const nlb = this.#nlb[cid]!;
+    const opcode = this.cidOpcode[cid]!;
+    const nlb = this.cidNlb[cid]!;
     return new NvmeStatusError(status, {
       command: commandName(opcode, false),
       opcode,
       cid,
       sqid: this.qid,
-      detail: nlb > 0 ? `@ LBA ${this.#slba[cid]}, ${nlb} blocks` : undefined,
+      detail: nlb > 0 ? `@ LBA ${this.cidSlba[cid]}, ${nlb} blocks` : undefined,
     });
   }
 
@@ -422,15 +568,15 @@ export class IoQueue {
       );
     }
     for (let cid = 0; cid < this.depth; cid++) {
-      if (this.#state[cid] !== INFLIGHT || this.#mode[cid] === MODE_SYNC || this.#deadline[cid]! > now) continue;
-      this.#state[cid] = EXPIRED;
-      this.#expired++;
+      if (this.cidState[cid] !== State.INFLIGHT || this.cidMode[cid] === Mode.SYNC || this.cidDeadline[cid]! > now) continue;
+      this.cidState[cid] = State.EXPIRED;
+      this.expiredCount++;
       n++;
       const err = new NvmeTimeoutError(
-        `${commandName(this.#opcode[cid]!, false)} (cid ${cid}) on queue ${this.qid} did not complete within ${this.timeoutMs} ms`,
+        `${commandName(this.cidOpcode[cid]!, false)} (cid ${cid}) on queue ${this.qid} did not complete within ${this.timeoutMs} ms`,
         this.timeoutMs,
       );
-      if (this.#mode[cid] === MODE_PROMISE) {
+      if (this.cidMode[cid] === Mode.PROMISE) {
         const reject = this.#reject[cid]!;
         this.#resolve[cid] = undefined;
         this.#reject[cid] = undefined;
@@ -443,7 +589,7 @@ export class IoQueue {
 
   /** True while `cid` timed out and the controller has not completed it yet. */
   isExpired(cid: number): boolean {
-    return this.#state[cid] === EXPIRED;
+    return this.cidState[cid] === State.EXPIRED;
   }
 
   #checkController(): void {
@@ -452,7 +598,7 @@ export class IoQueue {
     const err = new ControllerFatalError(
       csts === REG_ALL_ONES
         ? `${this.#ctx.backend.name}: controller registers read all ones: the device is gone`
-        : `${this.#ctx.backend.name}: Controller Fatal Status (CSTS.CFS) set with ${this.#inflight} commands outstanding`,
+        : `${this.#ctx.backend.name}: Controller Fatal Status (CSTS.CFS) set with ${this.inflight} commands outstanding`,
       csts,
     );
     // With an owner that can reset the controller, outstanding commands fail and the queue goes on;
@@ -463,7 +609,7 @@ export class IoQueue {
 
   /** Fail every outstanding async command and waiter; their CIDs stay reserved (the controller is broken). */
   #failAll(err: Error): void {
-    this.#fatal = err;
+    this.fatal = err;
     this.#failOutstanding(err);
     for (const w of this.#waiting.splice(0)) w.reject(err);
   }
@@ -471,15 +617,15 @@ export class IoQueue {
   #failOutstanding(err: Error): void {
     this.#syncError = err;
     for (let cid = 0; cid < this.depth; cid++) {
-      if (this.#state[cid] !== INFLIGHT) continue;
-      this.#state[cid] = EXPIRED;
-      this.#expired++;
-      if (this.#mode[cid] === MODE_PROMISE) {
+      if (this.cidState[cid] !== State.INFLIGHT) continue;
+      this.cidState[cid] = State.EXPIRED;
+      this.expiredCount++;
+      if (this.cidMode[cid] === Mode.PROMISE) {
         const reject = this.#reject[cid]!;
         this.#resolve[cid] = undefined;
         this.#reject[cid] = undefined;
         reject(err);
-      } else if (this.#mode[cid] === MODE_SYNC) this.#status[cid] = -2;
+      } else if (this.cidMode[cid] === Mode.SYNC) this.cidStatus[cid] = -2;
       else this.onTimeout?.(cid);
     }
   }
@@ -493,15 +639,15 @@ export class IoQueue {
     this.#failOutstanding(err);
     this.sq.reset();
     for (let i = 0; i < this.depth; i++) {
-      this.#state[i] = FREE;
-      this.#free[i] = this.depth - 1 - i;
+      this.cidState[i] = State.FREE;
+      this.freeCids[i] = this.depth - 1 - i;
     }
-    this.#freeTop = this.depth;
-    this.#inflight = 0;
-    this.#expired = 0;
-    this.#fatal = undefined;
+    this.freeTop = this.depth;
+    this.inflight = 0;
+    this.expiredCount = 0;
+    this.fatal = undefined;
     this.#ringPending = false;
-    this.#batchStart = -1;
+    this.batchStart = -1;
   }
 
   /** @internal The queue exists on the controller again: send what waited. */
@@ -516,8 +662,8 @@ export class IoQueue {
 
   /** Post with `fill(cid)` (which writes and posts the SQE), submit, and spin for completion. */
   #execSync(fill: (cid: number) => void): number {
-    if (this.#closed) throw new ClosedError(`I/O queue ${this.qid} is closed`);
-    if (this.#fatal) throw this.#fatal;
+    if (this.isClosed) throw new ClosedError(`I/O queue ${this.qid} is closed`);
+    if (this.fatal) throw this.fatal;
     let cid = this.acquire();
     const deadline = performance.now() + this.timeoutMs;
     while (cid < 0) {
@@ -529,19 +675,20 @@ export class IoQueue {
     try {
       fill(cid);
     } catch (e) {
-      if (this.#state[cid] === ACQUIRED) this.release(cid);
+      if (this.cidState[cid] === State.ACQUIRED) this.release(cid);
       throw e;
     }
-    this.#mode[cid] = MODE_SYNC;
+    this.cidMode[cid] = Mode.SYNC;
+    this.cidStatus[cid] = -1;
     this.submit();
-    for (let spins = 0; this.#status[cid] === -1; spins++) {
+    for (let spins = 0; this.cidStatus[cid] === -1; spins++) {
       this.poll();
       if ((spins & 255) === 255) {
         if (performance.now() > deadline) {
-          this.#state[cid] = EXPIRED;
-          this.#expired++;
+          this.cidState[cid] = State.EXPIRED;
+          this.expiredCount++;
           const err = new NvmeTimeoutError(
-            `${commandName(this.#opcode[cid]!, false)} (cid ${cid}) on queue ${this.qid} did not complete within ${this.timeoutMs} ms`,
+            `${commandName(this.cidOpcode[cid]!, false)} (cid ${cid}) on queue ${this.qid} did not complete within ${this.timeoutMs} ms`,
             this.timeoutMs,
           );
           this.#ctx.onExpired?.(this, cid);
@@ -550,10 +697,10 @@ export class IoQueue {
         if ((spins & 16383) === 16383) this.#checkController();
       }
     }
-    const status = this.#status[cid]!;
+    const status = this.cidStatus[cid]!;
     if (status === -2) throw this.#syncError!;
     if (status !== 0) throw this.#statusError(cid, status);
-    return this.#dw0[cid]!;
+    return this.cidDw0[cid]!;
   }
 
   /** Read/Write/Compare synchronously; NvmeStatusError on a non-zero status. Returns DW0. */
@@ -566,7 +713,7 @@ export class IoQueue {
     return this.#execSync((cid) => {
       write(this.sq.sqe, this.slot, cid);
       this.post(cid);
-      this.#nlb[cid] = 0;
+      this.cidNlb[cid] = 0;
     });
   }
 
@@ -588,33 +735,33 @@ export class IoQueue {
     return this.#async((cid) => {
       write(this.sq.sqe, this.slot, cid);
       this.post(cid);
-      this.#nlb[cid] = 0;
+      this.cidNlb[cid] = 0;
     });
   }
 
   #async(fill: (cid: number) => void): Promise<number> {
-    if (this.#closed) return Promise.reject(new ClosedError(`I/O queue ${this.qid} is closed`));
-    if (this.#fatal) return Promise.reject(this.#fatal);
+    if (this.isClosed) return Promise.reject(new ClosedError(`I/O queue ${this.qid} is closed`));
+    if (this.fatal) return Promise.reject(this.fatal);
     return new Promise<number>((resolve, reject) => {
       const since = performance.now();
       const start = () => {
-        if (this.#closed) return reject(new ClosedError(`I/O queue ${this.qid} was closed before this command was sent`));
-        if (this.#fatal) return reject(this.#fatal);
+        if (this.isClosed) return reject(new ClosedError(`I/O queue ${this.qid} was closed before this command was sent`));
+        if (this.fatal) return reject(this.fatal);
         const cid = this.acquire();
         if (cid < 0) return void this.#waiting.unshift({ start, reject, since }); // lost a race with a sync caller: stay first
         try {
           fill(cid);
         } catch (e) {
-          if (this.#state[cid] === ACQUIRED) this.release(cid);
+          if (this.cidState[cid] === State.ACQUIRED) this.release(cid);
           return reject(e as Error);
         }
-        this.#mode[cid] = MODE_PROMISE;
+        this.cidMode[cid] = Mode.PROMISE;
         this.#resolve[cid] = resolve;
         this.#reject[cid] = reject;
         this.#scheduleRing();
         this.#startPolling();
       };
-      if (this.#freeTop === 0 || this.ioCq.credits === 0 || this.#waiting.length > 0) {
+      if (this.freeTop === 0 || this.ioCq.credits === 0 || this.#waiting.length > 0) {
         this.#waiting.push({ start, reject, since });
         this.#startPolling();
       } else start();
@@ -622,7 +769,7 @@ export class IoQueue {
   }
 
   #drain(): void {
-    while (this.#freeTop > 0 && this.ioCq.credits > 0 && this.#waiting.length > 0) this.#waiting.shift()!.start();
+    while (this.freeTop > 0 && this.ioCq.credits > 0 && this.#waiting.length > 0) this.#waiting.shift()!.start();
   }
 
   #scheduleRing(): void {
@@ -630,7 +777,7 @@ export class IoQueue {
     this.#ringPending = true;
     // One doorbell for everything posted in this turn of the event loop.
     queueMicrotask(() => {
-      if (this.#ringPending && !this.#closed) this.submit();
+      if (this.#ringPending && !this.isClosed) this.submit();
     });
   }
 
@@ -639,19 +786,19 @@ export class IoQueue {
     this.#polling = true;
     let turns = 0;
     const loop = () => {
-      if (this.#closed) {
+      if (this.isClosed) {
         this.#polling = false;
         return;
       }
       // Spin briefly before yielding: a completion is usually microseconds away.
-      for (let i = 0; i < 64 && this.poll() === 0 && this.#inflight > this.#expired; i++);
+      for (let i = 0; i < 64 && this.poll() === 0 && this.inflight > this.expiredCount; i++);
       if (this.#ringPending) this.submit();
       if ((++turns & 63) === 0) {
         this.checkTimeouts();
         this.#checkController();
       }
       // Commands already failed (expired) do not keep the poller spinning: a later poll reaps them.
-      if (this.#inflight > this.#expired || this.#waiting.length > 0) setImmediate(loop);
+      if (this.inflight > this.expiredCount || this.#waiting.length > 0) setImmediate(loop);
       else this.#polling = false;
     };
     setImmediate(loop);
@@ -659,15 +806,16 @@ export class IoQueue {
 
   /** The controller deleted the queue (or never created it): fail what is left, free the memory. */
   free(): void {
-    if (this.#closed) return;
+    if (this.isClosed) return;
     this.#failAll(new ClosedError(`I/O queue ${this.qid} was deleted with commands outstanding`));
-    this.#closed = true;
+    this.isClosed = true;
     // A shared CQ outlives this SQ: hand back the completion slots its CIDs still held.
-    for (let cid = 0; cid < this.depth; cid++) if (this.#state[cid] !== FREE) this.ioCq.credits++;
-    this.ioCq.sqs.delete(this.qid);
+    for (let cid = 0; cid < this.depth; cid++) if (this.cidState[cid] !== State.FREE) this.ioCq.credits++;
+    this.cidState.fill(State.CLOSED);
+    this.freeTop = 0;
+    this.ioCq.unbind(this);
     this.sq.mem.free();
-    this.#lists.free();
+    this.lists.free();
   }
 }
 
-export { MODE_HANDLER, MODE_PROMISE, MODE_SYNC, CQE_DWORDS };

@@ -14,7 +14,6 @@ import { SC_COMPARE_FAILURE, SCT_MEDIA } from "./spec/status.ts";
 /** NLB is a 16-bit 0-based field: one command moves at most 65536 blocks. */
 export const MAX_BLOCKS_PER_COMMAND = 65536;
 
-const TWO32 = 0x1_0000_0000;
 
 export interface IoOptions {
   /** Byte offset into the buffer. Defaults to 0. */
@@ -134,7 +133,7 @@ export class Namespace {
     this.checkRange(lba, count, MAX_BLOCKS_PER_COMMAND);
     const flags = opts.deallocate ? cmd.WRITE_ZEROES_DEAC : 0;
     await this.#queue(opts).commandAsync((sqe, o, cid) =>
-      cmd.writeSqe(sqe, o, cmd.NVM_WRITE_ZEROES, cid, this.nsid, 0, 0, lba % TWO32, Math.floor(lba / TWO32), ((count - 1) & 0xffff) | flags),
+      cmd.writeSqe(sqe, o, cmd.NVM_WRITE_ZEROES, cid, this.nsid, 0, 0, cmd.lo32(lba), cmd.hi32(lba), ((count - 1) & 0xffff) | flags),
     );
   }
 
@@ -160,8 +159,8 @@ export class Namespace {
       ranges.forEach((r, i) => {
         u32[i * 4] = 0; // Context Attributes
         u32[i * 4 + 1] = r.count >>> 0;
-        u32[i * 4 + 2] = r.lba % TWO32 >>> 0;
-        u32[i * 4 + 3] = Math.floor(r.lba / TWO32);
+        u32[i * 4 + 2] = cmd.lo32(r.lba);
+        u32[i * 4 + 3] = cmd.hi32(r.lba);
       });
       cmd.writeSqe(sqe, o, cmd.NVM_DATASET_MANAGEMENT, cid, this.nsid, page.busAddress(0), 0, ranges.length - 1, cmd.DSM_ATTR_DEALLOCATE, 0);
     });

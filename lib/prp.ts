@@ -7,10 +7,10 @@
  */
 import { InvalidArgumentError } from "./errors.ts";
 import type { DmaBuffer } from "./dma.ts";
+import { hi32, lo32 } from "./spec/commands.ts";
 
 export const PRP_PAGE_SIZE = 4096;
 const ENTRIES_PER_LIST = PRP_PAGE_SIZE / 8;
-const TWO32 = 0x1_0000_0000;
 
 export interface PrpPair {
   prp1: number;
@@ -40,20 +40,39 @@ export function buildPrp(data: DmaBuffer, offset: number, length: number, list?:
  * path's variant, which allocates nothing.
  */
 export function writePrp(sqe: Uint32Array, o: number, data: DmaBuffer, offset: number, length: number, list?: DmaBuffer, listOffset = 0): void {
-  const prp2 = prp2For(data, offset, length, list, listOffset);
-  const prp1 = data.busAddress(offset);
-  sqe[o + 6] = prp1 % TWO32 >>> 0;
-  sqe[o + 7] = Math.floor(prp1 / TWO32);
-  sqe[o + 8] = prp2 % TWO32 >>> 0;
-  sqe[o + 9] = Math.floor(prp2 / TWO32);
+  if (!(length > 0 && offset >= 0 && offset + length <= data.size)) checkSpan(data, offset, length);
+  // The hot path: one or two pages, straight from the per-page (lo, hi) bus addresses with
+  // integer stores. Page bus addresses are 4 KiB aligned, so lo + in-page offset never carries.
+  const iova = data.iova;
+  const at = data.base + offset;
+  const page = Math.floor(at / PRP_PAGE_SIZE);
+  const inPage = at - page * PRP_PAGE_SIZE;
+  sqe[o + 6] = iova[2 * page]! + inPage;
+  sqe[o + 7] = iova[2 * page + 1]!;
+  const end = inPage + length;
+  if (end <= PRP_PAGE_SIZE) {
+    sqe[o + 8] = 0;
+    sqe[o + 9] = 0;
+  } else if (end <= 2 * PRP_PAGE_SIZE) {
+    sqe[o + 8] = iova[2 * page + 2]!;
+    sqe[o + 9] = iova[2 * page + 3]!;
+  } else {
+    const prp2 = prp2For(data, offset, length, list, listOffset);
+    sqe[o + 8] = lo32(prp2);
+    sqe[o + 9] = hi32(prp2);
+  }
+}
+
+function checkSpan(data: DmaBuffer, offset: number, length: number): void {
+  if (!(length > 0)) throw new InvalidArgumentError(`transfer length must be positive, got ${length}`);
+  if (!(offset >= 0 && offset + length <= data.size)) {
+    throw new InvalidArgumentError(`buffer too small: ${offset}+${length} bytes asked of a ${data.size}-byte DMA buffer`);
+  }
 }
 
 /** PRP2 for the transfer: 0, the second page, or the list (which it fills). */
 function prp2For(data: DmaBuffer, offset: number, length: number, list: DmaBuffer | undefined, listOffset: number): number {
-  if (length <= 0) throw new InvalidArgumentError(`transfer length must be positive, got ${length}`);
-  if (offset < 0 || offset + length > data.size) {
-    throw new InvalidArgumentError(`buffer too small: ${offset}+${length} bytes asked of a ${data.size}-byte DMA buffer`);
-  }
+  checkSpan(data, offset, length);
   // Page boundaries are those of the mapping: a region may start inside a page.
   const firstPageBytes = PRP_PAGE_SIZE - ((data.base + offset) % PRP_PAGE_SIZE);
   if (length <= firstPageBytes) return 0;
@@ -74,15 +93,15 @@ function prp2For(data: DmaBuffer, offset: number, length: number, list: DmaBuffe
     if (slot === ENTRIES_PER_LIST - 1 && remaining > PRP_PAGE_SIZE) {
       const next = list.busAddress(listPage + PRP_PAGE_SIZE);
       const o = (listPage + slot * 8) / 4;
-      u32[o] = next % TWO32 >>> 0;
-      u32[o + 1] = Math.floor(next / TWO32);
+      u32[o] = lo32(next);
+      u32[o + 1] = hi32(next);
       listPage += PRP_PAGE_SIZE;
       slot = 0;
     }
     const addr = data.busAddress(page);
     const o = (listPage + slot * 8) / 4;
-    u32[o] = addr % TWO32 >>> 0;
-    u32[o + 1] = Math.floor(addr / TWO32);
+    u32[o] = lo32(addr);
+    u32[o + 1] = hi32(addr);
     slot++;
     page += PRP_PAGE_SIZE;
     remaining -= PRP_PAGE_SIZE;

@@ -16,6 +16,7 @@
  */
 import { InvalidArgumentError } from "./errors.ts";
 import type { DmaBuffer } from "./dma.ts";
+import { hi32, lo32 } from "./spec/commands.ts";
 
 /** Every SGL descriptor is 16 bytes (Figure "Generic SGL Descriptor Format"). */
 export const SGL_DESC_SIZE = 16;
@@ -110,8 +111,8 @@ export function sglListPages(data: DmaBuffer, offset: number, length: number): n
 
 /** Write one descriptor at dword `d` of `u`: Address 7:0, Length 11:8, SGL Identifier byte 15. */
 function writeDesc(u: Uint32Array, d: number, addr: number, len: number, type: number): void {
-  u[d] = addr % TWO32 >>> 0;
-  u[d + 1] = Math.floor(addr / TWO32);
+  u[d] = lo32(addr);
+  u[d + 1] = hi32(addr);
   u[d + 2] = len >>> 0;
   // Bytes 14:12 reserved (zero); byte 15 = Descriptor Type 7:4 | Sub Type 3:0.
   u[d + 3] = (((type << 4) | SGL_SUBTYPE_ADDRESS) << 24) >>> 0;

@@ -18,15 +18,22 @@
  * thread per queue; an SQ and its CQ travel together, so the CQ must not be shared with another
  * SQ), and must keep the controller open until the Worker has closed its side (close() detaches
  * the Worker's views; after that, the owner may delete the queue and free the memory).
+ *
+ * attachIoQueue() checks the shape of what it is given (every number in range, doorbells where
+ * DSTRD puts them and inside BAR0, mappings large enough for what is built over them), but it
+ * cannot check that the addresses are real: pass it only what exportIoQueue()/exportBuffer()
+ * made, in this process. In the Worker nobody can reset the controller: a command past its
+ * deadline fails its caller and keeps its CID; a fatal controller status fails the queue.
  */
 import type { Pointer } from "bun:ffi";
-import { InvalidArgumentError } from "./errors.ts";
+import { ClosedError, InvalidArgumentError } from "./errors.ts";
 import { HOST_PAGE_SIZE, type Backend, type BackendKind, type DmaMapping, type DmaOptions } from "./backends/types.ts";
 import type { Controller } from "./controller.ts";
 import { DmaBuffer } from "./dma.ts";
 import { IoCompletionQueue, IoQueue } from "./io.ts";
 import { PRP_PAGE_SIZE } from "./prp.ts";
-import { REG_DOORBELL_BASE } from "./spec/registers.ts";
+import { CQE_SIZE, SQE_SIZE } from "./spec/commands.ts";
+import { cqHeadDoorbell, sqTailDoorbell } from "./spec/registers.ts";
 
 /** A DMA mapping as plain numbers. */
 export interface SharedMapping {
@@ -72,36 +79,60 @@ export interface SharedIoQueue {
   readonly cqPhase: number;
 }
 
-function shareMapping(buf: DmaBuffer, size: number): SharedMapping {
-  if (buf.base !== 0) throw new InvalidArgumentError("export a whole DMA buffer, not a region of one");
-  return { vaddr: Number(buf.pointer), size, iova: Array.from(buf.iova), contiguous: buf.contiguous };
+const BACKEND_KINDS: readonly string[] = ["sysfs", "vfio", "disnvm"] satisfies BackendKind[];
+/** Entries of one I/O queue: 2 to 65536 (CAP.MQES is 16 bits, 0's based). */
+const MAX_QUEUE_ENTRIES = 0x10000;
+
+function shareMapping(buf: DmaBuffer, what: string): SharedMapping {
+  if (buf.freed) throw new InvalidArgumentError(`${what} was freed: export live memory only`);
+  const iova = buf.iova;
+  // A region (even one at offset 0) covers less than its mapping; every backend describes each
+  // page of a mapping it made, so a whole buffer has exactly a bus address pair per page.
+  if (buf.base !== 0 || buf.size !== (iova.length / 2) * HOST_PAGE_SIZE) {
+    throw new InvalidArgumentError(`${what} is a region of a DMA buffer: export the whole buffer (and pass offsets within it)`);
+  }
+  return { vaddr: Number(buf.pointer), size: buf.size, iova: Array.from(iova), contiguous: buf.contiguous };
 }
 
-/** Describe a data buffer for attachIoQueue(...).buffer(). Whole buffers only (not regions). */
+/** Describe a data buffer for attachIoQueue(...).buffer(). Whole, live buffers only (not regions). */
 export function exportBuffer(buf: DmaBuffer): SharedMapping {
-  return shareMapping(buf, buf.size);
+  return shareMapping(buf, "the buffer");
 }
 
 /**
- * Describe `q` (created by `ctrl`) for a Worker. The queue must have nothing outstanding and
- * must be the only SQ on its completion queue; from here on only the Worker uses it.
+ * Describe `q` (created by `ctrl`) for a Worker. The queue must be idle (no command
+ * outstanding, no CID acquired) and must be the only SQ on its completion queue; from here on
+ * only the Worker uses it.
  */
 export function exportIoQueue(ctrl: Controller, q: IoQueue): SharedIoQueue {
   if (q.closed) throw new InvalidArgumentError(`I/O queue ${q.qid} is closed`);
-  if (q.outstanding > 0) throw new InvalidArgumentError(`I/O queue ${q.qid} has ${q.outstanding} commands outstanding: export it idle`);
-  if (q.ioCq.sqs.size !== 1) {
-    throw new InvalidArgumentError(`completion queue ${q.ioCq.qid} is shared by SQs ${[...q.ioCq.sqs.keys()].join(", ")}: a Worker needs an SQ with a CQ of its own`);
+  const backend = ctrl.backend;
+  if (!q.sq.mem.belongsTo(backend)) throw new InvalidArgumentError(`I/O queue ${q.qid} belongs to another controller than ${backend.name}`);
+  const ioCq = q.ioCq;
+  if (ioCq.closed) throw new InvalidArgumentError(`completion queue ${ioCq.qid} of I/O queue ${q.qid} is closed`);
+  if (ioCq.sqs.get(q.qid) !== q) throw new InvalidArgumentError(`I/O queue ${q.qid} is not bound to its completion queue ${ioCq.qid}`);
+  if (ioCq.sqs.size !== 1) {
+    const others = [...ioCq.sqs.keys()].filter((id) => id !== q.qid);
+    throw new InvalidArgumentError(
+      `completion queue ${ioCq.qid} is shared with SQ${others.length > 1 ? "s" : ""} ${others.join(", ")}: a Worker needs an SQ with a CQ of its own`,
+    );
   }
-  const cq = q.ioCq.cq;
+  if (q.outstanding > 0) throw new InvalidArgumentError(`I/O queue ${q.qid} has ${q.outstanding} commands outstanding: export it idle`);
+  // With the CQ to itself, every credit missing is a CID of this SQ acquired and not posted (the
+  // owner's async poller would keep reaping this CQ behind the Worker's back while one waits).
+  if (ioCq.credits !== ioCq.entries - 1) {
+    throw new InvalidArgumentError(`I/O queue ${q.qid} has ${ioCq.entries - 1 - ioCq.credits} CIDs acquired and not posted: release them and export it idle`);
+  }
+  const cq = ioCq.cq;
   // The list pages are one mapping; listBuffer(0) is a region at its start (base 0 of the mapping).
   const first = q.listBuffer(0);
+  const listPages = q.depth * q.listPages;
   const lists: SharedMapping = {
     vaddr: Number(first.pointer),
-    size: q.depth * q.listPages * PRP_PAGE_SIZE,
-    iova: Array.from(first.iova),
+    size: listPages * PRP_PAGE_SIZE,
+    iova: Array.from(first.iova.subarray(0, 2 * listPages)),
     contiguous: first.contiguous,
   };
-  const backend = ctrl.backend;
   return {
     backendKind: backend.kind,
     backendName: backend.name,
@@ -114,12 +145,12 @@ export function exportIoQueue(ctrl: Controller, q: IoQueue): SharedIoQueue {
     dataPointer: q.useSgl ? "sgl" : "prp",
     qid: q.qid,
     entries: q.sq.entries,
-    cqid: q.ioCq.qid,
-    cqEntries: q.ioCq.entries,
+    cqid: ioCq.qid,
+    cqEntries: ioCq.entries,
     sqDoorbell: q.sq.doorbell,
     cqDoorbell: cq.doorbell,
-    sq: shareMapping(q.sq.mem, q.sq.mem.size),
-    cq: shareMapping(cq.mem, cq.mem.size),
+    sq: shareMapping(q.sq.mem, `the SQ ring of I/O queue ${q.qid}`),
+    cq: shareMapping(cq.mem, `the CQ ring of completion queue ${ioCq.qid}`),
     lists,
     listPages: q.listPages,
     sqTail: q.sq.tail,
@@ -127,6 +158,90 @@ export function exportIoQueue(ctrl: Controller, q: IoQueue): SharedIoQueue {
     cqHead: cq.head,
     cqPhase: cq.phase,
   };
+}
+
+// ---- checking what a Worker was given -----------------------------------------------------------
+
+function isInt(v: unknown, min: number, max: number): v is number {
+  return typeof v === "number" && Number.isSafeInteger(v) && v >= min && v <= max;
+}
+
+function checkInt(where: string, field: string, v: unknown, min: number, max: number): number {
+  if (!isInt(v, min, max)) {
+    throw new InvalidArgumentError(`${where}: ${field} must be an integer from ${min} to ${max}, got ${show(v)}`);
+  }
+  return v;
+}
+
+function show(v: unknown): string {
+  if (typeof v === "string") return JSON.stringify(v);
+  if (typeof v === "number" || typeof v === "boolean" || v === undefined || v === null) return String(v);
+  return Array.isArray(v) ? "an array" : typeof v;
+}
+
+/** A mapping as exportBuffer() describes it: a page-aligned address, whole pages, a bus address per page. */
+function checkMapping(where: string, m: unknown, minBytes = 1): SharedMapping {
+  if (typeof m !== "object" || m === null) throw new InvalidArgumentError(`${where}: not a shared mapping (got ${show(m)}): pass what exportBuffer() returned`);
+  const s = m as Partial<SharedMapping>;
+  const vaddr = checkInt(where, "vaddr", s.vaddr, 1, Number.MAX_SAFE_INTEGER);
+  if (vaddr % HOST_PAGE_SIZE !== 0) throw new InvalidArgumentError(`${where}: vaddr 0x${vaddr.toString(16)} is not 4 KiB aligned`);
+  const size = checkInt(where, "size", s.size, HOST_PAGE_SIZE, 0xffff_f000);
+  if (size % HOST_PAGE_SIZE !== 0) throw new InvalidArgumentError(`${where}: size ${size} is not a whole number of 4 KiB pages`);
+  if (size < minBytes) throw new InvalidArgumentError(`${where}: ${size} bytes, but ${minBytes} are needed`);
+  const pages = size / HOST_PAGE_SIZE;
+  if (!Array.isArray(s.iova) || s.iova.length < 2 * pages || s.iova.length % 2 !== 0) {
+    throw new InvalidArgumentError(`${where}: iova must hold a (lo, hi) bus address pair for each of its ${pages} pages`);
+  }
+  for (let i = 0; i < 2 * pages; i++) {
+    const v: unknown = s.iova[i];
+    if (!isInt(v, 0, 0xffff_ffff) || (i % 2 === 0 && v % HOST_PAGE_SIZE !== 0)) {
+      throw new InvalidArgumentError(`${where}: iova[${i}] = ${show(v)} is not ${i % 2 === 0 ? "the low dword of a 4 KiB-aligned bus address" : "a 32-bit value"}`);
+    }
+  }
+  if (typeof s.contiguous !== "boolean") throw new InvalidArgumentError(`${where}: contiguous must be a boolean`);
+  return s as SharedMapping;
+}
+
+/** Every field of `d` in range and consistent with the others, before any view is made over it. */
+function checkShared(d: unknown): SharedIoQueue {
+  if (typeof d !== "object" || d === null) throw new InvalidArgumentError(`not a shared I/O queue (got ${show(d)}): pass what exportIoQueue() returned`);
+  const s = d as Partial<SharedIoQueue>;
+  const where = `shared I/O queue ${isInt(s.qid, 0, Infinity) ? s.qid : "?"}`;
+  if (typeof s.backendKind !== "string" || !BACKEND_KINDS.includes(s.backendKind)) {
+    throw new InvalidArgumentError(`${where}: backendKind ${show(s.backendKind)} is not one of ${BACKEND_KINDS.join(", ")}`);
+  }
+  if (typeof s.backendName !== "string") throw new InvalidArgumentError(`${where}: backendName must be a string`);
+  if (s.dataPointer !== "prp" && s.dataPointer !== "sgl") throw new InvalidArgumentError(`${where}: dataPointer ${show(s.dataPointer)} is not "prp" or "sgl"`);
+  checkInt(where, "bar0", s.bar0, 1, Number.MAX_SAFE_INTEGER);
+  const bar0Size = checkInt(where, "bar0Size", s.bar0Size, 1, 0xffff_ffff);
+  const dstrd = checkInt(where, "dstrd", s.dstrd, 0, 15);
+  if (typeof s.timeoutMs !== "number" || !(s.timeoutMs > 0) || !Number.isFinite(s.timeoutMs)) {
+    throw new InvalidArgumentError(`${where}: timeoutMs must be a positive number of milliseconds, got ${show(s.timeoutMs)}`);
+  }
+  checkInt(where, "maxTransfer", s.maxTransfer, 1, 0xffff_ffff);
+  checkInt(where, "sgls", s.sgls, 0, 0xffff_ffff);
+  const qid = checkInt(where, "qid", s.qid, 1, 0xffff);
+  const cqid = checkInt(where, "cqid", s.cqid, 1, 0xffff);
+  const entries = checkInt(where, "entries", s.entries, 2, MAX_QUEUE_ENTRIES);
+  const cqEntries = checkInt(where, "cqEntries", s.cqEntries, 2, MAX_QUEUE_ENTRIES);
+  if (s.sqDoorbell !== sqTailDoorbell(qid, dstrd)) {
+    throw new InvalidArgumentError(`${where}: SQ doorbell ${show(s.sqDoorbell)} is not where DSTRD ${dstrd} puts SQ ${qid}'s (0x${sqTailDoorbell(qid, dstrd).toString(16)})`);
+  }
+  if (s.cqDoorbell !== cqHeadDoorbell(cqid, dstrd)) {
+    throw new InvalidArgumentError(`${where}: CQ doorbell ${show(s.cqDoorbell)} is not where DSTRD ${dstrd} puts CQ ${cqid}'s (0x${cqHeadDoorbell(cqid, dstrd).toString(16)})`);
+  }
+  if (Math.max(s.sqDoorbell, s.cqDoorbell) + 4 > bar0Size) {
+    throw new InvalidArgumentError(`${where}: its doorbells (0x${s.sqDoorbell.toString(16)}, 0x${s.cqDoorbell.toString(16)}) lie outside BAR0 (${bar0Size} bytes)`);
+  }
+  const listPages = checkInt(where, "listPages", s.listPages, 1, 0xffff);
+  checkMapping(`${where}, SQ ring`, s.sq, entries * SQE_SIZE);
+  checkMapping(`${where}, CQ ring`, s.cq, cqEntries * CQE_SIZE);
+  checkMapping(`${where}, list pages`, s.lists, (Math.min(entries, cqEntries) - 1) * listPages * PRP_PAGE_SIZE);
+  checkInt(where, "sqTail", s.sqTail, 0, entries - 1);
+  checkInt(where, "sqHead", s.sqHead, 0, entries - 1);
+  checkInt(where, "cqHead", s.cqHead, 0, cqEntries - 1);
+  checkInt(where, "cqPhase", s.cqPhase, 0, 1);
+  return s as SharedIoQueue;
 }
 
 /**
@@ -150,7 +265,8 @@ class SharedBackend implements Backend {
   }
 
   lend(m: SharedMapping): void {
-    this.#lent.push({ vaddr: m.vaddr as Pointer, size: m.size, iova: Uint32Array.from(m.iova), contiguous: m.contiguous });
+    const pages = m.size / HOST_PAGE_SIZE;
+    this.#lent.push({ vaddr: m.vaddr as Pointer, size: m.size, iova: Uint32Array.from(m.iova.slice(0, 2 * pages)), contiguous: m.contiguous });
   }
 
   allocDma(size: number, _opts?: DmaOptions): DmaMapping {
@@ -170,6 +286,7 @@ class SharedBackend implements Backend {
   }
 
   close(): void {
+    this.#lent.length = 0;
     for (const m of [...this.#live]) this.freeDma(m);
   }
 }
@@ -178,51 +295,61 @@ export interface AttachedIoQueue {
   /** An ordinary IoQueue over the owner's memory: low-level, sync and async APIs all work. */
   readonly queue: IoQueue;
   readonly cq: IoCompletionQueue;
-  /** A data buffer the owner exported (exportBuffer), for commands on this queue. */
+  /** A data buffer the owner exported (exportBuffer), for commands on this queue. ClosedError after close(). */
   buffer(m: SharedMapping): DmaBuffer;
-  /** Detach every view; the owner may free the memory afterwards. Idempotent. */
+  /**
+   * Detach every view (rings, list pages, buffers); commands still outstanding fail with
+   * ClosedError. The owner may free the memory afterwards. Idempotent.
+   */
   close(): void;
 }
 
-/** In the Worker: rebuild the queue described by exportIoQueue(). */
-export function attachIoQueue(d: SharedIoQueue): AttachedIoQueue {
+/** In the Worker: rebuild the queue described by exportIoQueue(). InvalidArgumentError for a malformed description. */
+export function attachIoQueue(shared: SharedIoQueue): AttachedIoQueue {
+  const d = checkShared(shared);
   const backend = new SharedBackend(d);
   const ctx = { backend, dstrd: d.dstrd, timeoutMs: d.timeoutMs, maxTransfer: d.maxTransfer, sgls: d.sgls };
-  if (d.sqDoorbell !== REG_DOORBELL_BASE + 2 * d.qid * (4 << d.dstrd)) {
-    throw new InvalidArgumentError(`SQ ${d.qid}: doorbell 0x${d.sqDoorbell.toString(16)} does not match DSTRD ${d.dstrd}`);
-  }
-  backend.lend(d.cq);
-  const cq = new IoCompletionQueue(backend, d.cqid, d.cqEntries, d.dstrd);
-  // IoQueue allocates its SQ ring, then its list pages.
-  backend.lend(d.sq);
-  backend.lend(d.lists);
-  const queue = new IoQueue(ctx, d.qid, d.entries, cq, { timeoutMs: d.timeoutMs, dataPointer: d.dataPointer });
-  cq.sqs.set(d.qid, queue);
-  // Same memory, same roles: a change in how IoQueue allocates must not swap rings silently.
-  if (
-    Number(queue.sq.mem.pointer) !== d.sq.vaddr ||
-    Number(cq.cq.mem.pointer) !== d.cq.vaddr ||
-    Number(queue.listBuffer(0).pointer) !== d.lists.vaddr ||
-    queue.sq.doorbell !== d.sqDoorbell ||
-    cq.cq.doorbell !== d.cqDoorbell ||
-    queue.listPages !== d.listPages
-  ) {
-    queue.free();
-    cq.free();
+  let cq: IoCompletionQueue | undefined;
+  let queue: IoQueue | undefined;
+  try {
+    backend.lend(d.cq);
+    cq = new IoCompletionQueue(backend, d.cqid, d.cqEntries, d.dstrd);
+    // IoQueue allocates its SQ ring, then its list pages.
+    backend.lend(d.sq);
+    backend.lend(d.lists);
+    queue = new IoQueue(ctx, d.qid, d.entries, cq, { timeoutMs: d.timeoutMs, dataPointer: d.dataPointer });
+    // Same memory, same roles: a change in how IoQueue allocates must not swap rings silently.
+    if (
+      Number(queue.sq.mem.pointer) !== d.sq.vaddr ||
+      Number(cq.cq.mem.pointer) !== d.cq.vaddr ||
+      Number(queue.listBuffer(0).pointer) !== d.lists.vaddr ||
+      queue.sq.doorbell !== d.sqDoorbell ||
+      cq.cq.doorbell !== d.cqDoorbell ||
+      queue.listPages !== d.listPages
+    ) {
+      throw new InvalidArgumentError(`the Worker's view of I/O queue ${d.qid} does not match the exported one (maxTransfer or the queue layout differ)`);
+    }
+  } catch (e) {
+    queue?.free();
+    cq?.free();
     backend.close();
-    throw new InvalidArgumentError(`the Worker's view of I/O queue ${d.qid} does not match the exported one`);
+    throw e;
   }
+  cq.sqs.set(d.qid, queue);
   queue.sq.tail = d.sqTail;
   queue.sq.head = d.sqHead;
   cq.cq.head = d.cqHead;
   cq.cq.phase = d.cqPhase;
+  const q = queue;
+  const ioCq = cq;
   const buffers: DmaBuffer[] = [];
   let closed = false;
   return {
-    queue,
-    cq,
+    queue: q,
+    cq: ioCq,
     buffer(m: SharedMapping): DmaBuffer {
-      backend.lend(m);
+      if (closed) throw new ClosedError(`I/O queue ${d.qid} was detached from this Worker (close()); attach it again`);
+      backend.lend(checkMapping("shared buffer", m));
       const b = new DmaBuffer(backend, m.size);
       buffers.push(b);
       return b;
@@ -231,9 +358,9 @@ export function attachIoQueue(d: SharedIoQueue): AttachedIoQueue {
       if (closed) return;
       closed = true;
       // free() on a borrowed mapping only detaches the views: the owner still owns the memory.
-      for (const b of buffers) b.free();
-      queue.free();
-      cq.free();
+      for (const b of buffers.splice(0)) b.free();
+      q.free();
+      ioCq.free();
       backend.close();
     },
   };

@@ -18,11 +18,10 @@ import { ControllerBusyError, DeviceError, NativeError, PermissionError } from "
 import { check, checkPtr, cstr, native } from "../native.ts";
 import { findPciDevice, PCI_CLASS_NVME, SYSFS_PCI_DEVICES, type PciDevice } from "../pci.ts";
 import { BAR0_MIN_SIZE } from "../spec/registers.ts";
+import { allocHostPages, freeLive, isContiguous } from "./dma-common.ts";
 import { HOST_PAGE_SIZE, type Backend, type DmaMapping, type DmaOptions } from "./types.ts";
 
-/** c/include/nvm_native.h, c/include/disnvm_ioctl.h */
-const DMA_HUGE = 1;
-const HUGE_PAGE_SIZE = 2 << 20;
+/** c/include/disnvm_ioctl.h */
 const INFO_DWORDS = 32;
 const DISNVM_ABI_VERSION = 1;
 const INFO_CUDA = 1;
@@ -260,29 +259,9 @@ export class DisnvmBackend implements Backend {
   allocDma(size: number, opts: DmaOptions = {}): DmaMapping {
     if (this.#closed) throw new DeviceError(`${this.name} is closed`);
     const n = native();
-    const pages = Math.ceil(size / HOST_PAGE_SIZE);
     // The module maps whatever pages it is given; one bus range for a multi-page request still
     // needs physically contiguous memory when no IOMMU merges it: 2 MiB hugepages, as sysfs.ts.
-    const huge = opts.contiguous === true && pages > 1;
-    if (huge && size > HUGE_PAGE_SIZE) {
-      throw new DeviceError(`a bus-contiguous DMA range is limited to ${HUGE_PAGE_SIZE} bytes here (asked ${size})`);
-    }
-    const flags = huge ? DMA_HUGE : 0;
-    const vaddr = n.nvm_dma_alloc(size, flags);
-    if (vaddr === null) {
-      const errno = n.nvm_last_error();
-      if (huge && errno === ENOMEM) {
-        throw new PermissionError(
-          `no free 2 MiB hugepage for a contiguous DMA range of ${size} bytes: reserve some with \`echo 64 > /proc/sys/vm/nr_hugepages\``,
-        );
-      }
-      if (errno === ENOMEM || errno === EPERM || errno === 11) {
-        throw new PermissionError(
-          `cannot lock ${size} bytes of DMA memory (errno ${errno}): raise the memlock limit (\`ulimit -l unlimited\`, or LimitMEMLOCK= for a service)`,
-        );
-      }
-      throw new NativeError(`DMA allocation of ${size} bytes failed: errno ${errno}`, errno, "nvm_dma_alloc");
-    }
+    const { vaddr, pages, flags } = allocHostPages(size, opts.contiguous === true, "bus-contiguous");
     const bytes = pages * HOST_PAGE_SIZE;
     const out = checkPtr(n.nvm_host_alloc(pages * 8), "nvm_host_alloc");
     try {
@@ -308,10 +287,7 @@ export class DisnvmBackend implements Backend {
   }
 
   freeDma(mapping: DmaMapping): void {
-    const a = mapping as Allocation;
-    if (!this.#live.delete(a)) return;
-    a.revoke?.();
-    this.#release(a);
+    freeLive(this.#live, mapping, (a) => this.#release(a));
   }
 
   /** DISNVM_IOC_UNMAP, then give the memory back. The memory goes even if the unmap failed. */
@@ -341,13 +317,4 @@ export class DisnvmBackend implements Backend {
   [Symbol.dispose](): void {
     this.close();
   }
-}
-
-function isContiguous(iova: Uint32Array): boolean {
-  for (let i = 2; i < iova.length; i += 2) {
-    const prev = iova[i - 2]! + iova[i - 1]! * TWO32;
-    const cur = iova[i]! + iova[i + 1]! * TWO32;
-    if (cur !== prev + HOST_PAGE_SIZE) return false;
-  }
-  return true;
 }

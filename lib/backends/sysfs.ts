@@ -10,10 +10,8 @@ import { DeviceError, NativeError, PermissionError } from "../errors.ts";
 import { check, checkPtr, cstr, native } from "../native.ts";
 import { configWrite, enableBusMaster, findPciDevice, hasCapSysAdmin, parseBdf, PCI_COMMAND, type PciDevice } from "../pci.ts";
 import { BAR0_MIN_SIZE } from "../spec/registers.ts";
+import { allocHostPages, freeLive, isContiguous } from "./dma-common.ts";
 import { HOST_PAGE_SIZE, type Backend, type DmaMapping, type DmaOptions } from "./types.ts";
-
-const DMA_HUGE = 1;
-const HUGE_PAGE_SIZE = 2 << 20;
 
 interface Allocation extends DmaMapping {
   readonly flags: number;
@@ -70,28 +68,8 @@ export class SysfsBackend implements Backend {
   allocDma(size: number, opts: DmaOptions = {}): DmaMapping {
     if (this.#closed) throw new DeviceError(`${this.name} is closed`);
     const n = native();
-    const pages = Math.ceil(size / HOST_PAGE_SIZE);
-    // One 4 KiB page is contiguous by itself; larger contiguous ranges come from 2 MiB hugepages.
-    const huge = opts.contiguous === true && pages > 1;
-    if (huge && size > HUGE_PAGE_SIZE) {
-      throw new DeviceError(`a physically contiguous DMA range is limited to ${HUGE_PAGE_SIZE} bytes here (asked ${size})`);
-    }
-    const flags = huge ? DMA_HUGE : 0;
-    const vaddr = n.nvm_dma_alloc(size, flags);
-    if (vaddr === null) {
-      const errno = n.nvm_last_error();
-      if (huge && errno === 12) {
-        throw new PermissionError(
-          `no free 2 MiB hugepage for a contiguous DMA range of ${size} bytes: reserve some with \`echo 64 > /proc/sys/vm/nr_hugepages\``,
-        );
-      }
-      if (errno === 12 || errno === 1 || errno === 11) {
-        throw new PermissionError(
-          `cannot lock ${size} bytes of DMA memory (errno ${errno}): raise the memlock limit (\`ulimit -l unlimited\`, or LimitMEMLOCK= for a service)`,
-        );
-      }
-      throw new NativeError(`DMA allocation of ${size} bytes failed: errno ${errno}`, errno, "nvm_dma_alloc");
-    }
+    // A contiguous range of more than one page comes from a 2 MiB hugepage.
+    const { vaddr, pages, flags } = allocHostPages(size, opts.contiguous === true, "physically contiguous");
     const out = checkPtr(n.nvm_host_alloc(pages * 8), "nvm_host_alloc");
     try {
       const rc = n.nvm_phys_addrs(vaddr, pages, out);
@@ -117,10 +95,7 @@ export class SysfsBackend implements Backend {
   }
 
   freeDma(mapping: DmaMapping): void {
-    const a = mapping as Allocation;
-    if (!this.#live.delete(a)) return;
-    a.revoke?.();
-    check(native().nvm_dma_free(a.vaddr, a.size, a.flags), "nvm_dma_free");
+    freeLive(this.#live, mapping, (a) => check(native().nvm_dma_free(a.vaddr, a.size, a.flags), "nvm_dma_free"));
   }
 
   close(): void {
@@ -135,13 +110,4 @@ export class SysfsBackend implements Backend {
       // The device may have gone away; nothing more to release.
     }
   }
-}
-
-function isContiguous(iova: Uint32Array): boolean {
-  for (let i = 2; i < iova.length; i += 2) {
-    const prev = iova[i - 2]! + iova[i - 1]! * 0x1_0000_0000;
-    const cur = iova[i]! + iova[i + 1]! * 0x1_0000_0000;
-    if (cur !== prev + HOST_PAGE_SIZE) return false;
-  }
-  return true;
 }

@@ -20,6 +20,7 @@ import { IovaAllocator, iovaGranule, join64, type IovaRange } from "../iova.ts";
 import { check, checkPtr, cstr, errnoName, native } from "../native.ts";
 import { findPciDevice, parseBdf, PCI_COMMAND, PCI_COMMAND_MASTER, PCI_COMMAND_MEMORY, type PciDevice } from "../pci.ts";
 import { BAR0_MIN_SIZE } from "../spec/registers.ts";
+import { dmaAllocError, freeLive } from "./dma-common.ts";
 import { HOST_PAGE_SIZE, type Backend, type DmaMapping, type DmaOptions } from "./types.ts";
 
 // c/include/nvm_native.h
@@ -52,7 +53,6 @@ export const VFIO_TYPE1v2_IOMMU = 3;
 const TWO32 = 0x1_0000_0000;
 const EPERM = 1;
 const ENOENT = 2;
-const EAGAIN = 11;
 const ENOMEM = 12;
 const EACCES = 13;
 const EBUSY = 16;
@@ -363,15 +363,7 @@ export class VfioBackend implements Backend {
     if (bytes > 0xffff_f000) throw new DeviceError(`a DMA allocation is limited to 4 GiB - 4 KiB here (asked ${size})`);
     const n = native();
     const vaddr = n.nvm_dma_alloc(bytes, 0);
-    if (vaddr === null) {
-      const errno = n.nvm_last_error();
-      if (errno === ENOMEM || errno === EPERM || errno === EAGAIN) {
-        throw new PermissionError(
-          `cannot lock ${bytes} bytes of DMA memory (${errnoName(errno)}): raise the memlock limit (\`ulimit -l unlimited\`, or LimitMEMLOCK= for a service)`,
-        );
-      }
-      throw new NativeError(`DMA allocation of ${bytes} bytes failed: ${errnoName(errno)}`, errno, "nvm_dma_alloc");
-    }
+    if (vaddr === null) throw dmaAllocError(bytes, n.nvm_last_error(), { errnoText: errnoName });
     if (Number(vaddr) % granule !== 0) {
       n.nvm_dma_free(vaddr, bytes, 0);
       throw new DeviceError(`the IOMMU's smallest page is ${granule} bytes but host memory came ${HOST_PAGE_SIZE}-aligned: not supported`);
@@ -411,17 +403,16 @@ export class VfioBackend implements Backend {
   }
 
   freeDma(mapping: DmaMapping): void {
-    const a = mapping as Allocation;
-    if (!this.#live.delete(a)) return;
-    a.revoke?.();
-    const n = native();
-    const rc = n.nvm_vfio_dma_unmap(this.#fds.container, a.iovaStart % TWO32, Math.floor(a.iovaStart / TWO32), a.size);
-    // When the unmap failed, the IOMMU may still map the range: its IOVA is never reused (the kernel
-    // keeps the pages pinned until the container goes, so freeing our mapping of them is safe).
-    if (rc === 0) this.#iova.free(a.iovaStart);
-    const freed = n.nvm_dma_free(a.vaddr, a.size, 0);
-    check(rc, "VFIO_IOMMU_UNMAP_DMA", this.name);
-    check(freed, "nvm_dma_free");
+    freeLive(this.#live, mapping, (a) => {
+      const n = native();
+      const rc = n.nvm_vfio_dma_unmap(this.#fds.container, a.iovaStart % TWO32, Math.floor(a.iovaStart / TWO32), a.size);
+      // When the unmap failed, the IOMMU may still map the range: its IOVA is never reused (the kernel
+      // keeps the pages pinned until the container goes, so freeing our mapping of them is safe).
+      if (rc === 0) this.#iova.free(a.iovaStart);
+      const freed = n.nvm_dma_free(a.vaddr, a.size, 0);
+      check(rc, "VFIO_IOMMU_UNMAP_DMA", this.name);
+      check(freed, "nvm_dma_free");
+    });
   }
 
   /**

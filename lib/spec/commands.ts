@@ -81,8 +81,10 @@ export interface Command {
 }
 
 const TWO32 = 0x1_0000_0000;
-export const lo32 = (v: number): number => v % TWO32 >>> 0;
-export const hi32 = (v: number): number => Math.floor(v / TWO32) >>> 0;
+// ToUint32 keeps the low 32 bits of any integer below 2^53 and, unlike `% 2^32`, compiles to
+// integer instructions; the high half is then an exact division.
+export const lo32 = (v: number): number => v >>> 0;
+export const hi32 = (v: number): number => ((v - (v >>> 0)) / TWO32) >>> 0;
 
 /**
  * Fill the SQ slot at dword offset `o`: every dword, so nothing of the slot's previous command
@@ -100,26 +102,28 @@ export function writeSqe(
   cdw10: number,
   cdw11: number,
   cdw12: number,
-  cdw13 = 0,
-  cdw14 = 0,
-  cdw15 = 0,
+  cdw13?: number,
+  cdw14?: number,
+  cdw15?: number,
 ): void {
+  // Optional rather than defaulted: default values make JSC copy every argument on each call.
   sq[o] = ((opcode & 0xff) | (cid << 16)) >>> 0;
   sq[o + 1] = nsid >>> 0;
   sq[o + 2] = 0;
   sq[o + 3] = 0;
   sq[o + 4] = 0;
   sq[o + 5] = 0;
-  sq[o + 6] = prp1 % TWO32 >>> 0;
-  sq[o + 7] = Math.floor(prp1 / TWO32) >>> 0;
-  sq[o + 8] = prp2 % TWO32 >>> 0;
-  sq[o + 9] = Math.floor(prp2 / TWO32) >>> 0;
+  sq[o + 6] = lo32(prp1);
+  sq[o + 7] = hi32(prp1);
+  sq[o + 8] = lo32(prp2);
+  sq[o + 9] = hi32(prp2);
   sq[o + 10] = cdw10 >>> 0;
   sq[o + 11] = cdw11 >>> 0;
   sq[o + 12] = cdw12 >>> 0;
-  sq[o + 13] = cdw13 >>> 0;
-  sq[o + 14] = cdw14 >>> 0;
-  sq[o + 15] = cdw15 >>> 0;
+  // ToUint32(undefined) is 0.
+  sq[o + 13] = (cdw13 as number) >>> 0;
+  sq[o + 14] = (cdw14 as number) >>> 0;
+  sq[o + 15] = (cdw15 as number) >>> 0;
 }
 
 /** Write `cmd` with command identifier `cid` into the SQ slot at dword offset `o`. */

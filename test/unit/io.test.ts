@@ -509,6 +509,10 @@ describe("buffer checks", () => {
     ["buffer of another backend", () => ({ buf: alloc(PAGE, other), offset: 0, bytes: 512 }), InvalidArgumentError, /belongs to another controller/],
     ["offset not a multiple of 4", () => ({ buf: alloc(PAGE), offset: 2, bytes: 512 }), InvalidArgumentError, /multiple of 4/],
     ["negative offset", () => ({ buf: alloc(PAGE), offset: -4, bytes: 512 }), InvalidArgumentError, /offset/],
+    ["offset not an integer", () => ({ buf: alloc(PAGE), offset: 4.5, bytes: 512 }), InvalidArgumentError, /multiple of 4/],
+    ["zero bytes", () => ({ buf: alloc(PAGE), offset: 0, bytes: 0 }), InvalidArgumentError, /positive integer/],
+    ["bytes not an integer", () => ({ buf: alloc(PAGE), offset: 0, bytes: 512.5 }), InvalidArgumentError, /positive integer/],
+    ["negative bytes", () => ({ buf: alloc(PAGE), offset: 0, bytes: -512 }), InvalidArgumentError, /positive integer/],
     ["buffer too small", () => ({ buf: alloc(PAGE), offset: 512, bytes: PAGE }), InvalidArgumentError, /too small/],
     ["bytes > maxTransfer", (q) => ({ buf: alloc(q.maxTransfer + PAGE), offset: 0, bytes: q.maxTransfer + 512 }), InvalidArgumentError, /largest transfer/],
   ];
@@ -537,6 +541,45 @@ describe("buffer checks", () => {
       expect(q.acquire()).toBe(0); // every CID went back
     });
   }
+});
+
+describe("command field checks", () => {
+  const cases: Array<[string, number, number, RegExp]> = [
+    ["0 blocks", 0, 0, /NLB is 16 bits/],
+    ["65537 blocks", 0, 65537, /NLB is 16 bits/],
+    ["1.5 blocks", 0, 1.5, /NLB is 16 bits/],
+    ["NaN blocks", 0, NaN, /NLB is 16 bits/],
+    ["SLBA -1", -1, 1, /SLBA -1 is not a non-negative integer/],
+    ["SLBA 1.5", 1.5, 1, /SLBA 1.5/],
+    ["SLBA 2^53", 2 ** 53, 1, /SLBA/],
+    ["SLBA NaN", NaN, 1, /SLBA NaN/],
+  ];
+  for (const [name, slba, blocks, msg] of cases) {
+    test(`${name}: rw() throws InvalidArgumentError and posts nothing; the CID stays acquired`, () => {
+      const { q, ctrl } = setup({ entries: 8 });
+      const buf = alloc(PAGE);
+      const cid = q.acquire();
+      expect(() => q.rw(cid, NVM_READ, 1, slba, blocks, buf, 0, 512)).toThrow(msg);
+      expect(q.sq.tail).toBe(0);
+      expect(q.outstanding).toBe(0);
+      q.submit();
+      expect(ctrl.seen.length).toBe(0);
+      q.release(cid);
+      expect(q.ioCq.credits).toBe(7);
+    });
+  }
+
+  test("65536 blocks and SLBA 2^53-1 are accepted (the field limits themselves)", () => {
+    const { q } = setup({ entries: 8 });
+    const buf = alloc(PAGE);
+    const cid = q.acquire();
+    q.rw(cid, NVM_READ, 1, 2 ** 53 - 1, 65536, buf, 0, 512);
+    const o = 0;
+    expect(q.sq.sqe[o + 10]).toBe(0xffffffff);
+    expect(q.sq.sqe[o + 11]).toBe(0x1fffff);
+    expect(q.sq.sqe[o + 12]! & 0xffff).toBe(0xffff);
+    expect(q.outstanding).toBe(1);
+  });
 });
 
 // ------------------------------------------------------------------------------------------------
@@ -605,6 +648,30 @@ describe("submit() and poll()", () => {
     for (const c of again) q.release(c);
     expect(q.poll()).toBe(0);
     expect(cqRings).toBe(1);
+  });
+
+  test("a handler that runs a sync command (polling the same CQ) sees every completion exactly once", () => {
+    const { q, ctrl } = setup({ entries: 8 });
+    const buf = alloc(PAGE);
+    ctrl.responder = (c) => ({ dw0: c.sqe[10]! });
+    const seen: number[] = [];
+    let syncDw0 = -1;
+    q.onComplete = (_cid, status, dw0) => {
+      expect(status).toBe(0);
+      seen.push(dw0);
+      // The first completion's handler issues a sync command: its spin reaps the other two.
+      if (seen.length === 1) syncDw0 = q.rwSync(NVM_READ, 1, 100, 1, buf, 0, 512);
+    };
+    for (let i = 0; i < 3; i++) q.rw(q.acquire(), NVM_READ, 1, i, 1, buf, 0, 512);
+    q.submit();
+    expect(q.poll()).toBe(1); // the rest were reaped (and counted) by the nested poll
+    expect(seen).toEqual([0, 1, 2]);
+    expect(syncDw0).toBe(100);
+    expect(q.poll()).toBe(0);
+    expect(q.outstanding).toBe(0);
+    expect(q.ioCq.cq.head).toBe(4);
+    expect(backend.reg(cqDoorbell(1))).toBe(4);
+    expect(q.ioCq.credits).toBe(7);
   });
 
   test("completions across several CQ wraps: phase followed, head doorbell right each time", () => {

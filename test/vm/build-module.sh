@@ -28,18 +28,8 @@ export LC_ALL=C
 log() { echo "build-module.sh: $*" >&2; }
 die() { echo "build-module.sh: error: $*" >&2; exit 1; }
 
-SUDO=""
-if [ "$(id -u)" -ne 0 ]; then
-  command -v sudo >/dev/null 2>&1 && SUDO="sudo" || true
-fi
-APT_UPDATED=0
-apt_update_once() {
-  if [ "$APT_UPDATED" -eq 0 ]; then
-    log "apt-get update"
-    $SUDO apt-get update -qq
-    APT_UPDATED=1
-  fi
-}
+# apt_install_missing, apt_update_once, apt_download
+source "$SCRIPT_DIR/apt.sh"
 
 for f in "$MODSRC/disnvm.c" "$MODSRC/Kbuild" "$UAPI"; do
   [ -f "$f" ] || die "missing $f"
@@ -51,17 +41,7 @@ done
 # because 6.12's headers ship a vmlinux, so module BTF is generated there (CONFIG_PAHOLE_VERSION=124,
 # bookworm's pahole); kmod for modinfo. bc and libelf-dev are not needed for an external module.
 PACKAGES=(gcc-12 make libelf1 kmod dwarves)
-missing=()
-for p in "${PACKAGES[@]}"; do
-  if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed'; then
-    missing+=("$p")
-  fi
-done
-if [ "${#missing[@]}" -gt 0 ]; then
-  apt_update_once
-  log "installing: ${missing[*]}"
-  $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}"
-fi
+apt_install_missing "${PACKAGES[@]}"
 
 # ---------------------------------------------------------------------------------------------
 # Headers for one kernel version: echo the root they were extracted into.
@@ -98,14 +78,6 @@ common_pkg() {
     | sed -nE 's/^ *(linux-headers-[^ ]+-common).*/\1/p' | head -n1
 }
 
-download() { # download <dir> <pkg>=<version>...
-  local dir="$1"
-  shift
-  # apt-get download drops privileges to _apt when it can; a dir it cannot write to only warns.
-  (cd "$dir" && apt-get download "$@" 2> >(grep -v 'unsandboxed' >&2)) \
-    || { apt_update_once; (cd "$dir" && apt-get download "$@"); }
-}
-
 headers_root() {
   local kver="$1" ver kb common
   local dir="$CACHE/headers/$kver"
@@ -128,7 +100,7 @@ headers_root() {
   rm -rf "$dir"
   mkdir -p "$dir/debs" "$dir/root.tmp"
   # shellcheck disable=SC2086
-  download "$dir/debs" $want >&2 || die "apt-get download $want failed"
+  apt_download "$dir/debs" $want >&2 || die "apt-get download $want failed"
   local d
   for d in "$dir/debs/"*.deb; do
     dpkg -x "$d" "$dir/root.tmp"

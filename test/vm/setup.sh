@@ -25,35 +25,13 @@ MODULES=(virtio_ring virtio virtio_pci_modern_dev virtio_pci_legacy_dev virtio_p
 log() { echo "setup.sh: $*" >&2; }
 die() { echo "setup.sh: error: $*" >&2; exit 1; }
 
-SUDO=""
-if [ "$(id -u)" -ne 0 ]; then
-  command -v sudo >/dev/null 2>&1 && SUDO="sudo" || true
-fi
-
-APT_UPDATED=0
-apt_update_once() {
-  if [ "$APT_UPDATED" -eq 0 ]; then
-    log "apt-get update"
-    $SUDO apt-get update -qq
-    APT_UPDATED=1
-  fi
-}
+# apt_install_missing, apt_update_once, apt_download
+source "$SCRIPT_DIR/apt.sh"
 
 # ---------------------------------------------------------------------------------------------
 # 1. packages
 PACKAGES=(qemu-system-x86 busybox-static cpio kmod pciutils xz-utils cmake gcc make)
-missing=()
-for p in "${PACKAGES[@]}"; do
-  # "install ok installed" only: a removed-but-not-purged package also answers dpkg -s.
-  if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed'; then
-    missing+=("$p")
-  fi
-done
-if [ "${#missing[@]}" -gt 0 ]; then
-  apt_update_once
-  log "installing: ${missing[*]}"
-  $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}"
-fi
+apt_install_missing "${PACKAGES[@]}"
 
 # ---------------------------------------------------------------------------------------------
 # 2. the C library
@@ -92,10 +70,7 @@ shopt -s nullglob
 debs=("$CACHE/debs/${KPKG}_"*.deb)
 if [ "${#debs[@]}" -eq 0 ]; then
   log "downloading $KPKG"
-  # apt-get download drops privileges to _apt when it can; a cache dir it cannot write to only
-  # produces a warning, and the download then happens as root.
-  (cd "$CACHE/debs" && apt-get download "$KPKG" 2> >(grep -v 'unsandboxed' >&2)) \
-    || { apt_update_once; (cd "$CACHE/debs" && apt-get download "$KPKG"); }
+  apt_download "$CACHE/debs" "$KPKG"
   debs=("$CACHE/debs/${KPKG}_"*.deb)
   [ "${#debs[@]}" -gt 0 ] || die "apt-get download $KPKG produced no .deb"
 fi
