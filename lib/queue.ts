@@ -224,7 +224,8 @@ export class QueuePair {
       if ((spins & 255) === 255) {
         if (performance.now() > deadline) {
           throw new NvmeTimeoutError(
-            `${commandName(cmd.opcode, this.admin)} (cid ${cid}) on queue ${this.qid} did not complete within ${timeoutMs} ms`,
+            `${commandName(cmd.opcode, this.admin)} (cid ${cid}) on queue ${this.qid} did not complete within ${timeoutMs} ms` +
+              (this.admin ? ": if the controller stopped answering, Controller.reset() re-initializes it and re-creates its I/O queues" : ""),
             timeoutMs,
           );
         }

@@ -106,21 +106,37 @@ export function writeSqe(
   cdw14?: number,
   cdw15?: number,
 ): void {
-  // Optional rather than defaulted: default values make JSC copy every argument on each call.
+  // Three parts, each small enough for the JIT to inline (so the whole writer inlines into the
+  // caller's loop); optional rather than defaulted arguments, as default values make JSC copy
+  // every argument on each call.
+  writeSqeHeader(sq, o, opcode, cid, nsid);
+  writeSqePrps(sq, o, prp1, prp2);
+  writeSqeCdws(sq, o, cdw10, cdw11, cdw12, cdw13, cdw14, cdw15);
+}
+
+/** CDW0 (OPC, FUSE 0, PSDT 0, CID), NSID and MPTR 0. */
+function writeSqeHeader(sq: Uint32Array, o: number, opcode: number, cid: number, nsid: number): void {
   sq[o] = ((opcode & 0xff) | (cid << 16)) >>> 0;
   sq[o + 1] = nsid >>> 0;
   sq[o + 2] = 0;
   sq[o + 3] = 0;
   sq[o + 4] = 0;
   sq[o + 5] = 0;
-  sq[o + 6] = lo32(prp1);
-  sq[o + 7] = hi32(prp1);
-  sq[o + 8] = lo32(prp2);
-  sq[o + 9] = hi32(prp2);
+}
+
+/** DPTR as PRP1/PRP2 (lo32/hi32 written out: the calls would push this past the inlining limit). */
+function writeSqePrps(sq: Uint32Array, o: number, prp1: number, prp2: number): void {
+  sq[o + 6] = prp1 >>> 0;
+  sq[o + 7] = (prp1 - (prp1 >>> 0)) / 0x1_0000_0000;
+  sq[o + 8] = prp2 >>> 0;
+  sq[o + 9] = (prp2 - (prp2 >>> 0)) / 0x1_0000_0000;
+}
+
+/** CDW10-15; an omitted dword is 0 (ToUint32(undefined) is 0). */
+function writeSqeCdws(sq: Uint32Array, o: number, cdw10: number, cdw11: number, cdw12: number, cdw13?: number, cdw14?: number, cdw15?: number): void {
   sq[o + 10] = cdw10 >>> 0;
   sq[o + 11] = cdw11 >>> 0;
   sq[o + 12] = cdw12 >>> 0;
-  // ToUint32(undefined) is 0.
   sq[o + 13] = (cdw13 as number) >>> 0;
   sq[o + 14] = (cdw14 as number) >>> 0;
   sq[o + 15] = (cdw15 as number) >>> 0;

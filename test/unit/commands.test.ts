@@ -44,6 +44,7 @@ import {
   readWrite,
   setFeatures,
   writeCommand,
+  writeSqe,
   type Command,
 } from "../../lib/spec/commands.ts";
 
@@ -127,6 +128,28 @@ describe("writeCommand", () => {
     expect(hi32(0x1_0000_0000)).toBe(1);
     expect(lo32(0x1f_ffff_ffff_f000)).toBe(0xfffff000);
     expect(hi32(0x1f_ffff_ffff_f000)).toBe(0x1fffff);
+  });
+});
+
+describe("writeSqe", () => {
+  test("every dword of the slot: 64-bit PRPs split lo/hi, CDW10-12 as given, omitted CDW13-15 zero", () => {
+    const ring = dirtyRing();
+    const o = SQE_DWORDS; // the middle slot
+    writeSqe(ring, o, NVM_WRITE, 0xabcd, 7, 0x12_3456_7000, 2 ** 53 - 4096, 0xffff_ffff, 3, 0x8000_0007);
+    expect(Array.from(ring.subarray(o, o + SQE_DWORDS))).toEqual([
+      (0xabcd << 16 | NVM_WRITE) >>> 0, 7, 0, 0, 0, 0,
+      0x3456_7000, 0x12, 0xffff_f000, 0x1f_ffff,
+      0xffff_ffff, 3, 0x8000_0007, 0, 0, 0,
+    ]);
+    // The slots around it are untouched.
+    expect(ring.subarray(0, o).every((d) => d === 0xffffffff)).toBe(true);
+    expect(ring.subarray(o + SQE_DWORDS).every((d) => d === 0xffffffff)).toBe(true);
+  });
+
+  test("CDW13-15 when given; PRP2 0", () => {
+    const ring = dirtyRing();
+    writeSqe(ring, 0, NVM_READ, 1, 1, 4096, 0, 1, 2, 3, 4, 5, 6);
+    expect(Array.from(ring.subarray(0, SQE_DWORDS))).toEqual([(1 << 16) | NVM_READ, 1, 0, 0, 0, 0, 4096, 0, 0, 0, 1, 2, 3, 4, 5, 6]);
   });
 });
 

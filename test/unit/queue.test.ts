@@ -300,7 +300,7 @@ describe("QueuePair.execute", () => {
     const elapsed = performance.now() - t0;
     expect(err).toBeInstanceOf(NvmeTimeoutError);
     expect((err as NvmeTimeoutError).timeoutMs).toBe(20);
-    expect((err as Error).message).toContain("Identify (cid 0) on queue 0 did not complete within 20 ms");
+    expect((err as Error).message).toContain("Identify (cid 0) on queue 0 did not complete within 20 ms: if the controller stopped answering, Controller.reset()");
     expect(elapsed).toBeGreaterThanOrEqual(19);
     expect(elapsed).toBeLessThan(1000);
     expect(p.ctrl.seen.length).toBe(1); // it was posted and the doorbell rung
