@@ -486,14 +486,6 @@ export class Controller {
     else this.#deferred.push(resource);
   }
 
-  #deleteQuietly(c: cmd.Command): void {
-    try {
-      this.admin.execute(c);
-    } catch {
-      // Already failing; the original error is the one to report.
-    }
-  }
-
   /** Get Log Page into a fresh copy of `bytes` bytes (multiple of 4; PRP list when over two pages). */
   getLogPage(lid: number, bytes: number, opts: { nsid?: number; offset?: number } = {}): Uint8Array {
     this.#check();

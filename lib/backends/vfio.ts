@@ -35,7 +35,6 @@ const STEP = {
   SET_IOMMU: 7,
   DEVICE: 8,
 } as const;
-const OPEN_DWORDS = 8;
 const INFO_HDR_DWORDS = 8;
 /** IOVA ranges read from the capability chain; real IOMMUs report a handful. */
 const MAX_RANGES = 64;
