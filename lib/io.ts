@@ -172,8 +172,10 @@ export class IoCompletionQueue {
       // One Map lookup per change of SQ, not per completion (usually one SQ per CQ).
       if (q === undefined || q.qid !== sqid) q = this.lastSq = this.sqs.get(sqid);
       q?.complete(dw3 & 0xffff, dw3 >>> 17, dw0, dw2 & 0xffff);
+      // The handler may have polled (head, phase) or deleted its queue (lastSq): reload.
       head = cq.head;
       phase = cq.phase;
+      q = this.lastSq;
     }
     if (n > 0) cq.ring();
     return n;

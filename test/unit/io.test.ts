@@ -674,6 +674,31 @@ describe("submit() and poll()", () => {
     expect(q.ioCq.credits).toBe(7);
   });
 
+  test("a handler that deletes its queue and creates another with the same id: the new queue gets its completions", () => {
+    const { q, cq, ctrl } = setup({ entries: 8, cqEntries: 16 });
+    const buf = alloc(PAGE);
+    ctrl.responder = (c) => ({ dw0: c.sqe[10]! });
+    const got: number[] = [];
+    let replacement: IoQueue | undefined;
+    q.onComplete = () => {
+      q.free();
+      const r = addSq(cq, ctrl, { qid: q.qid, entries: 8 }).q;
+      r.onComplete = (_cid, status, dw0) => {
+        expect(status).toBe(0);
+        got.push(dw0);
+      };
+      r.rw(r.acquire(), NVM_READ, 1, 77, 1, buf, 0, 512);
+      r.submit(); // the fake answers at once: this CQE lands right behind the one being dispatched
+      replacement = r;
+    };
+    q.rw(q.acquire(), NVM_READ, 1, 5, 1, buf, 0, 512);
+    q.submit();
+    expect(cq.poll()).toBe(2);
+    expect(got).toEqual([77]);
+    expect(replacement!.outstanding).toBe(0);
+    expect(cq.credits).toBe(15);
+  });
+
   test("completions across several CQ wraps: phase followed, head doorbell right each time", () => {
     const qid = 1;
     const { q, ctrl } = setup({ entries: 4, cqEntries: 4 });
