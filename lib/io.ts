@@ -17,7 +17,7 @@ import { ClosedError, ControllerFatalError, InvalidArgumentError, NvmeStatusErro
 import { native } from "./native.ts";
 import type { Backend } from "./backends/types.ts";
 import { DmaBuffer } from "./dma.ts";
-import { prpListPages, writePrp } from "./prp.ts";
+import { prpListPages, writePrp, writePrpPair } from "./prp.ts";
 import { buildSgl, sglListPages, sglSupport } from "./sgl.ts";
 import { CompletionQueue, SubmissionQueue } from "./queue.ts";
 import { commandName, hi32, lo32 } from "./spec/commands.ts";
@@ -96,20 +96,6 @@ function writeRwCdws(sqe: Uint32Array, o: number, slba: number, blocks: number, 
   sqe[o + 10] = lo32(slba);
   sqe[o + 11] = hi32(slba);
   sqe[o + 12] = ((blocks - 1) & 0xffff) | cdw12Flags;
-}
-
-/**
- * PRP1 and PRP2 for a transfer within two pages, from the per-page (lo, hi) bus addresses with
- * integer stores only. Page bus addresses are 4 KiB aligned, so lo + the in-page offset never
- * carries into hi. `at` is the byte offset in the mapping (below 2^31).
- */
-function writePrpPair(sqe: Uint32Array, o: number, iova: Uint32Array, at: number, inPage: number, bytes: number): void {
-  const p = 2 * (at >>> K.PAGE_SHIFT);
-  sqe[o + 6] = iova[p]! + inPage;
-  sqe[o + 7] = iova[p + 1]!;
-  const second = inPage + bytes > K.PAGE_SIZE;
-  sqe[o + 8] = second ? iova[p + 2]! : 0;
-  sqe[o + 9] = second ? iova[p + 3]! : 0;
 }
 
 /** A completion queue; SQs bound to it receive their completions through poll(). */
@@ -442,7 +428,7 @@ export class IoQueue {
     const at = buf.base + offset;
     const inPage = at & K.PAGE_MASK;
     if (inPage + bytes <= 2 * K.PAGE_SIZE && at <= 0x7fff_ffff && !this.useSgl) {
-      writePrpPair(this.sq.sqe, o, buf.iova, at, inPage, bytes);
+      writePrpPair(this.sq.sqe, o, buf.iova, at >>> K.PAGE_SHIFT, inPage, bytes);
     } else this.dataPointerSlow(cid, o, buf, offset, bytes);
   }
 

@@ -41,26 +41,31 @@ export function buildPrp(data: DmaBuffer, offset: number, length: number, list?:
  */
 export function writePrp(sqe: Uint32Array, o: number, data: DmaBuffer, offset: number, length: number, list?: DmaBuffer, listOffset = 0): void {
   if (!(length > 0 && offset >= 0 && offset + length <= data.size)) checkSpan(data, offset, length);
-  // The hot path: one or two pages, straight from the per-page (lo, hi) bus addresses with
-  // integer stores. Page bus addresses are 4 KiB aligned, so lo + in-page offset never carries.
-  const iova = data.iova;
   const at = data.base + offset;
   const page = Math.floor(at / PRP_PAGE_SIZE);
   const inPage = at - page * PRP_PAGE_SIZE;
-  sqe[o + 6] = iova[2 * page]! + inPage;
-  sqe[o + 7] = iova[2 * page + 1]!;
-  const end = inPage + length;
-  if (end <= PRP_PAGE_SIZE) {
-    sqe[o + 8] = 0;
-    sqe[o + 9] = 0;
-  } else if (end <= 2 * PRP_PAGE_SIZE) {
-    sqe[o + 8] = iova[2 * page + 2]!;
-    sqe[o + 9] = iova[2 * page + 3]!;
-  } else {
-    const prp2 = prp2For(data, offset, length, list, listOffset);
-    sqe[o + 8] = lo32(prp2);
-    sqe[o + 9] = hi32(prp2);
-  }
+  if (inPage + length <= 2 * PRP_PAGE_SIZE) return writePrpPair(sqe, o, data.iova, page, inPage, length);
+  const prp1 = data.busAddress(offset);
+  const prp2 = prp2For(data, offset, length, list, listOffset);
+  sqe[o + 6] = lo32(prp1);
+  sqe[o + 7] = hi32(prp1);
+  sqe[o + 8] = lo32(prp2);
+  sqe[o + 9] = hi32(prp2);
+}
+
+/**
+ * PRP1 and PRP2 of a transfer within two pages (`inPage + bytes` <= 8 KiB), page `page` of a
+ * mapping's per-4 KiB-page (lo, hi) bus addresses, with integer stores only: page bus addresses
+ * are 4 KiB aligned, so lo + the in-page offset never carries into hi. Small enough for the JIT
+ * to inline into an I/O loop (IoQueue.rw): literals, not module constants.
+ */
+export function writePrpPair(sqe: Uint32Array, o: number, iova: Uint32Array, page: number, inPage: number, bytes: number): void {
+  const p = 2 * page;
+  sqe[o + 6] = iova[p]! + inPage;
+  sqe[o + 7] = iova[p + 1]!;
+  const second = inPage + bytes > 4096;
+  sqe[o + 8] = second ? iova[p + 2]! : 0;
+  sqe[o + 9] = second ? iova[p + 3]! : 0;
 }
 
 function checkSpan(data: DmaBuffer, offset: number, length: number): void {

@@ -66,6 +66,18 @@ function foll(): number {
   return get("nr_foll_pin_acquired") - get("nr_foll_pin_released");
 }
 
+/** Opening `node` again fails with ControllerBusyError naming `pid` as the owner. */
+function expectOwnedBy(node: string, pid: number): void {
+  let busy: unknown;
+  try {
+    new DisnvmBackend(node).close();
+  } catch (e) {
+    busy = e;
+  }
+  expect(busy).toBeInstanceOf(ControllerBusyError);
+  expect((busy as ControllerBusyError).pid).toBe(pid);
+}
+
 async function until<T>(what: string, f: () => T | undefined, timeoutMs = 10_000): Promise<T> {
   const deadline = Date.now() + timeoutMs;
   for (;;) {
@@ -196,14 +208,7 @@ describe("disnvm module", () => {
       expect(info.bar0Size).toBe(b.bar0Size);
       expect(info.bar0Size).toBeGreaterThanOrEqual(0x2000);
       // One owner at a time, with the owner named.
-      let busy: unknown;
-      try {
-        new DisnvmBackend(node).close();
-      } catch (e) {
-        busy = e;
-      }
-      expect(busy).toBeInstanceOf(ControllerBusyError);
-      expect((busy as ControllerBusyError).pid).toBe(process.pid);
+      expectOwnedBy(node, process.pid);
     } finally {
       b.close();
       b.close(); // idempotent
@@ -391,14 +396,7 @@ describe("disnvm module", () => {
         expect(pinned()).toBe(held);
         expect(foll()).toBe(held);
         // It owns the node: this process cannot open it meanwhile, and is told who has it.
-        let busy: unknown;
-        try {
-          new DisnvmBackend(node).close();
-        } catch (e) {
-          busy = e;
-        }
-        expect(busy).toBeInstanceOf(ControllerBusyError);
-        expect((busy as ControllerBusyError).pid).toBe(p.pid);
+        expectOwnedBy(node, p.pid);
         if (mode === "--busy") await Bun.sleep(300);
       } finally {
         p.kill("SIGKILL");
