@@ -48,6 +48,12 @@ export class MemoryBackend implements Backend {
     native().nvm_dma_free(m.vaddr, m.size, 0);
   }
 
+  setBusMaster(_enabled: boolean): void {}
+
+  abandonDma(): void {
+    this.#live.clear();
+  }
+
   close(): void {
     for (const m of [...this.#live]) this.freeDma(m);
     native().nvm_dma_free(this.bar0, MEMORY_BAR0_SIZE, 0);

@@ -285,6 +285,14 @@ class SharedBackend implements Backend {
     m.revoke?.();
   }
 
+  setBusMaster(_enabled: boolean): void {
+    throw new InvalidArgumentError("a Worker cannot change the controller's bus mastering: the owner thread does");
+  }
+
+  abandonDma(): void {
+    this.#live.clear();
+  }
+
   close(): void {
     this.#lent.length = 0;
     for (const m of [...this.#live]) this.freeDma(m);

@@ -301,6 +301,16 @@ export class DisnvmBackend implements Backend {
     }
   }
 
+  setBusMaster(_enabled: boolean): void {
+    // TODO(module): DISNVM_IOC_BUS_MASTER
+    throw new DeviceError(`${this.name}: the disnvm module does not change bus mastering yet`);
+  }
+
+  /** The module keeps the pages pinned until the node is released (after it quiesced the controller). */
+  abandonDma(): void {
+    this.#live.clear();
+  }
+
   close(): void {
     if (this.#closed) return;
     this.#closed = true;

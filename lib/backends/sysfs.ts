@@ -8,8 +8,8 @@ import { toArrayBuffer } from "bun:ffi";
 import { join } from "node:path";
 import { DeviceError, NativeError, PermissionError } from "../errors.ts";
 import { check, checkPtr, cstr, native } from "../native.ts";
-import { configWrite, enableBusMaster, findPciDevice, hasCapSysAdmin, parseBdf, PCI_COMMAND, type PciDevice } from "../pci.ts";
-import { BAR0_MIN_SIZE } from "../spec/registers.ts";
+import { configRead, configWrite, enableBusMaster, findPciDevice, hasCapSysAdmin, parseBdf, PCI_COMMAND, PCI_COMMAND_MASTER, type PciDevice } from "../pci.ts";
+import { BAR0_MIN_SIZE, CSTS_RDY, REG_ALL_ONES, REG_CSTS } from "../spec/registers.ts";
 import { allocHostPages, freeLive, isContiguous } from "./dma-common.ts";
 import { HOST_PAGE_SIZE, type Backend, type DmaMapping, type DmaOptions } from "./types.ts";
 
@@ -98,16 +98,43 @@ export class SysfsBackend implements Backend {
     freeLive(this.#live, mapping, (a) => check(native().nvm_dma_free(a.vaddr, a.size, a.flags), "nvm_dma_free"));
   }
 
+  setBusMaster(enabled: boolean): void {
+    const now = configRead(this.device, PCI_COMMAND, 2);
+    const want = enabled ? now | PCI_COMMAND_MASTER : now & ~PCI_COMMAND_MASTER;
+    if (want !== now) configWrite(this.device, PCI_COMMAND, 2, want);
+  }
+
+  abandonDma(): void {
+    this.#live.clear();
+  }
+
+  /**
+   * Bus mastering off before any memory goes back: a controller that is still enabled (its owner
+   * could not disable it) can then DMA nowhere. COMMAND is restored as found only when CSTS.RDY
+   * says the controller is disabled; else bus mastering stays off.
+   */
   close(): void {
     if (this.#closed) return;
     this.#closed = true;
-    for (const a of [...this.#live]) this.freeDma(a);
-    native().nvm_unmap(this.bar0, this.bar0Size);
-    // Leave bus mastering as we found it: a disabled controller then cannot DMA at all.
+    let masterOff = false;
     try {
-      configWrite(this.device, PCI_COMMAND, 2, this.#commandBefore);
+      this.setBusMaster(false);
+      masterOff = true;
     } catch {
-      // The device may have gone away; nothing more to release.
+      // Config space unreachable: the device may be gone (then it DMAs nowhere) or not.
+    }
+    const csts = native().nvm_read32(this.bar0, REG_CSTS);
+    const disabled = csts !== REG_ALL_ONES && (csts & CSTS_RDY) === 0;
+    // Neither disabled nor bus mastering cleared: the memory may still be written; keep it.
+    if (masterOff || disabled || csts === REG_ALL_ONES) for (const a of [...this.#live]) this.freeDma(a);
+    else this.abandonDma();
+    native().nvm_unmap(this.bar0, this.bar0Size);
+    if (disabled) {
+      try {
+        configWrite(this.device, PCI_COMMAND, 2, this.#commandBefore);
+      } catch {
+        // The device may have gone away; nothing more to release.
+      }
     }
   }
 }

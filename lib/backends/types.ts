@@ -39,6 +39,18 @@ export interface Backend {
   readonly bar0Size: number;
   allocDma(size: number, opts?: DmaOptions): DmaMapping;
   freeDma(mapping: DmaMapping): void;
+  /**
+   * Set or clear Bus Master Enable (PCI COMMAND bit 2). Cleared, the controller can start no DMA
+   * at all: how DMA is stopped when disabling the controller failed, before any memory it was
+   * given is settled or released. Throws when the bit could not be written.
+   */
+  setBusMaster(enabled: boolean): void;
+  /**
+   * Give up every live DMA mapping without freeing it: for when the controller may still reach the
+   * memory (neither disabled nor its bus mastering cleared). The memory stays mapped and locked
+   * until the process exits; freeDma() and close() no longer touch it.
+   */
+  abandonDma(): void;
   /** Unmap BAR0, release DMA mappings not yet freed, clear bus mastering if it set it. Idempotent. */
   close(): void;
 }

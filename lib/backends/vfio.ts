@@ -19,7 +19,7 @@ import { DeviceError, NativeError, PermissionError } from "../errors.ts";
 import { IovaAllocator, iovaGranule, join64, type IovaRange } from "../iova.ts";
 import { check, checkPtr, cstr, errnoName, native } from "../native.ts";
 import { findPciDevice, parseBdf, PCI_COMMAND, PCI_COMMAND_MASTER, PCI_COMMAND_MEMORY, type PciDevice } from "../pci.ts";
-import { BAR0_MIN_SIZE } from "../spec/registers.ts";
+import { BAR0_MIN_SIZE, CSTS_RDY, REG_ALL_ONES, REG_CSTS } from "../spec/registers.ts";
 import { dmaAllocError, freeLive } from "./dma-common.ts";
 import { HOST_PAGE_SIZE, type Backend, type DmaMapping, type DmaOptions } from "./types.ts";
 
@@ -414,9 +414,22 @@ export class VfioBackend implements Backend {
     });
   }
 
+  setBusMaster(enabled: boolean): void {
+    const now = this.configRead(PCI_COMMAND, 2);
+    const want = enabled ? now | PCI_COMMAND_MASTER : now & ~PCI_COMMAND_MASTER;
+    if (want !== now) this.configWrite(PCI_COMMAND, 2, want);
+  }
+
+  /** The IOMMU keeps the pages pinned and mapped until the container goes; we only forget them. */
+  abandonDma(): void {
+    this.#live.clear();
+  }
+
   /**
-   * Restore the COMMAND register, unmap and free every DMA mapping, unmap BAR0 and close the
-   * device, group and container. Every step runs even when one fails. Idempotent.
+   * Bus mastering off, unmap and free every DMA mapping (the IOMMU unmap is what makes freeing
+   * safe even for a controller still enabled), restore COMMAND as found when CSTS.RDY says the
+   * controller is disabled, unmap BAR0 and close the device, group and container. Every step runs
+   * even when one fails. Idempotent.
    */
   close(): void {
     if (this.#closed) return;
@@ -428,8 +441,9 @@ export class VfioBackend implements Backend {
         first ??= e;
       }
     };
-    // Bus mastering off first (as found): a controller left running can no longer DMA at all.
-    step(() => this.configWrite(PCI_COMMAND, 2, this.commandBefore));
+    step(() => this.setBusMaster(false));
+    const csts = native().nvm_read32(this.bar0, REG_CSTS);
+    if (csts !== REG_ALL_ONES && (csts & CSTS_RDY) === 0) step(() => this.configWrite(PCI_COMMAND, 2, this.commandBefore));
     for (const a of [...this.#live]) step(() => this.freeDma(a));
     this.#closed = true;
     const n = native();

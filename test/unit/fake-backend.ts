@@ -97,6 +97,22 @@ export class FakeBackend implements Backend {
     if (rc !== 0) throw new Error(`nvm_dma_free failed: ${rc}`);
   }
 
+  /** PCI COMMAND Bus Master Enable as the code under test left it; `failBusMaster` makes writes throw. */
+  busMaster = true;
+  failBusMaster = false;
+  /** Mappings given up by abandonDma() (still allocated). */
+  readonly abandoned = new Set<FakeMapping>();
+
+  setBusMaster(enabled: boolean): void {
+    if (this.failBusMaster) throw new Error("fake: config space write failed");
+    this.busMaster = enabled;
+  }
+
+  abandonDma(): void {
+    for (const m of this.live) this.abandoned.add(m);
+    this.live.clear();
+  }
+
   close(): void {
     if (this.#closed) return;
     this.#closed = true;
