@@ -83,7 +83,21 @@ if (pin && lib.nvm_bench_pin(0) !== 0) process.stderr.write("bench: could not pi
 
 const machine = machineInfo();
 const be = new MemoryBackend();
-const ctx: IoQueueContext = { backend: be, dstrd: 0, timeoutMs: WAIT_LIMIT_MS, maxTransfer: 128 * 1024, sgls: 0 };
+// The completer thread answers every command, so no deadline passes: recovery is never asked for.
+const noRecovery = () => {
+  throw new Error("bench: a command was not answered within the wait limit");
+};
+const ctx: IoQueueContext = {
+  backend: be,
+  dstrd: 0,
+  timeoutMs: WAIT_LIMIT_MS,
+  maxTransfer: 128 * 1024,
+  sgls: 0,
+  lbaSize: () => BS / BLOCKS,
+  onExpired: noRecovery,
+  onStuck: noRecovery,
+  onFatal: noRecovery,
+};
 
 // ---- contestants: a queue pair, its completer and one way of driving it ------------------------
 

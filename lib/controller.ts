@@ -3,9 +3,10 @@
  * Initialization" and 3.6 "Shutdown"), ownership of the admin queue pair and of every I/O
  * queue, and release on close(), on normal exit and on SIGINT/SIGTERM/SIGHUP.
  */
-import { ControllerFatalError, ClosedError, InvalidArgumentError, NvmeStatusError, NvmeTimeoutError } from "./errors.ts";
+import { ControllerBusyError, ControllerFatalError, ClosedError, DeviceError, InvalidArgumentError, NvmeStatusError, NvmeTimeoutError, UnsupportedError } from "./errors.ts";
 import { native } from "./native.ts";
 import { DmaBuffer } from "./dma.ts";
+import { QueueLease } from "./lease.ts";
 import { buildPrp, prpListPages, PRP_PAGE_SIZE } from "./prp.ts";
 import { QueuePair, type Completion, type ExecOptions } from "./queue.ts";
 import { IoCompletionQueue, IoQueue, type IoQueueContext, type IoQueueOptions } from "./io.ts";
@@ -59,7 +60,10 @@ export interface ControllerOptions {
    * For a hung owner; after a crash the lock is free anyway. Defaults to false.
    */
   readonly force?: boolean;
-  /** After an Abort the controller accepted, how long the command may still take before a reset. Defaults to 1000. */
+  /**
+   * After a command's deadline the library sends Abort for it; how long the command may then take
+   * to end before the controller is reset. Its caller is settled only at that end. Defaults to 1000.
+   */
   readonly abortGraceMs?: number;
   /** Largest transfer per command when the controller sets no limit (MDTS = 0). Defaults to 2 MiB. */
   readonly maxTransferBytes?: number;
@@ -86,7 +90,7 @@ export class Controller {
   readonly info: IdentifyController;
   readonly timeoutMs: number;
   /** One 4 KiB page for Identify and small log pages. */
-  readonly #scratch: DmaBuffer;
+  #scratch: DmaBuffer;
   readonly #sqs = new Map<number, IoQueue>();
   readonly #cqs = new Map<number, IoCompletionQueue>();
   #granted: { sqs: number; cqs: number } | undefined;
@@ -103,6 +107,16 @@ export class Controller {
   #requested = { sqs: 65535, cqs: 65535 };
   /** How long a command the controller did not abort may take before the controller is reset. */
   readonly #abortGraceMs: number;
+  /** Set when a reset failed: the queues refuse commands until reset() succeeds. */
+  #failed: ControllerFatalError | undefined;
+  /** Bus mastering was cleared to stop DMA after a disable failed; reset() sets it again. */
+  #masterCleared = false;
+  /** I/O queues lent to other threads (exportIoQueue), by SQ id. */
+  readonly #leases = new Map<number, QueueLease>();
+  /** Serves the borrowers' Abort and reset requests while queues are lent. */
+  #leaseTimer: ReturnType<typeof setInterval> | undefined;
+  /** LBA data size of namespaces checked for use (namespaceFormat()), by NSID. */
+  readonly #lbaSizes = new Map<number, number>();
 
   /**
    * Open the controller at `ctrl` (a PCI address like 05:00.0, or /dev/disnvmN), reset it and
@@ -118,7 +132,7 @@ export class Controller {
       backend = createBackend(where);
     } catch (e) {
       lock?.release();
-      throw e;
+      throw opts.force ? forceRefused(where.kind, e) : e;
     }
     return Controller.#bringUp(backend, opts, lock);
   }
@@ -198,12 +212,18 @@ export class Controller {
     return this.#closed;
   }
 
+  /** After a command's deadline and its Abort, how long before the controller is reset (ms). */
+  get abortGraceMs(): number {
+    return this.#abortGraceMs;
+  }
+
   get name(): string {
     return this.backend.name;
   }
 
   #check(): void {
     if (this.#closed) throw new ClosedError(`controller ${this.backend.name} is closed; open it again`);
+    if (this.#failed) throw this.#failed;
   }
 
   /** Wait for CSTS.RDY to equal `ready`, bounded by CAP.TO (3.1.4.1). */
@@ -284,8 +304,26 @@ export class Controller {
   #identify(cns: number, nsid: number): Uint8Array {
     const page = this.#scratch;
     page.bytes.fill(0);
-    this.adminCommand(cmd.identify(cns, nsid, page.busAddress(0)), { detail: `CNS 0x${cns.toString(16).padStart(2, "0")} NSID ${nsid}` });
+    this.#scratchCommand(cmd.identify(cns, nsid, page.busAddress(0)), { detail: `CNS 0x${cns.toString(16).padStart(2, "0")} NSID ${nsid}` });
     return page.bytes;
+  }
+
+  /**
+   * An admin command whose data lands in the scratch page. When it fails without a status (a
+   * timeout: the controller may still write the page), the page is set aside until the controller
+   * is disabled and a fresh one takes its place, so no later command shares it.
+   */
+  #scratchCommand(c: cmd.Command, opts: ExecOptions): Completion {
+    try {
+      return this.adminCommand(c, opts);
+    } catch (e) {
+      if (!(e instanceof NvmeStatusError) && !(e instanceof InvalidArgumentError) && !(e instanceof ClosedError)) {
+        const old = this.#scratch;
+        this.#scratch = new DmaBuffer(this.backend, PRP_PAGE_SIZE);
+        this.releaseAfter(e, old);
+      }
+      throw e;
+    }
   }
 
   #identifyController(): IdentifyController {
@@ -301,6 +339,39 @@ export class Controller {
   identifyNamespace(nsid: number): IdentifyNamespace {
     this.#checkNsid(nsid);
     return parseIdentifyNamespace(this.#identify(cmd.CNS_NAMESPACE, nsid));
+  }
+
+  /**
+   * Identify Namespace, refused unless commands can be sent to the namespace: it is active and
+   * formatted without metadata and without end-to-end protection. A metadata format would make the
+   * controller move blocks x (LBA size + metadata size) bytes, or read metadata from MPTR, which
+   * libnvm does not set up yet. Its LBA size is then what I/O queues check byte counts against.
+   */
+  namespaceFormat(nsid: number): IdentifyNamespace {
+    const info = this.identifyNamespace(nsid);
+    if (!info.isActive) {
+      this.#lbaSizes.delete(nsid);
+      throw new InvalidArgumentError(`namespace ${nsid} on ${this.name} is not active (NSZE 0): list the active ones with examples/identify.ts`);
+    }
+    if (info.metadataSize > 0 || (info.dps & 0x7) !== 0) {
+      this.#lbaSizes.delete(nsid);
+      const fmt = `LBA format ${info.formatIndex}: ${info.lbaSize}-byte blocks with ${info.metadataSize} bytes of ${info.extendedMetadata ? "extended (interleaved)" : "separate"} metadata${(info.dps & 0x7) !== 0 ? `, protection information type ${info.dps & 0x7}` : ""}`;
+      throw new UnsupportedError(
+        `namespace ${nsid} on ${this.name} is formatted with metadata (${fmt}); libnvm does not transfer metadata or protection information yet: reformat it to a format without metadata (nvme format --lbaf=N with ms 0) or use another namespace`,
+      );
+    }
+    this.#lbaSizes.set(nsid, info.lbaSize);
+    return info;
+  }
+
+  /** LBA data size of `nsid` for an I/O queue's checks: cached once namespaceFormat() accepted it. */
+  #lbaSize(nsid: number): number {
+    return this.#lbaSizes.get(nsid) ?? this.namespaceFormat(nsid).lbaSize;
+  }
+
+  /** The LBA sizes accepted so far, for a queue lent to another thread (it cannot identify). */
+  get knownLbaSizes(): ReadonlyMap<number, number> {
+    return this.#lbaSizes;
   }
 
   /** Active Namespace ID list (CNS 02h), ascending. */
@@ -357,8 +428,11 @@ export class Controller {
       timeoutMs: this.timeoutMs,
       maxTransfer: this.maxTransfer,
       sgls: this.info.sgls,
+      lbaSize: (nsid) => this.#lbaSize(nsid),
+      abortGraceMs: this.#abortGraceMs,
       onExpired: (q, cid) => this.#onExpired(q, cid),
-      onFatal: (err) => this.#onFatal(err),
+      onStuck: (q, cid) => this.#onStuck(q, cid),
+      onFatal: (_q, err) => this.#onFatal(err),
     };
   }
 
@@ -434,19 +508,34 @@ export class Controller {
     return q;
   }
 
-  /** Delete a submission queue (and the completion queue created with it); outstanding commands fail. */
+  /**
+   * Delete a submission queue (and the completion queue created with it). The controller ends the
+   * commands still outstanding on it (NVMe Base 2.0, 5.7: Command Aborted due to SQ Deletion)
+   * before it completes the deletion; they settle with ClosedError.
+   */
   deleteIoQueue(q: IoQueue): void {
     this.#check();
     if (this.#sqs.get(q.qid) !== q) return;
+    const lease = this.#leases.get(q.qid);
+    if (lease?.lent) throw new InvalidArgumentError(`I/O queue ${q.qid} is lent to a Worker: close it there (AttachedIoQueue.close()) first`);
+    if (lease) lease.reclaim(q.ioCq);
     this.#sqs.delete(q.qid);
-    try {
-      this.adminCommand(cmd.deleteIoSq(q.qid));
-    } catch (e) {
-      this.releaseAfter(e, q);
-      throw e;
+    if (!lease?.abandoned) {
+      try {
+        this.adminCommand(cmd.deleteIoSq(q.qid));
+      } catch (e) {
+        this.releaseAfter(e, q);
+        throw e;
+      }
     }
     q.free();
-    if (q.ioCq.implicit && q.ioCq.sqs.size === 0) this.#deleteCq(q.ioCq);
+    if (lease) this.#endLease(q.qid, lease);
+    if (q.ioCq.implicit && q.ioCq.sqs.size === 0) {
+      if (lease?.abandoned) {
+        this.#cqs.delete(q.ioCq.qid);
+        q.ioCq.free();
+      } else this.#deleteCq(q.ioCq);
+    }
   }
 
   /** Delete a completion queue; every SQ bound to it must be deleted first (the spec forbids otherwise). */
@@ -496,7 +585,7 @@ export class Controller {
     if (bytes <= PRP_PAGE_SIZE) {
       const page = this.#scratch;
       page.bytes.fill(0);
-      this.adminCommand(cmd.getLogPage(lid, nsid, bytes, page.busAddress(0), 0, opts.offset), { detail: `LID 0x${lid.toString(16)}` });
+      this.#scratchCommand(cmd.getLogPage(lid, nsid, bytes, page.busAddress(0), 0, opts.offset), { detail: `LID 0x${lid.toString(16)}` });
       return page.bytes.slice(0, bytes);
     }
     const data = new DmaBuffer(this.backend, bytes);
@@ -551,13 +640,19 @@ export class Controller {
   }
 
   /**
-   * Reset the controller and carry on: disable it (its DMA stops), fail every outstanding command
-   * (NvmeTimeoutError, or `reason` when it is a ControllerFatalError), start every ring over,
-   * enable it again, ask for the same Number of Queues and re-create every I/O queue with its
-   * id, size and memory. Queue objects stay valid; requests waiting for a slot are then sent.
+   * Reset the controller and carry on: disable it (its DMA stops), settle every outstanding
+   * command (NvmeTimeoutError, or `reason` when it is a ControllerFatalError), start every ring
+   * over, enable it again, ask for the same Number of Queues and re-create every I/O queue with
+   * its id, size and memory. Queue objects stay valid; requests waiting for a slot are then sent.
+   * A queue lent to a Worker is re-created once the Worker acknowledged the reset (bounded wait).
+   *
+   * When the controller cannot be disabled, bus mastering is cleared instead so it can DMA
+   * nowhere; only then are commands settled (when even that fails and the device is still there,
+   * its memory is kept, never freed). The controller is then failed: every command and admin call
+   * throws ControllerFatalError until a reset() succeeds.
    */
   reset(reason?: Error): void {
-    this.#check();
+    if (this.#closed) throw new ClosedError(`controller ${this.backend.name} is closed; open it again`);
     if (this.#resetting) return;
     this.#resetting = true;
     try {
@@ -566,56 +661,205 @@ export class Controller {
         reason instanceof ControllerFatalError
           ? reason
           : new NvmeTimeoutError(`failed by a controller reset (${why})`, reason instanceof NvmeTimeoutError ? reason.timeoutMs : this.timeoutMs);
-      this.#disable();
-      for (const q of this.#sqs.values()) q.resetAfterDisable(fail);
-      for (const cq of this.#cqs.values()) cq.reset();
+      try {
+        this.#haltDma();
+      } catch (e) {
+        throw this.#fail(e, "reset");
+      }
+      // Disabled: nothing posted before can reach memory any more.
+      const lent = new Map<number, { lease: QueueLease; ack: number }>();
+      for (const [qid, lease] of this.#leases) {
+        const q = this.#sqs.get(qid);
+        const wasLent = lease.lent;
+        const ack = lease.beginReset();
+        if (!q || lease.abandoned) continue;
+        if (wasLent) lent.set(qid, { lease, ack });
+        else {
+          lease.reclaim(q.ioCq);
+          lease.live(ack);
+        }
+      }
+      const lentCqs = new Set([...lent.keys()].map((qid) => this.#sqs.get(qid)!.ioCq));
+      for (const q of this.#sqs.values()) if (!lent.has(q.qid) && !this.#leases.get(q.qid)?.abandoned) q.resetAfterDisable(fail);
+      for (const cq of this.#cqs.values()) if (!lentCqs.has(cq)) cq.reset();
       this.admin.reset();
-      this.#enable();
-      if (this.#granted) this.#granted = cmd.decodeNumberOfQueues(this.admin.execute(cmd.numberOfQueues(this.#requested.sqs, this.#requested.cqs)).dw0);
-      for (const cq of this.#cqs.values()) this.admin.execute(cmd.createIoCq(cq.qid, cq.entries, cq.cq.mem.busAddress(0)));
-      for (const q of this.#sqs.values()) this.admin.execute(cmd.createIoSq(q.qid, q.sq.entries, q.ioCq.qid, q.sq.mem.busAddress(0)));
+      try {
+        if (this.#masterCleared) {
+          this.backend.setBusMaster(true);
+          this.#masterCleared = false;
+        }
+        this.#enable();
+        if (this.#granted) this.#granted = cmd.decodeNumberOfQueues(this.admin.execute(cmd.numberOfQueues(this.#requested.sqs, this.#requested.cqs)).dw0);
+        const skip = (qid: number) => lent.has(qid) || this.#leases.get(qid)?.abandoned === true;
+        for (const cq of this.#cqs.values()) {
+          if (lentCqs.has(cq) || [...cq.sqs.keys()].some((qid) => this.#leases.get(qid)?.abandoned)) continue;
+          this.admin.execute(cmd.createIoCq(cq.qid, cq.entries, cq.cq.mem.busAddress(0)));
+        }
+        for (const q of this.#sqs.values()) {
+          if (skip(q.qid)) continue;
+          this.admin.execute(cmd.createIoSq(q.qid, q.sq.entries, q.ioCq.qid, q.sq.mem.busAddress(0)));
+        }
+        // Lent queues: re-created only once their borrower emptied its rings, or never.
+        const wait = Math.min(this.timeoutMs, 5000);
+        for (const [qid, { lease, ack }] of lent) {
+          const q = this.#sqs.get(qid)!;
+          if (!lease.awaitAck(ack, wait)) {
+            lease.abandon();
+            continue;
+          }
+          this.admin.execute(cmd.createIoCq(q.ioCq.qid, q.ioCq.entries, q.ioCq.cq.mem.busAddress(0)));
+          this.admin.execute(cmd.createIoSq(qid, q.sq.entries, q.ioCq.qid, q.sq.mem.busAddress(0)));
+          lease.live(ack);
+        }
+      } catch (e) {
+        // Disabled or half set up: stop its DMA for good and fail everything until the next reset.
+        try {
+          this.#haltDma();
+        } catch {
+          // #fail says how DMA was stopped.
+        }
+        throw this.#fail(e, "reset");
+      }
+      this.#failed = undefined;
       this.#resets++;
-      for (const q of this.#sqs.values()) q.resume();
+      for (const q of this.#sqs.values()) if (!lent.has(q.qid)) q.resume();
     } finally {
       this.#resetting = false;
     }
   }
 
   /**
-   * A command's deadline passed. Ask the controller to Abort it; if the abort fails, or the
-   * command is still not completed after a grace period, reset the controller.
+   * Stop the controller's DMA: disable it (CC.EN = 0, CSTS.RDY = 0 within CAP.TO). When that
+   * fails, clear bus mastering; when that fails too and the device still answers, give up its
+   * memory for good (abandonDma) so nothing it may reach is ever freed. Throws the disable's error
+   * when the controller could not be disabled.
    */
-  #onExpired(q: IoQueue, cid: number): void {
-    if (this.#closed || this.#resetting) return;
-    let aborted = false;
+  #haltDma(): void {
     try {
-      aborted = (this.admin.execute(cmd.abort(q.qid, cid), { timeoutMs: Math.min(this.timeoutMs, 1000) }).dw0 & 1) === 0;
-    } catch {
-      // The admin queue does not answer either: nothing but a reset helps.
-      this.#resetQuietly(q, cid);
-      return;
+      this.#disable();
+    } catch (e) {
+      if (this.#masterCleared) throw e;
+      try {
+        this.backend.setBusMaster(false);
+        this.#masterCleared = true;
+      } catch {
+        if (native().nvm_read32(this.backend.bar0, REG_CSTS) !== REG_ALL_ONES) {
+          this.#dmaAbandoned = true;
+          this.backend.abandonDma();
+        }
+      }
+      throw e;
     }
-    // An aborted command completes with Command Abort Requested; one that was not aborted gets
-    // a short grace period to complete on its own.
-    const t = setTimeout(() => this.#resetQuietly(q, cid), aborted ? this.#abortGraceMs : this.#abortGraceMs / 10);
-    t.unref();
   }
 
-  #resetQuietly(q: IoQueue, cid: number): void {
-    if (this.#closed || q.closed || !q.isExpired(cid)) return;
+  /** DMA memory was given up (abandonDma) because the controller could not be stopped. */
+  #dmaAbandoned = false;
+
+  /**
+   * `what` (a reset) failed with `e`: every command settles with a ControllerFatalError (the
+   * controller's DMA was stopped by #haltDma, or its memory abandoned), lent queues are told, and
+   * the controller refuses commands until reset() succeeds. Returns that error.
+   */
+  #fail(e: unknown, what: string): ControllerFatalError {
+    const csts = native().nvm_read32(this.backend.bar0, REG_CSTS);
+    const how = this.#dmaAbandoned
+      ? "its bus mastering could not be cleared either, so its DMA memory is kept (never freed) until the process exits"
+      : this.#masterCleared
+        ? "bus mastering was cleared, so it can no longer reach memory"
+        : csts === REG_ALL_ONES
+          ? "the device is gone"
+          : "it is disabled";
+    const err = new ControllerFatalError(
+      `${what} of ${this.backend.name} failed: ${(e as Error).message ?? String(e)}; ${how}. Controller.reset() tries again; close() releases it`,
+      csts,
+    );
+    this.#failed = err;
+    for (const q of this.#sqs.values()) {
+      const lease = this.#leases.get(q.qid);
+      if (lease?.lent) lease.abandon();
+      else q.settleAndRefuse(err);
+    }
+    return err;
+  }
+
+  /**
+   * A command's deadline passed: ask the controller to Abort it. Its caller is settled by the
+   * completion that follows; the queue asks for a reset (#onStuck) when none comes in time.
+   */
+  #onExpired(q: IoQueue, cid: number): void {
+    if (this.#closed || this.#resetting || this.#failed) return;
     try {
-      this.reset(new NvmeTimeoutError(`command ${cid} on queue ${q.qid} did not complete within ${q.timeoutMs} ms and was not aborted`, q.timeoutMs));
+      this.admin.execute(cmd.abort(q.qid, cid), { timeoutMs: Math.min(this.timeoutMs, 1000) });
     } catch {
-      // The reset failed too: the next command reports the controller's state.
+      // The admin queue does not answer either: nothing but a reset helps.
+      this.#resetQuietly(new NvmeTimeoutError(`command ${cid} on queue ${q.qid} did not complete within ${q.timeoutMs} ms and Abort got no answer`, q.timeoutMs));
+    }
+  }
+
+  /** A command outstanding `abortGraceMs` after its deadline and its Abort: reset the controller. */
+  #onStuck(q: IoQueue, cid: number): void {
+    if (q.closed || !q.isExpired(cid)) return;
+    this.#resetQuietly(new NvmeTimeoutError(`command ${cid} on queue ${q.qid} did not complete within ${q.timeoutMs} ms and was not aborted`, q.timeoutMs));
+  }
+
+  #resetQuietly(reason: Error): void {
+    if (this.#closed || this.#resetting) return;
+    try {
+      this.reset(reason);
+    } catch {
+      // The reset failed: #fail settled and refused everything with its error.
     }
   }
 
   #onFatal(err: ControllerFatalError): void {
-    if (this.#closed || this.#resetting) return;
-    try {
-      this.reset(err);
-    } catch {
-      // Could not bring it back: queues keep failing with the reset's error.
+    this.#resetQuietly(err);
+  }
+
+  // ---- queues lent to other threads (worker.ts) ---------------------------------------------
+
+  /**
+   * @internal Lend I/O queue `q` to another thread: the lease carries this controller's resets to
+   * the borrower, and the borrower's Abort and reset requests back, served from a timer here.
+   */
+  lendIoQueue(q: IoQueue): QueueLease {
+    this.#check();
+    if (this.#sqs.get(q.qid) !== q) throw new InvalidArgumentError(`I/O queue ${q.qid} is not a live queue of ${this.backend.name}`);
+    let lease = this.#leases.get(q.qid);
+    if (lease?.lent) throw new InvalidArgumentError(`I/O queue ${q.qid} is already lent to a Worker: one thread per queue`);
+    if (lease?.abandoned) throw new InvalidArgumentError(`I/O queue ${q.qid} was not re-created after a reset (its Worker did not answer): delete it and create another`);
+    if (lease) lease.reclaim(q.ioCq);
+    else {
+      lease = new QueueLease(q, this.backend);
+      this.#leases.set(q.qid, lease);
+    }
+    lease.lend();
+    this.#leaseTimer ??= setInterval(() => this.#serveLeases(), 10);
+    this.#leaseTimer.unref();
+    return lease;
+  }
+
+  #serveLeases(): void {
+    if (this.#closed) return;
+    for (const [qid, lease] of this.#leases) {
+      const r = lease.takeRequests();
+      if (r.reset) {
+        this.#resetQuietly(new NvmeTimeoutError(`a command of the Worker on queue ${qid} did not end after its deadline and Abort`, this.timeoutMs));
+      } else if (r.abortCid >= 0 && !this.#resetting && !this.#failed) {
+        try {
+          this.admin.execute(cmd.abort(qid, r.abortCid), { timeoutMs: Math.min(this.timeoutMs, 1000) });
+        } catch {
+          this.#resetQuietly(new NvmeTimeoutError(`command ${r.abortCid} of the Worker on queue ${qid}: Abort got no answer`, this.timeoutMs));
+        }
+      }
+    }
+  }
+
+  #endLease(qid: number, lease: QueueLease): void {
+    lease.end();
+    this.#leases.delete(qid);
+    if (this.#leases.size === 0 && this.#leaseTimer) {
+      clearInterval(this.#leaseTimer);
+      this.#leaseTimer = undefined;
     }
   }
 
@@ -624,12 +868,16 @@ export class Controller {
   /**
    * Delete I/O queues, send a normal shutdown (CC.SHN, wait for CSTS.SHST complete), disable
    * (CC.EN = 0, wait for RDY = 0), then free all DMA memory and unmap BAR0. Every step is bounded;
-   * a failing step does not stop the release of the rest. Idempotent.
+   * a failing step does not stop the release of the rest. When the controller cannot be disabled,
+   * bus mastering is cleared before anything is freed; when that fails too, the memory is kept.
+   * Idempotent.
    */
   close(): void {
     if (this.#closed) return;
     this.#closed = true;
     untrack(this);
+    if (this.#leaseTimer) clearInterval(this.#leaseTimer);
+    this.#leaseTimer = undefined;
     const n = native();
     const bar0 = this.backend.bar0;
     let firstError: unknown;
@@ -641,19 +889,21 @@ export class Controller {
       }
     };
     const alive = () => n.nvm_read32(bar0, REG_CSTS) !== REG_ALL_ONES;
-    // Submission queues first: a completion queue may not be deleted while an SQ uses it.
+    const gone = (qid: number) => this.#leases.get(qid)?.abandoned === true;
+    // Submission queues first: a completion queue may not be deleted while an SQ uses it. Skipped
+    // after a failed reset: the controller is then disabled or cut off the bus.
     for (const q of [...this.#sqs.values()].reverse()) {
       step(() => {
-        if (alive()) this.admin.execute(cmd.deleteIoSq(q.qid));
+        if (alive() && !this.#failed && !gone(q.qid)) this.admin.execute(cmd.deleteIoSq(q.qid));
       });
     }
     for (const cq of [...this.#cqs.values()].reverse()) {
       step(() => {
-        if (alive()) this.admin.execute(cmd.deleteIoCq(cq.qid));
+        if (alive() && !this.#failed && ![...cq.sqs.keys()].some(gone)) this.admin.execute(cmd.deleteIoCq(cq.qid));
       });
     }
     step(() => {
-      if (!alive()) return;
+      if (!alive() || this.#failed) return;
       const cc = n.nvm_read32(bar0, REG_CC);
       if ((cc & CC_EN) === 0) return;
       n.nvm_write32(bar0, REG_CC, (cc & ~CC_SHN_MASK) | CC_SHN_NORMAL);
@@ -666,11 +916,15 @@ export class Controller {
       }
     });
     step(() => {
-      if (alive()) this.#disable();
+      if (alive()) this.#haltDma();
     });
-    // Nothing points the controller at this memory any more: release it.
+    // Nothing points the controller at this memory any more (or, abandoned, it is never freed):
+    // a Worker still holding a lent queue settles and refuses, then everything is released.
+    for (const lease of this.#leases.values()) if (lease.lent) lease.abandon();
     for (const q of this.#sqs.values()) step(() => q.free());
     for (const cq of this.#cqs.values()) step(() => cq.free());
+    for (const lease of this.#leases.values()) lease.end();
+    this.#leases.clear();
     this.#sqs.clear();
     this.#cqs.clear();
     for (const r of this.#deferred.splice(0)) step(() => r.free());
@@ -740,4 +994,20 @@ function untrack(c: Controller): void {
     // No controller left to protect: give the signals their default behaviour back.
     for (const s of Object.keys(SIGNALS) as (keyof typeof SIGNALS)[]) process.off(s, onSignal);
   }
+}
+
+/**
+ * `force` resets a controller under a live owner only with the raw sysfs backend: VFIO lets one
+ * process hold an IOMMU group and disnvm one open file, and the kernel, not libnvm, refuses a
+ * second. Say so instead of the backend's own busy error.
+ */
+function forceRefused(kind: string, e: unknown): unknown {
+  if (kind === "sysfs" || !(e instanceof DeviceError || e instanceof ControllerBusyError)) return e;
+  if (!/held by|open in|already open|in use/.test(e.message)) return e;
+  const pid = e instanceof ControllerBusyError ? e.pid : Number(/process(?:es)? (\d+)/.exec(e.message)?.[1] ?? 0);
+  return new ControllerBusyError(
+    `${e.message}. force cannot take a ${kind === "vfio" ? "VFIO" : "disnvm"} controller from a live process: the kernel allows one holder at a time. ` +
+      `Stop that process${pid ? ` (kill ${pid}; kill -9 ${pid} if it hangs)` : ""} and open again; the kernel then disables the controller and releases its memory`,
+    pid,
+  );
 }

@@ -3,6 +3,10 @@
  * zero-copy typed-array views. free() detaches the views before the memory goes away, so a
  * stale view reads as empty instead of touching unmapped memory (which would kill the process).
  * region() wraps part of a buffer without copying; it lives and dies with its parent.
+ *
+ * The controller never reaches memory the application gave up: free() of a buffer that a posted
+ * command may still read or write (one not yet completed, aborted, or ended by a disable) takes
+ * the views away at once but keeps the memory until no DmaUser reports it in use any more.
  */
 import { toArrayBuffer } from "bun:ffi";
 import type { Pointer } from "bun:ffi";
@@ -15,6 +19,73 @@ const TWO32 = 0x1_0000_0000;
 interface Shared {
   mapping: DmaMapping | undefined;
   readonly buffer: ArrayBuffer;
+}
+
+/** Something that may make the controller reach DMA memory: an I/O queue with commands outstanding. */
+export interface DmaUser {
+  /** True while a command may still read or write the memory `key` (a DmaBuffer's memoryKey) names. */
+  mayAccess(key: object): boolean;
+}
+
+interface BackendDma {
+  readonly users: Set<DmaUser>;
+  /** Memory freed by the application while still in use: released once no user may reach it. */
+  readonly deferred: Map<object, DmaMapping>;
+}
+
+const perBackend = new WeakMap<Backend, BackendDma>();
+
+/**
+ * Mappings whose release waits for commands to end, over every backend: the completion path
+ * tests this one number before it looks for anything to release.
+ */
+export const deferredFrees = { count: 0 };
+
+function dmaOf(backend: Backend): BackendDma {
+  let d = perBackend.get(backend);
+  if (!d) {
+    d = { users: new Set(), deferred: new Map() };
+    perBackend.set(backend, d);
+  }
+  return d;
+}
+
+/** Register `user` (an I/O queue): free() asks it before releasing memory of `backend`. */
+export function addDmaUser(backend: Backend, user: DmaUser): void {
+  dmaOf(backend).users.add(user);
+}
+
+/** `user` will never reach memory again (its queue was deleted, or the controller disabled). */
+export function removeDmaUser(backend: Backend, user: DmaUser): void {
+  const d = perBackend.get(backend);
+  if (!d) return;
+  d.users.delete(user);
+  releaseDeferred(backend);
+}
+
+function inUse(d: BackendDma, key: object): boolean {
+  for (const u of d.users) if (u.mayAccess(key)) return true;
+  return false;
+}
+
+/** Release the memory freed while in use that no command can reach any more; returns how many. */
+export function releaseDeferred(backend: Backend): number {
+  const d = perBackend.get(backend);
+  if (!d || d.deferred.size === 0) return 0;
+  let n = 0;
+  for (const [key, m] of [...d.deferred]) {
+    if (inUse(d, key)) continue;
+    d.deferred.delete(key);
+    deferredFrees.count--;
+    n++;
+    backend.freeDma(m);
+  }
+  return n;
+}
+
+/** Mappings of `backend` freed by the application and still waiting for commands to end. */
+export function deferredCount(backend: Backend): number {
+  return perBackend.get(backend)?.deferred.size ?? 0;
 }
 
 /** Passed by region() only: makes the constructor wrap shared memory instead of allocating. */
@@ -120,11 +191,29 @@ export class DmaBuffer {
     return new DmaBuffer(this.#backend, length, {}, { shared: this.#shared, base: this.base + offset });
   }
 
-  /** Release the memory. Views from `bytes`/`u32`, and regions, become empty. Idempotent. */
+  /**
+   * Identity of the memory behind this buffer, shared by its regions: what DmaUser.mayAccess() is
+   * asked about.
+   */
+  get memoryKey(): object {
+    return this.#shared;
+  }
+
+  /**
+   * Release the memory. Views from `bytes`/`u32`, and regions, become empty at once. While a
+   * posted command may still reach the memory, it goes back only once that command completed, was
+   * aborted, or the controller was disabled. Idempotent.
+   */
   free(): void {
     if (!this.#owner) return;
-    const m = detach(this.#shared);
-    if (m) this.#backend.freeDma(m);
+    const shared = this.#shared;
+    const m = detach(shared);
+    if (!m) return;
+    const d = perBackend.get(this.#backend);
+    if (d && inUse(d, shared)) {
+      d.deferred.set(shared, m);
+      deferredFrees.count++;
+    } else this.#backend.freeDma(m);
   }
 
   [Symbol.dispose](): void {

@@ -2,7 +2,7 @@
  * Every error libnvm throws. Each class sets `name` and a stable `code` so callers can branch
  * without parsing messages; each message names the offending value and what to do about it.
  */
-import { statusName, statusTypeName } from "./spec/status.ts";
+import { statusName, statusTypeName } from "./spec/status-names.ts";
 
 export type NvmeErrorCode =
   | "ERR_NVME_STATUS"
@@ -123,6 +123,12 @@ export class NativeError extends NvmeError {
 export class InvalidArgumentError extends NvmeError {
   override readonly name = "InvalidArgumentError";
   readonly code = "ERR_NVME_INVALID_ARGUMENT" as const;
+}
+
+/** The controller or namespace uses something libnvm does not support yet (e.g. metadata, protection information). */
+export class UnsupportedError extends NvmeError {
+  override readonly name = "UnsupportedError";
+  readonly code = "ERR_NVME_UNSUPPORTED" as const;
 }
 
 /** The device cannot be used as asked: not found, not NVMe, bound to a kernel driver. */

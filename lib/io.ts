@@ -12,16 +12,24 @@
  * The CID is the tracker index, so it is unique among outstanding commands by construction. Each
  * tracker owns its own data-pointer list pages (PRP list or SGL segments; SPDK's nvme_tracker), so
  * building a command never allocates.
+ *
+ * A command settles (its promise, its sync caller, its handler) only once the controller can no
+ * longer reach its memory: at its completion, at the completion the Abort the owner sent for it
+ * provokes, or when the owner disabled the controller or deleted the queue. A deadline that passes
+ * starts that recovery (Abort, then a reset after the grace period); it does not settle anything.
+ * Until a command settles its CID, its list pages and its data buffer stay reserved (DmaBuffer.free()
+ * defers the release, see dma.ts).
  */
 import { ClosedError, ControllerFatalError, InvalidArgumentError, NvmeStatusError, NvmeTimeoutError } from "./errors.ts";
 import { native } from "./native.ts";
 import type { Backend } from "./backends/types.ts";
-import { DmaBuffer } from "./dma.ts";
+import { addDmaUser, DmaBuffer, deferredFrees, releaseDeferred, removeDmaUser, type DmaUser } from "./dma.ts";
 import { prpListPages, writePrp, writePrpPair } from "./prp.ts";
 import { buildSgl, sglListPages, sglSupport } from "./sgl.ts";
 import { CompletionQueue, SubmissionQueue } from "./queue.ts";
 import { commandName, hi32, lo32 } from "./spec/commands.ts";
 import { CSTS_CFS, REG_ALL_ONES, REG_CSTS, cqHeadDoorbell, sqTailDoorbell } from "./spec/registers.ts";
+import { encodeStatus, SC_ABORT_REQUESTED, SC_ABORTED_BY_HOST, SC_SQ_DELETION, SCT_GENERIC, SCT_PATH } from "./spec/status.ts";
 
 // Constants of the hot path are const enums: Bun inlines their values, while a module-level
 // const costs three bytecodes per use (scope lookup and TDZ check), which counts against the
@@ -43,7 +51,10 @@ const enum State {
   /** Acquired through the low-level API, not yet posted. */
   ACQUIRED = 1,
   INFLIGHT = 2,
-  /** Its deadline passed; the CID stays reserved until the controller completes it (or a reset). */
+  /**
+   * Its deadline passed and recovery started (Abort, then a reset): the caller is not settled yet,
+   * and the CID stays reserved until the controller completes the command or is disabled.
+   */
   EXPIRED = 3,
   /** Every CID of a deleted queue: nothing can be posted. */
   CLOSED = 4,
@@ -57,6 +68,16 @@ const enum Mode {
 }
 /** A completion for the low-level handler: called once per CQE, with the 15-bit status (0 = success). */
 export type CompletionHandler = (cid: number, status: number, dw0: number) => void;
+
+/**
+ * Status a handler gets for a command the host ended itself because the controller was disabled
+ * (reset): Path Related Status 71h, Command Aborted By Host (NVMe Base 2.0, 4.6.1.2.4).
+ */
+export const STATUS_ABORTED_BY_HOST = encodeStatus({ sct: SCT_PATH, sc: SC_ABORTED_BY_HOST });
+/** Status a handler gets for commands still outstanding when their queue was deleted (Generic 08h). */
+export const STATUS_SQ_DELETION = encodeStatus({ sct: SCT_GENERIC, sc: SC_SQ_DELETION });
+/** Command Abort Requested (Generic 07h): what an aborted command completes with. */
+const STATUS_ABORT_REQUESTED = encodeStatus({ sct: SCT_GENERIC, sc: SC_ABORT_REQUESTED });
 
 export interface IoQueueOptions {
   /** Entries in the SQ (and in its CQ when one is created for it): 2 to CAP.MQES+1. Defaults to 256. */
@@ -110,6 +131,7 @@ export class IoCompletionQueue {
   credits: number;
   closed = false;
   private lastSq: IoQueue | undefined;
+  private readonly backend: Backend;
 
   constructor(
     backend: Backend,
@@ -119,6 +141,7 @@ export class IoCompletionQueue {
     /** Created together with an SQ (createIoQueue without `cq`): deleted with it. */
     readonly implicit = false,
   ) {
+    this.backend = backend;
     this.cq = new CompletionQueue(backend, qid, entries, cqHeadDoorbell(qid, dstrd), backend.bar0);
     this.credits = entries - 1;
   }
@@ -163,7 +186,11 @@ export class IoCompletionQueue {
       phase = cq.phase;
       q = this.lastSq;
     }
-    if (n > 0) cq.ring();
+    if (n > 0) {
+      cq.ring();
+      // Memory the application freed while these commands were in flight can go back now.
+      if (deferredFrees.count !== 0) releaseDeferred(this.backend);
+    }
     return n;
   }
 
@@ -188,10 +215,36 @@ export interface IoQueueContext {
   readonly maxTransfer: number;
   /** Identify Controller SGLS. */
   readonly sgls: number;
-  /** A command's deadline passed (after its caller was failed): the owner aborts it, or resets. */
-  readonly onExpired?: (q: IoQueue, cid: number) => void;
-  /** CSTS.CFS or a vanished device seen while polling: the owner resets the controller. */
-  readonly onFatal?: (err: ControllerFatalError) => void;
+  /**
+   * Bytes of data per logical block of namespace `nsid` (no metadata), so that a command's block
+   * count and byte count can be checked against each other. Throws a typed error for a namespace
+   * commands cannot be sent to (inactive, or formatted with metadata or protection information).
+   */
+  readonly lbaSize: (nsid: number) => number;
+  /** After a command's deadline, how long its Abort may take to end it before onStuck. Defaults to 1000 ms. */
+  readonly abortGraceMs?: number;
+  // Recovery is the owner's: a queue cannot stop the controller's DMA by itself, so it settles a
+  // command past its deadline only when the owner's Abort or reset ends it. Every wait of the
+  // queue is bounded by the owner acting on these.
+  /** A command's deadline passed (its caller still waits): the owner sends Abort for it. */
+  readonly onExpired: (q: IoQueue, cid: number) => void;
+  /**
+   * A command still outstanding `abortGraceMs` after its deadline: the owner resets the controller,
+   * which settles it (resetAfterDisable()), or fails the queue (settleAndRefuse()).
+   */
+  readonly onStuck: (q: IoQueue, cid: number) => void;
+  /** CSTS.CFS or a vanished device seen while polling: the owner resets the controller (or fails the queue). */
+  readonly onFatal: (q: IoQueue, err: ControllerFatalError) => void;
+  /** Set for a queue lent to another thread (worker.ts): the owner's resets reach it through this. */
+  readonly lease?: LeaseGate;
+}
+
+/** The borrowing side of a queue lent by the thread that owns the controller (worker.ts). */
+export interface LeaseGate {
+  /** False while the owner is resetting the controller: doorbells wait until it re-created the queue. */
+  readonly open: boolean;
+  /** Called when a poll finds nothing: carries out a reset the owner signalled (settle, empty rings). */
+  check(q: IoQueue): void;
 }
 
 interface Waiter {
@@ -200,7 +253,7 @@ interface Waiter {
   readonly since: number;
 }
 
-export class IoQueue {
+export class IoQueue implements DmaUser {
   readonly sq: SubmissionQueue;
   readonly ioCq: IoCompletionQueue;
   /** Commands that may be outstanding at once: one less than the smaller ring. */
@@ -208,9 +261,17 @@ export class IoQueue {
   readonly timeoutMs: number;
   readonly maxTransfer: number;
   readonly useSgl: boolean;
-  /** Called for completions of commands posted through the low-level API. */
+  /**
+   * Called for completions of commands posted through the low-level API, late ones included (a
+   * command past its deadline that completed, or was aborted: SC 07h). A command ended by a reset
+   * gets STATUS_ABORTED_BY_HOST, one ended by deleting its queue STATUS_SQ_DELETION. Until then its
+   * buffer may still be read or written by the controller.
+   */
   onComplete: CompletionHandler | null = null;
-  /** Called when a low-level command's deadline passes (checkTimeouts()). */
+  /**
+   * Called when a low-level command's deadline passes (checkTimeouts()): recovery (Abort, then a
+   * reset) has started; its onComplete call follows once the controller can no longer reach it.
+   */
   onTimeout: ((cid: number) => void) | null = null;
 
   // State the hot path touches is in TS-private fields (one bytecode per access, so rw() and
@@ -228,6 +289,12 @@ export class IoQueue {
   private readonly cidOpcode: Uint8Array;
   private readonly cidSlba: Float64Array;
   private readonly cidNlb: Uint32Array;
+  /** The data buffer each posted command reads or writes (undefined: none), for DmaBuffer.free(). */
+  private readonly cidBuf: (DmaBuffer | undefined)[];
+  /** NSID whose LBA data size is cached for rw()'s block-count check, and that size. */
+  private fmtNsid = -1;
+  private fmtLba = 0;
+  readonly #graceMs: number;
   readonly #resolve: (((dw0: number) => void) | undefined)[];
   readonly #reject: (((e: Error) => void) | undefined)[];
   /** Data-pointer list pages, `listPages` per CID. */
@@ -237,7 +304,7 @@ export class IoQueue {
   /** Async requests waiting for a free CID, in order; they time out like posted commands. */
   readonly #waiting: Waiter[] = [];
   private inflight = 0;
-  /** Of inflight, those whose caller was already failed (timed out, controller fatal). */
+  /** Of inflight, those whose deadline passed (recovery under way). */
   private expiredCount = 0;
   /** Set when the controller failed: nothing more is posted on this queue. */
   private fatal: Error | undefined;
@@ -251,6 +318,10 @@ export class IoQueue {
   private batchStart = -1;
   #polling = false;
   private isClosed = false;
+  /** The owner's lease when another thread lent us this queue; null for the owner's own queues. */
+  private readonly lease: LeaseGate | null;
+  /** A doorbell write held back while the lease was closed (the owner resetting). */
+  #ringDeferred = false;
 
   constructor(
     ctx: IoQueueContext,
@@ -261,6 +332,8 @@ export class IoQueue {
   ) {
     this.#ctx = ctx;
     this.backend = ctx.backend;
+    this.lease = ctx.lease ?? null;
+    this.#graceMs = ctx.abortGraceMs ?? 1000;
     this.ioCq = ioCq;
     this.timeoutMs = opts.timeoutMs ?? ctx.timeoutMs;
     this.maxTransfer = ctx.maxTransfer;
@@ -294,8 +367,19 @@ export class IoQueue {
     this.cidOpcode = new Uint8Array(depth);
     this.cidSlba = new Float64Array(depth);
     this.cidNlb = new Uint32Array(depth);
+    this.cidBuf = new Array<DmaBuffer | undefined>(depth).fill(undefined);
     this.#resolve = new Array(depth).fill(undefined);
     this.#reject = new Array(depth).fill(undefined);
+    addDmaUser(ctx.backend, this);
+  }
+
+  /** DmaUser: a posted command not yet settled reads or writes the memory `key` names. */
+  mayAccess(key: object): boolean {
+    for (let cid = 0; cid < this.depth; cid++) {
+      const st = this.cidState[cid];
+      if ((st === State.INFLIGHT || st === State.EXPIRED) && this.cidBuf[cid]?.memoryKey === key) return true;
+    }
+    return false;
   }
 
   get closed(): boolean {
@@ -382,15 +466,18 @@ export class IoQueue {
     // #private ones (three bytecodes per access instead of one) and const enums. One branch
     // covers every check; checkRw() finds what failed and says so. A CID out of range or of a
     // closed queue reads undefined or State.CLOSED.
-    this.rwCheck(cid, blocks, slba, buf, offset, bytes);
+    this.rwCheck(cid, nsid, blocks, slba, buf, offset, bytes);
     this.rwSqe(opcode, cid, nsid, slba, blocks, cdw12Flags);
     this.rwDataAndPost(cid, opcode, slba, blocks, buf, offset, bytes);
   }
 
-  /** Every check of rw() in one branch (CID state, NLB, SLBA, buffer span, owner); checkRw() says what failed. */
-  private rwCheck(cid: number, blocks: number, slba: number, buf: DmaBuffer, offset: number, bytes: number): void {
-    if (!(this.cidState[cid] === State.ACQUIRED && rwFieldsOk(blocks, slba) && this.spanOk(buf, offset, bytes))) {
-      this.checkRw(cid, blocks, slba, buf, offset, bytes);
+  /**
+   * Every check of rw() in one branch (CID state, NLB, SLBA, bytes = blocks x the namespace's LBA
+   * size, buffer span, owner); checkRw() says what failed, and looks up another namespace's LBA size.
+   */
+  private rwCheck(cid: number, nsid: number, blocks: number, slba: number, buf: DmaBuffer, offset: number, bytes: number): void {
+    if (!(this.cidState[cid] === State.ACQUIRED && rwFieldsOk(blocks, slba) && nsid === this.fmtNsid && bytes === blocks * this.fmtLba && this.spanOk(buf, offset, bytes))) {
+      this.checkRw(cid, nsid, blocks, slba, buf, offset, bytes);
     }
   }
 
@@ -408,6 +495,7 @@ export class IoQueue {
     this.postChecked(cid, Mode.HANDLER, opcode & 0xff);
     this.cidSlba[cid] = slba;
     this.cidNlb[cid] = blocks;
+    this.cidBuf[cid] = buf;
   }
 
   /** Offset and length fit `buf`, dword aligned, within MDTS, and the buffer is this controller's. */
@@ -441,13 +529,32 @@ export class IoQueue {
   }
 
   /** The slow half of rw()'s checks: throws what failed; returns when all hold (e.g. a buffer over 2 GiB). */
-  private checkRw(cid: number, blocks: number, slba: number, buf: DmaBuffer, offset: number, bytes: number): void {
+  private checkRw(cid: number, nsid: number, blocks: number, slba: number, buf: DmaBuffer, offset: number, bytes: number): void {
     this.checkAcquired(cid);
     if (!Number.isInteger(blocks) || blocks < 1 || blocks > 65536) {
       throw new InvalidArgumentError(`block count ${blocks}: NLB is 16 bits, one command moves 1 to 65536 blocks`);
     }
     if (!Number.isSafeInteger(slba) || slba < 0) throw new InvalidArgumentError(`SLBA ${slba} is not a non-negative integer`);
     this.#checkBuffer(buf, offset, bytes);
+    this.#checkBlockBytes(nsid, blocks, bytes);
+  }
+
+  /**
+   * The controller moves blocks x LBA size bytes whatever the data pointer says: a byte count that
+   * disagrees would make it read a data page as a PRP list, or transfer past the buffer.
+   */
+  #checkBlockBytes(nsid: number, blocks: number, bytes: number): void {
+    if (nsid !== this.fmtNsid) {
+      if (!Number.isInteger(nsid) || nsid < 1 || nsid > 0xfffffffe) throw new InvalidArgumentError(`NSID ${nsid} is not a namespace ID (1 to 0xfffffffe)`);
+      const lba = this.#ctx.lbaSize(nsid);
+      this.fmtNsid = nsid;
+      this.fmtLba = lba;
+    }
+    if (bytes !== blocks * this.fmtLba) {
+      throw new InvalidArgumentError(
+        `${blocks} blocks of namespace ${nsid} are ${blocks * this.fmtLba} bytes (${this.fmtLba}-byte LBAs), but ${bytes} bytes were given: pass blocks x LBA size`,
+      );
+    }
   }
 
   #checkBuffer(buf: DmaBuffer, offset: number, bytes: number): void {
@@ -476,6 +583,12 @@ export class IoQueue {
   submit(): void {
     this.#ringPending = false;
     this.batchStart = -1;
+    // A lent queue whose owner is resetting the controller: the doorbell waits for the queue to
+    // exist again (LeaseGate.check() then settles or resumes what was posted).
+    if (this.lease !== null && !this.lease.open) {
+      this.#ringDeferred = true;
+      return;
+    }
     this.sq.ring();
   }
 
@@ -483,6 +596,8 @@ export class IoQueue {
   poll(): number {
     if (this.isClosed) return 0;
     const n = this.ioCq.poll();
+    // Only an idle lent queue can have missed a reset: the owner disables the controller first.
+    if (n === 0 && this.lease !== null) this.lease.check(this);
     // Another SQ on a shared CQ may have reaped our completions: drain whenever there is room.
     if (this.#waiting.length > 0) this.#drain();
     return n;
@@ -508,27 +623,23 @@ export class IoQueue {
   /** Completions of promise and sync commands, and of expired or unknown CIDs. */
   private completeOther(cid: number, status: number, dw0: number): void {
     const state = this.cidState[cid];
-    if (state !== State.INFLIGHT) {
-      if (state === State.EXPIRED) {
-        this.freeCid(cid);
-        this.inflight--;
-        this.expiredCount--; // its caller was already told it timed out
-      }
-      return;
-    }
+    if (state !== State.INFLIGHT && state !== State.EXPIRED) return;
+    const late = state === State.EXPIRED;
     this.freeCid(cid);
     this.inflight--;
-    if (this.cidMode[cid] === Mode.PROMISE) {
+    if (late) this.expiredCount--;
+    const mode = this.cidMode[cid];
+    if (mode === Mode.PROMISE) {
       const resolve = this.#resolve[cid]!;
       const reject = this.#reject[cid]!;
       this.#resolve[cid] = undefined;
       this.#reject[cid] = undefined;
       if (status === 0) resolve(dw0);
-      else reject(this.#statusError(cid, status));
-    } else {
+      else reject(late && status === STATUS_ABORT_REQUESTED ? this.#abortedError(cid, status) : this.#statusError(cid, status));
+    } else if (mode === Mode.SYNC) {
       this.cidStatus[cid] = status;
       this.cidDw0[cid] = dw0;
-    }
+    } else this.onComplete?.(cid, status, dw0);
   }
 
   #statusError(cid: number, status: number): NvmeStatusError {
@@ -543,9 +654,33 @@ export class IoQueue {
     });
   }
 
+  /** A command past its deadline that the controller ended with Command Abort Requested. */
+  #abortedError(cid: number, status: number): NvmeTimeoutError {
+    const err = new NvmeTimeoutError(
+      `${commandName(this.cidOpcode[cid]!, false)} (cid ${cid}) on queue ${this.qid} did not complete within ${this.timeoutMs} ms; it was aborted and its buffer is free again`,
+      this.timeoutMs,
+    );
+    (err as { cause?: unknown }).cause = this.#statusError(cid, status);
+    return err;
+  }
+
   /**
-   * Expire commands whose deadline passed: promises reject with NvmeTimeoutError, low-level
-   * commands go to onTimeout. Their CIDs stay reserved until the controller completes them.
+   * Start recovery for `cid`, whose deadline passed at `now`: it stays outstanding (its caller
+   * waits), the owner sends Abort, and `abortGraceMs` later checkTimeouts() asks for a reset.
+   */
+  #expire(cid: number, now: number): void {
+    this.cidState[cid] = State.EXPIRED;
+    this.expiredCount++;
+    this.cidDeadline[cid] = now + this.#graceMs;
+    if (this.cidMode[cid] === Mode.HANDLER) this.onTimeout?.(cid);
+    this.#ctx.onExpired(this, cid);
+  }
+
+  /**
+   * Start recovery for commands whose deadline passed, and ask the owner for a reset for those an
+   * Abort did not end within the grace period; requests that waited longer than the timeout for a
+   * free CID (never sent) fail with NvmeTimeoutError. Returns how many commands or requests it
+   * acted on. Posted commands settle later: at their completion, or the reset.
    */
   checkTimeouts(now = performance.now()): number {
     let n = 0;
@@ -556,26 +691,21 @@ export class IoQueue {
       );
     }
     for (let cid = 0; cid < this.depth; cid++) {
-      if (this.cidState[cid] !== State.INFLIGHT || this.cidMode[cid] === Mode.SYNC || this.cidDeadline[cid]! > now) continue;
-      this.cidState[cid] = State.EXPIRED;
-      this.expiredCount++;
-      n++;
-      const err = new NvmeTimeoutError(
-        `${commandName(this.cidOpcode[cid]!, false)} (cid ${cid}) on queue ${this.qid} did not complete within ${this.timeoutMs} ms`,
-        this.timeoutMs,
-      );
-      if (this.cidMode[cid] === Mode.PROMISE) {
-        const reject = this.#reject[cid]!;
-        this.#resolve[cid] = undefined;
-        this.#reject[cid] = undefined;
-        reject(err);
-      } else this.onTimeout?.(cid);
-      this.#ctx.onExpired?.(this, cid);
+      const st = this.cidState[cid];
+      if (this.cidDeadline[cid]! > now || this.cidMode[cid] === Mode.SYNC) continue;
+      if (st === State.INFLIGHT) {
+        n++;
+        this.#expire(cid, now);
+      } else if (st === State.EXPIRED) {
+        n++;
+        this.cidDeadline[cid] = Infinity; // asked once; the reset settles it
+        this.#ctx.onStuck(this, cid);
+      }
     }
     return n;
   }
 
-  /** True while `cid` timed out and the controller has not completed it yet. */
+  /** True while `cid` is past its deadline and not yet settled (recovery under way). */
   isExpired(cid: number): boolean {
     return this.cidState[cid] === State.EXPIRED;
   }
@@ -589,33 +719,38 @@ export class IoQueue {
         : `${this.#ctx.backend.name}: Controller Fatal Status (CSTS.CFS) set with ${this.inflight} commands outstanding`,
       csts,
     );
-    // With an owner that can reset the controller, outstanding commands fail and the queue goes on;
-    // alone, the queue refuses further commands.
-    if (this.#ctx.onFatal) this.#ctx.onFatal(err);
-    else this.#failAll(err);
+    // The owner resets the controller, which settles the outstanding commands.
+    this.#ctx.onFatal(this, err);
   }
 
-  /** Fail every outstanding async command and waiter; their CIDs stay reserved (the controller is broken). */
-  #failAll(err: Error): void {
+  /** Refuse new commands and fail requests still waiting for a CID (never sent) with `err`. */
+  #refuse(err: Error): void {
     this.fatal = err;
-    this.#failOutstanding(err);
     for (const w of this.#waiting.splice(0)) w.reject(err);
   }
 
-  #failOutstanding(err: Error): void {
+  /**
+   * Settle every posted command: the controller can no longer reach their memory (disabled,
+   * its bus mastering cleared, or the queue deleted). Promises reject with `err`, sync callers
+   * throw it, handlers get `handlerStatus`.
+   */
+  #settleAll(err: Error, handlerStatus: number): void {
     this.#syncError = err;
     for (let cid = 0; cid < this.depth; cid++) {
-      if (this.cidState[cid] !== State.INFLIGHT) continue;
-      this.cidState[cid] = State.EXPIRED;
-      this.expiredCount++;
-      if (this.cidMode[cid] === Mode.PROMISE) {
+      const st = this.cidState[cid];
+      if (st !== State.INFLIGHT && st !== State.EXPIRED) continue;
+      this.freeCid(cid);
+      this.inflight--;
+      const mode = this.cidMode[cid];
+      if (mode === Mode.PROMISE) {
         const reject = this.#reject[cid]!;
         this.#resolve[cid] = undefined;
         this.#reject[cid] = undefined;
         reject(err);
-      } else if (this.cidMode[cid] === Mode.SYNC) this.cidStatus[cid] = -2;
-      else this.onTimeout?.(cid);
+      } else if (mode === Mode.SYNC) this.cidStatus[cid] = -2;
+      else this.onComplete?.(cid, handlerStatus, 0);
     }
+    this.expiredCount = 0;
   }
 
   /**
@@ -624,7 +759,7 @@ export class IoQueue {
    * and sent once the queue exists again (resume()).
    */
   resetAfterDisable(err: Error): void {
-    this.#failOutstanding(err);
+    this.#settleAll(err, STATUS_ABORTED_BY_HOST);
     this.sq.reset();
     for (let i = 0; i < this.depth; i++) {
       this.cidState[i] = State.FREE;
@@ -635,11 +770,27 @@ export class IoQueue {
     this.expiredCount = 0;
     this.fatal = undefined;
     this.#ringPending = false;
+    this.#ringDeferred = false;
     this.batchStart = -1;
+    if (deferredFrees.count !== 0) releaseDeferred(this.backend);
   }
 
-  /** @internal The queue exists on the controller again: send what waited. */
+  /**
+   * @internal Settle everything with `err` and refuse new commands: the queue is gone for good
+   * (the controller's DMA was stopped, or the device is gone, and the queue was not re-created).
+   */
+  settleAndRefuse(err: Error): void {
+    this.#settleAll(err, STATUS_ABORTED_BY_HOST);
+    this.#refuse(err);
+    if (deferredFrees.count !== 0) releaseDeferred(this.backend);
+  }
+
+  /** @internal The queue exists on the controller again: ring what was held back, send what waited. */
   resume(): void {
+    if (this.#ringDeferred) {
+      this.#ringDeferred = false;
+      this.sq.ring();
+    }
     if (this.#waiting.length > 0) {
       this.#drain();
       this.#startPolling();
@@ -648,7 +799,10 @@ export class IoQueue {
 
   // ---- synchronous --------------------------------------------------------------------------
 
-  /** Post with `fill(cid)` (which writes and posts the SQE), submit, and spin for completion. */
+  /**
+   * Post with `fill(cid)` (which writes and posts the SQE), submit, and spin for the settlement:
+   * the completion, the completion the Abort sent at the deadline provokes, or the owner's reset.
+   */
   #execSync(fill: (cid: number) => void): number {
     if (this.isClosed) throw new ClosedError(`I/O queue ${this.qid} is closed`);
     if (this.fatal) throw this.fatal;
@@ -657,6 +811,7 @@ export class IoQueue {
     while (cid < 0) {
       // Async commands hold every CID: reap until one frees up, bounded like everything else.
       this.poll();
+      if (this.fatal) throw this.fatal;
       if (performance.now() > deadline) throw new NvmeTimeoutError(`queue ${this.qid}: no command slot freed within ${this.timeoutMs} ms`, this.timeoutMs);
       cid = this.acquire();
     }
@@ -669,24 +824,24 @@ export class IoQueue {
     this.cidMode[cid] = Mode.SYNC;
     this.cidStatus[cid] = -1;
     this.submit();
+    let expired = false;
     for (let spins = 0; this.cidStatus[cid] === -1; spins++) {
       this.poll();
       if ((spins & 255) === 255) {
-        if (performance.now() > deadline) {
-          this.cidState[cid] = State.EXPIRED;
-          this.expiredCount++;
-          const err = new NvmeTimeoutError(
-            `${commandName(this.cidOpcode[cid]!, false)} (cid ${cid}) on queue ${this.qid} did not complete within ${this.timeoutMs} ms`,
-            this.timeoutMs,
-          );
-          this.#ctx.onExpired?.(this, cid);
-          throw err;
+        const now = performance.now();
+        if (!expired && now > deadline) {
+          expired = true;
+          this.#expire(cid, now);
+        } else if (expired && this.cidState[cid] === State.EXPIRED && now > this.cidDeadline[cid]!) {
+          this.cidDeadline[cid] = Infinity;
+          this.#ctx.onStuck(this, cid);
         }
         if ((spins & 16383) === 16383) this.#checkController();
       }
     }
     const status = this.cidStatus[cid]!;
     if (status === -2) throw this.#syncError!;
+    if (expired && status === STATUS_ABORT_REQUESTED) throw this.#abortedError(cid, status);
     if (status !== 0) throw this.#statusError(cid, status);
     return this.cidDw0[cid]!;
   }
@@ -696,12 +851,17 @@ export class IoQueue {
     return this.#execSync((cid) => this.rw(cid, opcode, nsid, slba, blocks, buf, offset, bytes, cdw12Flags));
   }
 
-  /** Any command without data (Flush, Write Zeroes) or with a data structure in its list page, synchronously. */
-  commandSync(write: (sqe: Uint32Array, o: number, cid: number) => void): number {
+  /**
+   * Any command without data (Flush, Write Zeroes) or with a data structure in its list page,
+   * synchronously. A command whose data is in a buffer of its own passes it as `buf`, so that
+   * freeing the buffer waits for the command.
+   */
+  commandSync(write: (sqe: Uint32Array, o: number, cid: number) => void, buf?: DmaBuffer): number {
     return this.#execSync((cid) => {
       write(this.sq.sqe, this.slot, cid);
       this.post(cid);
       this.cidNlb[cid] = 0;
+      this.cidBuf[cid] = buf;
     });
   }
 
@@ -712,18 +872,20 @@ export class IoQueue {
     try {
       // Checked now, not when a CID frees up: a bad buffer fails at once, in order.
       this.#checkBuffer(buf, offset, bytes);
+      this.#checkBlockBytes(nsid, blocks, bytes);
     } catch (e) {
       return Promise.reject(e as Error);
     }
     return this.#async((cid) => this.rw(cid, opcode, nsid, slba, blocks, buf, offset, bytes, cdw12Flags));
   }
 
-  /** Any command built by `write` (which fills the SQE at `o` for `cid`), asynchronously. */
-  commandAsync(write: (sqe: Uint32Array, o: number, cid: number) => void): Promise<number> {
+  /** Any command built by `write` (which fills the SQE at `o` for `cid`), asynchronously; `buf` as for commandSync(). */
+  commandAsync(write: (sqe: Uint32Array, o: number, cid: number) => void, buf?: DmaBuffer): Promise<number> {
     return this.#async((cid) => {
       write(this.sq.sqe, this.slot, cid);
       this.post(cid);
       this.cidNlb[cid] = 0;
+      this.cidBuf[cid] = buf;
     });
   }
 
@@ -778,24 +940,30 @@ export class IoQueue {
         this.#polling = false;
         return;
       }
-      // Spin briefly before yielding: a completion is usually microseconds away.
+      // Spin briefly before yielding: a completion is usually microseconds away. Commands past
+      // their deadline do not keep it spinning (recovery ends them), only polled each turn.
       for (let i = 0; i < 64 && this.poll() === 0 && this.inflight > this.expiredCount; i++);
       if (this.#ringPending) this.submit();
-      if ((++turns & 63) === 0) {
+      if ((++turns & 63) === 0 || (this.expiredCount > 0 && (turns & 7) === 0)) {
         this.checkTimeouts();
         this.#checkController();
       }
-      // Commands already failed (expired) do not keep the poller spinning: a later poll reaps them.
-      if (this.inflight > this.expiredCount || this.#waiting.length > 0) setImmediate(loop);
+      if (this.inflight > 0 || this.#waiting.length > 0) setImmediate(loop);
       else this.#polling = false;
     };
     setImmediate(loop);
   }
 
-  /** The controller deleted the queue (or never created it): fail what is left, free the memory. */
+  /**
+   * The controller deleted the queue (or was disabled, or never created it): commands still
+   * outstanding cannot be reached by it any more and settle with ClosedError (handlers: SQ
+   * deletion status); then the rings and list pages are freed.
+   */
   free(): void {
     if (this.isClosed) return;
-    this.#failAll(new ClosedError(`I/O queue ${this.qid} was deleted with commands outstanding`));
+    const err = new ClosedError(`I/O queue ${this.qid} was deleted with commands outstanding`);
+    this.#settleAll(err, STATUS_SQ_DELETION);
+    this.#refuse(err);
     this.isClosed = true;
     // A shared CQ outlives this SQ: hand back the completion slots its CIDs still held.
     for (let cid = 0; cid < this.depth; cid++) if (this.cidState[cid] !== State.FREE) this.ioCq.credits++;
@@ -804,6 +972,6 @@ export class IoQueue {
     this.ioCq.unbind(this);
     this.sq.mem.free();
     this.lists.free();
+    removeDmaUser(this.backend, this);
   }
 }
-

@@ -22,6 +22,14 @@ export interface IoOptions {
   readonly queue?: IoQueue;
 }
 
+export interface WriteOptions extends IoOptions {
+  /**
+   * Force Unit Access: the write completes only once the data is on non-volatile media, not just
+   * in the controller's volatile write cache (Identify Controller VWC). Defaults to false.
+   */
+  readonly fua?: boolean;
+}
+
 /** A range for deallocate(): `count` blocks from `lba`. */
 export interface BlockRange {
   readonly lba: number;
@@ -39,14 +47,15 @@ export class Namespace {
   /** Largest block count of one data command. */
   readonly maxBlocks: number;
 
+  /**
+   * Identify namespace `nsid` for I/O. InvalidArgumentError when it is not active, UnsupportedError
+   * when it is formatted with metadata or protection information (not transferred by libnvm yet).
+   */
   constructor(
     readonly ctrl: Controller,
     readonly nsid: number,
   ) {
-    this.info = ctrl.identifyNamespace(nsid);
-    if (!this.info.isActive) {
-      throw new InvalidArgumentError(`namespace ${nsid} on ${ctrl.name} is not active (NSZE 0): list the active ones with examples/identify.ts`);
-    }
+    this.info = ctrl.namespaceFormat(nsid);
     this.lbaSize = this.info.lbaSize;
     this.blocks = Number(this.info.nsze);
     this.maxBlocks = Math.min(MAX_BLOCKS_PER_COMMAND, Math.floor(ctrl.maxTransfer / this.lbaSize));
@@ -85,9 +94,9 @@ export class Namespace {
     q.rwSync(cmd.NVM_READ, this.nsid, lba, count, buf, offset, this.checkRange(lba, count));
   }
 
-  /** Write `count` blocks at `lba` from `buf`, waiting for completion. */
-  writeSync(q: IoQueue, lba: number, count: number, buf: DmaBuffer, offset = 0): void {
-    q.rwSync(cmd.NVM_WRITE, this.nsid, lba, count, buf, offset, this.checkRange(lba, count));
+  /** Write `count` blocks at `lba` from `buf`, waiting for completion; `fua`: see WriteOptions. */
+  writeSync(q: IoQueue, lba: number, count: number, buf: DmaBuffer, offset = 0, fua = false): void {
+    q.rwSync(cmd.NVM_WRITE, this.nsid, lba, count, buf, offset, this.checkRange(lba, count), fua ? cmd.RW_FUA : 0);
   }
 
   flushSync(q: IoQueue): void {
@@ -101,9 +110,13 @@ export class Namespace {
     await this.#queue(opts).rwAsync(cmd.NVM_READ, this.nsid, lba, count, buf, opts.offset ?? 0, this.checkRange(lba, count));
   }
 
-  /** Write `count` blocks at `lba` from `buf`. */
-  async write(lba: number, count: number, buf: DmaBuffer, opts: IoOptions = {}): Promise<void> {
-    await this.#queue(opts).rwAsync(cmd.NVM_WRITE, this.nsid, lba, count, buf, opts.offset ?? 0, this.checkRange(lba, count));
+  /**
+   * Write `count` blocks at `lba` from `buf`. Its completion means the controller has the data; with
+   * a volatile write cache (ctrl.info.vwc bit 0) it survives power loss only after flush(), or
+   * with `fua`.
+   */
+  async write(lba: number, count: number, buf: DmaBuffer, opts: WriteOptions = {}): Promise<void> {
+    await this.#queue(opts).rwAsync(cmd.NVM_WRITE, this.nsid, lba, count, buf, opts.offset ?? 0, this.checkRange(lba, count), opts.fua ? cmd.RW_FUA : 0);
   }
 
   /**

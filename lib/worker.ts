@@ -16,21 +16,28 @@
  *
  * Rules: the owner must not touch a queue it exported until the Worker is done with it (one
  * thread per queue; an SQ and its CQ travel together, so the CQ must not be shared with another
- * SQ), and must keep the controller open until the Worker has closed its side (close() detaches
- * the Worker's views; after that, the owner may delete the queue and free the memory).
+ * SQ), and must keep the controller open, and its event loop running, until the Worker has closed
+ * its side (close() detaches the Worker's views; after that, the owner may delete the queue and
+ * free the memory).
+ *
+ * The lease (lease.ts) is what keeps the owner's resets and the Worker's queue consistent: a reset
+ * re-creates the lent queue only after the Worker settled its commands and emptied its rings, so a
+ * stale SQ entry is never fetched again. The Worker cannot send admin commands: for a command past
+ * its deadline it asks the owner, through the lease, for an Abort and then a reset. While a queue
+ * is lent, the owner's free() of an exported buffer waits until the queue is deleted or returned.
  *
  * attachIoQueue() checks the shape of what it is given (every number in range, doorbells where
  * DSTRD puts them and inside BAR0, mappings large enough for what is built over them), but it
  * cannot check that the addresses are real: pass it only what exportIoQueue()/exportBuffer()
- * made, in this process. In the Worker nobody can reset the controller: a command past its
- * deadline fails its caller and keeps its CID; a fatal controller status fails the queue.
+ * made, in this process.
  */
 import type { Pointer } from "bun:ffi";
 import { ClosedError, InvalidArgumentError } from "./errors.ts";
+import { exportedMemory, LEASE_BYTES, LeaseClient } from "./lease.ts";
 import { HOST_PAGE_SIZE, type Backend, type BackendKind, type DmaMapping, type DmaOptions } from "./backends/types.ts";
 import type { Controller } from "./controller.ts";
 import { DmaBuffer } from "./dma.ts";
-import { IoCompletionQueue, IoQueue } from "./io.ts";
+import { IoCompletionQueue, IoQueue, type IoQueueContext } from "./io.ts";
 import { PRP_PAGE_SIZE } from "./prp.ts";
 import { CQE_SIZE, SQE_SIZE } from "./spec/commands.ts";
 import { cqHeadDoorbell, sqTailDoorbell } from "./spec/registers.ts";
@@ -77,6 +84,12 @@ export interface SharedIoQueue {
   readonly sqHead: number;
   readonly cqHead: number;
   readonly cqPhase: number;
+  /** After a deadline, how long the owner's Abort may take before the Worker asks for a reset. */
+  readonly abortGraceMs: number;
+  /** LBA data size of each namespace the owner accepted for I/O, as [nsid, bytes] pairs. */
+  readonly lbaSizes: readonly (readonly [number, number])[];
+  /** The lease shared with the owner (lease.ts): resets, recovery requests, the return of the queue. */
+  readonly lease: SharedArrayBuffer;
 }
 
 const BACKEND_KINDS: readonly string[] = ["sysfs", "vfio", "disnvm"] satisfies BackendKind[];
@@ -94,15 +107,21 @@ function shareMapping(buf: DmaBuffer, what: string): SharedMapping {
   return { vaddr: Number(buf.pointer), size: buf.size, iova: Array.from(iova), contiguous: buf.contiguous };
 }
 
-/** Describe a data buffer for attachIoQueue(...).buffer(). Whole, live buffers only (not regions). */
+/**
+ * Describe a data buffer for attachIoQueue(...).buffer(). Whole, live buffers only (not regions).
+ * While a queue is lent, the owner's free() of an exported buffer waits until the queue comes back.
+ */
 export function exportBuffer(buf: DmaBuffer): SharedMapping {
-  return shareMapping(buf, "the buffer");
+  const m = shareMapping(buf, "the buffer");
+  exportedMemory.add(buf.memoryKey);
+  return m;
 }
 
 /**
  * Describe `q` (created by `ctrl`) for a Worker. The queue must be idle (no command
  * outstanding, no CID acquired) and must be the only SQ on its completion queue; from here on
- * only the Worker uses it.
+ * only the Worker uses it, until its close(). Namespaces the Worker sends commands to must have
+ * been identified by the owner first (new Namespace(ctrl, nsid)).
  */
 export function exportIoQueue(ctrl: Controller, q: IoQueue): SharedIoQueue {
   if (q.closed) throw new InvalidArgumentError(`I/O queue ${q.qid} is closed`);
@@ -124,6 +143,8 @@ export function exportIoQueue(ctrl: Controller, q: IoQueue): SharedIoQueue {
     throw new InvalidArgumentError(`I/O queue ${q.qid} has ${ioCq.entries - 1 - ioCq.credits} CIDs acquired and not posted: release them and export it idle`);
   }
   const cq = ioCq.cq;
+  // Lent from here on: the owner's resets wait for the Worker, and the ring state below is current.
+  const lease = ctrl.lendIoQueue(q);
   // The list pages are one mapping; listBuffer(0) is a region at its start (base 0 of the mapping).
   const first = q.listBuffer(0);
   const listPages = q.depth * q.listPages;
@@ -157,6 +178,9 @@ export function exportIoQueue(ctrl: Controller, q: IoQueue): SharedIoQueue {
     sqHead: q.sq.head,
     cqHead: cq.head,
     cqPhase: cq.phase,
+    abortGraceMs: ctrl.abortGraceMs,
+    lbaSizes: [...ctrl.knownLbaSizes],
+    lease: lease.sab,
   };
 }
 
@@ -241,6 +265,13 @@ function checkShared(d: unknown): SharedIoQueue {
   checkInt(where, "sqHead", s.sqHead, 0, entries - 1);
   checkInt(where, "cqHead", s.cqHead, 0, cqEntries - 1);
   checkInt(where, "cqPhase", s.cqPhase, 0, 1);
+  checkInt(where, "abortGraceMs", s.abortGraceMs, 0, 0x7fff_ffff);
+  if (!Array.isArray(s.lbaSizes) || !s.lbaSizes.every((p) => Array.isArray(p) && p.length === 2 && isInt(p[0], 1, 0xfffffffe) && isInt(p[1], 512, 1 << 24))) {
+    throw new InvalidArgumentError(`${where}: lbaSizes must be [nsid, LBA size] pairs`);
+  }
+  if (!(s.lease instanceof SharedArrayBuffer) || s.lease.byteLength !== LEASE_BYTES) {
+    throw new InvalidArgumentError(`${where}: lease must be the SharedArrayBuffer of ${LEASE_BYTES} bytes exportIoQueue() made`);
+  }
   return s as SharedIoQueue;
 }
 
@@ -306,8 +337,10 @@ export interface AttachedIoQueue {
   /** A data buffer the owner exported (exportBuffer), for commands on this queue. ClosedError after close(). */
   buffer(m: SharedMapping): DmaBuffer;
   /**
-   * Detach every view (rings, list pages, buffers); commands still outstanding fail with
-   * ClosedError. The owner may free the memory afterwards. Idempotent.
+   * Detach every view (rings, list pages, buffers) and hand the queue back to the owner; commands
+   * still outstanding fail with ClosedError (await them first to see their results). The owner may
+   * then delete the queue and free the memory: exported buffers a command left outstanding may
+   * still reach are released only once the queue is deleted. Idempotent.
    */
   close(): void;
 }
@@ -316,16 +349,39 @@ export interface AttachedIoQueue {
 export function attachIoQueue(shared: SharedIoQueue): AttachedIoQueue {
   const d = checkShared(shared);
   const backend = new SharedBackend(d);
-  const ctx = { backend, dstrd: d.dstrd, timeoutMs: d.timeoutMs, maxTransfer: d.maxTransfer, sgls: d.sgls };
   let cq: IoCompletionQueue | undefined;
   let queue: IoQueue | undefined;
+  const lbaSizes = new Map(d.lbaSizes);
+  const ctx = (lease: LeaseClient): IoQueueContext => ({
+    backend,
+    dstrd: d.dstrd,
+    timeoutMs: d.timeoutMs,
+    maxTransfer: d.maxTransfer,
+    sgls: d.sgls,
+    abortGraceMs: d.abortGraceMs,
+    lbaSize: (nsid) => {
+      const size = lbaSizes.get(nsid);
+      if (size === undefined) {
+        throw new InvalidArgumentError(`namespace ${nsid} was not identified by the owner before it exported queue ${d.qid}: create new Namespace(ctrl, ${nsid}) there first`);
+      }
+      return size;
+    },
+    onExpired: (_q, cid) => lease.requestAbort(cid),
+    onStuck: () => lease.requestReset(),
+    onFatal: () => lease.requestReset(),
+    lease,
+  });
+  // How long the owner may take to act on a reset asked for before the Worker gives up on it.
+  const ownerWaitMs = Math.max(d.timeoutMs, 1000);
+  let lease: LeaseClient | undefined;
   try {
     backend.lend(d.cq);
     cq = new IoCompletionQueue(backend, d.cqid, d.cqEntries, d.dstrd);
+    lease = new LeaseClient(d.lease, cq, ownerWaitMs);
     // IoQueue allocates its SQ ring, then its list pages.
     backend.lend(d.sq);
     backend.lend(d.lists);
-    queue = new IoQueue(ctx, d.qid, d.entries, cq, { timeoutMs: d.timeoutMs, dataPointer: d.dataPointer });
+    queue = new IoQueue(ctx(lease), d.qid, d.entries, cq, { timeoutMs: d.timeoutMs, dataPointer: d.dataPointer });
     // Same memory, same roles: a change in how IoQueue allocates must not swap rings silently.
     if (
       Number(queue.sq.mem.pointer) !== d.sq.vaddr ||
@@ -341,6 +397,8 @@ export function attachIoQueue(shared: SharedIoQueue): AttachedIoQueue {
     queue?.free();
     cq?.free();
     backend.close();
+    // Nothing was posted: the owner gets the queue back as it exported it.
+    new LeaseClient(d.lease, undefined, 0).release(d.sqTail, d.sqHead, d.cqHead, d.cqPhase, false);
     throw e;
   }
   cq.sqs.set(d.qid, queue);
@@ -350,6 +408,7 @@ export function attachIoQueue(shared: SharedIoQueue): AttachedIoQueue {
   cq.cq.phase = d.cqPhase;
   const q = queue;
   const ioCq = cq;
+  const client = lease;
   const buffers: DmaBuffer[] = [];
   let closed = false;
   return {
@@ -365,6 +424,10 @@ export function attachIoQueue(shared: SharedIoQueue): AttachedIoQueue {
     close(): void {
       if (closed) return;
       closed = true;
+      // Commands still outstanding settle with ClosedError below, though the controller may still
+      // reach their buffers: this thread's views go, and the owner keeps exported memory until it
+      // deletes the queue (which ends them) or disables the controller (the lease says so).
+      client.release(q.sq.tail, q.sq.head, ioCq.cq.head, ioCq.cq.phase, q.outstanding > 0);
       // free() on a borrowed mapping only detaches the views: the owner still owns the memory.
       for (const b of buffers.splice(0)) b.free();
       q.free();

@@ -295,6 +295,12 @@ export function flush(nsid: number): Command {
   return { opcode: NVM_FLUSH, nsid };
 }
 
+/**
+ * Read/Write/Compare CDW12 bit 30: Force Unit Access (FUA). A write completes only once its data
+ * is in non-volatile media (past a volatile write cache); a read fetches from the media.
+ */
+export const RW_FUA = 1 << 30;
+
 /** Write Zeroes CDW12 bit 25: Deallocate (DEAC) the blocks if the controller can. */
 export const WRITE_ZEROES_DEAC = 1 << 25;
 /** Dataset Management CDW11 bit 2: Attribute – Deallocate (AD). */

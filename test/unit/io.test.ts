@@ -9,15 +9,16 @@
 import { afterAll, afterEach, describe, expect, test } from "bun:test";
 import { ClosedError, ControllerFatalError, InvalidArgumentError, NvmeStatusError, NvmeTimeoutError } from "../../lib/errors.ts";
 import { DmaBuffer } from "../../lib/dma.ts";
-import { IoCompletionQueue, IoQueue, type IoQueueContext } from "../../lib/io.ts";
+import { IoCompletionQueue, IoQueue, STATUS_ABORTED_BY_HOST, STATUS_SQ_DELETION, type IoQueueContext } from "../../lib/io.ts";
 import { NVM_FLUSH, NVM_READ, NVM_WRITE, SQE_DWORDS, writeSqe } from "../../lib/spec/commands.ts";
-import { encodeStatus } from "../../lib/spec/status.ts";
+import { encodeStatus, SC_ABORT_REQUESTED, SCT_GENERIC } from "../../lib/spec/status.ts";
 import type { DmaMapping } from "../../lib/backends/types.ts";
 import { addr64, FakeBackend, FakeIoController } from "./fake-backend.ts";
 
 const TWO32 = 0x1_0000_0000;
 const PAGE = 4096;
 const REG_CSTS = 0x1c;
+const STATUS_ABORT_REQUESTED = encodeStatus({ sct: SCT_GENERIC, sc: SC_ABORT_REQUESTED });
 const CSTS_CFS = 1 << 1;
 
 const backend = new FakeBackend();
@@ -29,8 +30,25 @@ afterEach(() => {
   backend.regs.fill(0);
 });
 
+/**
+ * What an owner (the Controller) lends a queue. By default it plays the recovery a Controller
+ * does when the Abort it sends changes nothing: a reset (every outstanding command fails), and a
+ * failed queue on a fatal controller status; tests that script recovery override these.
+ */
 function context(over: Partial<IoQueueContext> = {}): IoQueueContext {
-  return { backend, dstrd: 0, timeoutMs: 10_000, maxTransfer: 128 * 1024, sgls: 0, ...over };
+  return {
+    backend,
+    dstrd: 0,
+    timeoutMs: 10_000,
+    maxTransfer: 128 * 1024,
+    sgls: 0,
+    lbaSize: () => 512,
+    abortGraceMs: 50,
+    onExpired: () => {},
+    onStuck: (q) => q.resetAfterDisable(new NvmeTimeoutError("failed by a controller reset (the test's owner)", q.timeoutMs)),
+    onFatal: (q, err) => q.settleAndRefuse(err),
+    ...over,
+  };
 }
 
 interface SetupOptions {
@@ -44,6 +62,8 @@ interface SetupOptions {
   dstrd?: number;
   dataPointer?: "prp" | "sgl";
   be?: FakeBackend;
+  /** The owner's hooks (recovery), and anything else of the context. */
+  ctx?: Partial<IoQueueContext>;
 }
 
 interface Setup {
@@ -71,7 +91,7 @@ function addSq(cq: IoCompletionQueue, ctrl: FakeIoController, o: SetupOptions & 
   const be = o.be ?? backend;
   const before = new Set(be.live);
   const q = new IoQueue(
-    context({ backend: be, dstrd: o.dstrd ?? 0, maxTransfer: o.maxTransfer ?? 128 * 1024, sgls: o.sgls ?? 0, timeoutMs: o.timeoutMs ?? 10_000 }),
+    context({ backend: be, dstrd: o.dstrd ?? 0, maxTransfer: o.maxTransfer ?? 128 * 1024, sgls: o.sgls ?? 0, timeoutMs: o.timeoutMs ?? 10_000, ...o.ctx }),
     o.qid,
     o.entries ?? 8,
     cq,
@@ -246,6 +266,14 @@ describe("CID trackers", () => {
     expect(posted).toBeGreaterThan(100);
     expect(ctrl.seen.length).toBe(posted);
     expect(ctrl.overflows).toBe(0);
+    // Deleting the queue ends what is still outstanding: each handler hears of it once.
+    const ended: number[] = [];
+    q.onComplete = (cid, status) => {
+      expect(status).toBe(STATUS_SQ_DELETION);
+      ended.push(cid);
+    };
+    q.free();
+    expect(ended.sort((a, b) => a - b)).toEqual([...inflight].sort((a, b) => a - b));
   });
 
   test("rw() with a CID never acquired, in flight or out of range throws and posts nothing", () => {
@@ -315,7 +343,7 @@ describe("rw() command encoding", () => {
     const cid = q.acquire(); // 2
     const slba = 2 ** 40 + 0x1234_5678;
     const o = q.slot;
-    q.rw(cid, NVM_WRITE, 0xdead_beef, slba, 8, buf, 64, 4096 - 64, 1 << 30);
+    q.rw(cid, NVM_WRITE, 0xdead_beef, slba, 7, buf, 64, 7 * 512, 1 << 30);
     const s = q.sq.sqe;
     expect(s[o]! & 0xff).toBe(NVM_WRITE);
     expect((s[o]! >>> 8) & 0x3).toBe(0); // FUSE
@@ -325,7 +353,7 @@ describe("rw() command encoding", () => {
     expect([s[o + 2], s[o + 3], s[o + 4], s[o + 5]]).toEqual([0, 0, 0, 0]);
     expect(s[o + 10]).toBe(0x1234_5678);
     expect(s[o + 11]).toBe(0x100);
-    expect(s[o + 12]).toBe(((1 << 30) | 7) >>> 0);
+    expect(s[o + 12]).toBe(((1 << 30) | 6) >>> 0);
     expect([s[o + 13], s[o + 14], s[o + 15]]).toEqual([0, 0, 0]);
     expect(addr64(s, o + 6)).toBe(busOf(buf.iova, 64));
     expect(addr64(s, o + 8)).toBe(0);
@@ -344,10 +372,10 @@ describe("rw() command encoding", () => {
     ] as const) {
       const cid = q.acquire();
       const o = q.slot;
-      q.rw(cid, NVM_READ, 1, slba, 65536, buf, 0, 512);
+      q.rw(cid, NVM_READ, 1, slba, 1, buf, 0, 512);
       expect(q.sq.sqe[o + 10]).toBe(lo);
       expect(q.sq.sqe[o + 11]).toBe(hi);
-      expect(q.sq.sqe[o + 12]).toBe(0xffff); // NLB is 0's based: 65536 blocks
+      expect(q.sq.sqe[o + 12]).toBe(0); // NLB is 0's based: 1 block
     }
   });
 
@@ -380,8 +408,8 @@ describe("rw() command encoding", () => {
     for (const cid of [3, 1]) {
       const o = q.slot;
       const offset = cid === 3 ? 8 : 0;
-      const bytes = 5 * PAGE - (cid === 3 ? 8 : 0) - (cid === 3 ? 4096 : 0); // 3: 4 pages from 8; 1: 5 pages
-      q.rw(cid, NVM_READ, 1, 0, 8, buf, offset, bytes);
+      const bytes = cid === 3 ? 4 * PAGE - 512 : 5 * PAGE; // 3: 4 pages from 8; 1: 5 pages
+      q.rw(cid, NVM_READ, 1, 0, bytes / 512, buf, offset, bytes);
       const listBus = busOf(lists.iova, cid * q.listPages * PAGE);
       expect(addr64(q.sq.sqe, o + 6)).toBe(busOf(buf.iova, offset));
       expect(addr64(q.sq.sqe, o + 8)).toBe(listBus);
@@ -570,10 +598,11 @@ describe("command field checks", () => {
   }
 
   test("65536 blocks and SLBA 2^53-1 are accepted (the field limits themselves)", () => {
-    const { q } = setup({ entries: 8 });
-    const buf = alloc(PAGE);
+    // 65536 blocks of 512 bytes: 32 MiB in one command, with an MDTS that allows it.
+    const { q } = setup({ entries: 4, maxTransfer: 32 << 20 });
+    const buf = alloc(32 << 20);
     const cid = q.acquire();
-    q.rw(cid, NVM_READ, 1, 2 ** 53 - 1, 65536, buf, 0, 512);
+    q.rw(cid, NVM_READ, 1, 2 ** 53 - 1, 65536, buf, 0, 32 << 20);
     const o = 0;
     expect(q.sq.sqe[o + 10]).toBe(0xffffffff);
     expect(q.sq.sqe[o + 11]).toBe(0x1fffff);
@@ -908,7 +937,7 @@ describe("async", () => {
     expect(q.ioCq.credits).toBe(3);
   });
 
-  test("a request still waiting for a CID after timeoutMs rejects with NvmeTimeoutError", async () => {
+  test("a request still waiting for a CID after timeoutMs rejects with NvmeTimeoutError; the posted one waits for the owner's reset", async () => {
     const { q, ctrl } = setup({ entries: 2, timeoutMs: 50 }); // depth 1
     ctrl.responder = () => undefined;
     const buf = alloc(PAGE);
@@ -923,27 +952,52 @@ describe("async", () => {
     expect(waiting.state).toBe("rejected");
     expect(waiting.error).toBeInstanceOf(NvmeTimeoutError);
     expect((waiting.error as Error).message).toContain("never sent");
+    // The posted one settled only through the reset (the context's onStuck), after the grace period.
     expect(posted.error).toBeInstanceOf(NvmeTimeoutError);
+    expect((posted.error as Error).message).toContain("failed by a controller reset");
     expect(ctrl.seen.length).toBe(1); // the waiter never reached the SQ
   }, 5000);
 
-  test("a posted command past its deadline rejects (poller-driven); its CID stays reserved", async () => {
-    const { q, ctrl } = setup({ entries: 4, timeoutMs: 50 });
+  test("past its deadline a command is not settled: Abort is asked for, and the aborted completion settles it with NvmeTimeoutError", async () => {
+    const aborts: number[] = [];
+    let s!: Setup;
+    s = setup({
+      entries: 4,
+      timeoutMs: 50,
+      ctx: {
+        abortGraceMs: 60_000,
+        // The owner's Abort: the controller answers by completing the command with Command Abort Requested.
+        onExpired: (q, cid) => {
+          aborts.push(cid);
+          setTimeout(() => s.ctrl.complete(q.qid, cid, { status: STATUS_ABORT_REQUESTED }), 100);
+        },
+      },
+    });
+    const { q, ctrl } = s;
     ctrl.responder = () => undefined;
     const buf = alloc(PAGE);
     const t0 = performance.now();
-    const e = await failure(() => q.rwAsync(NVM_READ, 1, 0, 1, buf, 0, 512));
+    const p = track(q.rwAsync(NVM_READ, 1, 0, 1, buf, 0, 512));
+    await waitFor(() => aborts.length === 1, 3000);
     expect(performance.now() - t0).toBeGreaterThanOrEqual(49);
-    expect(performance.now() - t0).toBeLessThan(3000);
-    expect(e).toBeInstanceOf(NvmeTimeoutError);
-    expect((e as Error).message).toMatch(/Read \(cid 0\).*did not complete within 50 ms/);
+    // Deadline passed, Abort sent: the caller still waits, the CID and the buffer stay reserved.
+    expect(p.state).toBe("pending");
     expect(q.outstanding).toBe(1);
-    const got = [q.acquire(), q.acquire(), q.acquire()];
-    expect(got).toEqual([1, 2, -1]);
+    expect(q.isExpired(0)).toBe(true);
+    expect(q.mayAccess(buf.memoryKey)).toBe(true);
+    await waitFor(() => p.state !== "pending", 3000);
+    expect(p.error).toBeInstanceOf(NvmeTimeoutError);
+    expect((p.error as Error).message).toMatch(/Read \(cid 0\).*did not complete within 50 ms; it was aborted/);
+    expect(((p.error as Error).cause as NvmeStatusError).sc).toBe(SC_ABORT_REQUESTED);
+    expect(aborts).toEqual([0]);
+    expect(q.outstanding).toBe(0);
+    expect(q.mayAccess(buf.memoryKey)).toBe(false);
+    expect([q.acquire(), q.acquire(), q.acquire()].sort()).toEqual([0, 1, 2]);
   }, 5000);
 
-  test("expired: CID reserved until the late completion, which resolves nothing; then free again", async () => {
-    const { q, ctrl } = setup({ entries: 4 }); // depth 3, timeoutMs 10 s: expiry driven by hand
+  test("expired: the late completion settles the caller with its own result; the CID is reserved until then", async () => {
+    const stuck: number[] = [];
+    const { q, ctrl } = setup({ entries: 4, ctx: { onStuck: (_q, cid) => stuck.push(cid) } }); // depth 3; expiry driven by hand
     const buf = alloc(PAGE);
     ctrl.responder = () => undefined;
     const handler: number[] = [];
@@ -951,11 +1005,14 @@ describe("async", () => {
     const first = track(q.rwAsync(NVM_READ, 1, 0, 1, buf, 0, 512));
     await turns();
     expect(ctrl.seen.map((c) => c.cid)).toEqual([0]);
-    expect(q.checkTimeouts(performance.now() + 20_000)).toBe(1);
+    const now = performance.now();
+    expect(q.checkTimeouts(now + 20_000)).toBe(1);
     await turns(1);
-    expect(first.state).toBe("rejected");
-    expect(first.error).toBeInstanceOf(NvmeTimeoutError);
-    expect(q.checkTimeouts(performance.now() + 40_000)).toBe(0); // expired once only
+    expect(first.state).toBe("pending");
+    expect(q.checkTimeouts(now + 20_010)).toBe(0); // expired once only; the grace period runs
+    expect(q.checkTimeouts(now + 20_100)).toBe(1); // grace over: the owner is asked for a reset, once
+    expect(q.checkTimeouts(now + 40_000)).toBe(0);
+    expect(stuck).toEqual([0]);
 
     // CID 0 is never handed out while the controller may still complete it.
     expect(q.outstanding).toBe(1);
@@ -964,19 +1021,17 @@ describe("async", () => {
     q.release(1);
     expect(q.ioCq.credits).toBe(2);
 
-    // A new command gets another CID; the late completion of CID 0 must not resolve it.
+    // A new command gets another CID; the late completion of CID 0 settles `first`, not it.
     const second = track(q.rwAsync(NVM_WRITE, 1, 5, 1, buf, 0, 512));
     await turns();
     const cid2 = ctrl.seen.at(-1)!.cid;
     expect(cid2).not.toBe(0);
     ctrl.complete(q.qid, 0, { dw0: 99 });
-    await waitFor(() => q.outstanding === 1);
-    await turns();
+    await waitFor(() => first.state !== "pending");
+    expect(first.value).toBe(99); // it did complete: its data arrived
     expect(second.state).toBe("pending");
     expect(handler).toEqual([]);
-    expect(first.state).toBe("rejected");
-    expect(q.ioCq.credits).toBe(2); // CID 0 back: 3 - the one of `second`
-    // CID 0 is free again.
+    expect(q.ioCq.credits).toBe(2);
     const free = [q.acquire(), q.acquire()].sort();
     expect(free).toEqual([0, 3 - cid2]);
     expect(q.acquire()).toBe(-1);
@@ -989,14 +1044,14 @@ describe("async", () => {
     expect(q.ioCq.credits).toBe(3);
   });
 
-  test("checkTimeouts() sends expired low-level commands to onTimeout; a late completion is not delivered", () => {
-    const { q, ctrl } = setup({ entries: 4 });
+  test("checkTimeouts() tells low-level commands' onTimeout; their completion still reaches onComplete, late", () => {
+    const { q, ctrl } = setup({ entries: 4, ctx: { onStuck: () => {} } });
     ctrl.responder = () => undefined;
     const buf = alloc(PAGE);
     const timeouts: number[] = [];
-    const done: number[] = [];
+    const done: [number, number][] = [];
     q.onTimeout = (cid) => timeouts.push(cid);
-    q.onComplete = (cid) => done.push(cid);
+    q.onComplete = (cid, status) => done.push([cid, status]);
     const now = performance.now();
     q.rw(q.acquire(), NVM_READ, 1, 0, 1, buf, 0, 512);
     q.rw(q.acquire(), NVM_READ, 1, 1, 1, buf, 0, 512);
@@ -1004,11 +1059,35 @@ describe("async", () => {
     expect(q.checkTimeouts(now + 5_000)).toBe(0); // not yet
     expect(q.checkTimeouts(now + 10_000 + 1_000)).toBe(2);
     expect(timeouts).toEqual([0, 1]);
-    ctrl.complete(q.qid, 1);
-    expect(q.poll()).toBe(1);
     expect(done).toEqual([]);
+    ctrl.complete(q.qid, 1, { status: STATUS_ABORT_REQUESTED });
+    expect(q.poll()).toBe(1);
+    expect(done).toEqual([[1, STATUS_ABORT_REQUESTED]]);
     expect(q.outstanding).toBe(1);
     expect(q.acquire()).toBe(1);
+  });
+
+  test("a reset (resetAfterDisable) settles every outstanding command: promises, sync callers, handlers", async () => {
+    const { q, ctrl } = setup({ entries: 8 });
+    ctrl.responder = () => undefined;
+    const buf = alloc(PAGE);
+    const handled: [number, number][] = [];
+    q.onComplete = (cid, status) => handled.push([cid, status]);
+    const a = track(q.rwAsync(NVM_READ, 1, 0, 1, buf, 0, 512));
+    await turns();
+    const cid = q.acquire();
+    q.rw(cid, NVM_WRITE, 1, 1, 1, buf, 0, 512);
+    q.submit();
+    expect(q.outstanding).toBe(2);
+    expect(q.mayAccess(buf.memoryKey)).toBe(true);
+    const err = new NvmeTimeoutError("failed by a controller reset", 1);
+    q.resetAfterDisable(err);
+    await turns(1);
+    expect(a.error).toBe(err);
+    expect(handled).toEqual([[cid, STATUS_ABORTED_BY_HOST]]);
+    expect(q.outstanding).toBe(0);
+    expect(q.mayAccess(buf.memoryKey)).toBe(false);
+    expect(q.sq.tail).toBe(0);
   });
 });
 
@@ -1057,22 +1136,64 @@ describe("sync", () => {
     expect(q.ioCq.credits).toBe(3);
   });
 
-  test("no completion: NvmeTimeoutError within a bounded time; the late completion frees the CID", () => {
-    const { q, ctrl } = setup({ entries: 4, timeoutMs: 50 });
+  test("no completion: the Abort sent at the deadline ends it, and only then NvmeTimeoutError; the CID is free", () => {
+    const aborts: number[] = [];
+    let s!: Setup;
+    s = setup({
+      entries: 4,
+      timeoutMs: 50,
+      ctx: {
+        onExpired: (q, cid) => {
+          aborts.push(cid);
+          s.ctrl.complete(q.qid, cid, { status: STATUS_ABORT_REQUESTED });
+        },
+      },
+    });
+    const { q, ctrl } = s;
     const buf = alloc(PAGE);
     ctrl.responder = () => undefined;
     const t0 = performance.now();
-    expect(() => q.rwSync(NVM_READ, 1, 0, 1, buf, 0, 512)).toThrow(NvmeTimeoutError);
+    let e: unknown;
+    try {
+      q.rwSync(NVM_READ, 1, 0, 1, buf, 0, 512);
+    } catch (err) {
+      e = err;
+    }
     const dt = performance.now() - t0;
+    expect(e).toBeInstanceOf(NvmeTimeoutError);
+    expect((e as Error).message).toContain("it was aborted");
+    expect(aborts).toEqual([0]);
     expect(dt).toBeGreaterThanOrEqual(49);
     expect(dt).toBeLessThan(2000);
-    expect(q.outstanding).toBe(1);
+    expect(q.outstanding).toBe(0);
     ctrl.responder = () => ({ dw0: 1 });
-    ctrl.complete(q.qid, 0, { dw0: 0xbad });
-    // The late completion is reaped and ignored; the next command gets an answer of its own.
     expect(q.rwSync(NVM_READ, 1, 0, 1, buf, 0, 512)).toBe(1);
     expect(q.outstanding).toBe(0);
     expect(q.ioCq.credits).toBe(3);
+  }, 5000);
+
+  test("no completion and no effect of the Abort: after the grace period the owner's reset ends it (bounded)", () => {
+    const stuck: number[] = [];
+    const { q, ctrl } = setup({
+      entries: 4,
+      timeoutMs: 50,
+      ctx: {
+        abortGraceMs: 100,
+        onStuck: (q, cid) => {
+          stuck.push(cid);
+          q.resetAfterDisable(new NvmeTimeoutError("failed by a controller reset", 50));
+        },
+      },
+    });
+    const buf = alloc(PAGE);
+    ctrl.responder = () => undefined;
+    const t0 = performance.now();
+    expect(() => q.rwSync(NVM_READ, 1, 0, 1, buf, 0, 512)).toThrow(/failed by a controller reset/);
+    const dt = performance.now() - t0;
+    expect(dt).toBeGreaterThanOrEqual(149);
+    expect(dt).toBeLessThan(3000);
+    expect(stuck).toEqual([0]);
+    expect(q.outstanding).toBe(0);
   }, 5000);
 
   test("rwSync with every CID held by never-answered commands times out (bounded)", () => {

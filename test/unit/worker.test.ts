@@ -41,6 +41,7 @@ import {
   SC_LBA_OUT_OF_RANGE,
   SCT_GENERIC,
 } from "../../lib/spec/status.ts";
+import { QueueLease } from "../../lib/lease.ts";
 import { addr64, FakeBackend, FakeIoController } from "./fake-backend.ts";
 
 const PAGE = 4096;
@@ -85,6 +86,7 @@ interface WorkerReport {
   readonly lowLevel: { cid: number; status: number }[];
   readonly lowLevelDiffs: number[];
   readonly statusError: { name: string; sc: number; sct: number; sqid: number };
+  readonly unknownNamespace: string;
   readonly final: { sqTail: number; sqHead: number; cqHead: number; cqPhase: number; commands: number };
   readonly afterClose: { queueClosed: boolean; bufferFreed: boolean; sqeLength: number; cqeLength: number; bytesLength: number; bufferError: string };
 }
@@ -166,12 +168,19 @@ async function workerMain(): Promise<void> {
     // A status from the controller reaches the Worker's caller as NvmeStatusError.
     let statusError = { name: "none", sc: -1, sct: -1, sqid: -1 };
     try {
-      q.rwSync(NVM_READ, NSID + 1, 0, 1, buf, 0, BLOCK);
+      q.rwSync(NVM_READ, NSID, DISK_BLOCKS, 1, buf, 0, BLOCK);
     } catch (e) {
       const s = e as NvmeStatusError;
       statusError = { name: s.name, sc: s.sc, sct: s.sct, sqid: s.sqid };
     }
     commands += 1;
+    // A namespace the owner did not identify is refused before anything is sent.
+    let unknownNamespace = "none";
+    try {
+      q.rwSync(NVM_READ, NSID + 1, 0, 1, buf, 0, BLOCK);
+    } catch (e) {
+      unknownNamespace = (e as Error).name;
+    }
 
     const final = { sqTail: q.sq.tail, sqHead: q.sq.head, cqHead: w.cq.cq.head, cqPhase: w.cq.cq.phase, commands };
     const sqe = q.sq.sqe;
@@ -201,6 +210,7 @@ async function workerMain(): Promise<void> {
       lowLevel,
       lowLevelDiffs,
       statusError,
+      unknownNamespace,
       final,
       afterClose,
     };
@@ -218,7 +228,21 @@ async function workerMain(): Promise<void> {
 
 /** exportIoQueue() reads `backend`, `cap.dstrd` and `info.sgls` of the controller. */
 function stubController(backend: Backend, o: { dstrd?: number; sgls?: number } = {}): Controller {
-  return { backend, cap: { dstrd: o.dstrd ?? 0 }, info: { sgls: o.sgls ?? 0 }, closed: false } as unknown as Controller;
+  return {
+    backend,
+    cap: { dstrd: o.dstrd ?? 0 },
+    info: { sgls: o.sgls ?? 0 },
+    closed: false,
+    abortGraceMs: 1000,
+    knownLbaSizes: new Map([[NSID, BLOCK]]),
+    leases: [] as QueueLease[],
+    lendIoQueue(q: IoQueue) {
+      const lease = new QueueLease(q, backend);
+      lease.lend();
+      (this as unknown as { leases: QueueLease[] }).leases.push(lease);
+      return lease;
+    },
+  } as unknown as Controller;
 }
 
 interface QueueOptions {
@@ -246,7 +270,17 @@ function ownQueue(be: FakeBackend, o: QueueOptions = {}): Owned {
   const dstrd = o.dstrd ?? 0;
   const cq = new IoCompletionQueue(be, o.cqid ?? qid, o.cqEntries ?? entries, dstrd);
   const q = new IoQueue(
-    { backend: be, dstrd, timeoutMs: o.timeoutMs ?? 10_000, maxTransfer: o.maxTransfer ?? 128 * 1024, sgls: o.sgls ?? 0 },
+    {
+      backend: be,
+      dstrd,
+      timeoutMs: o.timeoutMs ?? 10_000,
+      maxTransfer: o.maxTransfer ?? 128 * 1024,
+      sgls: o.sgls ?? 0,
+      lbaSize: () => BLOCK,
+      onExpired: () => {},
+      onStuck: (q) => q.resetAfterDisable(new Error("reset")),
+      onFatal: (q, err) => q.settleAndRefuse(err),
+    },
     qid,
     entries,
     cq,
@@ -509,21 +543,26 @@ function defineTests(): void {
       expect(attachIoQueue).toBe(direct.attachIoQueue);
     });
 
-    test("the description is plain numbers: it survives structuredClone and JSON", () => {
+    test("the description is plain data and the lease: it survives structuredClone (and JSON, but for the lease)", () => {
       const be = backend();
       const o = owned(be, { qid: 2, entries: 8 });
       const data = alloc(be, 4 * PAGE);
       const d = exportIoQueue(o.ctrl, o.q);
       const b = exportBuffer(data);
+      // Plain numbers, strings and arrays, and the lease: a SharedArrayBuffer, shared (not copied)
+      // by structuredClone, which is how workerData crosses to a Worker.
       expect(structuredClone(d)).toEqual(d);
-      expect(JSON.parse(JSON.stringify(d))).toEqual(d);
+      new Int32Array(structuredClone(d).lease)[15] = 7;
+      expect(new Int32Array(d.lease)[15]).toBe(7);
+      const { lease: _lease, ...plain } = d;
+      expect(JSON.parse(JSON.stringify(plain))).toEqual(plain);
       expect(JSON.parse(JSON.stringify(b))).toEqual(b);
       expect(d.backendKind).toBe("sysfs");
       expect(d.backendName).toBe(be.name);
       expect(d.bar0).toBe(Number(be.bar0));
       expect(d.bar0Size).toBe(be.bar0Size);
       // A clone attaches like the original: that is what crosses to a Worker.
-      const w = attach(JSON.parse(JSON.stringify(d)) as SharedIoQueue);
+      const w = attach(structuredClone(d));
       expect(Number(w.queue.sq.mem.pointer)).toBe(Number(o.q.sq.mem.pointer));
     });
 
@@ -753,7 +792,8 @@ function defineTests(): void {
         expect(report.lowLevel.map((c) => c.status)).toEqual([0, 0, 0, 0]);
         expect(new Set(report.lowLevel.map((c) => c.cid)).size).toBe(4);
         expect(report.lowLevelDiffs).toEqual([-1, -1, -1, -1]);
-        expect(report.statusError).toEqual({ name: "NvmeStatusError", sc: SC_INVALID_NAMESPACE, sct: SCT_GENERIC, sqid: 4 });
+        expect(report.statusError).toEqual({ name: "NvmeStatusError", sc: SC_LBA_OUT_OF_RANGE, sct: SCT_GENERIC, sqid: 4 });
+        expect(report.unknownNamespace).toBe("InvalidArgumentError");
 
         // What the Worker wrote is on the disk, taken from the owner's memory by bus address.
         expect(disk.faults).toBe(0);
@@ -1036,10 +1076,16 @@ function defineTests(): void {
       expect(o.cq.cq.mem.freed).toBe(false);
       expect(data.bytes[15]).toBe(0xa5);
       expect(o.q.sq.sqe[0]! & 0xff).toBe(NVM_READ); // the command the attached side wrote
-      // Now the owner may delete the queue and free the memory.
+      // Now the owner deletes the queue and frees the memory. The exported buffer the outstanding
+      // read may still write waits for the queue's deletion (the controller then ended the read).
+      data.free();
+      expect(data.freed).toBe(true);
+      expect(be.frees).toBe(frees);
       o.q.free();
       o.cq.free();
-      data.free();
+      expect(be.frees).toBe(frees + 3);
+      const lease = (o.ctrl as unknown as { leases: QueueLease[] }).leases[0]!;
+      lease.end(); // what Controller.deleteIoQueue() does once Delete I/O SQ completed
       expect(be.frees).toBe(frees + 4);
     });
   });
