@@ -109,27 +109,18 @@ export class SysfsBackend implements Backend {
   }
 
   /**
-   * Bus mastering off before any memory goes back: a controller that is still enabled (its owner
-   * could not disable it) can then DMA nowhere. COMMAND is restored as found only when CSTS.RDY
-   * says the controller is disabled; else bus mastering stays off.
+   * Free every mapping not yet freed, unmap BAR0, and restore the COMMAND register as found, but
+   * only when CSTS.RDY says the controller is disabled: bus mastering that was cleared to stop a
+   * controller that could not be disabled (Controller.close(), reset()) stays cleared. Stopping
+   * the controller's DMA before its memory goes back is the Controller's part.
    */
   close(): void {
     if (this.#closed) return;
     this.#closed = true;
-    let masterOff = false;
-    try {
-      this.setBusMaster(false);
-      masterOff = true;
-    } catch {
-      // Config space unreachable: the device may be gone (then it DMAs nowhere) or not.
-    }
+    for (const a of [...this.#live]) this.freeDma(a);
     const csts = native().nvm_read32(this.bar0, REG_CSTS);
-    const disabled = csts !== REG_ALL_ONES && (csts & CSTS_RDY) === 0;
-    // Neither disabled nor bus mastering cleared: the memory may still be written; keep it.
-    if (masterOff || disabled || csts === REG_ALL_ONES) for (const a of [...this.#live]) this.freeDma(a);
-    else this.abandonDma();
     native().nvm_unmap(this.bar0, this.bar0Size);
-    if (disabled) {
+    if (csts !== REG_ALL_ONES && (csts & CSTS_RDY) === 0) {
       try {
         configWrite(this.device, PCI_COMMAND, 2, this.#commandBefore);
       } catch {

@@ -428,8 +428,8 @@ export class VfioBackend implements Backend {
   /**
    * Bus mastering off, unmap and free every DMA mapping (the IOMMU unmap is what makes freeing
    * safe even for a controller still enabled), restore COMMAND as found when CSTS.RDY says the
-   * controller is disabled, unmap BAR0 and close the device, group and container. Every step runs
-   * even when one fails. Idempotent.
+   * controller is disabled, unmap BAR0 and close the device, group and container (vfio-pci then
+   * resets the function). Every step runs even when one fails. Idempotent.
    */
   close(): void {
     if (this.#closed) return;

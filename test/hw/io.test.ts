@@ -185,6 +185,51 @@ describe("queues", () => {
     while (q.outstanding > 0) q.poll();
   });
 
+  test("rw() with a block count and a byte count that disagree is refused before the SQ, for each namespace's LBA size", async () => {
+    const c = open();
+    const small = namespaceWith(c, 512);
+    const big = namespaceWith(c, 4096);
+    const q = c.createIoQueue({ entries: 8 });
+    const buf = c.allocBuffer(8 * 4096);
+    random(buf);
+    await big.write(40, 2, buf);
+    await small.write(40, 16, buf);
+    const before = c.smartLog();
+    const tail = q.sq.tail;
+    for (const [ns, blocks, bytes] of [
+      [small, 16, 4096], // the controller would take the second data page for a PRP list
+      [small, 8, 8192], // PRP2 would be 0 for a second page the controller never reads
+      [big, 1, 8192],
+      [big, 2, 4096],
+    ] as const) {
+      const cid = q.acquire();
+      expect(() => q.rw(cid, commands.NVM_WRITE, ns.nsid, 40, blocks, buf, 0, bytes)).toThrow(/pass blocks x LBA size/);
+      q.release(cid);
+      expect(() => q.rwSync(commands.NVM_WRITE, ns.nsid, 40, blocks, buf, 0, bytes)).toThrow(InvalidArgumentError);
+    }
+    expect(q.sq.tail).toBe(tail);
+    expect(c.smartLog().hostWriteCommands).toBe(before.hostWriteCommands);
+    // What matches goes through, on either namespace, in any order.
+    const back = c.allocBuffer(8 * 4096);
+    q.rwSync(commands.NVM_READ, big.nsid, 40, 2, back, 0, 8192);
+    q.rwSync(commands.NVM_READ, small.nsid, 40, 16, back, 8192, 8192);
+    expect(same(back.bytes.subarray(0, 8192), buf.bytes.subarray(0, 8192))).toBe(true);
+    expect(same(back.bytes.subarray(8192, 16384), buf.bytes.subarray(0, 8192))).toBe(true);
+  });
+
+  test("write with FUA and Flush: the controller takes both, the data reads back", async () => {
+    const c = open();
+    const ns = namespaceWith(c, 4096);
+    expect(c.info.vwc & 1).toBe(1); // QEMU reports a volatile write cache: completion alone is not durability
+    const buf = c.allocBuffer(4 * 4096);
+    const back = c.allocBuffer(4 * 4096);
+    random(buf);
+    await ns.write(60, 4, buf, { fua: true });
+    await ns.flush();
+    await ns.read(60, 4, back);
+    expect(same(back.bytes, buf.bytes)).toBe(true);
+  });
+
   test("thousands of promises on one small queue", async () => {
     const c = open();
     const ns = namespaceWith(c, 512);

@@ -92,6 +92,7 @@ export class FakeBackend implements Backend {
     const m = mapping as FakeMapping;
     if (!this.live.delete(m)) return;
     this.frees++;
+    this.events.push("free");
     m.revoke?.(); // as every backend must: no view may outlive the mapping
     const rc = native().nvm_dma_free(m.vaddr, m.size, 0);
     if (rc !== 0) throw new Error(`nvm_dma_free failed: ${rc}`);
@@ -103,14 +104,19 @@ export class FakeBackend implements Backend {
   /** Mappings given up by abandonDma() (still allocated). */
   readonly abandoned = new Set<FakeMapping>();
 
+  /** What happened to bus mastering and memory, in order ("busMaster:false", "free", "abandon"). */
+  readonly events: string[] = [];
+
   setBusMaster(enabled: boolean): void {
     if (this.failBusMaster) throw new Error("fake: config space write failed");
     this.busMaster = enabled;
+    this.events.push(`busMaster:${enabled}`);
   }
 
   abandonDma(): void {
     for (const m of this.live) this.abandoned.add(m);
     this.live.clear();
+    this.events.push("abandon");
   }
 
   close(): void {

@@ -150,7 +150,7 @@ const FAULT_BLKDEBUG = (readSector: number, writeSector: number) =>
     `[inject-error]\nevent = "write_aio"\nerrno = "5"\nsector = "${writeSector}"\n`,
   ].join("\n");
 
-/** Faults injected by QEMU's block layer: media errors (blkdebug) and stalls (throttle). */
+/** Faults injected by QEMU's block layer (media errors by blkdebug, stalls by throttle), and metadata formats. */
 export const FAULT_CONFIG: GuestConfig = {
   serial: "faulty01",
   namespaces: [
@@ -158,6 +158,10 @@ export const FAULT_CONFIG: GuestConfig = {
     // 4096-byte blocks: LBA 100 is sector 800 of the image, LBA 200 sector 1600.
     { nsid: 2, sizeBytes: 16 * 1024 * 1024, lbaSize: 4096, fault: { blkdebug: FAULT_BLKDEBUG(800, 1600) } },
     { nsid: 3, sizeBytes: 8 * 1024 * 1024, lbaSize: 512, fault: { throttleIops: 4 } },
+    // Metadata formats libnvm must refuse (test/hw-faults/metadata.test.ts): separate, extended, with PI.
+    { nsid: 4, sizeBytes: 4 * 1024 * 1024, lbaSize: 512, metadata: { ms: 8, extended: false } },
+    { nsid: 5, sizeBytes: 4 * 1024 * 1024, lbaSize: 512, metadata: { ms: 8, extended: true } },
+    { nsid: 6, sizeBytes: 4 * 1024 * 1024, lbaSize: 512, metadata: { ms: 8, extended: true, pi: 1 } },
   ],
 };
 

@@ -31,6 +31,11 @@ export interface NamespaceSpec {
    * operations fail with an errno the controller turns into a media error status.
    */
   fault?: { throttleIops?: number; blkdebug?: string };
+  /**
+   * An LBA format with metadata: `ms` bytes per block, `extended` (mset=1) interleaved with the
+   * data or else in a separate buffer (MPTR), and end-to-end protection information type `pi`.
+   */
+  metadata?: { ms: number; extended: boolean; pi?: 1 | 2 | 3 };
 }
 
 export interface GuestConfig {
@@ -144,7 +149,13 @@ export function expectedConfig(config: GuestConfig): GuestConfig & { ctrl: strin
     serial: config.serial,
     mdts: config.mdts ?? QEMU_DEFAULT_MDTS,
     maxIoQpairs: config.maxIoQpairs ?? QEMU_DEFAULT_MAX_IOQPAIRS,
-    namespaces: config.namespaces.map((n) => ({ nsid: n.nsid, sizeBytes: n.sizeBytes, lbaSize: n.lbaSize, ...(n.fault ? { fault: n.fault } : {}) })),
+    namespaces: config.namespaces.map((n) => ({
+      nsid: n.nsid,
+      sizeBytes: n.sizeBytes,
+      lbaSize: n.lbaSize,
+      ...(n.fault ? { fault: n.fault } : {}),
+      ...(n.metadata ? { metadata: n.metadata } : {}),
+    })),
     machine: config.machine ?? "pc",
     memoryMiB: config.memoryMiB ?? 2048,
     ...(config.noController ? { noController: true } : {}),
@@ -256,9 +267,10 @@ export async function runInGuest(script: string, config: GuestConfig, opts: RunO
         return;
       }
       args.push("-drive", `file=${qemuVal(images[i]!)},if=none,id=${id},format=raw,cache=unsafe,discard=unmap`);
+      const md = ns.metadata ? `,ms=${ns.metadata.ms},mset=${ns.metadata.extended ? 1 : 0},pi=${ns.metadata.pi ?? 0}` : "";
       args.push(
         "-device",
-        `nvme-ns,drive=${id},bus=c0,nsid=${ns.nsid},logical_block_size=${ns.lbaSize},physical_block_size=${ns.lbaSize}`,
+        `nvme-ns,drive=${id},bus=c0,nsid=${ns.nsid},logical_block_size=${ns.lbaSize},physical_block_size=${ns.lbaSize}${md}`,
       );
     });
   }
