@@ -58,6 +58,9 @@ test("every bad input is refused with a typed error, the controller stays usable
     await refusedAsync("a buffer of another controller", ns.write(SENT, 1, foreign), /belongs to another controller/);
   } finally {
     other.close();
+    // Closing a backend clears bus mastering while the controller is enabled (here by `c`): it
+    // cannot know the controller is not reaching its memory. `c` needs it back for its next DMA.
+    c.backend.setBusMaster(true);
   }
   // Queues
   refused("queue size 0", () => c.createIoQueue({ entries: 0 }), /must be 2 to 2048/);
