@@ -49,10 +49,12 @@ NVM_API void nvm_fence_release(void);
 
 /* --- DMA memory ------------------------------------------------------------------------------ */
 
-#define NVM_DMA_HUGE 1u /* back with 2 MiB hugetlb pages: physically contiguous per huge page */
+#define NVM_DMA_HUGE 1u /* back with 2 MiB hugetlb pages (MAP_HUGE_2MB): physically contiguous per huge page */
 
 /* Anonymous, page-aligned, zero-filled, populated and mlocked memory of size bytes (rounded up to the
- * page size, or to 2 MiB with NVM_DMA_HUGE). NULL on failure, errno in nvm_last_error(). */
+ * page size, or to 2 MiB with NVM_DMA_HUGE). NULL on failure, errno in nvm_last_error(): ENOMEM
+ * with NVM_DMA_HUGE when the 2 MiB pool (/sys/kernel/mm/hugepages/hugepages-2048kB) has too few
+ * free pages. nvm_dma_free() of a 2 MiB-aligned part of a NVM_DMA_HUGE allocation frees that part. */
 NVM_API void *nvm_dma_alloc(uint32_t size, uint32_t flags);
 NVM_API int32_t nvm_dma_free(void *addr, uint32_t size, uint32_t flags);
 
