@@ -126,7 +126,7 @@ export class Controller {
     const where = resolveController(ctrl, opts.backend);
     // The owner lock comes before anything touches the device; keyed by PCI address so every
     // backend of one controller shares it.
-    const lock = OwnerLock.acquire(where.bdf ?? where.path!, opts.force);
+    const lock = OwnerLock.acquire(where.bdf ?? where.path!, opts.force, where.kind);
     let backend: Backend;
     try {
       backend = createBackend(where);
@@ -141,7 +141,7 @@ export class Controller {
   static openBackend(backend: Backend, opts: ControllerOptions = {}): Controller {
     let lock: OwnerLock | undefined;
     try {
-      lock = OwnerLock.acquire(backend.bdf ?? backend.name, opts.force);
+      lock = OwnerLock.acquire(backend.bdf ?? backend.name, opts.force, backend.kind);
     } catch (e) {
       backend.close();
       throw e;

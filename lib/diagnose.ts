@@ -176,7 +176,9 @@ export function diagnose(ctrl: string, pciRoot = SYSFS_PCI_DEVICES): Diagnosis {
     sp.push("the IOMMU translates DMA: physical addresses fault (DMAR fault reason 0x06)");
     sf.push("use the VFIO backend instead, or boot with iommu=pt");
   }
-  if (hp.free < 2) sw.push(`only ${hp.free} free 2 MiB hugepages: queues larger than 4 KiB need them (echo 64 > /proc/sys/vm/nr_hugepages)`);
+  if (hp.free < 1 && !facts.root) {
+    sw.push(`no free 2 MiB hugepage, and only root may reserve them: the sysfs backend's DMA memory is hugepages (echo 64 > /sys/kernel/mm/hugepages/hugepages-2048kB/nr_hugepages)`);
+  }
   const sysfs = report("sysfs", sp, sf, sw);
 
   // VFIO: IOMMU on, vfio-pci bound, group viable and accessible.

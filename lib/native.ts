@@ -11,7 +11,7 @@ import { existsSync } from "node:fs";
 import { join } from "node:path";
 import { NativeError } from "./errors.ts";
 
-const ABI_VERSION = 1;
+const ABI_VERSION = 2;
 const LIB_FILE = "libnvm-native.so";
 const PKG_ROOT = join(import.meta.dir, "..");
 
@@ -40,7 +40,7 @@ const symbols = {
   nvm_config_write: { args: [P, u32, u32, u32], returns: i32 },
   nvm_memlock_limit: { args: [P], returns: i32 },
   // single owner (advisory lock)
-  nvm_lock_acquire: { args: [P], returns: i32 },
+  nvm_lock_acquire: { args: [P, P], returns: i32 },
   nvm_lock_release: { args: [i32], returns: i32 },
   // VFIO (type1 IOMMU): fds as i32, 64-bit offsets and IOVAs as two u32 halves
   nvm_vfio_open: { args: [P, P, P], returns: i32 },
@@ -82,7 +82,7 @@ export interface NativeLib {
   nvm_config_read(path: Buffer, offset: number, width: number, value: Pointer): number;
   nvm_config_write(path: Buffer, offset: number, width: number, value: number): number;
   nvm_memlock_limit(out: Pointer): number;
-  nvm_lock_acquire(path: Buffer): number;
+  nvm_lock_acquire(path: Buffer, out: Pointer): number;
   nvm_lock_release(fd: number): number;
   // VFIO (type1 IOMMU)
   nvm_vfio_open(groupPath: Buffer, bdf: Buffer, out: Pointer): number;

@@ -24,7 +24,7 @@ extern "C" {
 #endif
 
 /* Version of this ABI; lib/native.ts refuses a library with another one. */
-#define NVM_NATIVE_ABI 1
+#define NVM_NATIVE_ABI 2
 NVM_API uint32_t nvm_abi_version(void);
 
 /* errno of the last failed call on this thread (0 after a success). */
@@ -49,10 +49,12 @@ NVM_API void nvm_fence_release(void);
 
 /* --- DMA memory ------------------------------------------------------------------------------ */
 
-#define NVM_DMA_HUGE 1u /* back with 2 MiB hugetlb pages: physically contiguous per huge page */
+#define NVM_DMA_HUGE 1u /* back with 2 MiB hugetlb pages (MAP_HUGE_2MB): physically contiguous per huge page */
 
 /* Anonymous, page-aligned, zero-filled, populated and mlocked memory of size bytes (rounded up to the
- * page size, or to 2 MiB with NVM_DMA_HUGE). NULL on failure, errno in nvm_last_error(). */
+ * page size, or to 2 MiB with NVM_DMA_HUGE). NULL on failure, errno in nvm_last_error(): ENOMEM
+ * with NVM_DMA_HUGE when the 2 MiB pool (/sys/kernel/mm/hugepages/hugepages-2048kB) has too few
+ * free pages. nvm_dma_free() of a 2 MiB-aligned part of a NVM_DMA_HUGE allocation frees that part. */
 NVM_API void *nvm_dma_alloc(uint32_t size, uint32_t flags);
 NVM_API int32_t nvm_dma_free(void *addr, uint32_t size, uint32_t flags);
 
@@ -76,9 +78,14 @@ NVM_API int32_t nvm_memlock_limit(uint32_t *out);
 
 /* --- single owner ------------------------------------------------------------------------------ */
 
-/* flock(LOCK_EX|LOCK_NB) on `path` (created if needed) and write our PID into it: returns the fd
- * (keep it open while owning the device) or -EBUSY when another live process holds it. */
-NVM_API int32_t nvm_lock_acquire(const char *path);
+#define NVM_LOCK_OUT_DWORDS 5u
+/* Open `path` (created mode 0600 if missing) with O_NOFOLLOW, check on the descriptor that it is a
+ * regular file owned by the effective uid with one link, flock(LOCK_EX|LOCK_NB) it and write our
+ * PID into it: returns the fd (keep it open while owning the device), -ELOOP for a symlink at
+ * `path`, -EPERM with out[3] = 1 when the check refused the file (nothing written), or -EBUSY when
+ * another live process holds it. out[5]: st_mode, st_uid, st_nlink of the file, refused flag,
+ * and on -EBUSY the holder's PID from the file (0 when it holds none). */
+NVM_API int32_t nvm_lock_acquire(const char *path, uint32_t *out);
 NVM_API int32_t nvm_lock_release(int32_t fd);
 
 /* --- VFIO (type1 IOMMU) ------------------------------------------------------------------------ */

@@ -6,6 +6,10 @@
 #include <unistd.h>
 #include "common.h"
 
+#ifndef MAP_HUGE_2MB
+#define MAP_HUGE_2MB (21 << 26) /* log2(2 MiB) << MAP_HUGE_SHIFT */
+#endif
+
 #define PAGE_4K 4096u
 #define HUGE_2M (2u << 20)
 
@@ -24,7 +28,8 @@ void *nvm_dma_alloc(uint32_t size, uint32_t flags)
 
     int mflags = MAP_PRIVATE | MAP_ANONYMOUS | MAP_POPULATE;
     if (flags & NVM_DMA_HUGE)
-        mflags |= MAP_HUGETLB; /* 2 MiB: the default hugepage size on x86_64 */
+        /* 2 MiB whatever the default hugepage size is: the pool libnvm raises and gives back. */
+        mflags |= MAP_HUGETLB | MAP_HUGE_2MB;
 
     void *p = mmap(NULL, len, PROT_READ | PROT_WRITE, mflags, -1, 0);
     if (p == MAP_FAILED)

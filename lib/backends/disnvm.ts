@@ -19,6 +19,7 @@ import { check, checkPtr, cstr, native } from "../native.ts";
 import { findPciDevice, PCI_CLASS_NVME, SYSFS_PCI_DEVICES, type PciDevice } from "../pci.ts";
 import { BAR0_MIN_SIZE } from "../spec/registers.ts";
 import { allocHostPages, freeLive, isContiguous } from "./dma-common.ts";
+import { HugepageReservation } from "./hugepage-reserve.ts";
 import { HOST_PAGE_SIZE, type Backend, type DmaMapping, type DmaOptions } from "./types.ts";
 
 /** c/include/disnvm_ioctl.h */
@@ -162,6 +163,8 @@ export class DisnvmBackend implements Backend {
   readonly bar0Size: number;
   readonly #fd: number;
   readonly #live = new Set<Allocation>();
+  /** Hugepages raised for contiguous ranges, given back on close. */
+  readonly #reservation = new HugepageReservation();
   #closed = false;
 
   /** Open the node at `path` (/dev/disnvmN); throws DeviceError/PermissionError with the next step. */
@@ -261,7 +264,7 @@ export class DisnvmBackend implements Backend {
     const n = native();
     // The module maps whatever pages it is given; one bus range for a multi-page request still
     // needs physically contiguous memory when no IOMMU merges it: 2 MiB hugepages, as sysfs.ts.
-    const { vaddr, pages, flags } = allocHostPages(size, opts.contiguous === true, "bus-contiguous");
+    const { vaddr, pages, flags } = allocHostPages(size, opts.contiguous === true, "bus-contiguous", this.#reservation);
     const bytes = pages * HOST_PAGE_SIZE;
     const out = checkPtr(n.nvm_host_alloc(pages * 8), "nvm_host_alloc");
     try {
@@ -322,6 +325,7 @@ export class DisnvmBackend implements Backend {
     n.nvm_disnvm_close(this.#fd);
     for (const a of this.#live) n.nvm_dma_free(a.vaddr, a.size, a.flags);
     this.#live.clear();
+    this.#reservation.release();
   }
 
   [Symbol.dispose](): void {

@@ -1,17 +1,18 @@
 /**
- * What the backends share around their DMA memory: nvm_dma_alloc with hugepages for contiguous
- * ranges, the typed error for a failed allocation (no free hugepage, the memlock limit) with the
- * command that fixes it, freeDma's forget-revoke-release order, and the bus-contiguity test of a
- * page table.
+ * What the backends share around their DMA memory: nvm_dma_alloc with a 2 MiB hugepage for a
+ * contiguous range of the backends that map pages as they come (disnvm), the typed error for a
+ * failed allocation (no free hugepage, the memlock limit) with the command that fixes it,
+ * freeDma's forget-revoke-release order, and the bus-contiguity test of a page table.
  */
 import type { Pointer } from "bun:ffi";
 import { DeviceError, NativeError, PermissionError } from "../errors.ts";
 import { native } from "../native.ts";
+import type { HugepageReservation } from "./hugepage-reserve.ts";
+import { HUGE_PAGE_SIZE } from "./hugepages.ts";
 import { HOST_PAGE_SIZE, type DmaMapping } from "./types.ts";
 
 /** nvm_dma_alloc flag NVM_DMA_HUGE (c/include/nvm_native.h): 2 MiB hugetlb pages, physically contiguous per page. */
-const DMA_HUGE = 1;
-const HUGE_PAGE_SIZE = 2 << 20;
+export const DMA_HUGE = 1;
 
 const TWO32 = 0x1_0000_0000;
 const EPERM = 1;
@@ -19,12 +20,18 @@ const EAGAIN = 11;
 const ENOMEM = 12;
 
 /**
- * Locked host memory for `size` bytes, whole 4 KiB pages, for the backends that map the pages as
- * they come (sysfs, disnvm). `contiguous` over more than one page takes a 2 MiB hugepage, so it is
- * limited to 2 MiB (a DeviceError: "a <contiguousWord> DMA range is limited ..."); a failure is
+ * Locked host memory for `size` bytes, whole 4 KiB pages, for a backend that has the pages mapped
+ * as they come (disnvm). `contiguous` over more than one page takes a 2 MiB hugepage, so it is
+ * limited to 2 MiB (a DeviceError: "a <contiguousWord> DMA range is limited ..."); when none is
+ * free, `reservation` raises the pool once (its errors name the command); any other failure is
  * dmaAllocError's. `flags` goes back to nvm_dma_free.
  */
-export function allocHostPages(size: number, contiguous: boolean, contiguousWord: "physically contiguous" | "bus-contiguous"): { vaddr: Pointer; pages: number; flags: number } {
+export function allocHostPages(
+  size: number,
+  contiguous: boolean,
+  contiguousWord: "physically contiguous" | "bus-contiguous",
+  reservation?: HugepageReservation,
+): { vaddr: Pointer; pages: number; flags: number } {
   const n = native();
   const pages = Math.ceil(size / HOST_PAGE_SIZE);
   // One 4 KiB page is contiguous by itself; larger contiguous ranges come from 2 MiB hugepages.
@@ -33,7 +40,11 @@ export function allocHostPages(size: number, contiguous: boolean, contiguousWord
     throw new DeviceError(`a ${contiguousWord} DMA range is limited to ${HUGE_PAGE_SIZE} bytes here (asked ${size})`);
   }
   const flags = huge ? DMA_HUGE : 0;
-  const vaddr = n.nvm_dma_alloc(size, flags);
+  let vaddr = n.nvm_dma_alloc(size, flags);
+  if (vaddr === null && huge && reservation && n.nvm_last_error() === ENOMEM) {
+    reservation.raise(1);
+    vaddr = n.nvm_dma_alloc(size, flags);
+  }
   if (vaddr === null) throw dmaAllocError(size, n.nvm_last_error(), { huge });
   return { vaddr, pages, flags };
 }
@@ -48,7 +59,7 @@ export function dmaAllocError(size: number, errno: number, opts: { huge?: boolea
   const why = (opts.errnoText ?? ((e: number) => `errno ${e}`))(errno);
   if (opts.huge === true && errno === ENOMEM) {
     return new PermissionError(
-      `no free 2 MiB hugepage for a contiguous DMA range of ${size} bytes: reserve some with \`echo 64 > /proc/sys/vm/nr_hugepages\``,
+      `no free 2 MiB hugepage for ${size} bytes of DMA memory: reserve some as root: echo 64 > /sys/kernel/mm/hugepages/hugepages-2048kB/nr_hugepages`,
     );
   }
   if (errno === ENOMEM || errno === EPERM || errno === EAGAIN) {

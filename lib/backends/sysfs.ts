@@ -2,20 +2,20 @@
  * Raw sysfs backend: BAR0 through /sys/bus/pci/devices/<bdf>/resource0, bus mastering through
  * config space, and DMA to physical addresses read from /proc/self/pagemap. Needs root and the
  * IOMMU off or in passthrough (iommu=pt); the device must not be bound to a kernel driver.
+ * Every byte of DMA memory lies in 2 MiB hugetlb pages, which the kernel does not move (see
+ * hugepages.ts); the pool of them is raised on demand and given back on close (hugepage-reserve.ts).
  */
 import type { Pointer } from "bun:ffi";
 import { toArrayBuffer } from "bun:ffi";
 import { join } from "node:path";
 import { DeviceError, NativeError, PermissionError } from "../errors.ts";
-import { check, checkPtr, cstr, native } from "../native.ts";
+import { checkPtr, cstr, native } from "../native.ts";
 import { configRead, configWrite, enableBusMaster, findPciDevice, hasCapSysAdmin, parseBdf, PCI_COMMAND, PCI_COMMAND_MASTER, type PciDevice } from "../pci.ts";
 import { BAR0_MIN_SIZE, CSTS_RDY, REG_ALL_ONES, REG_CSTS } from "../spec/registers.ts";
-import { allocHostPages, freeLive, isContiguous } from "./dma-common.ts";
-import { HOST_PAGE_SIZE, type Backend, type DmaMapping, type DmaOptions } from "./types.ts";
-
-interface Allocation extends DmaMapping {
-  readonly flags: number;
-}
+import { freeLive } from "./dma-common.ts";
+import { HugepagePool } from "./hugepages.ts";
+import { HugetlbProvider } from "./hugetlb.ts";
+import type { Backend, DmaMapping, DmaOptions } from "./types.ts";
 
 export class SysfsBackend implements Backend {
   readonly kind = "sysfs" as const;
@@ -24,7 +24,8 @@ export class SysfsBackend implements Backend {
   readonly bar0: Pointer;
   readonly bar0Size: number;
   readonly #commandBefore: number;
-  readonly #live = new Set<Allocation>();
+  readonly #live = new Set<DmaMapping>();
+  readonly #pool: HugepagePool;
   #closed = false;
 
   /** Open the controller at `bdf`; throws DeviceError/PermissionError with the command that fixes it. */
@@ -63,39 +64,23 @@ export class SysfsBackend implements Backend {
       throw new DeviceError(`${this.name}: BAR0 is ${this.bar0Size} bytes, too small for NVMe registers (${BAR0_MIN_SIZE})`);
     }
     this.#commandBefore = enableBusMaster(this.device);
+    this.#pool = new HugepagePool(new HugetlbProvider());
+  }
+
+  /** Hugepages this backend has mapped now (each holds up to 512 runs of 4 KiB pages). */
+  get hugepages(): number {
+    return this.#pool.hugepages;
   }
 
   allocDma(size: number, opts: DmaOptions = {}): DmaMapping {
     if (this.#closed) throw new DeviceError(`${this.name} is closed`);
-    const n = native();
-    // A contiguous range of more than one page comes from a 2 MiB hugepage.
-    const { vaddr, pages, flags } = allocHostPages(size, opts.contiguous === true, "physically contiguous");
-    const out = checkPtr(n.nvm_host_alloc(pages * 8), "nvm_host_alloc");
-    try {
-      const rc = n.nvm_phys_addrs(vaddr, pages, out);
-      if (rc < 0) {
-        n.nvm_dma_free(vaddr, size, flags);
-        if (rc === -1) {
-          throw new PermissionError("/proc/self/pagemap gave physical page 0: this process lacks CAP_SYS_ADMIN; run as root");
-        }
-        check(rc, "read /proc/self/pagemap");
-      }
-      const iova = new Uint32Array(toArrayBuffer(out, 0, pages * 8).slice(0));
-      const contiguous = isContiguous(iova);
-      if (opts.contiguous && !contiguous) {
-        n.nvm_dma_free(vaddr, size, flags);
-        throw new DeviceError(`could not get ${size} physically contiguous bytes`);
-      }
-      const a: Allocation = { vaddr, size: pages * HOST_PAGE_SIZE, iova, contiguous, flags };
-      this.#live.add(a);
-      return a;
-    } finally {
-      n.nvm_host_free(out);
-    }
+    const a = this.#pool.alloc(size, opts.contiguous === true);
+    this.#live.add(a);
+    return a;
   }
 
   freeDma(mapping: DmaMapping): void {
-    freeLive(this.#live, mapping, (a) => check(native().nvm_dma_free(a.vaddr, a.size, a.flags), "nvm_dma_free"));
+    freeLive(this.#live, mapping, (a) => this.#pool.free(a));
   }
 
   setBusMaster(enabled: boolean): void {
@@ -119,6 +104,8 @@ export class SysfsBackend implements Backend {
     this.#closed = true;
     for (const a of [...this.#live]) this.freeDma(a);
     const csts = native().nvm_read32(this.bar0, REG_CSTS);
+    // After the frees: the reservation goes back only as far as no page is still mapped.
+    this.#pool.close();
     native().nvm_unmap(this.bar0, this.bar0Size);
     if (csts !== REG_ALL_ONES && (csts & CSTS_RDY) === 0) {
       try {

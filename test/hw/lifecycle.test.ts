@@ -1,5 +1,6 @@
 /** Nothing is left enabled behind a process: close(), SIGTERM, and recovery after SIGKILL. */
 import { describe, expect, test } from "bun:test";
+import { chmodSync, chownSync, lstatSync, mkdirSync, readdirSync, readFileSync, rmSync, statSync, symlinkSync, writeFileSync } from "node:fs";
 import { Controller, ControllerBusyError, registers } from "../../lib/index.ts";
 import { ctrlAddress, spawnFixture, waitForLine } from "./common.ts";
 
@@ -95,5 +96,35 @@ describe("one owner at a time", () => {
     }
     // The kernel dropped the dead owner's lock: no force needed.
     Controller.open(ctrlAddress()).close();
+  });
+});
+
+describe("the lock directory", () => {
+  test("an old world-writable /run/libnvm is tightened by the next open; what others planted is removed, a symlink's target untouched", () => {
+    const dir = "/run/libnvm";
+    const lock = `${dir}/${ctrlAddress().replaceAll(":", "_")}.lock`;
+    const victim = "/run/tmp/libnvm-lock-victim";
+    // As an older libnvm left it (mode 1777), with what any user could have put there meanwhile.
+    mkdirSync(dir, { recursive: true });
+    chmodSync(dir, 0o1777);
+    writeFileSync(victim, "keep\n");
+    rmSync(lock, { force: true });
+    symlinkSync(victim, lock);
+    writeFileSync(`${dir}/planted`, "");
+    chownSync(`${dir}/planted`, 65534, 65534);
+    const c = Controller.open(ctrlAddress());
+    try {
+      expect(statSync(dir).mode & 0o7777).toBe(0o755);
+      expect(statSync(dir).uid).toBe(0);
+      expect(readdirSync(dir)).toEqual([lock.slice(dir.length + 1)]);
+      const st = lstatSync(lock);
+      expect(st.isFile()).toBe(true);
+      expect([st.uid, st.mode & 0o777, st.nlink]).toEqual([0, 0o600, 1]);
+      expect(readFileSync(lock, "utf8").trim()).toBe(String(process.pid));
+      expect(readFileSync(victim, "utf8")).toBe("keep\n");
+    } finally {
+      c.close();
+      rmSync(victim, { force: true });
+    }
   });
 });

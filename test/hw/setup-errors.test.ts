@@ -4,10 +4,12 @@
  */
 import { describe, expect, test } from "bun:test";
 import { existsSync, readFileSync, writeFileSync } from "node:fs";
-import { Controller, DeviceError, InvalidArgumentError, PermissionError } from "../../lib/index.ts";
+import { Controller, DeviceError, InvalidArgumentError } from "../../lib/index.ts";
 import { ctrlAddress, REPO } from "./common.ts";
 
 const HUGEPAGES = "/proc/sys/vm/nr_hugepages";
+/** The 2 MiB pool libnvm raises (the same pool as vm.nr_hugepages where 2 MiB is the default size). */
+const POOL = "/sys/kernel/mm/hugepages/hugepages-2048kB";
 
 function identifyAs(args: string[]) {
   const p = Bun.spawnSync(args, { cwd: REPO, stdout: "pipe", stderr: "pipe" });
@@ -60,17 +62,20 @@ describe("set-up errors", () => {
     expect(r.err).toMatch(/PermissionError: .*needs root/);
   });
 
-  test("no free hugepage for a multi-page queue: PermissionError naming nr_hugepages, then it works again", () => {
-    const before = readFileSync(HUGEPAGES, "utf8").trim();
+  test("a process that may not raise nr_hugepages (read-only sysfs, as in a container): PermissionError with the exact command, nothing changed", () => {
     writeFileSync(HUGEPAGES, "0");
-    try {
-      expect(() => Controller.open(ctrlAddress(), { adminQueueEntries: 256 })).toThrow(PermissionError);
-      expect(() => Controller.open(ctrlAddress(), { adminQueueEntries: 256 })).toThrow(/nr_hugepages/);
-    } finally {
-      writeFileSync(HUGEPAGES, before);
-    }
+    // A private mount namespace whose hugepage pool directory is read-only: writes get EROFS.
+    const ro = `mount --bind ${POOL} ${POOL} && mount -o remount,bind,ro ${POOL} && exec bun examples/identify.ts --json --ctrl=${ctrlAddress()}`;
+    const r = identifyAs(["unshare", "--mount", "--propagation", "private", "sh", "-c", ro]);
+    expect(r.code).toBe(1);
+    expect(r.err).toContain(`PermissionError: no free 2 MiB hugepage for DMA memory (1 needed, 0 free), and this process may not reserve any (EROFS writing ${POOL}/nr_hugepages)`);
+    expect(r.err).toContain(`reserve them as root: echo 1 > ${POOL}/nr_hugepages`);
+    expect(r.out).toBe("");
+    expect(readFileSync(HUGEPAGES, "utf8").trim()).toBe("0");
+    // Nothing was left behind: the next open (allowed to reserve) works and gives the page back.
     const c = Controller.open(ctrlAddress(), { adminQueueEntries: 256 });
     expect(c.identifyController().sn).toBe(c.info.sn);
     c.close();
+    expect(readFileSync(HUGEPAGES, "utf8").trim()).toBe("0");
   });
 });

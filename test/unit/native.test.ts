@@ -18,8 +18,8 @@ function host(size: number): { p: Pointer; u32: Uint32Array; free: () => void } 
 }
 
 describe("library", () => {
-  test("ABI version 1", () => {
-    expect(n.nvm_abi_version()).toBe(1);
+  test("ABI version 2", () => {
+    expect(n.nvm_abi_version()).toBe(2);
   });
 });
 
