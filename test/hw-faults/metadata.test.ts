@@ -45,7 +45,7 @@ test("metadata namespaces (separate, extended, with PI) are refused with Unsuppo
         err = e;
       }
       expect(err).toBeInstanceOf(UnsupportedError);
-      expect((err as Error).message).toContain(`${n.metadata!.ms} bytes of ${n.metadata!.extended ? "extended" : "separate"} metadata`);
+      expect((err as Error).message).toContain(`${n.metadata!.ms} bytes of ${n.metadata!.extended ? "extended (interleaved)" : "separate"} metadata`);
       if (n.metadata!.pi) expect((err as Error).message).toContain(`protection information type ${n.metadata!.pi}`);
       // The low-level path is refused the same way, before the SQ.
       const tail = q.sq.tail;

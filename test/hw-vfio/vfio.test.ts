@@ -18,7 +18,7 @@
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { existsSync, readdirSync, readFileSync, readlinkSync, writeFileSync } from "node:fs";
 import { basename, join } from "node:path";
-import { Controller, DmaBuffer, DeviceError, IoQueue, Namespace, commands, registers, status } from "../../lib/index.ts";
+import { Controller, ControllerBusyError, DmaBuffer, DeviceError, IoQueue, Namespace, commands, registers, status } from "../../lib/index.ts";
 import { VfioBackend } from "../../lib/backends/vfio.ts";
 import { configRead, findPciDevice, PCI_COMMAND, PCI_COMMAND_MASTER, PCI_COMMAND_MEMORY } from "../../lib/pci.ts";
 import { IOVA_DEFAULT_BASE } from "../../lib/iova.ts";
@@ -379,6 +379,17 @@ describe("VFIO backend", () => {
       expect(busy).toBeInstanceOf(DeviceError);
       expect((busy as Error).message).toContain(`/dev/vfio/${group}`);
       expect((busy as Error).message).toContain(`held by process ${child.pid}`);
+      // force cannot take it either: the kernel admits one holder, and the error says whom to stop.
+      let forced: unknown;
+      try {
+        Controller.open(bdf, { force: true, handleSignals: false }).close();
+      } catch (e) {
+        forced = e;
+      }
+      expect(forced).toBeInstanceOf(ControllerBusyError);
+      expect((forced as ControllerBusyError).pid).toBe(child.pid);
+      expect((forced as Error).message).toContain("force cannot take a VFIO controller from a live process");
+      expect((forced as Error).message).toContain(`kill ${child.pid}`);
 
       p.kill("SIGKILL");
       killed = true;
