@@ -1,8 +1,8 @@
 /**
  * Driving an I/O queue from a Worker. The controller (and its admin queue) stays in the thread
- * that opened it; that thread creates the I/O queue, then hands it over as plain numbers: where
- * its rings, its CID list pages and its data buffers are (virtual and bus addresses), the
- * doorbell offsets, and the ring state. The Worker rebuilds an ordinary IoQueue over the same
+ * that opened it; that thread creates the I/O queue, then hands it over as plain numbers (where
+ * its rings, its CID list pages and its data buffers are, virtual and bus addresses, the doorbell
+ * offsets, the ring state) and a shared lease (lease.ts). The Worker rebuilds an ordinary IoQueue over the same
  * memory (bun:ffi views of a pointer see the same bytes in every thread of the process), dlopens
  * the native library through lib/native.ts as usual, and runs the low-level, sync or async API
  * on it with nothing shared per command.
@@ -53,7 +53,7 @@ export interface SharedMapping {
   readonly contiguous: boolean;
 }
 
-/** An I/O queue pair as plain numbers: everything a Worker needs to drive it. */
+/** An I/O queue pair as plain numbers, and its lease: everything a Worker needs to drive it. */
 export interface SharedIoQueue {
   readonly backendKind: BackendKind;
   readonly backendName: string;
