@@ -225,7 +225,8 @@ describe("a command past its deadline settles only once the controller can no lo
 });
 
 describe("a reset that cannot disable the controller", () => {
-  test("device gone (CSTS all ones): commands settle with ControllerFatalError; queues and admin refuse until a reset succeeds", async () => {
+  /** A controller with one read the fake holds (no completion, no data moved yet). */
+  async function readInFlight() {
     const f = fake();
     const c = open(f, { timeoutMs: 5000 });
     const ns = new Namespace(c, 1);
@@ -233,6 +234,11 @@ describe("a reset that cannot disable the controller", () => {
     const buf = c.allocBuffer(4096);
     const p = track(ns.read(0, 8, buf));
     await waitFor(() => f.held.length === 1);
+    return { f, c, ns, buf, p };
+  }
+
+  test("device gone (CSTS all ones): commands settle with ControllerFatalError; queues and admin refuse until a reset succeeds", async () => {
+    const { f, c, ns, buf, p } = await readInFlight();
     f.gone = true;
     expect(() => c.reset()).toThrow(ControllerFatalError);
     await sleep(1);
@@ -244,13 +250,7 @@ describe("a reset that cannot disable the controller", () => {
   });
 
   test("stuck enabled: bus mastering is cleared before anything settles; a later reset sets it again and I/O works", async () => {
-    const f = fake();
-    const c = open(f, { timeoutMs: 5000 });
-    const ns = new Namespace(c, 1);
-    f.hold = isIoRead;
-    const buf = c.allocBuffer(4096);
-    const p = track(ns.read(0, 8, buf));
-    await waitFor(() => f.held.length === 1);
+    const { f, c, ns, buf, p } = await readInFlight();
     f.stuckEnabled = true;
     f.backend.events.length = 0;
     expect(() => c.reset()).toThrow(/bus mastering was cleared/);
@@ -270,13 +270,7 @@ describe("a reset that cannot disable the controller", () => {
   });
 
   test("stuck enabled and bus mastering cannot be cleared: the DMA memory is abandoned, never freed", async () => {
-    const f = fake();
-    const c = open(f, { timeoutMs: 5000 });
-    const ns = new Namespace(c, 1);
-    f.hold = isIoRead;
-    const buf = c.allocBuffer(4096);
-    const p = track(ns.read(0, 8, buf));
-    await waitFor(() => f.held.length === 1);
+    const { f, c, ns, buf, p } = await readInFlight();
     f.stuckEnabled = true;
     f.backend.failBusMaster = true;
     expect(() => c.reset()).toThrow(/kept \(never freed\)/);
