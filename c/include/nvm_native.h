@@ -49,10 +49,13 @@ NVM_API void nvm_fence_release(void);
 
 /* --- DMA memory ------------------------------------------------------------------------------ */
 
-#define NVM_DMA_HUGE 1u /* back with 2 MiB hugetlb pages: physically contiguous per huge page */
+#define NVM_DMA_HUGE 1u   /* back with 2 MiB hugetlb pages: physically contiguous per huge page */
+#define NVM_DMA_NOLOCK 2u /* no mlock: the kernel pins the pages and charges RLIMIT_MEMLOCK itself
+                             (VFIO type1, the disnvm module), which an mlock would count twice */
 
-/* Anonymous, page-aligned, zero-filled, populated and mlocked memory of size bytes (rounded up to the
- * page size, or to 2 MiB with NVM_DMA_HUGE). NULL on failure, errno in nvm_last_error(). */
+/* Anonymous, page-aligned, zero-filled, populated and (unless NVM_DMA_NOLOCK) mlocked memory of size
+ * bytes (rounded up to the page size, or to 2 MiB with NVM_DMA_HUGE). NULL on failure, errno in
+ * nvm_last_error(). */
 NVM_API void *nvm_dma_alloc(uint32_t size, uint32_t flags);
 NVM_API int32_t nvm_dma_free(void *addr, uint32_t size, uint32_t flags);
 
