@@ -150,6 +150,8 @@ NVM_API int32_t nvm_disnvm_map_host(int32_t fd, void *vaddr, uint32_t size, uint
 NVM_API int32_t nvm_disnvm_map_device(int32_t fd, uint32_t vaddr_lo, uint32_t vaddr_hi, uint32_t size, uint32_t *addrs);
 /* DISNVM_IOC_UNMAP of the mapping that starts at vaddr; -ENOENT when none does. */
 NVM_API int32_t nvm_disnvm_unmap(int32_t fd, void *vaddr);
+/* DISNVM_IOC_BUS_MASTER: set (enable = 1) or clear (0) Bus Master Enable; -EINVAL for other values. */
+NVM_API int32_t nvm_disnvm_bus_master(int32_t fd, uint32_t enable);
 
 #ifdef __cplusplus
 }
