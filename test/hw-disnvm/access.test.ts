@@ -8,18 +8,21 @@
  *                                          PermissionError naming why; with it everything works
  *   disnvm-iommu  (q35 + intel-iommu)     "1": without CAP_SYS_RAWIO the controller works, data verified
  */
-import { beforeAll, expect, test } from "bun:test";
+import { afterAll, beforeAll, expect, test } from "bun:test";
 import { DisnvmBackend, disnvmIsolation, PermissionError } from "../../lib/index.ts";
 import { requireExpected } from "../hw/common.ts";
-import { BDF, CAP_SYS_RAWIO, disnvmNode, hasCap, iommuDomainType, pinnedPages, runUser } from "./common.ts";
+import { BDF, CAP_SYS_RAWIO, disnvmNode, ensureHugepages, hasCap, iommuDomainType, pinnedPages, runUser } from "./common.ts";
 
 const want = process.env.LIBNVM_TEST_DISNVM_ISOLATED;
 let node = "";
+let giveBackHugepages = () => {};
 
 beforeAll(() => {
   if (want !== "0" && want !== "1") throw new Error("LIBNVM_TEST_DISNVM_ISOLATED must be 0 or 1 (set by the suite in test/vm/hw.ts)");
   node = disnvmNode();
+  giveBackHugepages = ensureHugepages(8);
 });
+afterAll(() => giveBackHugepages());
 
 test(`the module and sysfs agree the controller is ${want === "1" ? "" : "not "}isolated by an IOMMU`, () => {
   const b = new DisnvmBackend(node);

@@ -8,7 +8,7 @@
 import { beforeAll, expect, test } from "bun:test";
 import { readFileSync, writeFileSync } from "node:fs";
 import { Controller, DeviceError, DisnvmBackend, native } from "../../lib/index.ts";
-import { disnvmNode, pinnedPages } from "./common.ts";
+import { disnvmNode, ensureHugepages, pinnedPages } from "./common.ts";
 
 const EXDEV = 18;
 let node = "";
@@ -34,6 +34,7 @@ test("mapping host memory is refused with EXDEV, pinned and charged nothing, and
   expect(fd).toBeGreaterThanOrEqual(0);
   const addrs = n.nvm_host_alloc(512 * 8)!;
   const scattered = n.nvm_dma_alloc(16 * 4096, 2 /* NVM_DMA_NOLOCK */)!;
+  const release = ensureHugepages(1);
   const huge = n.nvm_dma_alloc(2 << 20, 1 | 2 /* NVM_DMA_HUGE | NVM_DMA_NOLOCK */)!;
   const lck = vmLck();
   try {
@@ -47,6 +48,7 @@ test("mapping host memory is refused with EXDEV, pinned and charged nothing, and
     expect(vmLck()).toBe(lck);
   } finally {
     n.nvm_dma_free(huge, 2 << 20, 3);
+    release();
     n.nvm_dma_free(scattered, 16 * 4096, 2);
     n.nvm_host_free(addrs);
     expect(n.nvm_disnvm_close(fd)).toBe(0);

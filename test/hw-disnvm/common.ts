@@ -3,7 +3,7 @@
  * its node, the module's pinned-page counter, and fixtures run with fewer privileges than root.
  * Every suite fails (never skips) when the controller is not bound to disnvm.
  */
-import { existsSync, readdirSync, readFileSync } from "node:fs";
+import { existsSync, readdirSync, readFileSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { findPciDevice } from "../../lib/pci.ts";
 import { ctrlAddress, REPO } from "../hw/common.ts";
@@ -65,4 +65,18 @@ export function runUser(node: string, mode: string, opts: { drop?: string[]; mem
 /** Whether capability number `cap` is in a CapEff hex mask. */
 export function hasCap(capEff: string, cap: number): boolean {
   return (BigInt(`0x${capEff}`) & (1n << BigInt(cap))) !== 0n;
+}
+
+/**
+ * At least `n` free 2 MiB hugepages, for the library's contiguous queues (it takes them from
+ * hugepages when no IOMMU merges pages); reserves what is missing, whatever the guest reserved at
+ * boot, and returns how to give them back (afterAll), so the suite leaves nr_hugepages as found.
+ */
+export function ensureHugepages(n: number): () => void {
+  const nr = "/proc/sys/vm/nr_hugepages";
+  const free = Number(readFileSync("/sys/kernel/mm/hugepages/hugepages-2048kB/free_hugepages", "utf8"));
+  if (free >= n) return () => {};
+  const before = readFileSync(nr, "utf8").trim();
+  writeFileSync(nr, String(Number(before) + n - free));
+  return () => writeFileSync(nr, before);
 }

@@ -9,17 +9,20 @@
  * - Unmap (item 7): once DISNVM_IOC_UNMAP returns the controller can no longer reach the pages, even
  *   though a DMA-FQ domain defers its IOTLB invalidation: a command pointing at them fails.
  */
-import { beforeAll, expect, test } from "bun:test";
+import { afterAll, beforeAll, expect, test } from "bun:test";
 import { Controller, DisnvmBackend, Namespace, NvmeStatusError, PermissionError, commands } from "../../lib/index.ts";
-import { CAP_IPC_LOCK, CAP_SYS_RAWIO, disnvmNode, hasCap, iommuDomainType, pinnedPages, runUser } from "./common.ts";
+import { CAP_IPC_LOCK, CAP_SYS_RAWIO, disnvmNode, ensureHugepages, hasCap, iommuDomainType, pinnedPages, runUser } from "./common.ts";
 
 let node = "";
+let giveBackHugepages = () => {};
 
 beforeAll(() => {
   node = disnvmNode();
+  giveBackHugepages = ensureHugepages(8);
   // The flush-before-unpin test only means something with deferred invalidation.
   if (iommuDomainType() !== "DMA-FQ") throw new Error(`the controller's IOMMU domain is ${iommuDomainType() ?? "absent"}, expected DMA-FQ (intel_iommu=on iommu.strict=0)`);
 });
+afterAll(() => giveBackHugepages());
 
 test("VmLck grows by exactly the mapped bytes, the memory is not mlocked as well, and unmap and close give it back", () => {
   const r = runUser(node, "vmlck", { drop: ["sys_rawio", "ipc_lock"], memlock: 64 << 20 });
