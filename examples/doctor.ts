@@ -9,7 +9,7 @@ import { parse, run, toJson } from "./common.ts";
 
 const usage = `usage: bun run examples/doctor.ts --ctrl=BDF|/dev/disnvmN [--json]
   Checks the raw sysfs, VFIO and disnvm paths to the controller: bound driver, IOMMU group and
-  its members, /dev/vfio permissions, memlock limit, CAP_SYS_ADMIN, hugepages, the module.
+  its members, /dev/vfio permissions, memlock limit, CAP_SYS_ADMIN, CAP_SYS_RAWIO, hugepages, the module.
   Exit 0 when at least one path works now, 1 when none does.
 `;
 
@@ -29,7 +29,7 @@ await run(() => {
     }
     const ml = f.memlock === "unlimited" ? "unlimited" : `${f.memlock} bytes`;
     console.log(
-      `  facts:  kernel ${f.kernel}; ${f.root ? "root" : "not root"}; CAP_SYS_ADMIN ${f.capSysAdmin ? "yes" : "no"}; memlock ${ml}; ` +
+      `  facts:  kernel ${f.kernel}; ${f.root ? "root" : "not root"}; CAP_SYS_ADMIN ${f.capSysAdmin ? "yes" : "no"}; CAP_SYS_RAWIO ${f.capSysRawio ? "yes" : "no"}; memlock ${ml}; ` +
         `hugepages ${f.hugepages.free}/${f.hugepages.total} free; IOMMU ${f.iommuEnabled ? (f.iommuPassthrough ? "passthrough" : "on") : "off"}` +
         `${f.iommuGroup !== null ? `, group ${f.iommuGroup}${f.groupMembers.length ? ` with ${f.groupMembers.map((m) => m.bdf).join(", ")}` : " (alone)"}` : ""}; ` +
         `vfio-pci ${f.vfioPciLoaded ? "loaded" : "not loaded"}; disnvm ${f.disnvmLoaded ? "loaded" : "not loaded"}${f.disnvmNode ? ` (${f.disnvmNode})` : ""}`,

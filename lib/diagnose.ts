@@ -1,6 +1,7 @@
 /**
  * What stands between this machine and each way of reaching a controller: the facts (bound driver,
- * IOMMU group and its members, /dev/vfio permissions, memlock, CAP_SYS_ADMIN, hugepages, module),
+ * IOMMU group and its members, /dev/vfio permissions, memlock, CAP_SYS_ADMIN, CAP_SYS_RAWIO, hugepages,
+ * module),
  * and for each backend whether it can work now and, if not, the commands that fix it. Reads only;
  * changes nothing.
  */
@@ -8,7 +9,8 @@ import { accessSync, constants, existsSync, readdirSync, readFileSync, readlinkS
 import { basename, join } from "node:path";
 import { NvmeError } from "./errors.ts";
 import { native, scratch } from "./native.ts";
-import { findPciDevice, hasCapSysAdmin, parseBdf, SYSFS_PCI_DEVICES, type PciDevice } from "./pci.ts";
+import { findPciDevice, hasCapSysAdmin, hasCapSysRawio, parseBdf, SYSFS_PCI_DEVICES, type PciDevice } from "./pci.ts";
+import { disnvmIsolation } from "./backends/disnvm.ts";
 import type { BackendKind } from "./backends/types.ts";
 
 export interface PathReport {
@@ -30,6 +32,8 @@ export interface Diagnosis {
   readonly facts: {
     readonly root: boolean;
     readonly capSysAdmin: boolean;
+    /** What the disnvm module asks for when no IOMMU isolates the controller. */
+    readonly capSysRawio: boolean;
     /** RLIMIT_MEMLOCK in bytes, or "unlimited". */
     readonly memlock: number | "unlimited";
     readonly hugepages: { total: number; free: number };
@@ -135,6 +139,7 @@ export function diagnose(ctrl: string, pciRoot = SYSFS_PCI_DEVICES): Diagnosis {
   const facts = {
     root: process.getuid?.() === 0,
     capSysAdmin: hasCapSysAdmin(),
+    capSysRawio: hasCapSysRawio(),
     memlock: memlock(),
     hugepages: hp,
     iommuEnabled: groups.length > 0,
@@ -212,9 +217,10 @@ export function diagnose(ctrl: string, pciRoot = SYSFS_PCI_DEVICES): Diagnosis {
   }
   const vfio = report("vfio", vp, vf, vw);
 
-  // disnvm: module loaded and bound, node accessible.
+  // disnvm: module loaded and bound, node accessible, CAP_SYS_RAWIO unless an IOMMU isolates the controller.
   const dp: string[] = [];
   const df: string[] = [];
+  const dw: string[] = [];
   if (!facts.disnvmLoaded) {
     dp.push("the disnvm module is not loaded");
     df.push(`${sudo}insmod module/build/${facts.kernel}/disnvm.ko   # build it with: bash test/vm/build-module.sh, or make -C module`);
@@ -226,7 +232,15 @@ export function diagnose(ctrl: string, pciRoot = SYSFS_PCI_DEVICES): Diagnosis {
     dp.push(`${node} is not readable and writable by this user`);
     df.push(`${sudo}chown ${process.env.USER ?? "$USER"} ${node}   # or a udev rule for KERNEL=="disnvm*"`);
   }
-  const disnvm = report("disnvm", dp, df);
+  const isolation = bdf ? disnvmIsolation(bdf, pciRoot) : undefined;
+  if (isolation && !isolation.isolated && !facts.capSysRawio) {
+    dp.push(`needs CAP_SYS_RAWIO: ${isolation.why}, so the controller could reach any memory`);
+    df.push(`${sudo}bun run examples/identify.ts --ctrl=${node ?? b}   # as root, or turn the IOMMU on (intel_iommu=on / amd_iommu=on, not iommu=pt)`);
+  }
+  if (!facts.root && facts.memlock !== "unlimited" && facts.memlock < 64 << 20) {
+    dw.push(`memlock limit is ${facts.memlock} bytes: the module charges every DMA buffer to it (ulimit -l unlimited, or LimitMEMLOCK=infinity)`);
+  }
+  const disnvm = report("disnvm", dp, df, dw);
 
   const paths = [sysfs, vfio, disnvm];
   const preferred: BackendKind = driver === "vfio-pci" ? "vfio" : driver === "disnvm" ? "disnvm" : "sysfs";

@@ -5,7 +5,7 @@ export { buildPrp, prpListPages, PRP_PAGE_SIZE, type PrpPair } from "./prp.ts";
 export { QueuePair, SubmissionQueue, CompletionQueue, type Completion, type ExecOptions } from "./queue.ts";
 export { SysfsBackend } from "./backends/sysfs.ts";
 export { VfioBackend } from "./backends/vfio.ts";
-export { DisnvmBackend } from "./backends/disnvm.ts";
+export { DisnvmBackend, disnvmIsolation, type DisnvmInfo } from "./backends/disnvm.ts";
 export { resolveController, createBackend, type BackendChoice, type ResolvedController } from "./backends/index.ts";
 export type { Backend, BackendKind, DmaMapping, DmaOptions } from "./backends/types.ts";
 export { parseBdf, findPciDevice, PCI_CLASS_NVME, type PciDevice } from "./pci.ts";

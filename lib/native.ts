@@ -61,6 +61,7 @@ const symbols = {
   nvm_disnvm_map_host: { args: [i32, P, u32, P], returns: i32 },
   nvm_disnvm_map_device: { args: [i32, u32, u32, u32, P], returns: i32 },
   nvm_disnvm_unmap: { args: [i32, P], returns: i32 },
+  nvm_disnvm_bus_master: { args: [i32, u32], returns: i32 },
 } as const;
 
 /** c/include/nvm_native.h as TypeScript sees it. */
@@ -103,6 +104,7 @@ export interface NativeLib {
   nvm_disnvm_map_host(fd: number, vaddr: Pointer, size: number, addrs: Pointer): number;
   nvm_disnvm_map_device(fd: number, vaddrLo: number, vaddrHi: number, size: number, addrs: Pointer): number;
   nvm_disnvm_unmap(fd: number, vaddr: Pointer): number;
+  nvm_disnvm_bus_master(fd: number, enable: number): number;
 }
 type Lib = NativeLib;
 

@@ -103,12 +103,22 @@ export function enableBusMaster(dev: PciDevice): number {
   return before;
 }
 
-/** Does this process have CAP_SYS_ADMIN (bit 21 of CapEff)? Without it pagemap hides PFNs. */
-export function hasCapSysAdmin(): boolean {
+/** Is capability number `cap` (linux/capability.h) in this process's effective set (CapEff)? */
+function hasCapability(cap: number): boolean {
   try {
     const m = /^CapEff:\s*([0-9a-fA-F]+)$/m.exec(readFileSync("/proc/self/status", "utf8"));
-    return m ? (BigInt("0x" + m[1]) & (1n << 21n)) !== 0n : false;
+    return m ? (BigInt("0x" + m[1]) & (1n << BigInt(cap))) !== 0n : false;
   } catch {
     return false;
   }
+}
+
+/** Does this process have CAP_SYS_ADMIN (21)? Without it pagemap hides PFNs. */
+export function hasCapSysAdmin(): boolean {
+  return hasCapability(21);
+}
+
+/** Does this process have CAP_SYS_RAWIO (17)? The disnvm module wants it where no IOMMU isolates the controller. */
+export function hasCapSysRawio(): boolean {
+  return hasCapability(17);
 }

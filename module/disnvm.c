@@ -13,15 +13,25 @@
  * SIGKILL included) the controller is shut down and disabled and bus mastering cleared before any
  * of the memory it was given is unmapped and unpinned: a dead process leaves no DMA behind.
  *
+ * Who may open it: whoever holds the file can make the controller read and write any bus address
+ * it likes. That is only confined when an IOMMU translates for the controller and no other device
+ * shares its IOMMU group (disnvm_isolated()); otherwise open() needs CAP_SYS_RAWIO, the
+ * capability that also guards /dev/mem and raw I/O ports.
+ *
+ * Pinned host pages are charged to the opener's RLIMIT_MEMLOCK (mm->locked_vm), as VFIO's type1
+ * driver charges its pins: a user cannot pin more memory through the module than it could mlock().
+ *
  * Locking: dev->lock (mutex) guards the open file, its mapping list and the gone flag, and is held
- * across pinning (which may take mmap_lock): dev->lock -> mmap_lock. BAR0 pages are inserted by the
- * fault handler, which runs under mmap_lock and takes only dev->bar_lock: mmap_lock -> bar_lock.
- * Removal sets gone under both and zaps the user's BAR0 mappings, so nothing reaches a BAR that
- * is about to be released.
+ * across pinning and memlock accounting (which take mmap_lock): dev->lock -> mmap_lock. BAR0 pages
+ * are inserted by the fault handler, which runs under mmap_lock and takes only dev->bar_lock:
+ * mmap_lock -> bar_lock. Removal sets gone under both and zaps the user's BAR0 mappings, so nothing
+ * reaches a BAR that is about to be released.
  */
 #define pr_fmt(fmt) KBUILD_MODNAME ": " fmt
 
+#include <linux/capability.h>
 #include <linux/delay.h>
+#include <linux/dma-map-ops.h>
 #include <linux/dma-mapping.h>
 #include <linux/fs.h>
 #include <linux/idr.h>
@@ -36,6 +46,7 @@
 #include <linux/scatterlist.h>
 #include <linux/sched/mm.h>
 #include <linux/slab.h>
+#include <linux/swiotlb.h>
 #include <linux/uaccess.h>
 #include <linux/version.h>
 
@@ -185,21 +196,97 @@ clear_master:
 }
 
 /* ------------------------------------------------------------------------------------------ */
+/* who may hold the controller */
+
+/*
+ * The domain the DMA API maps through for the controller when it translates (DMA, or DMA-FQ with
+ * deferred IOTLB invalidation), else NULL: no IOMMU, or an identity (passthrough) domain in which
+ * every bus address is a physical one.
+ */
+static struct iommu_domain *disnvm_dma_domain(struct disnvm_dev *dev)
+{
+	struct iommu_domain *domain = iommu_get_domain_for_dev(&dev->pdev->dev);
+
+	return domain && iommu_is_dma_domain(domain) ? domain : NULL;
+}
+
+struct disnvm_group_walk {
+	struct device *self;
+	unsigned int others;
+};
+
+static int disnvm_count_other(struct device *d, void *data)
+{
+	struct disnvm_group_walk *w = data;
+
+	if (d != w->self)
+		w->others++;
+	return 0;
+}
+
+/*
+ * Whether the controller's DMA is confined to what this module maps for it: an IOMMU translates
+ * for it, and it is alone in its IOMMU group. The group is the IOMMU's unit of isolation: its
+ * members share one domain (so the controller could reach whatever the kernel maps for another
+ * member's driver) and may reach each other peer to peer without passing the IOMMU at all. VFIO
+ * also accepts members that are unbound or bound to VFIO, because it moves the whole group into a
+ * domain of its own; this module uses the kernel's default domain, into which a member bound to a
+ * driver later would map its own DMA, so only a group of one is safe.
+ */
+static bool disnvm_isolated(struct disnvm_dev *dev)
+{
+	struct disnvm_group_walk w = { .self = &dev->pdev->dev };
+	struct iommu_group *group;
+
+	if (!disnvm_dma_domain(dev))
+		return false;
+	group = iommu_group_get(&dev->pdev->dev);
+	if (!group)
+		return false;
+	iommu_group_for_each_dev(group, &w, disnvm_count_other);
+	iommu_group_put(group);
+	return w.others == 0;
+}
+
+/* ------------------------------------------------------------------------------------------ */
 /* host memory */
+
+/*
+ * Userspace DMA needs the controller to reach the process's own pages, coherently. Refuse
+ * (EXDEV) what the DMA API would bounce through swiotlb, as it does for every mapping under
+ * swiotlb=force and in SEV/TDX guests (whose private memory a device cannot read): the controller
+ * would then read and write kernel bounce buffers the process never sees. Refuse non-coherent DMA
+ * too: it needs a cache sync around every transfer, which a driver in userspace cannot do. This
+ * runs before anything is pinned, so a refused mapping costs nothing and fills no bounce buffer.
+ */
+static int disnvm_check_direct(struct disnvm_dev *dev, bool translated)
+{
+	struct device *d = &dev->pdev->dev;
+
+	if (!dev_is_dma_coherent(d)) {
+		dev_warn_once(d, "DMA is not cache-coherent: refusing userspace DMA mappings\n");
+		return -EXDEV;
+	}
+	/* Through an IOMMU swiotlb is used only for untrusted devices' sub-page buffers. */
+	if (!translated && is_swiotlb_force_bounce(d)) {
+		dev_warn_once(d, "swiotlb bounces all DMA (swiotlb=force, or an encrypted-memory guest): refusing userspace DMA mappings\n");
+		return -EXDEV;
+	}
+	return 0;
+}
 
 /*
  * With only a 32-bit DMA mask and no IOMMU translating for the device, memory above the mask would
  * be bounced through swiotlb: the controller would then read and write a kernel bounce buffer the
  * process never sees. Refuse such pages instead.
  */
-static int disnvm_check_reach(struct disnvm_dev *dev, struct disnvm_mapping *m)
+static int disnvm_check_reach(struct disnvm_dev *dev, struct disnvm_mapping *m, bool translated)
 {
 	struct device *d = &dev->pdev->dev;
-	struct iommu_domain *domain = iommu_get_domain_for_dev(d);
 	u64 mask = dma_get_mask(d);
 	unsigned long i;
 
-	if (mask == DMA_BIT_MASK(64) || (domain && iommu_is_dma_domain(domain)))
+	if (mask == DMA_BIT_MASK(64) || translated)
 		return 0;
 	for (i = 0; i < m->npages; i++) {
 		phys_addr_t pa = page_to_phys(m->pages[i]);
@@ -207,10 +294,47 @@ static int disnvm_check_reach(struct disnvm_dev *dev, struct disnvm_mapping *m)
 		if (pa + PAGE_SIZE - 1 > mask) {
 			dev_warn_ratelimited(d, "memory at physical %pa is beyond the 32-bit DMA mask\n",
 					     &pa);
-			return -EIO;
+			return -EXDEV;
 		}
 	}
 	return 0;
+}
+
+/*
+ * After the mapping: the bus addresses must lead to the pinned pages themselves, whatever the DMA
+ * API decided per address (a bounce it chose that disnvm_check_direct() could not foresee). Without
+ * an IOMMU, dma_need_sync() says whether an address is a swiotlb buffer or needs syncs. Through an
+ * IOMMU dma_need_sync() is no help (6.1 answers true for every IOMMU mapping), so each IOVA is
+ * looked up in the domain instead.
+ */
+static int disnvm_check_mapped(struct disnvm_dev *dev, struct disnvm_mapping *m,
+			       struct iommu_domain *domain, const u64 *addrs)
+{
+	struct device *d = &dev->pdev->dev;
+	struct scatterlist *sg;
+	unsigned long i, j;
+	unsigned int k;
+
+	if (!domain) {
+		for_each_sgtable_dma_sg(&m->sgt, sg, k) {
+			if (dma_need_sync(d, sg_dma_address(sg)))
+				goto bounced;
+		}
+		return 0;
+	}
+	for (i = 0; i < m->npages; i++) {
+		for (j = 0; j < DISNVM_SUBPAGES; j++) {
+			phys_addr_t want = page_to_phys(m->pages[i]) + j * DISNVM_PAGE_SIZE;
+
+			if (iommu_iova_to_phys(domain, addrs[i * DISNVM_SUBPAGES + j]) != want)
+				goto bounced;
+		}
+	}
+	return 0;
+
+bounced:
+	dev_warn_once(d, "the DMA API bounces or syncs this controller's DMA: refusing userspace DMA mappings\n");
+	return -EXDEV;
 }
 
 /* One bus address per 4 KiB of the mapping, out of its DMA segments. */
@@ -236,13 +360,34 @@ static int disnvm_sgt_addrs(struct disnvm_mapping *m, u64 *addrs)
 	return i == n ? 0 : -EIO;
 }
 
+/*
+ * DMA-unmap a mapping so that the controller can no longer reach its pages once this returns. A
+ * lazy domain (DMA-FQ) clears the page table entries at once but invalidates the IOTLB only when
+ * its flush queue runs, some milliseconds later: until then the controller can still reach the
+ * pages through a cached translation, so flush before the pages are unpinned and go back to the
+ * process, which may hand them to anything. A strict domain (DMA) flushed inside the unmap already.
+ * Without an IOMMU nothing stops the controller; only a CAP_SYS_RAWIO holder gets that far
+ * (disnvm_open()), and it is trusted to have stopped the controller's use of them, as the uapi says.
+ */
+static void disnvm_dma_unmap(struct disnvm_dev *dev, struct disnvm_mapping *m)
+{
+	struct iommu_domain *domain = disnvm_dma_domain(dev);
+
+	dma_unmap_sgtable(&dev->pdev->dev, &m->sgt, DMA_BIDIRECTIONAL, 0);
+	if (domain && domain->type == IOMMU_DOMAIN_DMA_FQ)
+		iommu_flush_iotlb_all(domain);
+}
+
 static int disnvm_map_pages(struct disnvm_dev *dev, struct disnvm_mapping *m, u64 *addrs)
 {
 	struct device *d = &dev->pdev->dev;
+	struct iommu_domain *domain = disnvm_dma_domain(dev);
 	unsigned long done = 0;
 	int ret;
 
-	m->npages = m->size >> PAGE_SHIFT;
+	ret = disnvm_check_direct(dev, domain != NULL);
+	if (ret)
+		return ret;
 	m->pages = kvmalloc_array(m->npages, sizeof(*m->pages), GFP_KERNEL);
 	if (!m->pages)
 		return -ENOMEM;
@@ -263,7 +408,7 @@ static int disnvm_map_pages(struct disnvm_dev *dev, struct disnvm_mapping *m, u6
 		done += ret;
 	}
 
-	ret = disnvm_check_reach(dev, m);
+	ret = disnvm_check_reach(dev, m, domain != NULL);
 	if (ret)
 		goto unpin;
 	ret = sg_alloc_table_from_pages(&m->sgt, m->pages, m->npages, 0, m->size, GFP_KERNEL);
@@ -278,10 +423,13 @@ static int disnvm_map_pages(struct disnvm_dev *dev, struct disnvm_mapping *m, u6
 				     m->size);
 		goto unmap;
 	}
+	ret = disnvm_check_mapped(dev, m, domain, addrs);
+	if (ret)
+		goto unmap;
 	return 0;
 
 unmap:
-	dma_unmap_sgtable(d, &m->sgt, DMA_BIDIRECTIONAL, 0);
+	disnvm_dma_unmap(dev, m);
 free_table:
 	sg_free_table(&m->sgt);
 unpin:
@@ -293,7 +441,7 @@ unpin:
 
 static void disnvm_unmap_pages(struct disnvm_dev *dev, struct disnvm_mapping *m)
 {
-	dma_unmap_sgtable(&dev->pdev->dev, &m->sgt, DMA_BIDIRECTIONAL, 0);
+	disnvm_dma_unmap(dev, m);
 	sg_free_table(&m->sgt);
 	/* The controller may have written to any of them. */
 	unpin_user_pages_dirty_lock(m->pages, m->npages, true);
@@ -396,10 +544,14 @@ static u64 disnvm_mapping_4k(const struct disnvm_mapping *m)
 	return m->size / DISNVM_PAGE_SIZE;
 }
 
-/* Give one mapping back and forget it. Called with dev->lock held. */
-static void disnvm_release_mapping(struct disnvm_file *f, struct disnvm_mapping *m)
+/*
+ * Give one mapping back and forget it. Called with dev->lock held. Returns the CPU pages it had
+ * charged to f->mm's locked_vm, for the caller to uncharge (disnvm_uncharge()).
+ */
+static unsigned long disnvm_release_mapping(struct disnvm_file *f, struct disnvm_mapping *m)
 {
 	struct disnvm_dev *dev = f->dev;
+	unsigned long charged = m->gpu ? 0 : m->npages;
 
 	list_del(&m->list);
 #ifdef DISNVM_CUDA
@@ -412,14 +564,30 @@ static void disnvm_release_mapping(struct disnvm_file *f, struct disnvm_mapping 
 	f->nmappings--;
 	atomic64_sub(disnvm_mapping_4k(m), &dev->pinned);
 	kfree(m);
+	return charged;
 }
 
-static void disnvm_release_all(struct disnvm_file *f)
+static unsigned long disnvm_release_all(struct disnvm_file *f)
 {
 	struct disnvm_mapping *m, *tmp;
+	unsigned long charged = 0;
 
 	list_for_each_entry_safe(m, tmp, &f->mappings, list)
-		disnvm_release_mapping(f, m);
+		charged += disnvm_release_mapping(f, m);
+	return charged;
+}
+
+/*
+ * Give back what a released file had charged to its opener's locked_vm, from wherever it is
+ * released. The opener may be gone: a process's files are closed on exit after its address space
+ * was torn down, and then there is nothing left to uncharge (VFIO's type1 driver does the same).
+ */
+static void disnvm_uncharge(struct disnvm_file *f, unsigned long pages)
+{
+	if (!pages || !mmget_not_zero(f->mm))
+		return;
+	account_locked_vm(f->mm, pages, false);
+	mmput(f->mm);
 }
 
 static bool disnvm_overlaps(struct disnvm_file *f, u64 start, u64 end)
@@ -432,8 +600,9 @@ static bool disnvm_overlaps(struct disnvm_file *f, u64 start, u64 end)
 	return false;
 }
 
-static long disnvm_ioctl_map(struct disnvm_file *f, struct disnvm_map __user *uarg, bool gpu)
+static long disnvm_ioctl_map(struct file *file, struct disnvm_map __user *uarg, bool gpu)
 {
+	struct disnvm_file *f = file->private_data;
 	struct disnvm_dev *dev = f->dev;
 	u64 align = gpu ? DISNVM_GPU_PAGE_SIZE : max_t(u64, PAGE_SIZE, DISNVM_PAGE_SIZE);
 	struct disnvm_mapping *m = NULL;
@@ -457,6 +626,15 @@ static long disnvm_ioctl_map(struct disnvm_file *f, struct disnvm_map __user *ua
 		return -EFAULT;
 	if (current->mm != f->mm)
 		return -EPERM;
+	/* An unbound device has no IOMMU group left to judge: say so rather than EPERM. */
+	if (READ_ONCE(dev->gone))
+		return -ENODEV;
+	/*
+	 * Checked again here, against the credentials the file was opened with: the IOMMU group may
+	 * have gained a member since open().
+	 */
+	if (!disnvm_isolated(dev) && !file_ns_capable(file, &init_user_ns, CAP_SYS_RAWIO))
+		return -EPERM;
 
 	addrs = kvmalloc_array(n, sizeof(u64), GFP_KERNEL);
 	m = kzalloc(sizeof(*m), GFP_KERNEL);
@@ -478,11 +656,23 @@ static long disnvm_ioctl_map(struct disnvm_file *f, struct disnvm_map __user *ua
 		goto unlock;
 	}
 #ifdef DISNVM_CUDA
-	if (gpu)
+	if (gpu) {
 		ret = disnvm_map_gpu(dev, m, addrs);
-	else
+	} else
 #endif
+	{
+		/*
+		 * Charged before pinning, to the opener's RLIMIT_MEMLOCK unless it has CAP_IPC_LOCK
+		 * (ENOMEM over the limit), so a refused request pins nothing.
+		 */
+		m->npages = m->size >> PAGE_SHIFT;
+		ret = account_locked_vm(f->mm, m->npages, true);
+		if (ret)
+			goto unlock;
 		ret = disnvm_map_pages(dev, m, addrs);
+		if (ret)
+			account_locked_vm(f->mm, m->npages, false);
+	}
 	if (ret)
 		goto unlock;
 
@@ -491,7 +681,8 @@ static long disnvm_ioctl_map(struct disnvm_file *f, struct disnvm_map __user *ua
 	f->nmappings++;
 	atomic64_add(n, &dev->pinned);
 	if (copy_to_user(u64_to_user_ptr(req.addrs), addrs, n * sizeof(u64))) {
-		disnvm_release_mapping(f, m);
+		/* current->mm is f->mm here: uncharged at once. */
+		account_locked_vm(f->mm, disnvm_release_mapping(f, m), false);
 		ret = -EFAULT;
 	}
 	m = NULL;	/* on the list, or released */
@@ -524,7 +715,7 @@ static long disnvm_ioctl_unmap(struct disnvm_file *f, struct disnvm_unmap __user
 	}
 	list_for_each_entry(m, &f->mappings, list) {
 		if (m->vaddr == req.vaddr) {
-			disnvm_release_mapping(f, m);
+			account_locked_vm(f->mm, disnvm_release_mapping(f, m), false);
 			ret = 0;
 			break;
 		}
@@ -550,6 +741,8 @@ static long disnvm_ioctl_info(struct disnvm_file *f, struct disnvm_info __user *
 		info.flags |= DISNVM_INFO_CUDA;
 	if (dma_get_mask(&pdev->dev) == DMA_BIT_MASK(64))
 		info.flags |= DISNVM_INFO_DMA_64BIT;
+	if (disnvm_isolated(dev))
+		info.flags |= DISNVM_INFO_ISOLATED;
 	mutex_lock(&dev->lock);
 	info.pinned_pages = atomic64_read(&dev->pinned);
 	info.file_pinned_pages = f->pinned;
@@ -559,6 +752,34 @@ static long disnvm_ioctl_info(struct disnvm_file *f, struct disnvm_info __user *
 	return copy_to_user(uarg, &info, sizeof(info)) ? -EFAULT : 0;
 }
 
+/*
+ * Bus Master Enable on request: the library clears it to stop a controller it could not disable
+ * before it settles the memory the controller was given, and sets it again after recovering.
+ */
+static long disnvm_ioctl_bus_master(struct disnvm_file *f, struct disnvm_bus_master __user *uarg)
+{
+	struct disnvm_dev *dev = f->dev;
+	struct disnvm_bus_master req;
+	long ret = 0;
+
+	if (copy_from_user(&req, uarg, sizeof(req)))
+		return -EFAULT;
+	if (req.flags || req.enable > 1)
+		return -EINVAL;
+	if (current->mm != f->mm)
+		return -EPERM;
+
+	mutex_lock(&dev->lock);
+	if (dev->gone)
+		ret = -ENODEV;
+	else if (req.enable)
+		pci_set_master(dev->pdev);
+	else
+		pci_clear_master(dev->pdev);
+	mutex_unlock(&dev->lock);
+	return ret;
+}
+
 static long disnvm_ioctl(struct file *file, unsigned int cmd, unsigned long arg)
 {
 	struct disnvm_file *f = file->private_data;
@@ -566,15 +787,17 @@ static long disnvm_ioctl(struct file *file, unsigned int cmd, unsigned long arg)
 
 	switch (cmd) {
 	case DISNVM_IOC_MAP_HOST:
-		return disnvm_ioctl_map(f, argp, false);
+		return disnvm_ioctl_map(file, argp, false);
 	case DISNVM_IOC_MAP_DEVICE:
 		if (!IS_ENABLED(DISNVM_CUDA))
 			return -EOPNOTSUPP;
-		return disnvm_ioctl_map(f, argp, true);
+		return disnvm_ioctl_map(file, argp, true);
 	case DISNVM_IOC_UNMAP:
 		return disnvm_ioctl_unmap(f, argp);
 	case DISNVM_IOC_INFO:
 		return disnvm_ioctl_info(f, argp);
+	case DISNVM_IOC_BUS_MASTER:
+		return disnvm_ioctl_bus_master(f, argp);
 	default:
 		return -ENOTTY;
 	}
@@ -640,6 +863,17 @@ static int disnvm_open(struct inode *inode, struct file *file)
 
 	if (!current->mm)
 		return -EINVAL;
+	/*
+	 * The holder points the controller's DMA wherever it likes. Unless an IOMMU confines that to
+	 * what this module maps, it could read and write any memory: then only for CAP_SYS_RAWIO, as
+	 * /dev/mem. Checked at open, like /dev/mem, and again at every map (disnvm_ioctl_map()).
+	 */
+	if (!disnvm_isolated(dev) && !capable(CAP_SYS_RAWIO)) {
+		dev_info_ratelimited(&dev->pdev->dev,
+				     "%s[%d] may not open /dev/%s: no IOMMU isolates the controller and it lacks CAP_SYS_RAWIO\n",
+				     current->comm, task_pid_nr(current), dev->name);
+		return -EPERM;
+	}
 	f = kzalloc(sizeof(*f), GFP_KERNEL);
 	if (!f)
 		return -ENOMEM;
@@ -673,16 +907,18 @@ static int disnvm_release(struct inode *inode, struct file *file)
 {
 	struct disnvm_file *f = file->private_data;
 	struct disnvm_dev *dev = f->dev;
+	unsigned long charged = 0;
 
 	mutex_lock(&dev->lock);
 	if (!dev->gone) {
 		/* The controller first: nothing may DMA into pages once they are unpinned. */
 		disnvm_quiesce(dev);
-		disnvm_release_all(f);
+		charged = disnvm_release_all(f);
 	}
 	dev->file = NULL;
 	mutex_unlock(&dev->lock);
 
+	disnvm_uncharge(f, charged);
 	mmdrop(f->mm);
 	kfree(f);
 	kref_put(&dev->ref, disnvm_dev_free);
@@ -824,7 +1060,8 @@ static void disnvm_remove(struct pci_dev *pdev)
 		dev_warn(&pdev->dev, "unbound while /dev/%s is open; revoking its mappings\n", dev->name);
 		unmap_mapping_range(f->mapping, 0, 0, 1);
 		disnvm_quiesce(dev);
-		disnvm_release_all(f);
+		/* Under the lock: once it is dropped, the file's release may free f. */
+		disnvm_uncharge(f, disnvm_release_all(f));
 	}
 	mutex_unlock(&dev->lock);
 

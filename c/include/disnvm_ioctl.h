@@ -2,10 +2,15 @@
 /*
  * disnvm: the user API of the disnvm kernel module (module/disnvm.c), shared with libnvm's C
  * library (c/src/disnvm.c). One header for both sides: every struct is fixed-size, made of __u64
- * fields only, so its layout is the same for 32- and 64-bit processes and needs no compat code.
+ * fields (or pairs of __u32) only, so its layout is the same for 32- and 64-bit processes and needs
+ * no compat code.
  *
  * /dev/disnvmN is one NVMe controller bound to the disnvm PCI driver. One process opens it at a
- * time (a second open() gets EBUSY). What the open file gives:
+ * time (a second open() gets EBUSY). Holding it lets that process point the controller's DMA at any
+ * bus address, so open() needs CAP_SYS_RAWIO (EPERM without) unless an IOMMU confines the
+ * controller: its IOMMU domain translates (DMA or DMA-FQ, not identity/passthrough) and no other
+ * device shares its IOMMU group. DISNVM_INFO_ISOLATED says which case holds. What the open file
+ * gives:
  *
  *   mmap(fd, offset 0)    BAR0, uncached, MAP_SHARED only; not inherited across fork()
  *   DISNVM_IOC_MAP_HOST   pin host memory and map it for the controller's DMA (through the IOMMU
@@ -14,6 +19,10 @@
  *                         EOPNOTSUPP when the module was built without the NVIDIA driver's headers
  *   DISNVM_IOC_UNMAP      undo one MAP_* by its start address
  *   DISNVM_IOC_INFO       BAR0 size, PCI identity, pinned-page counts
+ *   DISNVM_IOC_BUS_MASTER set or clear Bus Master Enable (PCI COMMAND bit 2)
+ *
+ * Pinned host memory is charged to the opener's RLIMIT_MEMLOCK (mm->locked_vm, VmLck in
+ * /proc/<pid>/status), as VFIO and RDMA charge theirs: do not also mlock() it, or it counts twice.
  *
  * When the file is released (close and munmap of BAR0, or the process dies, SIGKILL included)
  * the module shuts the controller down (CC.SHN, then CC.EN = 0, bounded by CAP.TO), clears bus
@@ -27,7 +36,7 @@
 #include <linux/types.h>
 
 /* Bumped on any incompatible change of the structs or numbers below; DISNVM_IOC_INFO reports it. */
-#define DISNVM_ABI_VERSION 1
+#define DISNVM_ABI_VERSION 2
 
 /* The unit of the bus address lists: one address per 4 KiB page, whatever the CPU's page size. */
 #define DISNVM_PAGE_SIZE 4096ULL
@@ -48,10 +57,18 @@
  * Out: addrs[i] = the bus address the controller uses for byte i * 4096 of the range. The list is
  *      complete or the call fails: never a short list, never an address 0.
  * Errors: EINVAL (unaligned, size 0, flags != 0), E2BIG (size too large), EEXIST (overlap),
- *      EFAULT (range or addrs not accessible, or not all pages could be pinned), ENOMEM,
- *      EPERM (ioctl from a process other than the one that opened the file), ENODEV (device
- *      unbound), EOPNOTSUPP (MAP_DEVICE without CUDA support).
+ *      EFAULT (range or addrs not accessible, or not all pages could be pinned), ENOMEM (the pages
+ *      would take the opener over RLIMIT_MEMLOCK and it lacks CAP_IPC_LOCK, or out of memory),
+ *      EPERM (ioctl from a process other than the one that opened the file, or the controller is
+ *      no longer isolated by an IOMMU and the opener lacked CAP_SYS_RAWIO), ENODEV (device
+ *      unbound), EOPNOTSUPP (MAP_DEVICE without CUDA support),
+ *      EXDEV (MAP_HOST: the DMA API would not let the controller reach the process's pages
+ *      directly. Either it would bounce the transfers through kernel buffers the process never
+ *      sees: swiotlb=force, an SEV/TDX guest whose memory is encrypted, a DMA mask too small for
+ *      the memory with no IOMMU; or the device's DMA is not cache-coherent and every transfer would
+ *      need cache maintenance a userspace driver cannot do. Logged once in the kernel log.)
  */
+
 struct disnvm_map {
 	__u64 vaddr;
 	__u64 size;
@@ -60,9 +77,11 @@ struct disnvm_map {
 };
 
 /*
- * DISNVM_IOC_UNMAP: release the mapping that starts at vaddr (DMA unmap, then unpin). The caller
- * makes sure the controller no longer uses it. Errors: ENOENT (no mapping starts there), EINVAL
- * (flags != 0).
+ * DISNVM_IOC_UNMAP: release the mapping that starts at vaddr: DMA unmap, flush the IOMMU's TLB
+ * when it defers invalidations (a DMA-FQ domain), then unpin and uncharge. With an IOMMU the
+ * controller cannot reach the pages once this returns. Without one (only possible with
+ * CAP_SYS_RAWIO) the caller makes sure the controller no longer uses them. Errors: ENOENT (no
+ * mapping starts there), EINVAL (flags != 0), EPERM (not the opener), ENODEV (device unbound).
  */
 struct disnvm_unmap {
 	__u64 vaddr;
@@ -72,6 +91,7 @@ struct disnvm_unmap {
 /* disnvm_info.flags */
 #define DISNVM_INFO_CUDA (1ULL << 0)       /* MAP_DEVICE is compiled in */
 #define DISNVM_INFO_DMA_64BIT (1ULL << 1)  /* 64-bit DMA mask (else 32-bit) */
+#define DISNVM_INFO_ISOLATED (1ULL << 2)   /* an IOMMU translates, alone in its group: no CAP_SYS_RAWIO needed */
 
 /* DISNVM_IOC_INFO. */
 struct disnvm_info {
@@ -87,11 +107,23 @@ struct disnvm_info {
 	__u64 reserved[7];
 };
 
+/*
+ * DISNVM_IOC_BUS_MASTER: enable = 1 sets Bus Master Enable, 0 clears it (the controller can then
+ * start no DMA at all: how a caller stops a controller it could not disable before settling the
+ * memory it gave it). open() sets it, release clears it. Errors: EINVAL (enable > 1, flags != 0),
+ * EPERM (not the opener), ENODEV (device unbound).
+ */
+struct disnvm_bus_master {
+	__u32 enable;
+	__u32 flags;
+};
+
 #define DISNVM_IOC_MAGIC 0xDA
 
 #define DISNVM_IOC_MAP_HOST   _IOWR(DISNVM_IOC_MAGIC, 0x01, struct disnvm_map)
 #define DISNVM_IOC_MAP_DEVICE _IOWR(DISNVM_IOC_MAGIC, 0x02, struct disnvm_map)
 #define DISNVM_IOC_UNMAP      _IOW(DISNVM_IOC_MAGIC, 0x03, struct disnvm_unmap)
 #define DISNVM_IOC_INFO       _IOR(DISNVM_IOC_MAGIC, 0x04, struct disnvm_info)
+#define DISNVM_IOC_BUS_MASTER _IOW(DISNVM_IOC_MAGIC, 0x05, struct disnvm_bus_master)
 
 #endif /* DISNVM_IOCTL_H */

@@ -49,12 +49,14 @@ NVM_API void nvm_fence_release(void);
 
 /* --- DMA memory ------------------------------------------------------------------------------ */
 
-#define NVM_DMA_HUGE 1u /* back with 2 MiB hugetlb pages (MAP_HUGE_2MB): physically contiguous per huge page */
+#define NVM_DMA_HUGE 1u   /* back with 2 MiB hugetlb pages (MAP_HUGE_2MB): physically contiguous per huge page */
+#define NVM_DMA_NOLOCK 2u /* no mlock: the kernel pins the pages and charges RLIMIT_MEMLOCK itself
+                             (VFIO type1, the disnvm module), which an mlock would count twice */
 
-/* Anonymous, page-aligned, zero-filled, populated and mlocked memory of size bytes (rounded up to the
- * page size, or to 2 MiB with NVM_DMA_HUGE). NULL on failure, errno in nvm_last_error(): ENOMEM
- * with NVM_DMA_HUGE when the 2 MiB pool (/sys/kernel/mm/hugepages/hugepages-2048kB) has too few
- * free pages. nvm_dma_free() of a 2 MiB-aligned part of a NVM_DMA_HUGE allocation frees that part. */
+/* Anonymous, page-aligned, zero-filled, populated and (unless NVM_DMA_NOLOCK) mlocked memory of size
+ * bytes (rounded up to the page size, or to 2 MiB with NVM_DMA_HUGE). NULL on failure, errno in
+ * nvm_last_error(): ENOMEM with NVM_DMA_HUGE when the 2 MiB pool (/sys/kernel/mm/hugepages/hugepages-2048kB)
+ * has too few free pages. nvm_dma_free() of a 2 MiB-aligned part of a NVM_DMA_HUGE allocation frees that part. */
 NVM_API void *nvm_dma_alloc(uint32_t size, uint32_t flags);
 NVM_API int32_t nvm_dma_free(void *addr, uint32_t size, uint32_t flags);
 
@@ -154,6 +156,8 @@ NVM_API int32_t nvm_disnvm_map_host(int32_t fd, void *vaddr, uint32_t size, uint
 NVM_API int32_t nvm_disnvm_map_device(int32_t fd, uint32_t vaddr_lo, uint32_t vaddr_hi, uint32_t size, uint32_t *addrs);
 /* DISNVM_IOC_UNMAP of the mapping that starts at vaddr; -ENOENT when none does. */
 NVM_API int32_t nvm_disnvm_unmap(int32_t fd, void *vaddr);
+/* DISNVM_IOC_BUS_MASTER: set (enable = 1) or clear (0) Bus Master Enable; -EINVAL for other values. */
+NVM_API int32_t nvm_disnvm_bus_master(int32_t fd, uint32_t enable);
 
 #ifdef __cplusplus
 }

@@ -88,3 +88,12 @@ int32_t nvm_disnvm_unmap(int32_t fd, void *vaddr)
         return nvm_fail(errno);
     return nvm_ok();
 }
+
+int32_t nvm_disnvm_bus_master(int32_t fd, uint32_t enable)
+{
+    struct disnvm_bus_master req = { .enable = enable };
+
+    if (ioctl(fd, DISNVM_IOC_BUS_MASTER, &req) != 0)
+        return nvm_fail(errno);
+    return nvm_ok();
+}

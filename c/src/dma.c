@@ -35,8 +35,9 @@ void *nvm_dma_alloc(uint32_t size, uint32_t flags)
     if (p == MAP_FAILED)
         return nvm_fail_null(errno);
 
-    /* mlock so the pages stay resident at the physical address the device was given. */
-    if (mlock(p, len) != 0) {
+    /* mlock so the pages stay resident at the physical address the device was given; with
+     * NVM_DMA_NOLOCK the kernel's pin does that, and charges the memlock limit itself. */
+    if (!(flags & NVM_DMA_NOLOCK) && mlock(p, len) != 0) {
         int err = errno;
         munmap(p, len);
         return nvm_fail_null(err);
@@ -53,7 +54,8 @@ int32_t nvm_dma_free(void *addr, uint32_t size, uint32_t flags)
     uint32_t len = round_size(size, flags);
     if (len == 0)
         return nvm_fail(EINVAL);
-    munlock(addr, len);
+    if (!(flags & NVM_DMA_NOLOCK))
+        munlock(addr, len);
     if (munmap(addr, len) != 0)
         return nvm_fail(errno);
     return nvm_ok();

@@ -1,9 +1,12 @@
 /**
  * disnvm backend: the controller bound to libnvm's own kernel module (module/), reached through
  * its device node /dev/disnvmN. BAR0 is mmap'ed from the node (uncached); DMA memory is ordinary
- * locked memory that the module pins and maps through the kernel's DMA API (so the IOMMU, on or
- * off, is handled by the kernel) and whose bus addresses it hands back, one per 4 KiB page. No
- * root is needed beyond access to the node, and the IOMMU need not be off.
+ * memory that the module pins, charges to RLIMIT_MEMLOCK and maps through the kernel's DMA API (so
+ * the IOMMU, on or off, is handled by the kernel), and whose bus addresses it hands back, one per
+ * 4 KiB page. Who may open the node: with the IOMMU translating for the controller and the
+ * controller alone in its IOMMU group, anyone with access to the node (no root, no capability);
+ * otherwise only a process with CAP_SYS_RAWIO, since the controller could then reach any memory
+ * (disnvmIsolation() says which case holds, and why).
  *
  * Release: close() unmaps BAR0 and closes the node; the module's release then shuts the controller
  * down, disables it, clears bus mastering and unpins everything, and only after that is the memory
@@ -18,15 +21,16 @@ import { ControllerBusyError, DeviceError, NativeError, PermissionError } from "
 import { check, checkPtr, cstr, native } from "../native.ts";
 import { findPciDevice, PCI_CLASS_NVME, SYSFS_PCI_DEVICES, type PciDevice } from "../pci.ts";
 import { BAR0_MIN_SIZE } from "../spec/registers.ts";
-import { allocHostPages, freeLive, isContiguous } from "./dma-common.ts";
+import { allocHostPages, DMA_NOLOCK, freeLive, isContiguous, memlockError } from "./dma-common.ts";
 import { HugepageReservation } from "./hugepage-reserve.ts";
 import { HOST_PAGE_SIZE, type Backend, type DmaMapping, type DmaOptions } from "./types.ts";
 
 /** c/include/disnvm_ioctl.h */
 const INFO_DWORDS = 32;
-const DISNVM_ABI_VERSION = 1;
+const DISNVM_ABI_VERSION = 2;
 const INFO_CUDA = 1;
 const INFO_DMA_64BIT = 2;
+const INFO_ISOLATED = 4;
 
 const TWO32 = 0x1_0000_0000;
 const EPERM = 1;
@@ -37,6 +41,7 @@ const EACCES = 13;
 const EFAULT = 14;
 const EBUSY = 16;
 const EEXIST = 17;
+const EXDEV = 18;
 const ENODEV = 19;
 const EINVAL = 22;
 const ENOTTY = 25;
@@ -51,6 +56,7 @@ const ERRNO_NAMES: Record<number, string> = {
   [EFAULT]: "EFAULT",
   [EBUSY]: "EBUSY",
   [EEXIST]: "EEXIST",
+  [EXDEV]: "EXDEV",
   [ENODEV]: "ENODEV",
   [EINVAL]: "EINVAL",
   [ENOTTY]: "ENOTTY",
@@ -71,6 +77,11 @@ export interface DisnvmInfo {
   readonly cuda: boolean;
   /** The controller got a 64-bit DMA mask (else 32-bit). */
   readonly dma64: boolean;
+  /**
+   * An IOMMU translates for the controller and it is alone in its IOMMU group: the module lets a
+   * process without CAP_SYS_RAWIO hold it.
+   */
+  readonly isolated: boolean;
   /** 4 KiB pages pinned on this controller, by any open file. */
   readonly pinnedPages: number;
   /** 4 KiB pages pinned through this backend's file. */
@@ -117,6 +128,50 @@ function ownerPid(path: string): number {
     }
   }
   return 0;
+}
+
+/**
+ * Whether an IOMMU confines the controller at `bdf`, as the disnvm module decides who may open it
+ * (module/disnvm.c, disnvm_isolated()): its IOMMU domain translates (type DMA or DMA-FQ, not
+ * identity) and no other device is in its IOMMU group. Read from sysfs; `why` says what holds or
+ * what is missing, for messages.
+ */
+export function disnvmIsolation(bdf: string, pciRoot = SYSFS_PCI_DEVICES): { isolated: boolean; why: string } {
+  const group = join(pciRoot, bdf, "iommu_group");
+  let id: string;
+  try {
+    id = basename(readlinkSync(group));
+  } catch {
+    return { isolated: false, why: `no IOMMU translates for ${bdf} (it is in no IOMMU group: the IOMMU is off or absent)` };
+  }
+  let type = "unknown";
+  try {
+    type = readFileSync(join(group, "type"), "utf8").trim();
+  } catch {
+    // No type file (older kernels): not known to translate.
+  }
+  if (type !== "DMA" && type !== "DMA-FQ") {
+    const pt = type === "identity" ? " (passthrough: iommu=pt, iommu.passthrough=1, or the group's type set to identity)" : "";
+    return { isolated: false, why: `${bdf}'s IOMMU group ${id} has a "${type}" domain, which does not translate${pt}` };
+  }
+  let others: string[] = [];
+  try {
+    others = readdirSync(join(group, "devices")).filter((d) => d !== bdf);
+  } catch {
+    return { isolated: false, why: `the members of ${bdf}'s IOMMU group ${id} cannot be listed` };
+  }
+  if (others.length > 0) return { isolated: false, why: `${bdf}'s IOMMU group ${id} is shared with ${others.sort().join(", ")}` };
+  return { isolated: true, why: `an IOMMU translates for ${bdf} (a ${type} domain) and it is alone in IOMMU group ${id}` };
+}
+
+/** What to do when the module wants CAP_SYS_RAWIO, for the PermissionErrors below. */
+const RAWIO_FIX =
+  "run as root with CAP_SYS_RAWIO (or grant it: AmbientCapabilities=CAP_SYS_RAWIO for a service), turn the IOMMU on " +
+  "(intel_iommu=on or amd_iommu=on, without iommu=pt) with the controller alone in its IOMMU group, or use the VFIO backend";
+
+/** The reason the module gave EPERM for lack of CAP_SYS_RAWIO at `path`, from sysfs. */
+function rawioWhy(path: string, bdf: string | undefined): string {
+  return bdf ? disnvmIsolation(bdf).why : `${path} has no PCI device in sysfs to look at`;
 }
 
 /** NVMe controllers (class 01:08:02) in sysfs and the driver each is bound to, for hints. */
@@ -181,8 +236,15 @@ export class DisnvmBackend implements Backend {
     const fd = n.nvm_disnvm_open(cstr(path));
     if (fd < 0) {
       const errno = -fd;
-      if (errno === EACCES || errno === EPERM) {
+      if (errno === EACCES) {
         throw new PermissionError(`cannot open ${path}: permission denied; the node is root-only (mode 0600): run as root, or give your user access (chown, or a udev rule for KERNEL=="disnvm*")`);
+      }
+      if (errno === EPERM) {
+        // The module's own refusal (the node's mode gives EACCES): no IOMMU confines the controller.
+        throw new PermissionError(
+          `cannot open ${path}: without CAP_SYS_RAWIO the disnvm module hands a controller only to a process whose DMA an IOMMU confines, ` +
+            `and ${rawioWhy(path, disnvmBdf(path))}; the controller could read and write any memory: ${RAWIO_FIX}`,
+        );
       }
       if (errno === EBUSY) {
         const pid = ownerPid(path);
@@ -250,6 +312,7 @@ export class DisnvmBackend implements Backend {
         classCode: u64(4),
         cuda: (flags & INFO_CUDA) !== 0,
         dma64: (flags & INFO_DMA_64BIT) !== 0,
+        isolated: (flags & INFO_ISOLATED) !== 0,
         pinnedPages: u64(6),
         filePinnedPages: u64(7),
         fileMappings: u64(8),
@@ -264,16 +327,15 @@ export class DisnvmBackend implements Backend {
     const n = native();
     // The module maps whatever pages it is given; one bus range for a multi-page request still
     // needs physically contiguous memory when no IOMMU merges it: 2 MiB hugepages, as sysfs.ts.
-    const { vaddr, pages, flags } = allocHostPages(size, opts.contiguous === true, "bus-contiguous", this.#reservation);
+    // Not mlocked: the module's pin charges RLIMIT_MEMLOCK, and an mlock would count it again.
+    const { vaddr, pages, flags } = allocHostPages(size, opts.contiguous === true, "bus-contiguous", this.#reservation, DMA_NOLOCK);
     const bytes = pages * HOST_PAGE_SIZE;
     const out = checkPtr(n.nvm_host_alloc(pages * 8), "nvm_host_alloc");
     try {
       const rc = n.nvm_disnvm_map_host(this.#fd, vaddr, bytes, out);
       if (rc < 0) {
         n.nvm_dma_free(vaddr, size, flags);
-        const errno = -rc;
-        if (errno === ENODEV) throw new DeviceError(`${this.name}: the controller was unbound from disnvm; open it again after binding`);
-        throw new NativeError(`${this.name}: DISNVM_IOC_MAP_HOST of ${bytes} bytes failed: ${errName(errno)}`, errno, "DISNVM_IOC_MAP_HOST", this.name);
+        throw this.#mapError(-rc, bytes);
       }
       const iova = new Uint32Array(toArrayBuffer(out, 0, pages * 8).slice(0));
       const contiguous = isContiguous(iova);
@@ -287,6 +349,30 @@ export class DisnvmBackend implements Backend {
     } finally {
       n.nvm_host_free(out);
     }
+  }
+
+  /** The typed error for DISNVM_IOC_MAP_HOST of `bytes` failing with `errno`. */
+  #mapError(errno: number, bytes: number): Error {
+    const call = `DISNVM_IOC_MAP_HOST: ${errName(errno)}`;
+    if (errno === ENODEV) return new DeviceError(`${this.name}: the controller was unbound from disnvm; open it again after binding`);
+    // The module charges the pinned pages to RLIMIT_MEMLOCK; ENOMEM is that limit (or no memory at all).
+    if (errno === ENOMEM) return memlockError(bytes, call);
+    if (errno === EXDEV) {
+      return new DeviceError(
+        `${this.name}: cannot map ${bytes} bytes for the controller's DMA (${call}): the kernel would bounce it through swiotlb buffers ` +
+          `this process never sees (swiotlb=force, an SEV/TDX guest, or a 32-bit DMA mask without an IOMMU), or the device's DMA is not ` +
+          `cache-coherent and would need cache maintenance a userspace driver cannot do (the kernel log says which). ` +
+          `Use the VFIO backend with an IOMMU, or a machine without forced bouncing`,
+      );
+    }
+    if (errno === EPERM) {
+      const iso = this.bdf ? disnvmIsolation(this.bdf) : undefined;
+      if (iso && !iso.isolated) {
+        return new PermissionError(`${this.name}: the disnvm module no longer lets this process map memory without CAP_SYS_RAWIO (${call}): ${iso.why}; ${RAWIO_FIX}`);
+      }
+      return new PermissionError(`${this.name}: only the process that opened the node may map memory through it (${call}): open it in this process`);
+    }
+    return new NativeError(`${this.name}: DISNVM_IOC_MAP_HOST of ${bytes} bytes failed: ${errName(errno)}`, errno, "DISNVM_IOC_MAP_HOST", this.name);
   }
 
   freeDma(mapping: DmaMapping): void {
@@ -304,9 +390,12 @@ export class DisnvmBackend implements Backend {
     }
   }
 
-  setBusMaster(_enabled: boolean): void {
-    // TODO(module): DISNVM_IOC_BUS_MASTER
-    throw new DeviceError(`${this.name}: the disnvm module does not change bus mastering yet`);
+  /** DISNVM_IOC_BUS_MASTER: the module owns the device's config space while it is bound. */
+  setBusMaster(enabled: boolean): void {
+    if (this.#closed) throw new DeviceError(`${this.name} is closed`);
+    const rc = native().nvm_disnvm_bus_master(this.#fd, enabled ? 1 : 0);
+    if (rc === -ENODEV) throw new DeviceError(`${this.name}: the controller was unbound from disnvm; bus mastering went with it`);
+    if (rc < 0) throw new NativeError(`${this.name}: DISNVM_IOC_BUS_MASTER ${enabled ? "set" : "clear"} failed: ${errName(-rc)}`, -rc, "DISNVM_IOC_BUS_MASTER", this.name);
   }
 
   /** The module keeps the pages pinned until the node is released (after it quiesced the controller). */

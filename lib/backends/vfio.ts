@@ -20,7 +20,7 @@ import { IovaAllocator, iovaGranule, join64, type IovaRange } from "../iova.ts";
 import { check, checkPtr, cstr, errnoName, native } from "../native.ts";
 import { findPciDevice, parseBdf, PCI_COMMAND, PCI_COMMAND_MASTER, PCI_COMMAND_MEMORY, type PciDevice } from "../pci.ts";
 import { BAR0_MIN_SIZE, CSTS_RDY, REG_ALL_ONES, REG_CSTS } from "../spec/registers.ts";
-import { dmaAllocError, freeLive } from "./dma-common.ts";
+import { DMA_NOLOCK, dmaAllocError, freeLive } from "./dma-common.ts";
 import { HOST_PAGE_SIZE, type Backend, type DmaMapping, type DmaOptions } from "./types.ts";
 
 // c/include/nvm_native.h
@@ -361,23 +361,24 @@ export class VfioBackend implements Backend {
     const bytes = Math.ceil(size / granule) * granule;
     if (bytes > 0xffff_f000) throw new DeviceError(`a DMA allocation is limited to 4 GiB - 4 KiB here (asked ${size})`);
     const n = native();
-    const vaddr = n.nvm_dma_alloc(bytes, 0);
-    if (vaddr === null) throw dmaAllocError(bytes, n.nvm_last_error(), { errnoText: errnoName });
+    // Not mlocked: VFIO_IOMMU_MAP_DMA pins the pages and charges them to RLIMIT_MEMLOCK itself.
+    const vaddr = n.nvm_dma_alloc(bytes, DMA_NOLOCK);
+    if (vaddr === null) throw dmaAllocError(bytes, n.nvm_last_error(), { locked: false, errnoText: errnoName });
     if (Number(vaddr) % granule !== 0) {
-      n.nvm_dma_free(vaddr, bytes, 0);
+      n.nvm_dma_free(vaddr, bytes, DMA_NOLOCK);
       throw new DeviceError(`the IOMMU's smallest page is ${granule} bytes but host memory came ${HOST_PAGE_SIZE}-aligned: not supported`);
     }
     let iova: number;
     try {
       iova = this.#iova.alloc(bytes);
     } catch (e) {
-      n.nvm_dma_free(vaddr, bytes, 0);
+      n.nvm_dma_free(vaddr, bytes, DMA_NOLOCK);
       throw e;
     }
     const rc = n.nvm_vfio_dma_map(this.#fds.container, vaddr, iova % TWO32, Math.floor(iova / TWO32), bytes, MAP_READ | MAP_WRITE);
     if (rc < 0) {
       this.#iova.free(iova);
-      n.nvm_dma_free(vaddr, bytes, 0);
+      n.nvm_dma_free(vaddr, bytes, DMA_NOLOCK);
       const errno = -rc;
       if (errno === ENOMEM || errno === EPERM) {
         throw new PermissionError(
@@ -408,7 +409,7 @@ export class VfioBackend implements Backend {
       // When the unmap failed, the IOMMU may still map the range: its IOVA is never reused (the kernel
       // keeps the pages pinned until the container goes, so freeing our mapping of them is safe).
       if (rc === 0) this.#iova.free(a.iovaStart);
-      const freed = n.nvm_dma_free(a.vaddr, a.size, 0);
+      const freed = n.nvm_dma_free(a.vaddr, a.size, DMA_NOLOCK);
       check(rc, "VFIO_IOMMU_UNMAP_DMA", this.name);
       check(freed, "nvm_dma_free");
     });

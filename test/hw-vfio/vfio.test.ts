@@ -328,6 +328,21 @@ describe("VFIO backend", () => {
     }
   });
 
+  test("DMA memory counts once against RLIMIT_MEMLOCK: VmLck grows by exactly the mapped bytes, and falls back on free", () => {
+    const vmLck = () => Number(/^VmLck:\s+(\d+) kB$/m.exec(readFileSync("/proc/self/status", "utf8"))![1]);
+    const c = openVfio();
+    try {
+      const before = vmLck();
+      const a = c.allocBuffer(1 * MiB);
+      // vfio_iommu_type1 charges the pinned pages; the library's own mlock would double this.
+      expect(vmLck() - before).toBe(1024);
+      a.free();
+      expect(vmLck()).toBe(before);
+    } finally {
+      c.close();
+    }
+  });
+
   test("after close() the group is free: a new process opens the controller, and no mapping is left", async () => {
     const c = openVfio();
     c.allocBuffer(8 * MiB).bytes.fill(1); // left for close() to unmap and free

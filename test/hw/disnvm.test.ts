@@ -13,7 +13,7 @@ import { existsSync, readdirSync, readFileSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { DisnvmBackend } from "../../lib/backends/disnvm.ts";
 import { Controller, ControllerBusyError, DeviceError, Namespace, native, registers } from "../../lib/index.ts";
-import { configRead, configWrite, findPciDevice, PCI_COMMAND } from "../../lib/pci.ts";
+import { configRead, configWrite, findPciDevice, PCI_COMMAND, PCI_COMMAND_MASTER } from "../../lib/pci.ts";
 import { ctrlAddress, REPO, requireExpected, waitForLine } from "./common.ts";
 
 const BDF = ctrlAddress();
@@ -76,6 +76,17 @@ function expectOwnedBy(node: string, pid: number): void {
   }
   expect(busy).toBeInstanceOf(ControllerBusyError);
   expect((busy as ControllerBusyError).pid).toBe(pid);
+  if (pid === process.pid) return;
+  // force cannot take it either: the module admits one open file, and the error says whom to stop.
+  let forced: unknown;
+  try {
+    Controller.open(node, { force: true, handleSignals: false }).close();
+  } catch (e) {
+    forced = e;
+  }
+  expect(forced).toBeInstanceOf(ControllerBusyError);
+  expect((forced as ControllerBusyError).pid).toBe(pid);
+  expect((forced as Error).message).toContain("force cannot take a disnvm controller from a live process");
 }
 
 async function until<T>(what: string, f: () => T | undefined, timeoutMs = 10_000): Promise<T> {
@@ -204,7 +215,8 @@ describe("disnvm module", () => {
     try {
       expect(b.bdf).toBe(BDF);
       const info = b.info();
-      expect(info).toMatchObject({ abiVersion: 1, vendor: 0x1b36, device: 0x0010, classCode: 0x010802, cuda: false, dma64: true });
+      // No IOMMU in this guest: not isolated, so only a CAP_SYS_RAWIO holder (root here) may open it.
+      expect(info).toMatchObject({ abiVersion: 2, vendor: 0x1b36, device: 0x0010, classCode: 0x010802, cuda: false, dma64: true, isolated: false });
       expect(info.bar0Size).toBe(b.bar0Size);
       expect(info.bar0Size).toBeGreaterThanOrEqual(0x2000);
       // One owner at a time, with the owner named.
@@ -311,7 +323,7 @@ describe("disnvm module", () => {
         cwd: REPO,
       });
       expect(child.stderr.toString()).toBe("");
-      expect(JSON.parse(child.stdout.toString())).toEqual({ map: -EPERM, unmap: -EPERM, info: 0 });
+      expect(JSON.parse(child.stdout.toString())).toEqual({ map: -EPERM, unmap: -EPERM, busMaster: -EPERM, info: 0 });
       expect(pinned()).toBe(8);
 
       // No CUDA support in this build: the ioctl exists and says so.
@@ -371,6 +383,38 @@ describe("disnvm module", () => {
       openBackends.delete(b);
     }
     expect(pinned()).toBe(0);
+  });
+
+  test("DISNVM_IOC_BUS_MASTER clears and sets Bus Master Enable (PCI COMMAND bit 2); other values are EINVAL", () => {
+    const dev = findPciDevice(BDF);
+    const master = () => (configRead(dev, PCI_COMMAND, 2) & PCI_COMMAND_MASTER) !== 0;
+    const b = new DisnvmBackend(node);
+    openBackends.add(b);
+    try {
+      expect(master()).toBe(true); // open() set it
+      b.setBusMaster(false);
+      expect(master()).toBe(false);
+      b.setBusMaster(false); // already clear: no error
+      expect(master()).toBe(false);
+      b.setBusMaster(true);
+      expect(master()).toBe(true);
+    } finally {
+      b.close();
+      openBackends.delete(b);
+    }
+    expect(master()).toBe(false); // release clears it
+    expect(() => b.setBusMaster(true)).toThrow(DeviceError); // closed
+    // Only 0 and 1; nothing changes on a refusal.
+    const n = native();
+    const fd = n.nvm_disnvm_open(Buffer.from(`${node}\0`));
+    expect(fd).toBeGreaterThanOrEqual(0);
+    try {
+      expect(master()).toBe(true);
+      expect(-n.nvm_disnvm_bus_master(fd, 2)).toBe(EINVAL);
+      expect(master()).toBe(true);
+    } finally {
+      expect(n.nvm_disnvm_close(fd)).toBe(0);
+    }
   });
 
   test("a missing node or a node that is not disnvm's is a DeviceError with the next step", () => {

@@ -190,6 +190,39 @@ describe("DMA memory", () => {
     expect(n.nvm_last_error()).toBe(22);
   });
 
+  test("NVM_DMA_NOLOCK: the memory is not mlocked (nothing in VmLck, no VM_LOCKED); without it, it is", () => {
+    // VmLck of /proc/self/status (kB) and whether the vma at `p` carries VM_LOCKED ("lo" in smaps).
+    const vmLck = () => Number(/^VmLck:\s+(\d+) kB$/m.exec(readFileSync("/proc/self/status", "utf8"))![1]);
+    const lockedFlag = (p: Pointer) => {
+      const start = Number(p).toString(16);
+      const smaps = readFileSync("/proc/self/smaps", "utf8");
+      const at = smaps.search(new RegExp(`^0*${start}-`, "m"));
+      expect(at).toBeGreaterThanOrEqual(0);
+      const flags = /^VmFlags:(.*)$/m.exec(smaps.slice(at))![1]!;
+      return flags.split(" ").includes("lo");
+    };
+    const size = 16 * 4096;
+    const before = vmLck();
+    const plain = n.nvm_dma_alloc(size, 2 /* NVM_DMA_NOLOCK */)!;
+    expect(plain).not.toBeNull();
+    try {
+      expect(vmLck()).toBe(before);
+      expect(lockedFlag(plain)).toBe(false);
+      new Uint8Array(toArrayBuffer(plain, 0, size)).fill(7); // usable all the same
+    } finally {
+      expect(n.nvm_dma_free(plain, size, 2)).toBe(0);
+    }
+    const locked = n.nvm_dma_alloc(size, 0)!;
+    expect(locked).not.toBeNull();
+    try {
+      expect(vmLck()).toBe(before + size / 1024);
+      expect(lockedFlag(locked)).toBe(true);
+    } finally {
+      expect(n.nvm_dma_free(locked, size, 0)).toBe(0);
+    }
+    expect(vmLck()).toBe(before);
+  });
+
   test("nvm_memlock_limit reports RLIMIT_MEMLOCK as (lo, hi)", () => {
     const out = host(8);
     try {

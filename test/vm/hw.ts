@@ -182,6 +182,8 @@ const bindTo = (driver: string, load: string) =>
     `[ "$(basename "$(readlink /sys/bus/pci/devices/$LIBNVM_TEST_CTRL/driver)")" = ${driver} ] || { echo "could not bind the controller to ${driver}"; exit 98; }`,
   ].join(" && ");
 
+const INSMOD_DISNVM = "insmod module/build/$LIBNVM_VM_KVER/disnvm.ko";
+
 /** The backend-neutral tests, run again through each backend. */
 const COMMON = ["./test/hw/controller.test.ts", "./test/hw/examples.test.ts"];
 
@@ -200,9 +202,28 @@ export const SUITES: readonly Suite[] = [
   {
     name: "disnvm-io",
     dir: "./test/hw/io.test.ts",
-    more: COMMON,
+    // No IOMMU here: the module's access rule wants CAP_SYS_RAWIO (test/hw-disnvm/access.test.ts).
+    more: [...COMMON, "./test/hw-disnvm/access.test.ts"],
     config: TEST_CONFIG,
-    prelude: bindTo("disnvm", "insmod module/build/$LIBNVM_VM_KVER/disnvm.ko"),
+    prelude: bindTo("disnvm", INSMOD_DISNVM),
+    env: { LIBNVM_TEST_BACKEND: "disnvm", LIBNVM_TEST_DISNVM_ISOLATED: "0" },
+  },
+  {
+    // The module behind a translating IOMMU: no CAP_SYS_RAWIO needed, memlock accounting, the
+    // IOTLB flushed before unpinning. iommu.strict=0: a lazy (DMA-FQ) domain whatever the kernel's default.
+    name: "disnvm-iommu",
+    dir: "./test/hw-disnvm/access.test.ts",
+    more: ["./test/hw-disnvm/iommu.test.ts"],
+    config: { ...IOMMU_CONFIG, kernelArgs: [...(IOMMU_CONFIG.kernelArgs ?? []), "iommu.strict=0"] },
+    prelude: bindTo("disnvm", INSMOD_DISNVM),
+    env: { LIBNVM_TEST_BACKEND: "disnvm", LIBNVM_TEST_DISNVM_ISOLATED: "1" },
+  },
+  {
+    // Every DMA mapping bounced through swiotlb (as in SEV/TDX guests): the module must refuse them.
+    name: "disnvm-bounce",
+    dir: "./test/hw-disnvm/bounce.test.ts",
+    config: { ...TEST_CONFIG, kernelArgs: ["swiotlb=force"] },
+    prelude: bindTo("disnvm", INSMOD_DISNVM),
     env: { LIBNVM_TEST_BACKEND: "disnvm" },
   },
 ];
