@@ -21,17 +21,27 @@
  * Pinned host pages are charged to the opener's RLIMIT_MEMLOCK (mm->locked_vm), as VFIO's type1
  * driver charges its pins: a user cannot pin more memory through the module than it could mlock().
  *
+ * Imported dma-bufs (DISNVM_IOC_MAP_DMABUF) are attached to the controller as a dynamic importer:
+ * their exporter may take them back (move_notify). The module then stops the controller before it
+ * lets the memory go, and keeps it from DMA-ing again until the process has unmapped the import.
+ *
  * Locking: dev->lock (mutex) guards the open file, its mapping list and the gone flag, and is held
  * across pinning and memlock accounting (which take mmap_lock): dev->lock -> mmap_lock. BAR0 pages
  * are inserted by the fault handler, which runs under mmap_lock and takes only dev->bar_lock:
  * mmap_lock -> bar_lock. Removal sets gone under both and zaps the user's BAR0 mappings, so nothing
- * reaches a BAR that is about to be released.
+ * reaches a BAR that is about to be released. A dma-buf's reservation lock (resv) is taken under
+ * dev->lock when importing and releasing, and the exporter holds it when it calls move_notify,
+ * which therefore must not take dev->lock: dev->lock -> resv. dev->hw_lock is innermost
+ * (dev->lock -> resv -> hw_lock): it serialises stopping the controller, setting bus mastering and
+ * the revoked state of imports, so no DMA can restart between a revocation and its unmapping.
  */
 #define pr_fmt(fmt) KBUILD_MODNAME ": " fmt
 
 #include <linux/capability.h>
 #include <linux/delay.h>
+#include <linux/dma-buf.h>
 #include <linux/dma-map-ops.h>
+#include <linux/dma-resv.h>
 #include <linux/dma-mapping.h>
 #include <linux/fs.h>
 #include <linux/idr.h>
@@ -83,8 +93,10 @@ struct disnvm_dev {
 	struct disnvm_file *file;	/* the open file, or NULL */
 	bool gone;			/* unbound: BAR0 and DMA are no longer ours */
 	struct mutex bar_lock;		/* gone, seen from the BAR0 fault handler */
+	struct mutex hw_lock;		/* quiesce, bus mastering, revoked imports */
 
 	atomic64_t pinned;		/* 4 KiB pages pinned, all files: sysfs disnvm_pinned_pages */
+	atomic64_t dmabufs;		/* live dma-buf imports, all files: sysfs disnvm_dmabufs */
 };
 
 struct disnvm_file {
@@ -94,6 +106,11 @@ struct disnvm_file {
 	struct list_head mappings;	/* struct disnvm_mapping, under dev->lock */
 	u64 pinned;			/* 4 KiB pages */
 	u64 nmappings;
+	/* dma-buf imports */
+	u64 next_handle;
+	u64 ndmabufs;
+	u64 dmabuf_pages;		/* 4 KiB pages */
+	u64 revoked;			/* revoked by their exporter, not yet unmapped: under hw_lock */
 };
 
 enum disnvm_p2p_state {
@@ -102,11 +119,17 @@ enum disnvm_p2p_state {
 	DISNVM_P2P_REVOKED,		/* the NVIDIA driver took them back (free callback) */
 };
 
+enum disnvm_kind {
+	DISNVM_HOST,			/* MAP_HOST: pinned process memory */
+	DISNVM_GPU,			/* MAP_DEVICE: CUDA memory through NV-P2P */
+	DISNVM_DMABUF,			/* MAP_DMABUF: an imported dma-buf */
+};
+
 struct disnvm_mapping {
 	struct list_head list;
-	u64 vaddr;
+	u64 vaddr;			/* MAP_DMABUF: 0 */
 	u64 size;
-	bool gpu;
+	enum disnvm_kind kind;
 	/* host memory */
 	unsigned long npages;		/* CPU pages */
 	struct page **pages;
@@ -117,6 +140,15 @@ struct disnvm_mapping {
 	struct nvidia_p2p_dma_mapping *p2p_dma;
 	atomic_t p2p_state;
 #endif
+	/* dma-buf */
+	u64 handle;
+	u64 offset;			/* of the import in the dma-buf */
+	struct disnvm_file *file;
+	struct dma_buf *dmabuf;
+	struct dma_buf_attachment *attach;
+	struct sg_table *dsgt;		/* the attachment's mapping, NULL once revoked: under resv */
+	bool live;			/* addresses handed out: under hw_lock */
+	bool revoked;			/* the exporter took it back: under hw_lock */
 };
 
 static DEFINE_IDA(disnvm_ida);
@@ -193,6 +225,14 @@ static void disnvm_quiesce(struct disnvm_dev *dev)
 
 clear_master:
 	pci_clear_master(dev->pdev);
+}
+
+/* disnvm_quiesce() for the release paths, serialised with move_notify and DISNVM_IOC_BUS_MASTER. */
+static void disnvm_stop(struct disnvm_dev *dev)
+{
+	mutex_lock(&dev->hw_lock);
+	disnvm_quiesce(dev);
+	mutex_unlock(&dev->hw_lock);
 }
 
 /* ------------------------------------------------------------------------------------------ */
@@ -361,21 +401,27 @@ static int disnvm_sgt_addrs(struct disnvm_mapping *m, u64 *addrs)
 }
 
 /*
- * DMA-unmap a mapping so that the controller can no longer reach its pages once this returns. A
- * lazy domain (DMA-FQ) clears the page table entries at once but invalidates the IOTLB only when
- * its flush queue runs, some milliseconds later: until then the controller can still reach the
- * pages through a cached translation, so flush before the pages are unpinned and go back to the
- * process, which may hand them to anything. A strict domain (DMA) flushed inside the unmap already.
- * Without an IOMMU nothing stops the controller; only a CAP_SYS_RAWIO holder gets that far
- * (disnvm_open()), and it is trusted to have stopped the controller's use of them, as the uapi says.
+ * After a DMA unmap (ours, or an exporter's of an imported dma-buf), make sure the controller can
+ * no longer reach the memory once the caller returns. A lazy domain (DMA-FQ) clears the page table
+ * entries at once but invalidates the IOTLB only when its flush queue runs, some milliseconds
+ * later: until then the controller can still reach the pages through a cached translation, so
+ * flush before the pages are unpinned and go back to the process (or the exporter), which may hand
+ * them to anything. A strict domain (DMA) flushed inside the unmap already. Without an IOMMU
+ * nothing stops the controller; only a CAP_SYS_RAWIO holder gets that far (disnvm_open()), and it
+ * is trusted to have stopped the controller's use of them, as the uapi says.
  */
-static void disnvm_dma_unmap(struct disnvm_dev *dev, struct disnvm_mapping *m)
+static void disnvm_flush_lazy(struct disnvm_dev *dev)
 {
 	struct iommu_domain *domain = disnvm_dma_domain(dev);
 
-	dma_unmap_sgtable(&dev->pdev->dev, &m->sgt, DMA_BIDIRECTIONAL, 0);
 	if (domain && domain->type == IOMMU_DOMAIN_DMA_FQ)
 		iommu_flush_iotlb_all(domain);
+}
+
+static void disnvm_dma_unmap(struct disnvm_dev *dev, struct disnvm_mapping *m)
+{
+	dma_unmap_sgtable(&dev->pdev->dev, &m->sgt, DMA_BIDIRECTIONAL, 0);
+	disnvm_flush_lazy(dev);
 }
 
 static int disnvm_map_pages(struct disnvm_dev *dev, struct disnvm_mapping *m, u64 *addrs)
@@ -537,6 +583,213 @@ static void disnvm_unmap_gpu(struct disnvm_dev *dev, struct disnvm_mapping *m)
 #endif /* DISNVM_CUDA */
 
 /* ------------------------------------------------------------------------------------------ */
+/* imported dma-bufs */
+
+#if IS_ENABLED(CONFIG_DMA_SHARED_BUFFER)
+/*
+ * The exporter takes the buffer back (dma_buf_move_notify(): it moves or frees the memory once
+ * every importer returned from here). It calls this with the buffer's reservation lock held, so
+ * dev->lock cannot be taken (see the locking rule at the top). The controller may hold the old
+ * addresses in any queue: stop it (CC.SHN, CC.EN = 0, bus mastering cleared) before returning,
+ * count the import as revoked so that bus mastering stays off until the process has unmapped it
+ * (disnvm_ioctl_bus_master()), then give the exporter its mapping back. Nothing is stopped for an
+ * import whose addresses were never handed out: the ioctl importing it fails with EAGAIN instead.
+ */
+static void disnvm_move_notify(struct dma_buf_attachment *attach)
+{
+	struct disnvm_mapping *m = attach->importer_priv;
+	struct disnvm_file *f = m->file;
+	struct disnvm_dev *dev = f->dev;
+
+	dma_resv_assert_held(attach->dmabuf->resv);
+	mutex_lock(&dev->hw_lock);
+	if (!m->revoked) {
+		m->revoked = true;
+		if (m->live) {
+			disnvm_quiesce(dev);
+			f->revoked++;
+			dev_warn(&dev->pdev->dev,
+				 "the exporter (%s) revoked dma-buf import %llu: controller disabled, bus mastering off until it is unmapped\n",
+				 attach->dmabuf->exp_name, m->handle);
+		}
+	}
+	mutex_unlock(&dev->hw_lock);
+	if (m->dsgt) {
+		dma_buf_unmap_attachment(attach, m->dsgt, DMA_BIDIRECTIONAL);
+		m->dsgt = NULL;
+		disnvm_flush_lazy(dev);
+	}
+}
+
+static const struct dma_buf_attach_ops disnvm_importer_ops = {
+	/* A GPU's memory is a PCI BAR: the controller reaches it peer to peer. */
+	.allow_peer2peer = true,
+	.move_notify = disnvm_move_notify,
+};
+
+/*
+ * One bus address per 4 KiB of [offset, offset + size) of the buffer, out of the segments the
+ * exporter mapped for the controller. Every segment up to the end of the import must be 4 KiB
+ * aligned in address and length, or the list would not describe the buffer page by page.
+ */
+static int disnvm_dmabuf_addrs(struct disnvm_mapping *m, u64 *addrs)
+{
+	u64 n = m->size / DISNVM_PAGE_SIZE, i = 0, pos = 0, end = m->offset + m->size;
+	struct scatterlist *sg;
+	unsigned int k;
+	dma_addr_t a;
+	u64 len;
+
+	for_each_sgtable_dma_sg(m->dsgt, sg, k) {
+		if (pos >= end)
+			break;
+		a = sg_dma_address(sg);
+		len = sg_dma_len(sg);
+		if (!IS_ALIGNED(a, DISNVM_PAGE_SIZE) || !IS_ALIGNED(len, DISNVM_PAGE_SIZE))
+			return -EIO;
+		for (; len && pos < end; len -= DISNVM_PAGE_SIZE, a += DISNVM_PAGE_SIZE,
+		     pos += DISNVM_PAGE_SIZE) {
+			if (pos < m->offset)
+				continue;
+			if (i == n || !a)
+				return -EIO;
+			addrs[i++] = a;
+		}
+	}
+	return i == n ? 0 : -EIO;
+}
+
+/*
+ * The exporter made the addresses; check they lead where the controller can go directly. Without
+ * an IOMMU nothing may need a sync (a swiotlb bounce buffer the exporter never sees). Through an
+ * IOMMU every page must be mapped in the controller's own domain: an exporter that mapped for
+ * another device (or ignored the importer) would otherwise make the controller fault, or worse.
+ */
+static int disnvm_check_dmabuf(struct disnvm_dev *dev, struct disnvm_mapping *m,
+			       struct iommu_domain *domain, const u64 *addrs)
+{
+	struct device *d = &dev->pdev->dev;
+	struct scatterlist *sg;
+	unsigned int k;
+	u64 i;
+
+	if (!domain) {
+		for_each_sgtable_dma_sg(m->dsgt, sg, k) {
+			if (dma_need_sync(d, sg_dma_address(sg)))
+				goto refuse;
+		}
+		return 0;
+	}
+	for (i = 0; i < m->size / DISNVM_PAGE_SIZE; i++) {
+		if (!iommu_iova_to_phys(domain, addrs[i]))
+			goto refuse;
+	}
+	return 0;
+
+refuse:
+	dev_warn_once(d,
+		      "dma-buf of %s: its mapping for this controller is bounced or not in its IOMMU domain: refusing it\n",
+		      m->dmabuf->exp_name);
+	return -EXDEV;
+}
+
+/* Undo disnvm_attach_dmabuf(): the exporter gets its mapping back, then the attachment goes. */
+static void disnvm_unmap_dmabuf(struct disnvm_dev *dev, struct disnvm_mapping *m)
+{
+	struct dma_buf *dmabuf = m->dmabuf;
+
+	dma_resv_lock(dmabuf->resv, NULL);
+	if (m->dsgt) {
+		dma_buf_unmap_attachment(m->attach, m->dsgt, DMA_BIDIRECTIONAL);
+		m->dsgt = NULL;
+	}
+	dma_buf_unpin(m->attach);
+	dma_resv_unlock(dmabuf->resv);
+	/*
+	 * The core keeps the mapping of an exporter that cannot move its memory (udmabuf) for as long
+	 * as the attachment lives: it goes only here. Then the lazy IOTLB, as for host memory.
+	 */
+	dma_buf_detach(dmabuf, m->attach);
+	m->attach = NULL;
+	disnvm_flush_lazy(dev);
+}
+
+/*
+ * Attach m->dmabuf to the controller, pin it with its exporter (the controller cannot wait for it
+ * to move back), map it and describe [m->offset, + m->size) in addrs. Called with dev->lock held.
+ */
+static int disnvm_attach_dmabuf(struct disnvm_dev *dev, struct disnvm_mapping *m, u64 *addrs)
+{
+	struct iommu_domain *domain = disnvm_dma_domain(dev);
+	struct dma_buf *dmabuf = m->dmabuf;
+	struct sg_table *sgt;
+	int ret;
+
+	ret = disnvm_check_direct(dev, domain != NULL);
+	if (ret)
+		return ret;
+	m->attach = dma_buf_dynamic_attach(dmabuf, &dev->pdev->dev, &disnvm_importer_ops, m);
+	if (IS_ERR(m->attach)) {
+		ret = PTR_ERR(m->attach);
+		m->attach = NULL;
+		return ret;
+	}
+	dma_resv_lock(dmabuf->resv, NULL);
+	ret = dma_buf_pin(m->attach);
+	if (!ret) {
+		sgt = dma_buf_map_attachment(m->attach, DMA_BIDIRECTIONAL);
+		if (IS_ERR(sgt)) {
+			ret = PTR_ERR(sgt);
+			dma_buf_unpin(m->attach);
+		} else {
+			m->dsgt = sgt;
+		}
+	}
+	dma_resv_unlock(dmabuf->resv);
+	if (ret) {
+		dma_buf_detach(dmabuf, m->attach);
+		m->attach = NULL;
+		return ret;
+	}
+	ret = disnvm_dmabuf_addrs(m, addrs);
+	if (ret) {
+		dev_warn_ratelimited(&dev->pdev->dev,
+				     "dma-buf of %s: its mapping cannot be described in 4 KiB pages\n",
+				     dmabuf->exp_name);
+		goto unmap;
+	}
+	ret = disnvm_check_dmabuf(dev, m, domain, addrs);
+	if (ret)
+		goto unmap;
+	/* From here a revocation must stop the controller: the addresses go to the process. */
+	mutex_lock(&dev->hw_lock);
+	if (m->revoked)
+		ret = -EAGAIN;
+	else
+		m->live = true;
+	mutex_unlock(&dev->hw_lock);
+	if (ret)
+		goto unmap;
+	return 0;
+
+unmap:
+	disnvm_unmap_dmabuf(dev, m);
+	return ret;
+}
+
+/* An import goes for good: unmapped and detached, then the reference dma_buf_get() took. */
+static void disnvm_release_dmabuf(struct disnvm_dev *dev, struct disnvm_mapping *m)
+{
+	disnvm_unmap_dmabuf(dev, m);
+	dma_buf_put(m->dmabuf);
+}
+#else
+static void disnvm_release_dmabuf(struct disnvm_dev *dev, struct disnvm_mapping *m)
+{
+}
+#endif /* CONFIG_DMA_SHARED_BUFFER */
+
+/* ------------------------------------------------------------------------------------------ */
 /* mappings of a file */
 
 static u64 disnvm_mapping_4k(const struct disnvm_mapping *m)
@@ -551,18 +804,34 @@ static u64 disnvm_mapping_4k(const struct disnvm_mapping *m)
 static unsigned long disnvm_release_mapping(struct disnvm_file *f, struct disnvm_mapping *m)
 {
 	struct disnvm_dev *dev = f->dev;
-	unsigned long charged = m->gpu ? 0 : m->npages;
+	unsigned long charged = m->kind == DISNVM_HOST ? m->npages : 0;
 
 	list_del(&m->list);
-#ifdef DISNVM_CUDA
-	if (m->gpu)
-		disnvm_unmap_gpu(dev, m);
-	else
-#endif
+	switch (m->kind) {
+	case DISNVM_HOST:
 		disnvm_unmap_pages(dev, m);
-	f->pinned -= disnvm_mapping_4k(m);
+		break;
+	case DISNVM_GPU:
+#ifdef DISNVM_CUDA
+		disnvm_unmap_gpu(dev, m);
+#endif
+		break;
+	case DISNVM_DMABUF:
+		disnvm_release_dmabuf(dev, m);
+		mutex_lock(&dev->hw_lock);
+		if (m->revoked && m->live)
+			f->revoked--;
+		mutex_unlock(&dev->hw_lock);
+		f->ndmabufs--;
+		f->dmabuf_pages -= disnvm_mapping_4k(m);
+		atomic64_dec(&dev->dmabufs);
+		break;
+	}
+	if (m->kind != DISNVM_DMABUF) {
+		f->pinned -= disnvm_mapping_4k(m);
+		atomic64_sub(disnvm_mapping_4k(m), &dev->pinned);
+	}
 	f->nmappings--;
-	atomic64_sub(disnvm_mapping_4k(m), &dev->pinned);
 	kfree(m);
 	return charged;
 }
@@ -595,9 +864,20 @@ static bool disnvm_overlaps(struct disnvm_file *f, u64 start, u64 end)
 	struct disnvm_mapping *m;
 
 	list_for_each_entry(m, &f->mappings, list)
-		if (start < m->vaddr + m->size && m->vaddr < end)
+		if (m->kind != DISNVM_DMABUF && start < m->vaddr + m->size && m->vaddr < end)
 			return true;
 	return false;
+}
+
+/* The import `handle` of f, or NULL. Called with dev->lock held. */
+static struct disnvm_mapping *disnvm_find_dmabuf(struct disnvm_file *f, u64 handle)
+{
+	struct disnvm_mapping *m;
+
+	list_for_each_entry(m, &f->mappings, list)
+		if (m->kind == DISNVM_DMABUF && m->handle == handle)
+			return m;
+	return NULL;
 }
 
 static long disnvm_ioctl_map(struct file *file, struct disnvm_map __user *uarg, bool gpu)
@@ -644,7 +924,7 @@ static long disnvm_ioctl_map(struct file *file, struct disnvm_map __user *uarg, 
 	}
 	m->vaddr = req.vaddr;
 	m->size = req.size;
-	m->gpu = gpu;
+	m->kind = gpu ? DISNVM_GPU : DISNVM_HOST;
 
 	mutex_lock(&dev->lock);
 	if (dev->gone) {
@@ -694,6 +974,95 @@ out:
 	return ret;
 }
 
+#if IS_ENABLED(CONFIG_DMA_SHARED_BUFFER)
+static long disnvm_ioctl_map_dmabuf(struct file *file, struct disnvm_map_dmabuf __user *uarg)
+{
+	struct disnvm_file *f = file->private_data;
+	struct disnvm_dev *dev = f->dev;
+	struct disnvm_mapping *m = NULL;
+	struct disnvm_map_dmabuf req;
+	struct dma_buf *dmabuf;
+	u64 *addrs = NULL;
+	u64 n;
+	long ret;
+
+	if (copy_from_user(&req, uarg, sizeof(req)))
+		return -EFAULT;
+	if (req.flags || !req.size || !IS_ALIGNED(req.offset, DISNVM_PAGE_SIZE) ||
+	    !IS_ALIGNED(req.size, DISNVM_PAGE_SIZE))
+		return -EINVAL;
+	if (req.size > DISNVM_MAX_MAP_SIZE)
+		return -E2BIG;
+	n = req.size / DISNVM_PAGE_SIZE;
+	if (!req.addrs || !access_ok(u64_to_user_ptr(req.addrs), n * sizeof(u64)))
+		return -EFAULT;
+	if (current->mm != f->mm)
+		return -EPERM;
+	if (READ_ONCE(dev->gone))
+		return -ENODEV;
+	/* The same rule as MAP_HOST: the addresses could point the controller anywhere otherwise. */
+	if (!disnvm_isolated(dev) && !file_ns_capable(file, &init_user_ns, CAP_SYS_RAWIO))
+		return -EPERM;
+
+	/* EBADF for a closed fd, EINVAL for a file that is not a dma-buf. */
+	dmabuf = dma_buf_get((int)req.fd);
+	if (IS_ERR(dmabuf))
+		return PTR_ERR(dmabuf);
+	if (req.offset >= dmabuf->size || req.size > dmabuf->size - req.offset) {
+		ret = -ERANGE;
+		goto put;
+	}
+	addrs = kvmalloc_array(n, sizeof(u64), GFP_KERNEL);
+	m = kzalloc(sizeof(*m), GFP_KERNEL);
+	if (!addrs || !m) {
+		ret = -ENOMEM;
+		goto put;
+	}
+	m->kind = DISNVM_DMABUF;
+	m->size = req.size;
+	m->offset = req.offset;
+	m->file = f;
+	m->dmabuf = dmabuf;
+
+	mutex_lock(&dev->lock);
+	if (dev->gone) {
+		ret = -ENODEV;
+		goto unlock;
+	}
+	ret = disnvm_attach_dmabuf(dev, m, addrs);
+	if (ret)
+		goto unlock;
+	m->handle = ++f->next_handle;
+	list_add_tail(&m->list, &f->mappings);
+	f->nmappings++;
+	f->ndmabufs++;
+	f->dmabuf_pages += n;
+	atomic64_inc(&dev->dmabufs);
+	req.handle = m->handle;
+	req.dmabuf_size = dmabuf->size;
+	if (copy_to_user(u64_to_user_ptr(req.addrs), addrs, n * sizeof(u64)) ||
+	    copy_to_user(uarg, &req, sizeof(req))) {
+		disnvm_release_mapping(f, m);
+		ret = -EFAULT;
+	}
+	m = NULL;	/* on the list (it holds the dma-buf reference), or released */
+	dmabuf = NULL;
+unlock:
+	mutex_unlock(&dev->lock);
+put:
+	if (dmabuf)
+		dma_buf_put(dmabuf);
+	kfree(m);
+	kvfree(addrs);
+	return ret;
+}
+#else
+static long disnvm_ioctl_map_dmabuf(struct file *file, struct disnvm_map_dmabuf __user *uarg)
+{
+	return -EOPNOTSUPP;
+}
+#endif
+
 static long disnvm_ioctl_unmap(struct disnvm_file *f, struct disnvm_unmap __user *uarg)
 {
 	struct disnvm_dev *dev = f->dev;
@@ -703,7 +1072,7 @@ static long disnvm_ioctl_unmap(struct disnvm_file *f, struct disnvm_unmap __user
 
 	if (copy_from_user(&req, uarg, sizeof(req)))
 		return -EFAULT;
-	if (req.flags)
+	if (req.flags & ~DISNVM_UNMAP_DMABUF)
 		return -EINVAL;
 	if (current->mm != f->mm)
 		return -EPERM;
@@ -713,8 +1082,16 @@ static long disnvm_ioctl_unmap(struct disnvm_file *f, struct disnvm_unmap __user
 		ret = -ENODEV;
 		goto unlock;
 	}
+	if (req.flags & DISNVM_UNMAP_DMABUF) {
+		m = disnvm_find_dmabuf(f, req.vaddr);
+		if (m) {
+			disnvm_release_mapping(f, m);
+			ret = 0;
+		}
+		goto unlock;
+	}
 	list_for_each_entry(m, &f->mappings, list) {
-		if (m->vaddr == req.vaddr) {
+		if (m->kind != DISNVM_DMABUF && m->vaddr == req.vaddr) {
 			account_locked_vm(f->mm, disnvm_release_mapping(f, m), false);
 			ret = 0;
 			break;
@@ -723,6 +1100,79 @@ static long disnvm_ioctl_unmap(struct disnvm_file *f, struct disnvm_unmap __user
 unlock:
 	mutex_unlock(&dev->lock);
 	return ret;
+}
+
+static long disnvm_ioctl_dmabuf_status(struct disnvm_file *f,
+				       struct disnvm_dmabuf_handle __user *uarg)
+{
+	struct disnvm_dev *dev = f->dev;
+	struct disnvm_dmabuf_handle req;
+	struct disnvm_mapping *m;
+	long ret = 0;
+
+	if (copy_from_user(&req, uarg, sizeof(req)))
+		return -EFAULT;
+	if (req.flags)
+		return -EINVAL;
+	if (current->mm != f->mm)
+		return -EPERM;
+
+	mutex_lock(&dev->lock);
+	m = dev->gone ? NULL : disnvm_find_dmabuf(f, req.handle);
+	if (dev->gone) {
+		ret = -ENODEV;
+	} else if (!m) {
+		ret = -ENOENT;
+	} else {
+		mutex_lock(&dev->hw_lock);
+		req.flags = m->revoked ? DISNVM_DMABUF_REVOKED : 0;
+		mutex_unlock(&dev->hw_lock);
+	}
+	mutex_unlock(&dev->lock);
+	if (ret)
+		return ret;
+	return copy_to_user(uarg, &req, sizeof(req)) ? -EFAULT : 0;
+}
+
+/*
+ * Test hook: udmabuf, the exporter a test can have without a GPU, never revokes. Run the import's
+ * move_notify exactly as an exporter's dma_buf_move_notify() does: under the buffer's reservation
+ * lock. Root only (CAP_SYS_ADMIN): it stops the controller.
+ */
+static long disnvm_ioctl_revoke_dmabuf(struct disnvm_file *f,
+				       struct disnvm_dmabuf_handle __user *uarg)
+{
+#if IS_ENABLED(CONFIG_DMA_SHARED_BUFFER)
+	struct disnvm_dev *dev = f->dev;
+	struct disnvm_dmabuf_handle req;
+	struct disnvm_mapping *m;
+	long ret = 0;
+
+	if (!capable(CAP_SYS_ADMIN))
+		return -EPERM;
+	if (copy_from_user(&req, uarg, sizeof(req)))
+		return -EFAULT;
+	if (req.flags)
+		return -EINVAL;
+	if (current->mm != f->mm)
+		return -EPERM;
+
+	mutex_lock(&dev->lock);
+	m = dev->gone ? NULL : disnvm_find_dmabuf(f, req.handle);
+	if (dev->gone) {
+		ret = -ENODEV;
+	} else if (!m) {
+		ret = -ENOENT;
+	} else {
+		dma_resv_lock(m->dmabuf->resv, NULL);
+		disnvm_move_notify(m->attach);
+		dma_resv_unlock(m->dmabuf->resv);
+	}
+	mutex_unlock(&dev->lock);
+	return ret;
+#else
+	return -EOPNOTSUPP;
+#endif
 }
 
 static long disnvm_ioctl_info(struct disnvm_file *f, struct disnvm_info __user *uarg)
@@ -743,10 +1193,18 @@ static long disnvm_ioctl_info(struct disnvm_file *f, struct disnvm_info __user *
 		info.flags |= DISNVM_INFO_DMA_64BIT;
 	if (disnvm_isolated(dev))
 		info.flags |= DISNVM_INFO_ISOLATED;
+	if (IS_ENABLED(CONFIG_DMA_SHARED_BUFFER))
+		info.flags |= DISNVM_INFO_DMABUF;
 	mutex_lock(&dev->lock);
 	info.pinned_pages = atomic64_read(&dev->pinned);
 	info.file_pinned_pages = f->pinned;
 	info.file_mappings = f->nmappings;
+	info.file_dmabufs = f->ndmabufs;
+	info.file_dmabuf_pages = f->dmabuf_pages;
+	info.dmabufs = atomic64_read(&dev->dmabufs);
+	mutex_lock(&dev->hw_lock);
+	info.file_revoked = f->revoked;
+	mutex_unlock(&dev->hw_lock);
 	mutex_unlock(&dev->lock);
 
 	return copy_to_user(uarg, &info, sizeof(info)) ? -EFAULT : 0;
@@ -770,12 +1228,16 @@ static long disnvm_ioctl_bus_master(struct disnvm_file *f, struct disnvm_bus_mas
 		return -EPERM;
 
 	mutex_lock(&dev->lock);
+	mutex_lock(&dev->hw_lock);
 	if (dev->gone)
 		ret = -ENODEV;
+	else if (req.enable && f->revoked)
+		ret = -ESTALE;	/* the controller may still hold addresses of a revoked import */
 	else if (req.enable)
 		pci_set_master(dev->pdev);
 	else
 		pci_clear_master(dev->pdev);
+	mutex_unlock(&dev->hw_lock);
 	mutex_unlock(&dev->lock);
 	return ret;
 }
@@ -798,6 +1260,12 @@ static long disnvm_ioctl(struct file *file, unsigned int cmd, unsigned long arg)
 		return disnvm_ioctl_info(f, argp);
 	case DISNVM_IOC_BUS_MASTER:
 		return disnvm_ioctl_bus_master(f, argp);
+	case DISNVM_IOC_MAP_DMABUF:
+		return disnvm_ioctl_map_dmabuf(file, argp);
+	case DISNVM_IOC_DMABUF_STATUS:
+		return disnvm_ioctl_dmabuf_status(f, argp);
+	case DISNVM_IOC_REVOKE_DMABUF:
+		return disnvm_ioctl_revoke_dmabuf(f, argp);
 	default:
 		return -ENOTTY;
 	}
@@ -911,8 +1379,11 @@ static int disnvm_release(struct inode *inode, struct file *file)
 
 	mutex_lock(&dev->lock);
 	if (!dev->gone) {
-		/* The controller first: nothing may DMA into pages once they are unpinned. */
-		disnvm_quiesce(dev);
+		/*
+		 * The controller first: nothing may DMA into pages once they are unpinned, nor into
+		 * a dma-buf once its exporter has it back.
+		 */
+		disnvm_stop(dev);
 		charged = disnvm_release_all(f);
 	}
 	dev->file = NULL;
@@ -935,7 +1406,7 @@ static const struct file_operations disnvm_fops = {
 };
 
 /* ------------------------------------------------------------------------------------------ */
-/* sysfs: /sys/bus/pci/devices/<bdf>/disnvm_pinned_pages */
+/* sysfs: /sys/bus/pci/devices/<bdf>/disnvm_pinned_pages, disnvm_dmabufs */
 
 static ssize_t disnvm_pinned_pages_show(struct device *d, struct device_attribute *attr, char *buf)
 {
@@ -945,8 +1416,17 @@ static ssize_t disnvm_pinned_pages_show(struct device *d, struct device_attribut
 }
 static DEVICE_ATTR_RO(disnvm_pinned_pages);
 
+static ssize_t disnvm_dmabufs_show(struct device *d, struct device_attribute *attr, char *buf)
+{
+	struct disnvm_dev *dev = pci_get_drvdata(to_pci_dev(d));
+
+	return sysfs_emit(buf, "%lld\n", (long long)atomic64_read(&dev->dmabufs));
+}
+static DEVICE_ATTR_RO(disnvm_dmabufs);
+
 static struct attribute *disnvm_attrs[] = {
 	&dev_attr_disnvm_pinned_pages.attr,
+	&dev_attr_disnvm_dmabufs.attr,
 	NULL,
 };
 ATTRIBUTE_GROUPS(disnvm);
@@ -990,7 +1470,9 @@ static int disnvm_probe(struct pci_dev *pdev, const struct pci_device_id *id)
 	kref_init(&dev->ref);
 	mutex_init(&dev->lock);
 	mutex_init(&dev->bar_lock);
+	mutex_init(&dev->hw_lock);
 	atomic64_set(&dev->pinned, 0);
+	atomic64_set(&dev->dmabufs, 0);
 	dev->pdev = pci_dev_get(pdev);
 
 	ret = pcim_enable_device(pdev);
@@ -1059,7 +1541,7 @@ static void disnvm_remove(struct pci_dev *pdev)
 		/* Still open: the user's BAR0 mappings go (SIGBUS on the next access), then its DMA. */
 		dev_warn(&pdev->dev, "unbound while /dev/%s is open; revoking its mappings\n", dev->name);
 		unmap_mapping_range(f->mapping, 0, 0, 1);
-		disnvm_quiesce(dev);
+		disnvm_stop(dev);
 		/* Under the lock: once it is dropped, the file's release may free f. */
 		disnvm_uncharge(f, disnvm_release_all(f));
 	}
@@ -1098,6 +1580,14 @@ static void __exit disnvm_exit(void)
 module_init(disnvm_init);
 module_exit(disnvm_exit);
 
-MODULE_DESCRIPTION("NVMe controllers for userspace drivers (libnvm): BAR0 mmap, DMA mapping");
+#if IS_ENABLED(CONFIG_DMA_SHARED_BUFFER)
+/* The dma-buf API is exported in a symbol namespace; its name became a string literal in 6.13. */
+#if LINUX_VERSION_CODE >= KERNEL_VERSION(6, 13, 0)
+MODULE_IMPORT_NS("DMA_BUF");
+#else
+MODULE_IMPORT_NS(DMA_BUF);
+#endif
+#endif
+MODULE_DESCRIPTION("NVMe controllers for userspace drivers (libnvm): BAR0 mmap, DMA, dma-buf import");
 MODULE_AUTHOR("libnvm");
 MODULE_LICENSE("GPL");
