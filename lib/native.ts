@@ -11,7 +11,7 @@ import { existsSync } from "node:fs";
 import { join } from "node:path";
 import { NativeError } from "./errors.ts";
 
-const ABI_VERSION = 2;
+const ABI_VERSION = 3;
 const LIB_FILE = "libnvm-native.so";
 const PKG_ROOT = join(import.meta.dir, "..");
 
@@ -62,6 +62,10 @@ const symbols = {
   nvm_disnvm_map_device: { args: [i32, u32, u32, u32, P], returns: i32 },
   nvm_disnvm_unmap: { args: [i32, P], returns: i32 },
   nvm_disnvm_bus_master: { args: [i32, u32], returns: i32 },
+  nvm_disnvm_map_dmabuf: { args: [i32, i32, u32, u32, u32, P, P], returns: i32 },
+  nvm_disnvm_unmap_dmabuf: { args: [i32, u32, u32], returns: i32 },
+  nvm_disnvm_dmabuf_status: { args: [i32, u32, u32, P], returns: i32 },
+  nvm_disnvm_revoke_dmabuf: { args: [i32, u32, u32], returns: i32 },
 } as const;
 
 /** c/include/nvm_native.h as TypeScript sees it. */
@@ -105,6 +109,10 @@ export interface NativeLib {
   nvm_disnvm_map_device(fd: number, vaddrLo: number, vaddrHi: number, size: number, addrs: Pointer): number;
   nvm_disnvm_unmap(fd: number, vaddr: Pointer): number;
   nvm_disnvm_bus_master(fd: number, enable: number): number;
+  nvm_disnvm_map_dmabuf(fd: number, dmabufFd: number, offsetLo: number, offsetHi: number, size: number, addrs: Pointer, out: Pointer): number;
+  nvm_disnvm_unmap_dmabuf(fd: number, handleLo: number, handleHi: number): number;
+  nvm_disnvm_dmabuf_status(fd: number, handleLo: number, handleHi: number, flags: Pointer): number;
+  nvm_disnvm_revoke_dmabuf(fd: number, handleLo: number, handleHi: number): number;
 }
 type Lib = NativeLib;
 

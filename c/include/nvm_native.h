@@ -24,7 +24,7 @@ extern "C" {
 #endif
 
 /* Version of this ABI; lib/native.ts refuses a library with another one. */
-#define NVM_NATIVE_ABI 2
+#define NVM_NATIVE_ABI 3
 NVM_API uint32_t nvm_abi_version(void);
 
 /* errno of the last failed call on this thread (0 after a success). */
@@ -156,8 +156,20 @@ NVM_API int32_t nvm_disnvm_map_host(int32_t fd, void *vaddr, uint32_t size, uint
 NVM_API int32_t nvm_disnvm_map_device(int32_t fd, uint32_t vaddr_lo, uint32_t vaddr_hi, uint32_t size, uint32_t *addrs);
 /* DISNVM_IOC_UNMAP of the mapping that starts at vaddr; -ENOENT when none does. */
 NVM_API int32_t nvm_disnvm_unmap(int32_t fd, void *vaddr);
-/* DISNVM_IOC_BUS_MASTER: set (enable = 1) or clear (0) Bus Master Enable; -EINVAL for other values. */
+/* DISNVM_IOC_BUS_MASTER: set (enable = 1) or clear (0) Bus Master Enable; -EINVAL for other values,
+ * -ESTALE for enable while an import its exporter revoked is still mapped. */
 NVM_API int32_t nvm_disnvm_bus_master(int32_t fd, uint32_t enable);
+#define NVM_DISNVM_DMABUF_OUT_DWORDS 4u
+/* DISNVM_IOC_MAP_DMABUF: import [offset, offset+size) of the dma-buf `dmabuf_fd`; the bus address of
+ * each 4 KiB page as (lo, hi) pairs into addrs[2 * size/4096], and into out[4] the import's handle
+ * (lo, hi) and the dma-buf's size (lo, hi). -EBADF, -EINVAL (not a dma-buf), -ERANGE, ... as the uapi. */
+NVM_API int32_t nvm_disnvm_map_dmabuf(int32_t fd, int32_t dmabuf_fd, uint32_t offset_lo, uint32_t offset_hi, uint32_t size, uint32_t *addrs, uint32_t *out);
+/* DISNVM_IOC_UNMAP of the import `handle` (DISNVM_UNMAP_DMABUF); -ENOENT when there is none. */
+NVM_API int32_t nvm_disnvm_unmap_dmabuf(int32_t fd, uint32_t handle_lo, uint32_t handle_hi);
+/* DISNVM_IOC_DMABUF_STATUS: the import's DISNVM_DMABUF_* flags into *flags (1: revoked). */
+NVM_API int32_t nvm_disnvm_dmabuf_status(int32_t fd, uint32_t handle_lo, uint32_t handle_hi, uint32_t *flags);
+/* DISNVM_IOC_REVOKE_DMABUF: the module's test hook (CAP_SYS_ADMIN): revoke the import as its exporter would. */
+NVM_API int32_t nvm_disnvm_revoke_dmabuf(int32_t fd, uint32_t handle_lo, uint32_t handle_hi);
 
 #ifdef __cplusplus
 }

@@ -14,6 +14,7 @@
 
 _Static_assert(sizeof(struct disnvm_info) == NVM_DISNVM_INFO_DWORDS * 4, "info is NVM_DISNVM_INFO_DWORDS");
 _Static_assert(DISNVM_PAGE_SIZE == 4096, "one bus address per 4 KiB page");
+_Static_assert(sizeof(struct disnvm_map_dmabuf) == 48, "fixed layout, no padding");
 
 int32_t nvm_disnvm_open(const char *path)
 {
@@ -94,6 +95,52 @@ int32_t nvm_disnvm_bus_master(int32_t fd, uint32_t enable)
     struct disnvm_bus_master req = { .enable = enable };
 
     if (ioctl(fd, DISNVM_IOC_BUS_MASTER, &req) != 0)
+        return nvm_fail(errno);
+    return nvm_ok();
+}
+
+int32_t nvm_disnvm_map_dmabuf(int32_t fd, int32_t dmabuf_fd, uint32_t offset_lo, uint32_t offset_hi, uint32_t size, uint32_t *addrs, uint32_t *out)
+{
+    struct disnvm_map_dmabuf req = {
+        .fd = (uint32_t)dmabuf_fd,
+        .offset = (uint64_t)offset_hi << 32 | offset_lo,
+        .size = size,
+        .addrs = (uintptr_t)addrs, /* size / 4096 u64 = (lo, hi) pairs */
+    };
+
+    if (ioctl(fd, DISNVM_IOC_MAP_DMABUF, &req) != 0)
+        return nvm_fail(errno);
+    out[0] = (uint32_t)req.handle;
+    out[1] = (uint32_t)(req.handle >> 32);
+    out[2] = (uint32_t)req.dmabuf_size;
+    out[3] = (uint32_t)(req.dmabuf_size >> 32);
+    return nvm_ok();
+}
+
+int32_t nvm_disnvm_unmap_dmabuf(int32_t fd, uint32_t handle_lo, uint32_t handle_hi)
+{
+    struct disnvm_unmap req = { .vaddr = (uint64_t)handle_hi << 32 | handle_lo, .flags = DISNVM_UNMAP_DMABUF };
+
+    if (ioctl(fd, DISNVM_IOC_UNMAP, &req) != 0)
+        return nvm_fail(errno);
+    return nvm_ok();
+}
+
+int32_t nvm_disnvm_dmabuf_status(int32_t fd, uint32_t handle_lo, uint32_t handle_hi, uint32_t *flags)
+{
+    struct disnvm_dmabuf_handle req = { .handle = (uint64_t)handle_hi << 32 | handle_lo };
+
+    if (ioctl(fd, DISNVM_IOC_DMABUF_STATUS, &req) != 0)
+        return nvm_fail(errno);
+    *flags = (uint32_t)req.flags;
+    return nvm_ok();
+}
+
+int32_t nvm_disnvm_revoke_dmabuf(int32_t fd, uint32_t handle_lo, uint32_t handle_hi)
+{
+    struct disnvm_dmabuf_handle req = { .handle = (uint64_t)handle_hi << 32 | handle_lo };
+
+    if (ioctl(fd, DISNVM_IOC_REVOKE_DMABUF, &req) != 0)
         return nvm_fail(errno);
     return nvm_ok();
 }

@@ -18,8 +18,8 @@ function host(size: number): { p: Pointer; u32: Uint32Array; free: () => void } 
 }
 
 describe("library", () => {
-  test("ABI version 2", () => {
-    expect(n.nvm_abi_version()).toBe(2);
+  test("ABI version 3", () => {
+    expect(n.nvm_abi_version()).toBe(3);
   });
 });
 
