@@ -5,6 +5,7 @@
  * Nothing here touches a device.
  */
 import { toArrayBuffer, type Pointer } from "bun:ffi";
+import { UnsupportedError } from "../lib/errors.ts";
 import { HOST_PAGE_SIZE, type Backend, type DmaMapping, type DmaOptions } from "../lib/backends/types.ts";
 import { native } from "../lib/native.ts";
 
@@ -17,7 +18,7 @@ export class MemoryBackend implements Backend {
   readonly bar0: Pointer;
   readonly bar0Size = MEMORY_BAR0_SIZE;
   readonly regs: Uint32Array;
-  readonly #live = new Set<DmaMapping>();
+  readonly #live = new Set<DmaMapping & { readonly vaddr: Pointer }>();
 
   constructor() {
     const p = native().nvm_dma_alloc(MEMORY_BAR0_SIZE, 0);
@@ -37,12 +38,17 @@ export class MemoryBackend implements Backend {
       iova[2 * i] = a % TWO32;
       iova[2 * i + 1] = Math.floor(a / TWO32);
     }
-    const m: DmaMapping = { vaddr, size: pages * HOST_PAGE_SIZE, iova, contiguous: true };
+    const m = { vaddr, size: pages * HOST_PAGE_SIZE, iova, contiguous: true };
     this.#live.add(m);
     return m;
   }
 
-  freeDma(m: DmaMapping): void {
+  importDmaBuf(_fd: number, _offset: number, _size?: number): DmaMapping {
+    throw new UnsupportedError("the benchmarks' memory backend has no device to import a dma-buf for");
+  }
+
+  freeDma(mapping: DmaMapping): void {
+    const m = mapping as DmaMapping & { readonly vaddr: Pointer };
     if (!this.#live.delete(m)) return;
     m.revoke?.();
     native().nvm_dma_free(m.vaddr, m.size, 0);

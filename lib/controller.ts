@@ -12,7 +12,7 @@ import { QueuePair, type Completion, type ExecOptions } from "./queue.ts";
 import { IoCompletionQueue, IoQueue, type IoQueueContext, type IoQueueOptions } from "./io.ts";
 import { createBackend, resolveController, type BackendChoice } from "./backends/index.ts";
 import { OwnerLock } from "./lock.ts";
-import type { Backend } from "./backends/types.ts";
+import { HOST_PAGE_SIZE, type Backend } from "./backends/types.ts";
 import * as cmd from "./spec/commands.ts";
 import {
   ADMIN_QUEUE_MAX_ENTRIES,
@@ -67,6 +67,14 @@ export interface ControllerOptions {
   readonly abortGraceMs?: number;
   /** Largest transfer per command when the controller sets no limit (MDTS = 0). Defaults to 2 MiB. */
   readonly maxTransferBytes?: number;
+}
+
+/** What part of a dma-buf Controller.mapDmaBuf() imports. */
+export interface MapDmaBufOptions {
+  /** Byte offset into the dma-buf, a multiple of 4096. Defaults to 0. */
+  readonly offset?: number;
+  /** Bytes to import, a multiple of 4096. Defaults to the rest of the dma-buf from `offset`. */
+  readonly size?: number;
 }
 
 /** Registers as read, for diagnostics and tests. */
@@ -433,6 +441,7 @@ export class Controller {
       onExpired: (q, cid) => this.#onExpired(q, cid),
       onStuck: (q, cid) => this.#onStuck(q, cid),
       onFatal: (_q, err) => this.#onFatal(err),
+      onDisabled: () => this.#onDisabled(),
     };
   }
 
@@ -632,6 +641,40 @@ export class Controller {
     return new DmaBuffer(this.backend, size);
   }
 
+  /**
+   * Import a dma-buf, another driver's exported memory (a GPU's, udmabuf's memfd pages, a
+   * dma-heap's), as a DMA buffer of this controller: usable wherever a DmaBuffer is (ns.read and
+   * ns.write, IoQueue.rw, PRP lists and SGLs, region()), reached by the controller directly, through
+   * the IOMMU when one translates. It has no CPU view: bytes, u32 and pointer throw NoCpuViewError
+   * (copy through a host buffer, or use the exporter's own API). The import holds the dma-buf by
+   * itself, so `fd` may be closed afterwards; free() it like any buffer (a command still using it
+   * delays the release), or close() the controller.
+   *
+   * If the exporter revokes it (a GPU reset, memory moved), the kernel stops the controller before
+   * letting the memory go; libnvm then fails the commands on the buffer with DmaBufRevokedError,
+   * refuses new ones with it, and resets the controller so other buffers work again.
+   *
+   * Only the disnvm backend imports (its kernel module attaches the dma-buf to the controller);
+   * VFIO and sysfs throw UnsupportedError. InvalidArgumentError, before anything is mapped, for an
+   * fd that is not an open dma-buf, an offset or size that is not whole 4 KiB pages or runs past
+   * the dma-buf's end.
+   */
+  mapDmaBuf(fd: number, opts: MapDmaBufOptions = {}): DmaBuffer {
+    this.#check();
+    if (!Number.isInteger(fd) || fd < 0 || fd > 0x7fff_ffff) {
+      throw new InvalidArgumentError(`dma-buf fd ${fd}: must be a file descriptor of this process (an integer >= 0)`);
+    }
+    const offset = opts.offset ?? 0;
+    if (!Number.isSafeInteger(offset) || offset < 0 || offset % HOST_PAGE_SIZE !== 0) {
+      throw new InvalidArgumentError(`dma-buf offset ${offset}: must be a non-negative multiple of ${HOST_PAGE_SIZE} (whole pages)`);
+    }
+    const size = opts.size;
+    if (size !== undefined && (!Number.isSafeInteger(size) || size <= 0 || size % HOST_PAGE_SIZE !== 0)) {
+      throw new InvalidArgumentError(`dma-buf size ${size}: must be a positive multiple of ${HOST_PAGE_SIZE} (whole pages), or left out for the rest of the buffer`);
+    }
+    return DmaBuffer.importDmaBuf(this.backend, fd, offset, size);
+  }
+
   // ---- recovery --------------------------------------------------------------------------
 
   /** How many times reset() brought the controller back. */
@@ -666,7 +709,15 @@ export class Controller {
       } catch (e) {
         throw this.#fail(e, "reset");
       }
-      // Disabled: nothing posted before can reach memory any more.
+      // Disabled: nothing posted before can reach memory any more. Commands on imports the
+      // exporter revoked fail with the buffer's own error, before the reset's error takes the rest.
+      try {
+        this.#takeRevoked();
+      } catch {
+        // Asking the module failed; it still keeps bus mastering off while a revoked import is
+        // mapped, so setting it below fails and says why.
+      }
+      for (const [qid, q] of this.#sqs) if (!this.#leases.get(qid)?.lent) q.settleRevoked();
       const lent = new Map<number, { lease: QueueLease; ack: number }>();
       for (const [qid, lease] of this.#leases) {
         const q = this.#sqs.get(qid);
@@ -815,6 +866,38 @@ export class Controller {
     this.#resetQuietly(err);
   }
 
+  /**
+   * CSTS.RDY read 0 with commands outstanding, outside a reset of ours: the controller was disabled
+   * under us, and nothing outstanding will complete. The disnvm module does this when the exporter
+   * of an imported dma-buf revokes it; either way a reset recovers.
+   */
+  #onDisabled(): void {
+    if (this.#closed || this.#resetting || this.#failed) return;
+    let revoked = 0;
+    try {
+      revoked = this.#takeRevoked();
+    } catch {
+      // The reset asks again.
+    }
+    const csts = native().nvm_read32(this.backend.bar0, REG_CSTS);
+    const why =
+      revoked > 0
+        ? `the disnvm module disabled it because the exporter of ${revoked === 1 ? "an imported dma-buf revoked it" : `${revoked} imported dma-bufs revoked them`}`
+        : "it was disabled (CSTS.RDY = 0) by something other than libnvm";
+    this.#resetQuietly(new ControllerFatalError(`${this.backend.name}: ${why}; commands in flight were ended by the reset that followed (their data may or may not have moved)`, csts));
+  }
+
+  /**
+   * Imports whose exporter revoked them: the backend invalidates them (commands on them fail with
+   * DmaBufRevokedError from now on) and gives them back. The kernel disabled the controller and
+   * cleared its bus mastering first, so reset() sets bus mastering again. Returns how many.
+   */
+  #takeRevoked(): number {
+    const taken = this.backend.takeRevokedDmaBufs?.() ?? [];
+    if (taken.length > 0) this.#masterCleared = true;
+    return taken.length;
+  }
+
   // ---- queues lent to other threads (worker.ts) ---------------------------------------------
 
   /**
@@ -889,17 +972,23 @@ export class Controller {
       }
     };
     const alive = () => n.nvm_read32(bar0, REG_CSTS) !== REG_ALL_ONES;
+    // A controller disabled under us (the disnvm module does it when an import is revoked) has no
+    // queues left and answers no admin command: each would wait for its deadline.
+    const ready = () => {
+      const csts = n.nvm_read32(bar0, REG_CSTS);
+      return csts !== REG_ALL_ONES && (csts & CSTS_RDY) !== 0;
+    };
     const gone = (qid: number) => this.#leases.get(qid)?.abandoned === true;
     // Submission queues first: a completion queue may not be deleted while an SQ uses it. Skipped
     // after a failed reset: the controller is then disabled or cut off the bus.
     for (const q of [...this.#sqs.values()].reverse()) {
       step(() => {
-        if (alive() && !this.#failed && !gone(q.qid)) this.admin.execute(cmd.deleteIoSq(q.qid));
+        if (ready() && !this.#failed && !gone(q.qid)) this.admin.execute(cmd.deleteIoSq(q.qid));
       });
     }
     for (const cq of [...this.#cqs.values()].reverse()) {
       step(() => {
-        if (alive() && !this.#failed && ![...cq.sqs.keys()].some(gone)) this.admin.execute(cmd.deleteIoCq(cq.qid));
+        if (ready() && !this.#failed && ![...cq.sqs.keys()].some(gone)) this.admin.execute(cmd.deleteIoCq(cq.qid));
       });
     }
     step(() => {
@@ -917,6 +1006,13 @@ export class Controller {
     });
     step(() => {
       if (alive()) this.#haltDma();
+    });
+    // Commands on imports their exporter revoked end with the buffer's own error, not ClosedError.
+    step(() => {
+      if (!this.#dmaAbandoned) {
+        this.#takeRevoked();
+        for (const [qid, q] of this.#sqs) if (!this.#leases.get(qid)?.lent) q.settleRevoked();
+      }
     });
     // Nothing points the controller at this memory any more (or, abandoned, it is never freed):
     // a Worker still holding a lent queue settles and refuses, then everything is released.

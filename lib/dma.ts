@@ -7,18 +7,28 @@
  * The controller never reaches memory the application gave up: free() of a buffer that a posted
  * command may still read or write (one not yet completed, aborted, or ended by a disable) takes
  * the views away at once but keeps the memory until no DmaUser reports it in use any more.
+ *
+ * A buffer imported from a dma-buf (DmaBuffer.importDmaBuf) is the exporter's memory, a GPU's for
+ * instance: it has bus addresses and no CPU view (bytes, u32 and pointer throw NoCpuViewError).
+ * Its exporter may revoke it; the backend then invalidates it and every use throws the reason.
  */
 import { toArrayBuffer } from "bun:ffi";
 import type { Pointer } from "bun:ffi";
-import { ClosedError, InvalidArgumentError } from "./errors.ts";
-import { HOST_PAGE_SIZE, type Backend, type DmaMapping, type DmaOptions } from "./backends/types.ts";
+import { ClosedError, InvalidArgumentError, NoCpuViewError } from "./errors.ts";
+import { HOST_PAGE_SIZE, type Backend, type DmaBufImport, type DmaMapping, type DmaOptions } from "./backends/types.ts";
 
 const TWO32 = 0x1_0000_0000;
 
 /** The memory a region shares with its parent buffer. */
 interface Shared {
+  /** What commands may use: undefined once freed, or invalidated (`error` says why). */
   mapping: DmaMapping | undefined;
-  readonly buffer: ArrayBuffer;
+  /** What free() gives back: undefined once freed. */
+  owned: DmaMapping | undefined;
+  /** The CPU's view; undefined for memory without one (an imported dma-buf). */
+  readonly buffer: ArrayBuffer | undefined;
+  /** Why the memory may no longer be used although it was not freed (its exporter revoked it). */
+  error?: Error;
 }
 
 /** Something that may make the controller reach DMA memory: an I/O queue with commands outstanding. */
@@ -88,11 +98,11 @@ export function deferredCount(backend: Backend): number {
   return perBackend.get(backend)?.deferred.size ?? 0;
 }
 
-/** Passed by region() only: makes the constructor wrap shared memory instead of allocating. */
-interface RegionOf {
-  readonly shared: Shared;
-  readonly base: number;
-}
+/**
+ * Passed by region() and importDmaBuf() only: makes the constructor wrap shared memory, or a
+ * mapping made already, instead of allocating.
+ */
+type Source = { readonly shared: Shared; readonly base: number } | { readonly mapping: DmaMapping };
 
 export class DmaBuffer {
   /** Usable bytes: whole 4 KiB pages for a buffer, exactly the length asked for a region. */
@@ -102,39 +112,78 @@ export class DmaBuffer {
   readonly #backend: Backend;
   readonly #shared: Shared;
   readonly #owner: boolean;
-  readonly #bytes: Uint8Array;
-  readonly #u32: Uint32Array;
+  readonly #bytes: Uint8Array | undefined;
+  readonly #u32: Uint32Array | undefined;
 
-  constructor(backend: Backend, size: number, opts: DmaOptions = {}, regionOf?: RegionOf) {
+  constructor(backend: Backend, size: number, opts: DmaOptions = {}, from?: Source) {
     if (!Number.isInteger(size) || size <= 0) throw new InvalidArgumentError(`DMA buffer size must be a positive integer, got ${size}`);
     this.#backend = backend;
-    if (regionOf) {
-      this.#shared = regionOf.shared;
+    if (from && "shared" in from) {
+      this.#shared = from.shared;
       this.#owner = false;
-      this.base = regionOf.base;
+      this.base = from.base;
       this.size = size;
     } else {
-      const mapping = backend.allocDma(size, opts);
-      const shared: Shared = { mapping, buffer: toArrayBuffer(mapping.vaddr, 0, mapping.size) };
+      const mapping = from ? from.mapping : backend.allocDma(size, opts);
+      const buffer = mapping.vaddr === null ? undefined : toArrayBuffer(mapping.vaddr, 0, mapping.size);
+      const shared: Shared = { mapping, owned: mapping, buffer };
       // The backend may unmap this memory itself (close()); detach the views first.
       mapping.revoke = () => detach(shared);
+      mapping.invalidate = (err) => {
+        shared.error = err;
+        shared.mapping = undefined;
+      };
       this.#shared = shared;
       this.#owner = true;
       this.base = 0;
       this.size = mapping.size;
     }
-    this.#bytes = new Uint8Array(this.#shared.buffer, this.base, this.size);
-    this.#u32 = new Uint32Array(this.#shared.buffer, this.base, Math.floor(this.size / 4));
+    const buffer = this.#shared.buffer;
+    this.#bytes = buffer && new Uint8Array(buffer, this.base, this.size);
+    this.#u32 = buffer && new Uint32Array(buffer, this.base, Math.floor(this.size / 4));
+  }
+
+  /**
+   * Import [offset, offset + size) of the dma-buf `fd` through `backend` (Backend.importDmaBuf): a
+   * buffer of device memory with bus addresses and no CPU view. Controller.mapDmaBuf() checks the
+   * arguments first.
+   */
+  static importDmaBuf(backend: Backend, fd: number, offset: number, size?: number): DmaBuffer {
+    const mapping = backend.importDmaBuf(fd, offset, size);
+    return new DmaBuffer(backend, mapping.size, {}, { mapping });
   }
 
   get freed(): boolean {
-    return this.#shared.mapping === undefined;
+    return this.#shared.owned === undefined;
+  }
+
+  /** Where the memory came from when it was imported from a dma-buf (undefined otherwise). */
+  get dmaBuf(): DmaBufImport | undefined {
+    return this.#shared.owned?.dmaBuf;
+  }
+
+  /**
+   * Why commands may no longer use this memory although it was not freed: set when the exporter
+   * of an imported dma-buf revoked it (a DmaBufRevokedError); undefined otherwise.
+   */
+  get revokedError(): Error | undefined {
+    return this.#shared.error;
   }
 
   #live(): DmaMapping {
     const m = this.#shared.mapping;
-    if (!m) throw new ClosedError("this DMA buffer was freed (or its controller closed); allocate a new one");
+    if (!m) throw this.#shared.error ?? new ClosedError("this DMA buffer was freed (or its controller closed); allocate a new one");
     return m;
+  }
+
+  /** What the CPU view getters throw for memory without one. */
+  #noCpuView(what: string): NoCpuViewError {
+    const d = this.dmaBuf;
+    const from = d ? `imported from dma-buf fd ${d.fd} (exporter ${d.exporter})` : "without CPU memory";
+    return new NoCpuViewError(
+      `${what}: this buffer is device memory ${from}, with no CPU view in this process. Copy it through a host buffer ` +
+        `(ns.write() it to the drive and ns.read() the blocks into an allocBuffer(), or the other way round), or use the exporter's own API (mmap of its memfd or dma-buf, cuMemcpy)`,
+    );
   }
 
   /** True when the controller behind `backend` can reach this memory. */
@@ -142,20 +191,24 @@ export class DmaBuffer {
     return this.#backend === backend;
   }
 
-  /** Host address of the first byte, for native calls. */
+  /** Host address of the first byte, for native calls. NoCpuViewError for an imported dma-buf. */
   get pointer(): Pointer {
-    return (Number(this.#live().vaddr) + this.base) as Pointer;
+    const vaddr = this.#live().vaddr;
+    if (vaddr === null) throw this.#noCpuView("pointer");
+    return (Number(vaddr) + this.base) as Pointer;
   }
 
-  /** Byte view over the buffer (no copy). */
+  /** Byte view over the buffer (no copy). NoCpuViewError for an imported dma-buf. */
   get bytes(): Uint8Array {
     this.#live();
+    if (this.#bytes === undefined) throw this.#noCpuView("bytes");
     return this.#bytes;
   }
 
   /** Dword view over the buffer (no copy); SQ/CQ rings and PRP lists are written through it. */
   get u32(): Uint32Array {
     this.#live();
+    if (this.#u32 === undefined) throw this.#noCpuView("u32");
     return this.#u32;
   }
 
@@ -222,11 +275,13 @@ export class DmaBuffer {
 }
 
 function detach(shared: Shared): DmaMapping | undefined {
-  const m = shared.mapping;
+  const m = shared.owned;
   if (!m) return undefined;
+  shared.owned = undefined;
   shared.mapping = undefined;
   m.revoke = undefined;
+  m.invalidate = undefined;
   // Every view over the external memory (regions' too) becomes empty before it is unmapped.
-  shared.buffer.transfer(0);
+  shared.buffer?.transfer(0);
   return m;
 }

@@ -14,7 +14,10 @@ export type NvmeErrorCode =
   | "ERR_NVME_PERMISSION"
   | "ERR_NVME_CLOSED"
   | "ERR_NVME_PARSE"
-  | "ERR_NVME_BUSY";
+  | "ERR_NVME_BUSY"
+  | "ERR_NVME_UNSUPPORTED"
+  | "ERR_NVME_NO_CPU_VIEW"
+  | "ERR_NVME_DMABUF_REVOKED";
 
 export abstract class NvmeError extends Error {
   abstract readonly code: NvmeErrorCode;
@@ -166,4 +169,24 @@ export class ControllerBusyError extends NvmeError {
   ) {
     super(message);
   }
+}
+
+/**
+ * A DMA buffer without CPU memory (one imported from a dma-buf: its memory is its exporter's, a
+ * GPU's for instance) was asked for a CPU view (bytes, u32, pointer). Nothing was read or written.
+ */
+export class NoCpuViewError extends NvmeError {
+  override readonly name = "NoCpuViewError";
+  readonly code = "ERR_NVME_NO_CPU_VIEW" as const;
+}
+
+/**
+ * The exporter of an imported dma-buf took its memory back (revoked the import, e.g. on a GPU
+ * reset): the kernel stopped the controller before it let the memory go. Commands that used the
+ * buffer failed with this error (whether their data moved is unknown), and the buffer refuses
+ * every new one; other buffers work again once the controller was reset.
+ */
+export class DmaBufRevokedError extends NvmeError {
+  override readonly name = "DmaBufRevokedError";
+  readonly code = "ERR_NVME_DMABUF_REVOKED" as const;
 }

@@ -1,5 +1,5 @@
 /** libnvm: a userspace NVM Express driver library for Bun. */
-export { Controller, readRegisters, type ControllerOptions, type RegisterSnapshot } from "./controller.ts";
+export { Controller, readRegisters, type ControllerOptions, type MapDmaBufOptions, type RegisterSnapshot } from "./controller.ts";
 export { DmaBuffer } from "./dma.ts";
 export { buildPrp, prpListPages, PRP_PAGE_SIZE, type PrpPair } from "./prp.ts";
 export { QueuePair, SubmissionQueue, CompletionQueue, type Completion, type ExecOptions } from "./queue.ts";
@@ -7,7 +7,7 @@ export { SysfsBackend } from "./backends/sysfs.ts";
 export { VfioBackend } from "./backends/vfio.ts";
 export { DisnvmBackend, disnvmIsolation, type DisnvmInfo } from "./backends/disnvm.ts";
 export { resolveController, createBackend, type BackendChoice, type ResolvedController } from "./backends/index.ts";
-export type { Backend, BackendKind, DmaMapping, DmaOptions } from "./backends/types.ts";
+export type { Backend, BackendKind, DmaBufImport, DmaMapping, DmaOptions } from "./backends/types.ts";
 export { parseBdf, findPciDevice, PCI_CLASS_NVME, type PciDevice } from "./pci.ts";
 export { native, setNativeLibraryPath, type NativeLib } from "./native.ts";
 export * from "./errors.ts";

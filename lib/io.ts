@@ -28,7 +28,7 @@ import { prpListPages, writePrp, writePrpPair } from "./prp.ts";
 import { buildSgl, sglListPages, sglSupport } from "./sgl.ts";
 import { CompletionQueue, SubmissionQueue } from "./queue.ts";
 import { commandName, hi32, lo32 } from "./spec/commands.ts";
-import { CSTS_CFS, REG_ALL_ONES, REG_CSTS, cqHeadDoorbell, sqTailDoorbell } from "./spec/registers.ts";
+import { CSTS_CFS, CSTS_RDY, REG_ALL_ONES, REG_CSTS, cqHeadDoorbell, sqTailDoorbell } from "./spec/registers.ts";
 import { encodeStatus, SC_ABORT_REQUESTED, SC_ABORTED_BY_HOST, SC_SQ_DELETION, SCT_GENERIC, SCT_PATH } from "./spec/status.ts";
 
 // Constants of the hot path are const enums: Bun inlines their values, while a module-level
@@ -235,6 +235,13 @@ export interface IoQueueContext {
   readonly onStuck: (q: IoQueue, cid: number) => void;
   /** CSTS.CFS or a vanished device seen while polling: the owner resets the controller (or fails the queue). */
   readonly onFatal: (q: IoQueue, err: ControllerFatalError) => void;
+  /**
+   * CSTS.RDY found 0 while polling: the controller was disabled under the owner (the disnvm module
+   * does that when the exporter of an imported dma-buf revokes it), so nothing outstanding will
+   * complete. The owner finds out why and resets it. Optional: a queue without it keeps waiting
+   * for its deadlines.
+   */
+  readonly onDisabled?: (q: IoQueue) => void;
   /** Set for a queue lent to another thread (worker.ts): the owner's resets reach it through this. */
   readonly lease?: LeaseGate;
 }
@@ -308,8 +315,8 @@ export class IoQueue implements DmaUser {
   private expiredCount = 0;
   /** Set when the controller failed: nothing more is posted on this queue. */
   private fatal: Error | undefined;
-  /** Why the last synchronous command failed without a status (status -2). */
-  #syncError: Error | undefined;
+  /** Why a synchronous command failed without a status (status -2), by CID. */
+  readonly #cidError: (Error | undefined)[];
   #ringPending = false;
   /**
    * performance.now() of the first command posted since the last submit(): every command of a
@@ -370,6 +377,7 @@ export class IoQueue implements DmaUser {
     this.cidBuf = new Array<DmaBuffer | undefined>(depth).fill(undefined);
     this.#resolve = new Array(depth).fill(undefined);
     this.#reject = new Array(depth).fill(undefined);
+    this.#cidError = new Array(depth).fill(undefined);
     addDmaUser(ctx.backend, this);
   }
 
@@ -559,6 +567,8 @@ export class IoQueue implements DmaUser {
 
   #checkBuffer(buf: DmaBuffer, offset: number, bytes: number): void {
     if (buf.freed) throw new ClosedError("the data buffer was freed; allocate a new one");
+    const revoked = buf.revokedError;
+    if (revoked) throw revoked;
     if (!buf.belongsTo(this.backend)) {
       throw new InvalidArgumentError("the data buffer belongs to another controller: allocate it with this controller's allocBuffer()");
     }
@@ -712,7 +722,10 @@ export class IoQueue implements DmaUser {
 
   #checkController(): void {
     const csts = native().nvm_read32(this.#ctx.backend.bar0, REG_CSTS);
-    if (csts !== REG_ALL_ONES && (csts & CSTS_CFS) === 0) return;
+    if (csts !== REG_ALL_ONES && (csts & CSTS_CFS) === 0) {
+      if ((csts & CSTS_RDY) === 0 && this.inflight > 0) this.#ctx.onDisabled?.(this);
+      return;
+    }
     const err = new ControllerFatalError(
       csts === REG_ALL_ONES
         ? `${this.#ctx.backend.name}: controller registers read all ones: the device is gone`
@@ -735,22 +748,47 @@ export class IoQueue implements DmaUser {
    * throw it, handlers get `handlerStatus`.
    */
   #settleAll(err: Error, handlerStatus: number): void {
-    this.#syncError = err;
+    for (let cid = 0; cid < this.depth; cid++) {
+      const st = this.cidState[cid];
+      if (st === State.INFLIGHT || st === State.EXPIRED) this.#settle(cid, err, handlerStatus);
+    }
+    this.expiredCount = 0;
+  }
+
+  /** Settle posted command `cid` without a completion: promises reject, sync callers throw `err`. */
+  #settle(cid: number, err: Error, handlerStatus: number): void {
+    if (this.cidState[cid] === State.EXPIRED) this.expiredCount--;
+    this.freeCid(cid);
+    this.inflight--;
+    const mode = this.cidMode[cid];
+    if (mode === Mode.PROMISE) {
+      const reject = this.#reject[cid]!;
+      this.#resolve[cid] = undefined;
+      this.#reject[cid] = undefined;
+      reject(err);
+    } else if (mode === Mode.SYNC) {
+      this.cidStatus[cid] = -2;
+      this.#cidError[cid] = err;
+    } else this.onComplete?.(cid, handlerStatus, 0);
+  }
+
+  /**
+   * @internal The controller is stopped (disabled, bus mastering cleared): settle each posted
+   * command whose data buffer was revoked by its exporter with the buffer's own error
+   * (DmaBufRevokedError; handlers get Command Aborted By Host). Returns how many. The owner's
+   * reset settles the rest.
+   */
+  settleRevoked(): number {
+    let n = 0;
     for (let cid = 0; cid < this.depth; cid++) {
       const st = this.cidState[cid];
       if (st !== State.INFLIGHT && st !== State.EXPIRED) continue;
-      this.freeCid(cid);
-      this.inflight--;
-      const mode = this.cidMode[cid];
-      if (mode === Mode.PROMISE) {
-        const reject = this.#reject[cid]!;
-        this.#resolve[cid] = undefined;
-        this.#reject[cid] = undefined;
-        reject(err);
-      } else if (mode === Mode.SYNC) this.cidStatus[cid] = -2;
-      else this.onComplete?.(cid, handlerStatus, 0);
+      const err = this.cidBuf[cid]?.revokedError;
+      if (err === undefined) continue;
+      this.#settle(cid, err, STATUS_ABORTED_BY_HOST);
+      n++;
     }
-    this.expiredCount = 0;
+    return n;
   }
 
   /**
@@ -840,7 +878,11 @@ export class IoQueue implements DmaUser {
       }
     }
     const status = this.cidStatus[cid]!;
-    if (status === -2) throw this.#syncError!;
+    if (status === -2) {
+      const err = this.#cidError[cid]!;
+      this.#cidError[cid] = undefined;
+      throw err;
+    }
     if (expired && status === STATUS_ABORT_REQUESTED) throw this.#abortedError(cid, status);
     if (status !== 0) throw this.#statusError(cid, status);
     return this.cidDw0[cid]!;

@@ -32,7 +32,7 @@
  * made, in this process.
  */
 import type { Pointer } from "bun:ffi";
-import { ClosedError, InvalidArgumentError } from "./errors.ts";
+import { ClosedError, InvalidArgumentError, UnsupportedError } from "./errors.ts";
 import { exportedMemory, LEASE_BYTES, LeaseClient } from "./lease.ts";
 import { HOST_PAGE_SIZE, type Backend, type BackendKind, type DmaMapping, type DmaOptions } from "./backends/types.ts";
 import type { Controller } from "./controller.ts";
@@ -98,6 +98,14 @@ const MAX_QUEUE_ENTRIES = 0x10000;
 
 function shareMapping(buf: DmaBuffer, what: string): SharedMapping {
   if (buf.freed) throw new InvalidArgumentError(`${what} was freed: export live memory only`);
+  const d = buf.dmaBuf;
+  if (d) {
+    // The Worker's side describes memory by its CPU address, and revocation is the owner's to
+    // handle (it resets the controller): an import stays with the owner thread.
+    throw new InvalidArgumentError(
+      `${what} was imported from dma-buf fd ${d.fd} (exporter ${d.exporter}): it has no CPU address to share and its revocation is handled by the owner, so a Worker cannot use it; send the commands on it from the owner thread`,
+    );
+  }
   const iova = buf.iova;
   // A region (even one at offset 0) covers less than its mapping; every backend describes each
   // page of a mapping it made, so a whole buffer has exactly a bus address pair per page.
@@ -314,6 +322,10 @@ class SharedBackend implements Backend {
   freeDma(m: DmaMapping): void {
     if (!this.#live.delete(m)) return;
     m.revoke?.();
+  }
+
+  importDmaBuf(_fd: number, _offset: number, _size?: number): DmaMapping {
+    throw new UnsupportedError("a Worker cannot import a dma-buf: import it with ctrl.mapDmaBuf() in the owner thread and send the commands on it there");
   }
 
   setBusMaster(_enabled: boolean): void {

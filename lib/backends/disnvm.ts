@@ -8,33 +8,47 @@
  * otherwise only a process with CAP_SYS_RAWIO, since the controller could then reach any memory
  * (disnvmIsolation() says which case holds, and why).
  *
+ * dma-bufs (importDmaBuf): the module attaches another driver's exported memory (a GPU's, udmabuf's)
+ * to the controller and maps it, so the controller reaches it directly, through the IOMMU when one
+ * translates. If the exporter revokes it, the module stops the controller first; takeRevokedDmaBufs()
+ * then finds it, invalidates it and gives it back, and the owner resets the controller.
+ *
  * Release: close() unmaps BAR0 and closes the node; the module's release then shuts the controller
- * down, disables it, clears bus mastering and unpins everything, and only after that is the memory
- * freed. If the process dies, SIGKILL included, the kernel runs the same release.
- * The uapi is c/include/disnvm_ioctl.h; the module's README is module/README.md.
+ * down, disables it, clears bus mastering, unpins everything and detaches every import, and only
+ * after that is the memory freed. If the process dies, SIGKILL included, the kernel runs the same
+ * release. The uapi is c/include/disnvm_ioctl.h; the module's README is module/README.md.
  */
 import type { Pointer } from "bun:ffi";
 import { toArrayBuffer } from "bun:ffi";
 import { existsSync, readdirSync, readFileSync, readlinkSync, statSync } from "node:fs";
 import { basename, join } from "node:path";
-import { ControllerBusyError, DeviceError, NativeError, PermissionError } from "../errors.ts";
+import { ControllerBusyError, DeviceError, DmaBufRevokedError, InvalidArgumentError, NativeError, PermissionError } from "../errors.ts";
 import { check, checkPtr, cstr, native } from "../native.ts";
 import { findPciDevice, PCI_CLASS_NVME, SYSFS_PCI_DEVICES, type PciDevice } from "../pci.ts";
 import { BAR0_MIN_SIZE } from "../spec/registers.ts";
 import { allocHostPages, DMA_NOLOCK, freeLive, isContiguous, memlockError } from "./dma-common.ts";
+import { dmaBufRange, inspectDmaBuf } from "./dmabuf.ts";
 import { HugepageReservation } from "./hugepage-reserve.ts";
 import { HOST_PAGE_SIZE, type Backend, type DmaMapping, type DmaOptions } from "./types.ts";
 
 /** c/include/disnvm_ioctl.h */
 const INFO_DWORDS = 32;
-const DISNVM_ABI_VERSION = 2;
+const DISNVM_ABI_VERSION = 3;
 const INFO_CUDA = 1;
 const INFO_DMA_64BIT = 2;
 const INFO_ISOLATED = 4;
+const INFO_DMABUF = 8;
+/** DISNVM_MAX_MAP_SIZE: the largest single mapping or import. */
+const MAX_MAP_SIZE = 1 << 30;
+/** DISNVM_DMABUF_REVOKED */
+const DMABUF_REVOKED = 1;
 
 const TWO32 = 0x1_0000_0000;
 const EPERM = 1;
 const ENOENT = 2;
+const EIO = 5;
+const EBADF = 9;
+const EAGAIN = 11;
 const E2BIG = 7;
 const ENOMEM = 12;
 const EACCES = 13;
@@ -45,11 +59,18 @@ const EXDEV = 18;
 const ENODEV = 19;
 const EINVAL = 22;
 const ENOTTY = 25;
+const ERANGE = 34;
 const EOPNOTSUPP = 95;
+const ESTALE = 116;
 
 const ERRNO_NAMES: Record<number, string> = {
   [EPERM]: "EPERM",
   [ENOENT]: "ENOENT",
+  [EIO]: "EIO",
+  [EBADF]: "EBADF",
+  [EAGAIN]: "EAGAIN",
+  [ERANGE]: "ERANGE",
+  [ESTALE]: "ESTALE",
   [E2BIG]: "E2BIG",
   [ENOMEM]: "ENOMEM",
   [EACCES]: "EACCES",
@@ -86,12 +107,27 @@ export interface DisnvmInfo {
   readonly pinnedPages: number;
   /** 4 KiB pages pinned through this backend's file. */
   readonly filePinnedPages: number;
-  /** Live DMA mappings of this backend's file. */
+  /** Live DMA mappings of this backend's file, dma-buf imports included. */
   readonly fileMappings: number;
+  /** DISNVM_IOC_MAP_DMABUF is there (the kernel has dma-buf support). */
+  readonly dmaBuf: boolean;
+  /** Live dma-buf imports of this backend's file. */
+  readonly fileDmaBufs: number;
+  /** 4 KiB pages imported through this backend's file (not counted in pinnedPages). */
+  readonly fileDmaBufPages: number;
+  /** Imports of this backend's file their exporter revoked and that are not unmapped yet. */
+  readonly fileRevoked: number;
+  /** Live dma-buf imports on this controller, by any open file. */
+  readonly dmaBufs: number;
 }
 
 interface Allocation extends DmaMapping {
+  /** nvm_dma_alloc flags of host memory; 0 for an import. */
   readonly flags: number;
+  /** The module's handle of a dma-buf import; 0 for host memory. */
+  readonly handle: number;
+  /** A revoked import already given back to the module: freeDma() only forgets it. */
+  released?: boolean;
 }
 
 /** The PCI address behind /dev/disnvmN, from sysfs (/sys/class/misc/disnvmN/device), if bound. */
@@ -316,6 +352,11 @@ export class DisnvmBackend implements Backend {
         pinnedPages: u64(6),
         filePinnedPages: u64(7),
         fileMappings: u64(8),
+        dmaBuf: (flags & INFO_DMABUF) !== 0,
+        fileDmaBufs: u64(9),
+        fileDmaBufPages: u64(10),
+        fileRevoked: u64(11),
+        dmaBufs: u64(12),
       };
     } finally {
       n.nvm_host_free(out);
@@ -339,7 +380,7 @@ export class DisnvmBackend implements Backend {
       }
       const iova = new Uint32Array(toArrayBuffer(out, 0, pages * 8).slice(0));
       const contiguous = isContiguous(iova);
-      const a: Allocation = { vaddr, size: bytes, iova, contiguous, flags };
+      const a: Allocation = { vaddr, size: bytes, iova, contiguous, flags, handle: 0 };
       if (opts.contiguous && !contiguous) {
         this.#release(a);
         throw new DeviceError(`could not get ${size} bus-contiguous bytes`);
@@ -375,6 +416,134 @@ export class DisnvmBackend implements Backend {
     return new NativeError(`${this.name}: DISNVM_IOC_MAP_HOST of ${bytes} bytes failed: ${errName(errno)}`, errno, "DISNVM_IOC_MAP_HOST", this.name);
   }
 
+  /**
+   * DISNVM_IOC_MAP_DMABUF: attach the dma-buf `fd` to the controller and map [offset, offset + size)
+   * of it (to its end without `size`). The fd is checked first (open, a dma-buf, the range inside
+   * it), so each mistake gets its own InvalidArgumentError; the module checks again.
+   */
+  importDmaBuf(fd: number, offset: number, size?: number): DmaMapping {
+    if (this.#closed) throw new DeviceError(`${this.name} is closed`);
+    const file = inspectDmaBuf(fd);
+    const bytes = dmaBufRange(fd, file, offset, size, MAX_MAP_SIZE);
+    const pages = bytes / HOST_PAGE_SIZE;
+    const n = native();
+    const addrs = checkPtr(n.nvm_host_alloc(pages * 8), "nvm_host_alloc");
+    const out = checkPtr(n.nvm_host_alloc(16), "nvm_host_alloc");
+    try {
+      const rc = n.nvm_disnvm_map_dmabuf(this.#fd, fd, offset % TWO32, Math.floor(offset / TWO32), bytes, addrs, out);
+      if (rc < 0) throw this.#importError(-rc, fd, file.exporter, offset, bytes);
+      const o = new Uint32Array(toArrayBuffer(out, 0, 16));
+      const handle = o[0]! + o[1]! * TWO32;
+      const iova = new Uint32Array(toArrayBuffer(addrs, 0, pages * 8).slice(0));
+      const a: Allocation = {
+        vaddr: null,
+        size: bytes,
+        iova,
+        contiguous: isContiguous(iova),
+        flags: 0,
+        handle,
+        dmaBuf: { fd, offset, bufferSize: o[2]! + o[3]! * TWO32, exporter: file.exporter, handle },
+      };
+      this.#live.add(a);
+      return a;
+    } finally {
+      n.nvm_host_free(out);
+      n.nvm_host_free(addrs);
+    }
+  }
+
+  /** The typed error for DISNVM_IOC_MAP_DMABUF of dma-buf `fd` failing with `errno`. */
+  #importError(errno: number, fd: number, exporter: string, offset: number, bytes: number): Error {
+    const call = `DISNVM_IOC_MAP_DMABUF: ${errName(errno)}`;
+    const what = `dma-buf fd ${fd} (exporter ${exporter}, ${bytes} bytes at offset ${offset})`;
+    switch (errno) {
+      case EBADF:
+        return new InvalidArgumentError(`fd ${fd} is not open in this process (${call}): pass the dma-buf's file descriptor`);
+      case EINVAL:
+        return new InvalidArgumentError(`${this.name} refused ${what} (${call}): fd ${fd} is not a dma-buf, or the range is not whole 4 KiB pages`);
+      case ERANGE:
+        return new InvalidArgumentError(`${what} runs past the end of the dma-buf (${call})`);
+      case E2BIG:
+        return new InvalidArgumentError(`${what}: over the largest import of ${MAX_MAP_SIZE} bytes (${call}): import it in parts`);
+      case ENODEV:
+        return new DeviceError(`${this.name}: the controller was unbound from disnvm; open it again after binding`);
+      case EPERM: {
+        const iso = this.bdf ? disnvmIsolation(this.bdf) : undefined;
+        if (iso && !iso.isolated) {
+          return new PermissionError(`${this.name}: the disnvm module no longer lets this process map memory without CAP_SYS_RAWIO (${call}): ${iso.why}; ${RAWIO_FIX}`);
+        }
+        return new PermissionError(`${this.name}: only the process that opened the node may import through it (${call}): open it in this process`);
+      }
+      case EXDEV:
+        return new DeviceError(
+          `${this.name}: cannot import ${what} (${call}): the exporter's mapping for the controller is bounced through swiotlb, not cache-coherent, ` +
+            `or not in the controller's IOMMU domain (the kernel log says which); the controller could not reach that memory directly`,
+        );
+      case EIO:
+        return new DeviceError(`${this.name}: cannot import ${what} (${call}): the exporter mapped it in pieces that are not whole 4 KiB pages`);
+      case EAGAIN:
+        return new DeviceError(`${this.name}: the exporter revoked ${what} while it was being imported (${call}): import it again`);
+      case EBUSY:
+        return new DeviceError(`${this.name}: the exporter cannot place ${what} where the controller reaches it (${call}): it refused the attachment`);
+      case EOPNOTSUPP:
+        return new DeviceError(`${this.name}: this kernel has no dma-buf support (CONFIG_DMA_SHARED_BUFFER), so the disnvm module cannot import ${what} (${call})`);
+      case ENOMEM:
+        return new NativeError(`${this.name}: out of kernel memory importing ${what} (${call})`, errno, "DISNVM_IOC_MAP_DMABUF", this.name);
+      default:
+        return new NativeError(`${this.name}: importing ${what} failed (${call})`, errno, "DISNVM_IOC_MAP_DMABUF", this.name);
+    }
+  }
+
+  /**
+   * Imports their exporter revoked (DISNVM_IOC_DMABUF_STATUS), each invalidated with a
+   * DmaBufRevokedError and unmapped (DISNVM_IOC_UNMAP): the module stopped the controller (CC.EN = 0,
+   * bus mastering cleared) before it let the exporter take the memory, and refuses to set bus
+   * mastering again until every revoked import is unmapped. One DISNVM_IOC_INFO when none is.
+   */
+  takeRevokedDmaBufs(): DmaMapping[] {
+    if (this.#closed) return [];
+    let any = false;
+    for (const a of this.#live) if (a.handle !== 0 && !a.released) any = true;
+    if (!any || this.#readInfo().fileRevoked === 0) return [];
+    const n = native();
+    const out: Allocation[] = [];
+    const flags = checkPtr(n.nvm_host_alloc(8), "nvm_host_alloc");
+    try {
+      for (const a of this.#live) {
+        if (a.handle === 0 || a.released) continue;
+        const lo = a.handle % TWO32;
+        const hi = Math.floor(a.handle / TWO32);
+        check(n.nvm_disnvm_dmabuf_status(this.#fd, lo, hi, flags), "DISNVM_IOC_DMABUF_STATUS", this.name);
+        if ((new Uint32Array(toArrayBuffer(flags, 0, 8))[0]! & DMABUF_REVOKED) === 0) continue;
+        a.released = true;
+        check(n.nvm_disnvm_unmap_dmabuf(this.#fd, lo, hi), "DISNVM_IOC_UNMAP", this.name);
+        const d = a.dmaBuf!;
+        a.invalidate?.(
+          new DmaBufRevokedError(
+            `dma-buf fd ${d.fd} (exporter ${d.exporter}, ${a.size} bytes at offset ${d.offset}) was revoked by its exporter: the disnvm module stopped ` +
+              `${this.name} before the memory moved, so commands on it ended without a result (their data may or may not have moved). Free this buffer; ` +
+              `import the dma-buf again once its exporter has it back (the controller is reset, other buffers work)`,
+          ),
+        );
+        out.push(a);
+      }
+    } finally {
+      n.nvm_host_free(flags);
+    }
+    return out;
+  }
+
+  /**
+   * Test hook: DISNVM_IOC_REVOKE_DMABUF makes the module revoke the import `handle` exactly as an
+   * exporter's move_notify would (needs CAP_SYS_ADMIN): for exporters that never revoke (udmabuf).
+   */
+  revokeDmaBuf(handle: number): void {
+    if (this.#closed) throw new DeviceError(`${this.name} is closed`);
+    const rc = native().nvm_disnvm_revoke_dmabuf(this.#fd, handle % TWO32, Math.floor(handle / TWO32));
+    if (rc === -EPERM) throw new PermissionError(`${this.name}: DISNVM_IOC_REVOKE_DMABUF is a test hook for root (CAP_SYS_ADMIN)`);
+    if (rc < 0) throw new NativeError(`${this.name}: DISNVM_IOC_REVOKE_DMABUF of import ${handle} failed: ${errName(-rc)}`, -rc, "DISNVM_IOC_REVOKE_DMABUF", this.name);
+  }
+
   freeDma(mapping: DmaMapping): void {
     freeLive(this.#live, mapping, (a) => this.#release(a));
   }
@@ -382,6 +551,15 @@ export class DisnvmBackend implements Backend {
   /** DISNVM_IOC_UNMAP, then give the memory back. The memory goes even if the unmap failed. */
   #release(a: Allocation): void {
     const n = native();
+    if (a.vaddr === null) {
+      // An import: the exporter's memory, nothing of ours to free.
+      if (a.released) return;
+      const rc = n.nvm_disnvm_unmap_dmabuf(this.#fd, a.handle % TWO32, Math.floor(a.handle / TWO32));
+      if (rc < 0 && -rc !== ENODEV) {
+        throw new NativeError(`${this.name}: DISNVM_IOC_UNMAP of dma-buf import ${a.handle} failed: ${errName(-rc)}`, -rc, "DISNVM_IOC_UNMAP", this.name);
+      }
+      return;
+    }
     const rc = n.nvm_disnvm_unmap(this.#fd, a.vaddr);
     check(n.nvm_dma_free(a.vaddr, a.size, a.flags), "nvm_dma_free");
     // ENODEV: the device was unbound and the module already released the mapping.
@@ -395,6 +573,11 @@ export class DisnvmBackend implements Backend {
     if (this.#closed) throw new DeviceError(`${this.name} is closed`);
     const rc = native().nvm_disnvm_bus_master(this.#fd, enabled ? 1 : 0);
     if (rc === -ENODEV) throw new DeviceError(`${this.name}: the controller was unbound from disnvm; bus mastering went with it`);
+    if (rc === -ESTALE) {
+      throw new DeviceError(
+        `${this.name}: the disnvm module keeps bus mastering off while an import its exporter revoked is still mapped (the controller may hold its old addresses): takeRevokedDmaBufs() or reset() gives it back first`,
+      );
+    }
     if (rc < 0) throw new NativeError(`${this.name}: DISNVM_IOC_BUS_MASTER ${enabled ? "set" : "clear"} failed: ${errName(-rc)}`, -rc, "DISNVM_IOC_BUS_MASTER", this.name);
   }
 
@@ -412,7 +595,8 @@ export class DisnvmBackend implements Backend {
     // mapping before any of the memory goes back to the system.
     n.nvm_unmap(this.bar0, this.bar0Size);
     n.nvm_disnvm_close(this.#fd);
-    for (const a of this.#live) n.nvm_dma_free(a.vaddr, a.size, a.flags);
+    // Imports are the exporters' memory: the release detached them, nothing to free here.
+    for (const a of this.#live) if (a.vaddr !== null) n.nvm_dma_free(a.vaddr, a.size, a.flags);
     this.#live.clear();
     this.#reservation.release();
   }

@@ -13,6 +13,7 @@ import { checkPtr, cstr, native } from "../native.ts";
 import { configRead, configWrite, enableBusMaster, findPciDevice, hasCapSysAdmin, parseBdf, PCI_COMMAND, PCI_COMMAND_MASTER, type PciDevice } from "../pci.ts";
 import { BAR0_MIN_SIZE, CSTS_RDY, REG_ALL_ONES, REG_CSTS } from "../spec/registers.ts";
 import { freeLive } from "./dma-common.ts";
+import { dmaBufUnsupported } from "./dmabuf.ts";
 import { HugepagePool } from "./hugepages.ts";
 import { HugetlbProvider } from "./hugetlb.ts";
 import type { Backend, DmaMapping, DmaOptions } from "./types.ts";
@@ -77,6 +78,11 @@ export class SysfsBackend implements Backend {
     const a = this.#pool.alloc(size, opts.contiguous === true);
     this.#live.add(a);
     return a;
+  }
+
+  /** Physical addresses of this process's own pages are all sysfs has: UnsupportedError naming the disnvm module. */
+  importDmaBuf(_fd: number, _offset: number, _size?: number): DmaMapping {
+    throw dmaBufUnsupported("sysfs");
   }
 
   freeDma(mapping: DmaMapping): void {

@@ -6,10 +6,27 @@ import type { Pointer } from "bun:ffi";
 
 export type BackendKind = "sysfs" | "vfio" | "disnvm";
 
+/** What an imported dma-buf mapping (Backend.importDmaBuf) came from. */
+export interface DmaBufImport {
+  /** The dma-buf's file descriptor when it was imported (the import keeps the buffer alive by itself). */
+  readonly fd: number;
+  /** Byte offset of the imported range in the dma-buf. */
+  readonly offset: number;
+  /** Bytes of the whole dma-buf. */
+  readonly bufferSize: number;
+  /** The exporter's name (exp_name in /proc/self/fdinfo: "udmabuf", "system", a GPU driver's). */
+  readonly exporter: string;
+  /** How the backend names the import (disnvm: the module's handle). */
+  readonly handle: number;
+}
+
 /** Memory the controller can reach by DMA. Owned by the backend that made it. */
 export interface DmaMapping {
-  /** Host virtual address of the first byte. */
-  readonly vaddr: Pointer;
+  /**
+   * Host virtual address of the first byte; null for memory this process has no CPU view of (a
+   * dma-buf imported with Backend.importDmaBuf).
+   */
+  readonly vaddr: Pointer | null;
   /** Usable bytes (the request rounded up to whole 4 KiB pages). */
   readonly size: number;
   /** Bus address of each 4 KiB page as (lo, hi) pairs: page i at [2i], [2i+1]. */
@@ -21,6 +38,14 @@ export interface DmaMapping {
    * close()), so no view outlives the mapping: a view into unmapped memory would crash the process.
    */
   revoke?: () => void;
+  /** Set for a mapping imported from a dma-buf. */
+  readonly dmaBuf?: DmaBufImport;
+  /**
+   * Set by the owner of the mapping's users (DmaBuffer); the backend calls it when the exporter of an
+   * imported dma-buf revoked it: nothing may point the controller at the memory any more, and `err`
+   * is what every use of it fails with from then on.
+   */
+  invalidate?: (err: Error) => void;
 }
 
 export interface DmaOptions {
@@ -38,6 +63,21 @@ export interface Backend {
   readonly bar0: Pointer;
   readonly bar0Size: number;
   allocDma(size: number, opts?: DmaOptions): DmaMapping;
+  /**
+   * Import [offset, offset + size) of the dma-buf `fd` (to its end when `size` is undefined) as
+   * memory the controller reaches: bus addresses per 4 KiB page, no CPU view (vaddr null). The
+   * arguments are integers, offset and size multiples of 4 KiB (Controller.mapDmaBuf checks that);
+   * the backend checks the fd and the range against the dma-buf. A backend that cannot import
+   * throws UnsupportedError naming the one that can.
+   */
+  importDmaBuf(fd: number, offset: number, size?: number): DmaMapping;
+  /**
+   * Imports whose exporter revoked them since the last call, each invalidated (its `invalidate`
+   * called) and given back to the kernel; [] when none. The kernel stopped the controller
+   * (disabled it, cleared bus mastering) before it let the exporter have the memory, so the
+   * caller resets the controller. Only backends that import have it.
+   */
+  takeRevokedDmaBufs?(): DmaMapping[];
   freeDma(mapping: DmaMapping): void;
   /**
    * Set or clear Bus Master Enable (PCI COMMAND bit 2). Cleared, the controller can start no DMA

@@ -21,6 +21,7 @@ import { check, checkPtr, cstr, errnoName, native } from "../native.ts";
 import { findPciDevice, parseBdf, PCI_COMMAND, PCI_COMMAND_MASTER, PCI_COMMAND_MEMORY, type PciDevice } from "../pci.ts";
 import { BAR0_MIN_SIZE, CSTS_RDY, REG_ALL_ONES, REG_CSTS } from "../spec/registers.ts";
 import { DMA_NOLOCK, dmaAllocError, freeLive } from "./dma-common.ts";
+import { dmaBufUnsupported } from "./dmabuf.ts";
 import { HOST_PAGE_SIZE, type Backend, type DmaMapping, type DmaOptions } from "./types.ts";
 
 // c/include/nvm_native.h
@@ -86,6 +87,7 @@ interface Region {
 }
 
 interface Allocation extends DmaMapping {
+  readonly vaddr: Pointer;
   /** First IOVA of the mapping; one range of `size` bytes. */
   readonly iovaStart: number;
 }
@@ -400,6 +402,11 @@ export class VfioBackend implements Backend {
     const a: Allocation = { vaddr, size: bytes, iova: table, contiguous: true, iovaStart: iova };
     this.#live.add(a);
     return a;
+  }
+
+  /** VFIO's type1 IOMMU maps only this process's own memory: UnsupportedError naming the disnvm module. */
+  importDmaBuf(_fd: number, _offset: number, _size?: number): DmaMapping {
+    throw dmaBufUnsupported("vfio");
   }
 
   freeDma(mapping: DmaMapping): void {

@@ -216,7 +216,7 @@ describe("disnvm module", () => {
       expect(b.bdf).toBe(BDF);
       const info = b.info();
       // No IOMMU in this guest: not isolated, so only a CAP_SYS_RAWIO holder (root here) may open it.
-      expect(info).toMatchObject({ abiVersion: 2, vendor: 0x1b36, device: 0x0010, classCode: 0x010802, cuda: false, dma64: true, isolated: false });
+      expect(info).toMatchObject({ abiVersion: 3, vendor: 0x1b36, device: 0x0010, classCode: 0x010802, cuda: false, dma64: true, isolated: false });
       expect(info.bar0Size).toBe(b.bar0Size);
       expect(info.bar0Size).toBeGreaterThanOrEqual(0x2000);
       // One owner at a time, with the owner named.
@@ -357,7 +357,7 @@ describe("disnvm module", () => {
       // (iommu_group type DMA or DMA-FQ: q35 + intel_iommu=on) it is an IOVA the IOMMU maps.
       const phys = n.nvm_host_alloc(64 * 8)!;
       try {
-        expect(n.nvm_phys_addrs(scattered.vaddr, 64, phys)).toBe(0);
+        expect(n.nvm_phys_addrs(scattered.vaddr!, 64, phys)).toBe(0);
         const pa = new Uint32Array(toArrayBuffer(phys, 0, 64 * 8).slice(0));
         const same = pa.every((v, i) => v === scattered.iova[i]);
         let domain = "none";

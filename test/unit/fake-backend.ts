@@ -6,9 +6,16 @@
  * Fake bus addresses start above 4 GiB by default, so the high dword of every 64-bit field is
  * exercised. Allocations that do not ask for `contiguous` get pages spaced two pages apart on the
  * "bus", so code that assumes one address range for a multi-page buffer gets caught.
+ *
+ * dma-bufs: createDmaBuf() makes a fake exporter's buffer (host memory the test sees, under a fake
+ * fd number); importDmaBuf() maps it like the disnvm module would, without a CPU view; revoke()
+ * plays the module's move_notify (controller disabled, bus mastering cleared, bus mastering refused
+ * until takeRevokedDmaBufs() gave the import back).
  */
 import { toArrayBuffer, type Pointer } from "bun:ffi";
+import { dmaBufRange } from "../../lib/backends/dmabuf.ts";
 import { HOST_PAGE_SIZE, type Backend, type DmaMapping, type DmaOptions } from "../../lib/backends/types.ts";
+import { DmaBufRevokedError, InvalidArgumentError } from "../../lib/errors.ts";
 import { native } from "../../lib/native.ts";
 import { CQE_DWORDS, SQE_DWORDS } from "../../lib/spec/commands.ts";
 import type { CompletionQueue, QueuePair, SubmissionQueue } from "../../lib/queue.ts";
@@ -25,9 +32,22 @@ export interface FakeBackendOptions {
   readonly alwaysContiguous?: boolean;
 }
 
-interface FakeMapping extends DmaMapping {
+export interface FakeMapping extends DmaMapping {
   readonly requested: number;
+  /** The host memory the "bus" addresses lead to: vaddr, or the fake exporter's memory of an import. */
+  readonly backing: Pointer;
 }
+
+/** A fake exporter's dma-buf: host memory the test reads and writes, known to importDmaBuf() by `fd`. */
+export interface FakeDmaBuf {
+  readonly fd: number;
+  readonly size: number;
+  readonly exporter: string;
+  readonly memory: Pointer;
+  readonly bytes: Uint8Array;
+}
+
+const REG_CC = 0x14;
 
 export class FakeBackend implements Backend {
   readonly kind = "sysfs" as const;
@@ -42,6 +62,12 @@ export class FakeBackend implements Backend {
   #nextBus: number;
   readonly #alwaysContiguous: boolean;
   #closed = false;
+  /** Fake dma-bufs by fd; imports of them (also in `live` until revoked); revoked, not yet taken. */
+  readonly dmaBufs = new Map<number, FakeDmaBuf>();
+  readonly imports = new Set<FakeMapping>();
+  readonly #revokedPending = new Set<FakeMapping>();
+  #nextFd = 1000;
+  #nextHandle = 1;
 
   constructor(opts: FakeBackendOptions = {}) {
     const p = native().nvm_host_alloc(FAKE_BAR0_SIZE);
@@ -82,14 +108,88 @@ export class FakeBackend implements Backend {
     }
     // Leave a gap between allocations too, so no two buffers look like one range.
     this.#nextBus += pages * stride + HOST_PAGE_SIZE;
-    const m: FakeMapping = { vaddr, size: pages * HOST_PAGE_SIZE, iova, contiguous, requested: size };
+    const m: FakeMapping = { vaddr, size: pages * HOST_PAGE_SIZE, iova, contiguous, requested: size, backing: vaddr };
     this.live.add(m);
     this.allocations++;
     return m;
   }
 
+  /** A fake exporter's dma-buf of `size` bytes (zeroed), importable by its fd. */
+  createDmaBuf(size: number, exporter = "fake"): FakeDmaBuf {
+    const memory = native().nvm_dma_alloc(size, 0);
+    if (memory === null) throw new Error(`nvm_dma_alloc(${size}) failed`);
+    const b: FakeDmaBuf = { fd: this.#nextFd++, size, exporter, memory, bytes: new Uint8Array(toArrayBuffer(memory, 0, size)) };
+    this.dmaBufs.set(b.fd, b);
+    return b;
+  }
+
+  /** As the disnvm backend: scattered bus addresses over the fake buffer's pages, no CPU view. */
+  importDmaBuf(fd: number, offset: number, size?: number): DmaMapping {
+    if (this.#closed) throw new Error("FakeBackend is closed");
+    const b = this.dmaBufs.get(fd);
+    if (!b) throw new InvalidArgumentError(`fd ${fd} is not open in this process (fake)`);
+    const bytes = dmaBufRange(fd, b, offset, size, 1 << 30);
+    const pages = bytes / HOST_PAGE_SIZE;
+    const iova = new Uint32Array(2 * pages);
+    for (let i = 0; i < pages; i++) {
+      const a = this.#nextBus + i * 2 * HOST_PAGE_SIZE;
+      iova[2 * i] = a % TWO32;
+      iova[2 * i + 1] = Math.floor(a / TWO32);
+    }
+    this.#nextBus += pages * 2 * HOST_PAGE_SIZE + HOST_PAGE_SIZE;
+    const handle = this.#nextHandle++;
+    const m: FakeMapping = {
+      vaddr: null,
+      size: bytes,
+      iova,
+      contiguous: pages === 1,
+      requested: bytes,
+      backing: (Number(b.memory) + offset) as Pointer,
+      dmaBuf: { fd, offset, bufferSize: b.size, exporter: b.exporter, handle },
+    };
+    this.live.add(m);
+    this.imports.add(m);
+    this.events.push("import");
+    return m;
+  }
+
+  /**
+   * The disnvm module's move_notify for import `m`: the controller is disabled (CC.EN = 0; the
+   * fake controller then clears CSTS.RDY and forgets its queues) and its bus mastering cleared,
+   * and the memory is the exporter's again (a DMA to it is a violation).
+   */
+  revoke(m: DmaMapping): void {
+    const f = m as FakeMapping;
+    if (!this.imports.has(f)) throw new Error("not a live import of this FakeBackend");
+    this.live.delete(f);
+    this.#revokedPending.add(f);
+    this.setReg(REG_CC, this.reg(REG_CC) & ~1);
+    this.busMaster = false;
+    this.events.push("revoke");
+  }
+
+  takeRevokedDmaBufs(): DmaMapping[] {
+    const out = [...this.#revokedPending];
+    this.#revokedPending.clear();
+    for (const m of out) {
+      m.invalidate?.(new DmaBufRevokedError(`dma-buf fd ${m.dmaBuf!.fd} was revoked by its exporter (fake)`));
+      this.events.push("take-revoked");
+    }
+    return out;
+  }
+
   freeDma(mapping: DmaMapping): void {
     const m = mapping as FakeMapping;
+    if (m.vaddr === null) {
+      // An import: the exporter's memory stays; only the mapping goes.
+      if (!this.imports.delete(m)) return;
+      this.live.delete(m);
+      this.#revokedPending.delete(m);
+      this.frees++;
+      this.events.push("unimport");
+      m.revoke?.();
+      return;
+    }
     if (!this.live.delete(m)) return;
     this.frees++;
     this.events.push("free");
@@ -109,6 +209,8 @@ export class FakeBackend implements Backend {
 
   setBusMaster(enabled: boolean): void {
     if (this.failBusMaster) throw new Error("fake: config space write failed");
+    // The module's rule: no DMA while a revoked import may still be in the controller's queues.
+    if (enabled && this.#revokedPending.size > 0) throw new Error("fake: ESTALE, a revoked import is still mapped");
     this.busMaster = enabled;
     this.events.push(`busMaster:${enabled}`);
   }
@@ -116,13 +218,16 @@ export class FakeBackend implements Backend {
   abandonDma(): void {
     for (const m of this.live) this.abandoned.add(m);
     this.live.clear();
+    this.imports.clear();
     this.events.push("abandon");
   }
 
   close(): void {
     if (this.#closed) return;
     this.#closed = true;
-    for (const m of [...this.live]) this.freeDma(m);
+    for (const m of [...this.live, ...this.imports]) this.freeDma(m);
+    for (const b of this.dmaBufs.values()) native().nvm_dma_free(b.memory, b.size, 0);
+    this.dmaBufs.clear();
     native().nvm_host_free(this.bar0);
   }
 

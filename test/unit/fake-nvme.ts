@@ -232,7 +232,7 @@ export class FakeNvme {
     for (const m of this.backend.live) {
       for (let i = 0; i < m.iova.length / 2; i++) {
         if (m.iova[2 * i]! + m.iova[2 * i + 1]! * TWO32 === page) {
-          return new Uint8Array(toArrayBuffer(m.vaddr, i * PAGE + inPage, len));
+          return new Uint8Array(toArrayBuffer(m.backing, i * PAGE + inPage, len));
         }
       }
     }
