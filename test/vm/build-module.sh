@@ -2,7 +2,8 @@
 # Build the disnvm kernel module (module/) against Debian's kernel headers, out of tree:
 #
 #   module/build/<guest kernel>/disnvm.ko     the one the guest tests insmod (<cache>/kernel-version)
-#   module/build/<newest 6.12>/disnvm.ko      proves it builds on 6.12 (newest linux-headers-6.12.*-amd64)
+#   module/build/<newest 6.12>/disnvm.ko      builds on 6.12 (newest linux-headers-6.12.*-amd64); the
+#                                             dma-buf suite's guest (k612/) loads it
 #
 # Both must build, or this exits 1. Idempotent: the headers are downloaded and extracted once per
 # version into ${LIBNVM_VM_CACHE:-<repo>/.cache/vm}/headers/<version>/ (stamp .libnvm-debs), and a
@@ -47,11 +48,12 @@ apt_install_missing "${PACKAGES[@]}"
 # Headers for one kernel version: echo the root they were extracted into.
 
 # Package version of the headers: the guest kernel's own package version when its .deb is cached
-# (so the headers are exactly those of the kernel that boots), else apt's candidate.
+# (the default kernel in debs/, 6.12 in k612/debs/: see setup.sh), so the headers are exactly those
+# of the kernel that boots; else apt's candidate.
 pkg_version() {
   local kver="$1" deb
   shopt -s nullglob
-  local debs=("$CACHE/debs/linux-image-${kver}_"*.deb)
+  local debs=("$CACHE/debs/linux-image-${kver}_"*.deb "$CACHE/k612/debs/linux-image-${kver}_"*.deb)
   shopt -u nullglob
   if [ "${#debs[@]}" -gt 0 ]; then
     deb="${debs[-1]}"

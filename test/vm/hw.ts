@@ -173,6 +173,21 @@ export const IOMMU_CONFIG: GuestConfig = {
   kernelArgs: ["intel_iommu=on", "no_timer_check"],
 };
 
+/**
+ * dma-buf import (test/hw-dmabuf): Debian's 6.12 kernel, whose udmabuf (CONFIG_UDMABUF=y) makes
+ * dma-bufs of memfd pages (6.1 has none), on q35 with the IOMMU translating, so the exporter's
+ * addresses are IOVAs of the controller's own domain. Namespace 2 is throttled (QEMU's throttle
+ * filter) so the release and revocation tests find their commands still in flight.
+ */
+export const DMABUF_CONFIG: GuestConfig = {
+  ...IOMMU_CONFIG,
+  kernel: "6.12",
+  namespaces: [
+    { nsid: 1, sizeBytes: 64 * 1024 * 1024, lbaSize: 512 },
+    { nsid: 2, sizeBytes: 8 * 1024 * 1024, lbaSize: 4096, fault: { throttleIops: 8 } },
+  ],
+};
+
 /** Bind the guest's controller to `driver` (loaded from the guest kernel's modules, or insmod'ed). */
 const bindTo = (driver: string, load: string) =>
   [
@@ -217,6 +232,17 @@ export const SUITES: readonly Suite[] = [
     config: { ...IOMMU_CONFIG, kernelArgs: [...(IOMMU_CONFIG.kernelArgs ?? []), "iommu.strict=0"] },
     prelude: bindTo("disnvm", INSMOD_DISNVM),
     env: { LIBNVM_TEST_BACKEND: "disnvm", LIBNVM_TEST_DISNVM_ISOLATED: "1" },
+  },
+  {
+    // One boot of the 6.12 guest: the module imports udmabuf and dma-heap buffers through the IOMMU.
+    name: "dmabuf",
+    dir: "./test/hw-dmabuf",
+    config: DMABUF_CONFIG,
+    prelude: [
+      `[ -c /dev/udmabuf ] || { echo "no /dev/udmabuf in the $LIBNVM_VM_KVER guest: the dmabuf suite needs CONFIG_UDMABUF"; exit 96; }`,
+      bindTo("disnvm", INSMOD_DISNVM),
+    ].join(" && "),
+    env: { LIBNVM_TEST_BACKEND: "disnvm" },
   },
   {
     // Every DMA mapping bounced through swiotlb (as in SEV/TDX guests): the module must refuse them.

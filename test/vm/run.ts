@@ -12,8 +12,8 @@
  *
  * CLI:
  *   bun test/vm/run.ts [--serial S] [--ns 64M:512,32M:4096] [--mdts N] [--qpairs N] [--machine pc|q35]
- *                      [--mem MiB] [--timeout SEC] [--env K=V]... [--kernel-arg A]... [--qemu-arg A]...
- *                      [--no-ctrl] [--keep] [--quiet] -- <shell command>
+ *                      [--kernel default|6.12] [--mem MiB] [--timeout SEC] [--env K=V]... [--kernel-arg A]...
+ *                      [--qemu-arg A]... [--no-ctrl] [--keep] [--quiet] -- <shell command>
  */
 import { mkdtemp, mkdir, open, readFile, rm, symlink, writeFile } from "node:fs/promises";
 import { existsSync, writeFileSync } from "node:fs";
@@ -49,6 +49,11 @@ export interface GuestConfig {
   namespaces: NamespaceSpec[];
   /** Default "pc". */
   machine?: "pc" | "q35";
+  /**
+   * Which guest kernel boots: "default" (the one linux-image-amd64 names, 6.1 on Debian 12) or
+   * "6.12" (Debian's newest 6.12, cached in k612/: it has udmabuf, which 6.1 lacks). Default "default".
+   */
+  kernel?: GuestKernel;
   /** Default 2048. */
   memoryMiB?: number;
   extraQemuArgs?: string[];
@@ -56,6 +61,9 @@ export interface GuestConfig {
   /** Harness self-check only: boot WITHOUT the NVMe controller (the harness must then fail). */
   noController?: boolean;
 }
+
+/** The guest kernels test/vm/setup.sh provisions. */
+export type GuestKernel = "default" | "6.12";
 
 export interface GuestResult {
   /**
@@ -135,6 +143,7 @@ function validate(config: GuestConfig): void {
   if (config.maxIoQpairs !== undefined && (!Number.isInteger(config.maxIoQpairs) || config.maxIoQpairs < 1)) {
     throw new Error(`bad maxIoQpairs ${config.maxIoQpairs}`);
   }
+  if (config.kernel !== undefined && config.kernel !== "default" && config.kernel !== "6.12") throw new Error(`bad kernel ${config.kernel}`);
 }
 
 /** The guest-visible PCI address of the controller for a config. */
@@ -157,28 +166,35 @@ export function expectedConfig(config: GuestConfig): GuestConfig & { ctrl: strin
       ...(n.metadata ? { metadata: n.metadata } : {}),
     })),
     machine: config.machine ?? "pc",
+    ...(config.kernel && config.kernel !== "default" ? { kernel: config.kernel } : {}),
     memoryMiB: config.memoryMiB ?? 2048,
     ...(config.noController ? { noController: true } : {}),
     ctrl: controllerBdf(config),
   };
 }
 
-function vmFiles(): { vmlinux: string; initrd: string; modroot: string; kver: string } {
-  const vmlinux = join(VM_CACHE, "vmlinux");
-  const initrd = join(VM_CACHE, "initrd.gz");
-  const kverFile = join(VM_CACHE, "kernel-version");
+/** Where setup.sh put a kernel's files: the cache itself for the default kernel, k612/ for 6.12. */
+export function kernelDir(kernel: GuestKernel = "default"): string {
+  return kernel === "6.12" ? join(VM_CACHE, "k612") : VM_CACHE;
+}
+
+function vmFiles(kernel: GuestKernel | undefined): { vmlinux: string; initrd: string; modroot: string; kverFile: string } {
+  const dir = kernelDir(kernel);
+  const vmlinux = join(dir, "vmlinux");
+  const initrd = join(dir, "initrd.gz");
+  const kverFile = join(dir, "kernel-version");
   for (const f of [vmlinux, initrd, kverFile]) {
     if (!existsSync(f)) throw new Error(`${f} is missing: run \`bash test/vm/setup.sh\` first`);
   }
-  return { vmlinux, initrd, modroot: join(VM_CACHE, "root"), kver: "" };
+  return { vmlinux, initrd, modroot: join(dir, "root"), kverFile };
 }
 
 export async function runInGuest(script: string, config: GuestConfig, opts: RunOptions = {}): Promise<GuestResult> {
   validate(config);
   const echo = opts.echo ?? true;
   const timeoutSec = opts.timeoutSec ?? 300;
-  const files = vmFiles();
-  files.kver = (await readFile(join(VM_CACHE, "kernel-version"), "utf8")).trim();
+  const files = vmFiles(config.kernel);
+  const kver = (await readFile(files.kverFile, "utf8")).trim();
   const ctrl = controllerBdf(config);
 
   const tmpDir = await mkdtemp(join(tmpdir(), "libnvm-vm-"));
@@ -201,7 +217,7 @@ export async function runInGuest(script: string, config: GuestConfig, opts: RunO
     LIBNVM_TEST_EXPECT: JSON.stringify(expectedConfig(config)),
     LIBNVM_VM_XCHG: "/run/xchg",
     LIBNVM_VM_MODROOT: files.modroot,
-    LIBNVM_VM_KVER: files.kver,
+    LIBNVM_VM_KVER: kver,
     ...opts.env,
   };
   let envText = "# written by test/vm/run.ts; sourced by cmd.sh\n";
@@ -433,6 +449,12 @@ async function main(argv: string[]): Promise<number> {
         break;
       }
       case "--mem": config.memoryMiB = Number(next(a)); break;
+      case "--kernel": {
+        const k = next(a);
+        if (k !== "default" && k !== "6.12") throw new Error(`--kernel default|6.12`);
+        config.kernel = k;
+        break;
+      }
       case "--timeout": timeoutSec = Number(next(a)); break;
       case "--env": {
         const kv = next(a);
@@ -450,8 +472,8 @@ async function main(argv: string[]): Promise<number> {
       case "--help":
         console.log(
           "usage: bun test/vm/run.ts [--serial S] [--ns 64M:512,32M:4096] [--mdts N] [--qpairs N] [--machine pc|q35]\n" +
-            "                          [--mem MiB] [--timeout SEC] [--env K=V]... [--kernel-arg A]... [--qemu-arg A]...\n" +
-            "                          [--no-ctrl] [--keep] [--quiet] -- <shell command>",
+            "                          [--kernel default|6.12] [--mem MiB] [--timeout SEC] [--env K=V]... [--kernel-arg A]...\n" +
+            "                          [--qemu-arg A]... [--no-ctrl] [--keep] [--quiet] -- <shell command>",
         );
         return 0;
       default:
