@@ -29,6 +29,8 @@ interface Shared {
   readonly buffer: ArrayBuffer | undefined;
   /** Why the memory may no longer be used although it was not freed (its exporter revoked it). */
   error?: Error;
+  /** What onRelease() asked to run before the memory goes; created on first use. */
+  releaseHooks?: Set<() => void>;
 }
 
 /** Something that may make the controller reach DMA memory: an I/O queue with commands outstanding. */
@@ -253,6 +255,20 @@ export class DmaBuffer {
   }
 
   /**
+   * Run `fn` once, just before the memory behind this buffer (and its regions) is given up: on
+   * free() of the owning buffer, or when the backend takes its mappings away (close()); in both
+   * cases while the pages are still mapped. For layers above that lent the pages to someone else
+   * and must take them back first (a CUDA host registration). Returns a function that cancels it.
+   * `fn` must not throw: the memory goes either way.
+   */
+  onRelease(fn: () => void): () => void {
+    this.#live();
+    const hooks = (this.#shared.releaseHooks ??= new Set());
+    hooks.add(fn);
+    return () => void hooks.delete(fn);
+  }
+
+  /**
    * Release the memory. Views from `bytes`/`u32`, and regions, become empty at once. While a
    * posted command may still reach the memory, it goes back only once that command completed, was
    * aborted, or the controller was disabled. Idempotent.
@@ -281,6 +297,11 @@ function detach(shared: Shared): DmaMapping | undefined {
   shared.mapping = undefined;
   m.revoke = undefined;
   m.invalidate = undefined;
+  const hooks = shared.releaseHooks;
+  if (hooks) {
+    shared.releaseHooks = undefined;
+    for (const fn of hooks) fn();
+  }
   // Every view over the external memory (regions' too) becomes empty before it is unmapped.
   shared.buffer?.transfer(0);
   return m;

@@ -16,6 +16,7 @@ export type NvmeErrorCode =
   | "ERR_NVME_PARSE"
   | "ERR_NVME_BUSY"
   | "ERR_NVME_UNSUPPORTED"
+  | "ERR_NVME_CUDA"
   | "ERR_NVME_NO_CPU_VIEW"
   | "ERR_NVME_DMABUF_REVOKED";
 
@@ -168,6 +169,41 @@ export class ControllerBusyError extends NvmeError {
     readonly pid: number,
   ) {
     super(message);
+  }
+}
+
+/** Why a CUDA feature cannot be used: callers that can do without the GPU branch on it. */
+export type CudaErrorReason =
+  /** libcuda.so.1 was not found or is not a usable driver (the toolkit's stub, too old). */
+  | "no-driver"
+  /** The driver loaded but sees no GPU. */
+  | "no-device"
+  /** The GPU or its driver lacks the feature asked for (dma-buf export, mapped host memory). */
+  | "unsupported"
+  /** A driver call failed. */
+  | "driver";
+
+/** The CUDA driver (libcuda) is missing, sees no GPU, lacks a feature, or failed a call. */
+export class CudaError extends NvmeError {
+  override readonly name = "CudaError";
+  readonly code = "ERR_NVME_CUDA" as const;
+  readonly reason: CudaErrorReason;
+  /** The driver entry point that failed, as libcuda exports it (e.g. "cuMemAlloc_v2"), or "dlopen". */
+  readonly call: string;
+  /** The CUresult the driver returned, when it returned one. */
+  readonly result: number | undefined;
+  /** The driver's own name for `result` (cuGetErrorName), e.g. "CUDA_ERROR_OUT_OF_MEMORY". */
+  readonly resultName: string | undefined;
+
+  constructor(
+    message: string,
+    opts: { readonly reason: CudaErrorReason; readonly call: string; readonly result?: number; readonly resultName?: string },
+  ) {
+    super(message);
+    this.reason = opts.reason;
+    this.call = opts.call;
+    this.result = opts.result;
+    this.resultName = opts.resultName;
   }
 }
 

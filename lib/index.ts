@@ -10,6 +10,17 @@ export { resolveController, createBackend, type BackendChoice, type ResolvedCont
 export type { Backend, BackendKind, DmaBufImport, DmaMapping, DmaOptions } from "./backends/types.ts";
 export { parseBdf, findPciDevice, PCI_CLASS_NVME, type PciDevice } from "./pci.ts";
 export { native, setNativeLibraryPath, type NativeLib } from "./native.ts";
+export {
+  cuda,
+  CudaMemory,
+  HostRegistration,
+  setCudaLibraryPath,
+  cudaLibraryPath,
+  type CudaDevice,
+  type CudaAllocOptions,
+  type DeviceRange,
+  type HostCopyOptions,
+} from "./cuda/index.ts";
 export * from "./errors.ts";
 export * as commands from "./spec/commands.ts";
 export * as registers from "./spec/registers.ts";

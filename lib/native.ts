@@ -177,7 +177,8 @@ export function native(): Lib {
   return lib;
 }
 
-function traced(l: Lib): Lib {
+/** `l` with every function logging its call and result to stderr (LIBNVM_TRACE_FFI=1). */
+export function traced<T extends object>(l: T): T {
   const out: Record<string, unknown> = {};
   for (const [name, fn] of Object.entries(l)) {
     out[name] = (...args: unknown[]) => {
@@ -186,7 +187,7 @@ function traced(l: Lib): Lib {
       return r;
     };
   }
-  return out as unknown as Lib;
+  return out as unknown as T;
 }
 
 const errnoNames: Record<number, string> = {

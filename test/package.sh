@@ -13,11 +13,25 @@ mkdir "$work/app" && cd "$work/app"
 echo '{ "name": "app", "private": true, "type": "module" }' > package.json
 bun add "$work/$tgz" >/dev/null
 cat > main.ts <<'TS'
-import { parseBdf, native, PCI_CLASS_NVME } from "libnvm";
+import { parseBdf, native, PCI_CLASS_NVME, cuda, CudaError, cudaLibraryPath } from "libnvm";
 if (parseBdf("05:00.0") !== "0000:05:00.0") throw new Error("parseBdf");
 const abi = native().nvm_abi_version();
-console.log(`package: libnvm imported, native ABI ${abi}, NVMe class 0x${PCI_CLASS_NVME.toString(16)}`);
+// The GPU layer ships, and loads no libcuda until used: here there is none to load.
+if (cudaLibraryPath() !== undefined) throw new Error("libcuda loaded at import");
+try {
+  cuda.devices();
+  throw new Error("cuda.devices() with LIBNVM_LIBCUDA pointing nowhere did not throw");
+} catch (e) {
+  if (!(e instanceof CudaError) || e.reason !== "no-driver") throw e;
+}
+console.log(`package: libnvm imported, native ABI ${abi}, NVMe class 0x${PCI_CLASS_NVME.toString(16)}, cuda layer lazy`);
 TS
-bun main.ts
+LIBNVM_LIBCUDA=/nonexistent/libcuda.so.1 bun main.ts
 test -f node_modules/libnvm/prebuilds/linux-x64/libnvm-native.so
+test -f node_modules/libnvm/lib/cuda/driver.ts
+# Tests, the mock libcuda among them, stay out of the package.
+if [ -e node_modules/libnvm/test ]; then
+  echo "package: test/ was packed (the mock libcuda with it); keep it out of \"files\""
+  exit 1
+fi
 echo "package: 1 passed, 0 failed"

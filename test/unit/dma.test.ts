@@ -122,3 +122,52 @@ describe("DmaBuffer", () => {
     expect(b.frees).toBe(2);
   });
 });
+
+describe("DmaBuffer.onRelease (for layers that lend the pages on, e.g. a CUDA host registration)", () => {
+  test("runs once on free(), before the backend gets the memory back, while the pages are still mapped", () => {
+    const d = new DmaBuffer(backend, 4096);
+    d.u32[0] = 0x600d;
+    const p = d.pointer;
+    const frees = backend.frees;
+    const seen: Array<{ frees: number; word: number }> = [];
+    d.onRelease(() => seen.push({ frees: backend.frees, word: native().nvm_read32(p, 0) }));
+    d.free();
+    d.free();
+    expect(seen).toEqual([{ frees, word: 0x600d }]);
+    expect(backend.frees).toBe(frees + 1);
+  });
+
+  test("a region's hook runs when its parent is freed, not when the region is", () => {
+    const d = new DmaBuffer(backend, 2 * 4096);
+    const r = d.region(4096, 100);
+    let runs = 0;
+    r.onRelease(() => runs++);
+    r.free();
+    expect(runs).toBe(0);
+    d.free();
+    expect(runs).toBe(1);
+  });
+
+  test("runs when the backend's close() takes the memory away", () => {
+    const b = new FakeBackend();
+    const d = new DmaBuffer(b, 4096);
+    d.u32[1] = 0xfeed;
+    const p = d.pointer;
+    const words: number[] = [];
+    // Reading unmapped memory here would kill the process: the hook must run before the unmap.
+    d.onRelease(() => words.push(native().nvm_read32(p, 4)));
+    b.close();
+    expect(words).toEqual([0xfeed]);
+    expect(d.freed).toBe(true);
+  });
+
+  test("the returned function cancels it; a freed buffer takes no hook", () => {
+    const d = new DmaBuffer(backend, 4096);
+    let runs = 0;
+    const cancel = d.onRelease(() => runs++);
+    cancel();
+    d.free();
+    expect(runs).toBe(0);
+    expect(() => d.onRelease(() => runs++)).toThrow(ClosedError);
+  });
+});

@@ -2,6 +2,7 @@ import { describe, expect, test } from "bun:test";
 import {
   ClosedError,
   ControllerFatalError,
+  CudaError,
   DeviceError,
   InvalidArgumentError,
   NativeError,
@@ -72,6 +73,7 @@ describe("error classes", () => {
       [new PermissionError("p"), "PermissionError", "ERR_NVME_PERMISSION"],
       [new ClosedError("c"), "ClosedError", "ERR_NVME_CLOSED"],
       [new ParseError("x"), "ParseError", "ERR_NVME_PARSE"],
+      [new CudaError("g", { reason: "no-driver", call: "dlopen" }), "CudaError", "ERR_NVME_CUDA"],
     ];
     for (const [e, name, code] of cases) {
       expect(e).toBeInstanceOf(Error);
@@ -88,5 +90,7 @@ describe("error classes", () => {
     expect(new ControllerFatalError("f", 0xffffffff).csts).toBe(0xffffffff);
     const n = new NativeError("open failed", 13, "open", "/dev/x");
     expect([n.errno, n.call, n.path, n.message]).toEqual([13, "open", "/dev/x", "open failed"]);
+    const g = new CudaError("cuMemAlloc_v2 failed", { reason: "driver", call: "cuMemAlloc_v2", result: 2, resultName: "CUDA_ERROR_OUT_OF_MEMORY" });
+    expect([g.reason, g.call, g.result, g.resultName]).toEqual(["driver", "cuMemAlloc_v2", 2, "CUDA_ERROR_OUT_OF_MEMORY"]);
   });
 });
