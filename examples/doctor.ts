@@ -4,19 +4,28 @@
  *
  *   bun run examples/doctor.ts --ctrl=05:00.0 [--json]
  */
+import { join } from "node:path";
 import { diagnose } from "../lib/diagnose.ts";
+import { diagnoseGpu } from "../lib/cuda/diagnose.ts";
+import { SYSFS_PCI_DEVICES } from "../lib/pci.ts";
 import { parse, run, toJson } from "./common.ts";
 
-const usage = `usage: bun run examples/doctor.ts --ctrl=BDF|/dev/disnvmN [--json]
+const usage = `usage: bun run examples/doctor.ts --ctrl=BDF|/dev/disnvmN [--json] [--skip-gpu]
   Checks the raw sysfs, VFIO and disnvm paths to the controller: bound driver, IOMMU group and
   its members, /dev/vfio permissions, memlock limit, CAP_SYS_ADMIN, CAP_SYS_RAWIO, hugepages, the module.
-  Exit 0 when at least one path works now, 1 when none does.
+  Then the GPU side (NVMe DMA into GPU memory): the CUDA driver, its GPUs and their dma-buf export,
+  the module's dma-buf import, the IOMMU. --skip-gpu leaves the CUDA driver unloaded.
+  Exit 0 when at least one path to the controller works now, 1 when none does.
 `;
 
 await run(() => {
-  const args = parse(usage, {});
+  const args = parse(usage, { "skip-gpu": { type: "boolean", default: false } });
   const d = diagnose(args.ctrl);
-  if (args.json) console.log(toJson(d));
+  const f0 = d.facts;
+  const gpu = args["skip-gpu"] || d.error
+    ? undefined
+    : diagnoseGpu(d.bdf ? join(SYSFS_PCI_DEVICES, d.bdf) : undefined, d.device?.driver ?? null, f0.iommuEnabled && !f0.iommuPassthrough, f0.capSysRawio);
+  if (args.json) console.log(toJson({ ...d, ...(gpu ? { gpu } : {}) }));
   else {
     const f = d.facts;
     const dev = d.device ? `vendor ${d.device.vendor} device ${d.device.device}, class ${d.device.classCode}, bound to ${d.device.driver ?? "no driver"}` : "not found";
@@ -34,6 +43,14 @@ await run(() => {
         `${f.iommuGroup !== null ? `, group ${f.iommuGroup}${f.groupMembers.length ? ` with ${f.groupMembers.map((m) => m.bdf).join(", ")}` : " (alone)"}` : ""}; ` +
         `vfio-pci ${f.vfioPciLoaded ? "loaded" : "not loaded"}; disnvm ${f.disnvmLoaded ? "loaded" : "not loaded"}${f.disnvmNode ? ` (${f.disnvmNode})` : ""}`,
     );
+    if (gpu) {
+      const g = gpu.devices.map((x) => `GPU ${x.ordinal} ${x.name} (${x.pciBusId}${x.dmaBufSupported ? ", exports dma-bufs" : ", no dma-buf export"})`);
+      console.log(`  gpu     ${gpu.possible ? `works now: ${g.join("; ")}; the module imports dma-bufs` : `not possible: ${gpu.problems.join("; ")}`}`);
+      for (const fix of gpu.possible ? [] : gpu.fixes) console.log(`          fix: ${fix}`);
+      console.log(
+        `  cuda:   ${gpu.driver.found ? `driver CUDA ${Math.floor(gpu.driver.version! / 1000)}.${(gpu.driver.version! % 1000) / 10}${gpu.driver.library ? ` (${gpu.driver.library})` : ""}; ${gpu.devices.length} GPU${gpu.devices.length === 1 ? "" : "s"}` : "no driver"}`,
+      );
+    }
     if (d.recommended) console.log(`  use:    bun run examples/identify.ts --ctrl=${d.recommended === "disnvm" ? d.facts.disnvmNode : d.bdf}   # ${d.recommended}`);
   }
   if (!d.paths.some((p) => p.possible)) process.exitCode = 1;

@@ -3,6 +3,7 @@
  * Initialization" and 3.6 "Shutdown"), ownership of the admin queue pair and of every I/O
  * queue, and release on close(), on normal exit and on SIGINT/SIGTERM/SIGHUP.
  */
+import { closeSync } from "node:fs";
 import { ControllerBusyError, ControllerFatalError, ClosedError, DeviceError, InvalidArgumentError, NvmeStatusError, NvmeTimeoutError, UnsupportedError } from "./errors.ts";
 import { native } from "./native.ts";
 import { DmaBuffer } from "./dma.ts";
@@ -75,6 +76,17 @@ export interface MapDmaBufOptions {
   readonly offset?: number;
   /** Bytes to import, a multiple of 4096. Defaults to the rest of the dma-buf from `offset`. */
   readonly size?: number;
+}
+
+/**
+ * Memory another driver exports as a dma-buf: a CudaMemory (lib/cuda), or anything with the same
+ * two members. Controller.mapCudaMemory() takes it; the CUDA layer stays out of this module.
+ */
+export interface DmaBufExporter {
+  /** Bytes, whole 4 KiB pages. */
+  readonly size: number;
+  /** A new dma-buf file descriptor for the whole memory; the caller owns (and closes) it. */
+  exportDmaBuf(): number;
 }
 
 /** Registers as read, for diagnostics and tests. */
@@ -673,6 +685,23 @@ export class Controller {
       throw new InvalidArgumentError(`dma-buf size ${size}: must be a positive multiple of ${HOST_PAGE_SIZE} (whole pages), or left out for the rest of the buffer`);
     }
     return DmaBuffer.importDmaBuf(this.backend, fd, offset, size);
+  }
+
+  /**
+   * Map GPU memory for this controller (the C original's nvm_dma_map_device): export it as a
+   * dma-buf and import that (mapDmaBuf), so commands read and write the GPU's memory directly, with
+   * no bounce through host memory. The import holds the dma-buf; the fd is closed here. Keep `mem`
+   * allocated until the returned buffer is freed. Needs the disnvm backend (VFIO and sysfs say so
+   * with UnsupportedError), and a GPU and driver that export dma-bufs (CudaError otherwise).
+   */
+  mapCudaMemory(mem: DmaBufExporter): DmaBuffer {
+    this.#check();
+    const fd = mem.exportDmaBuf();
+    try {
+      return this.mapDmaBuf(fd, { size: mem.size });
+    } finally {
+      closeSync(fd);
+    }
   }
 
   // ---- recovery --------------------------------------------------------------------------

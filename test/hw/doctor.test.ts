@@ -57,3 +57,29 @@ test("not root: sysfs needs CAP_SYS_ADMIN, and doctor says to run as root", () =
   expect(r.out).toContain("sudo bun run examples/identify.ts");
   expect(r.code).toBe(1);
 });
+
+test("the GPU side: without a CUDA driver doctor says so and how to fix it; with one (the mock) it lists the GPUs and names what the controller still lacks", () => {
+  const none = Bun.spawnSync(["bun", "examples/doctor.ts", `--ctrl=${ctrlAddress()}`], {
+    cwd: REPO,
+    env: { ...process.env, LIBNVM_LIBCUDA: "/nonexistent/libcuda.so.1" },
+    stdout: "pipe",
+  });
+  const out = none.stdout.toString();
+  expect(none.exitCode).toBe(0); // the controller paths decide the exit code
+  expect(out).toContain("gpu     not possible: no CUDA driver; the controller is not bound: only the disnvm module imports dma-bufs");
+  expect(out).toContain("fix: install NVIDIA's driver");
+  expect(out).toContain("cuda:   no driver");
+
+  const mock = `${REPO}/test/cuda/build/libcuda.so.1`;
+  const j = JSON.parse(
+    Bun.spawnSync(["bun", "examples/doctor.ts", `--ctrl=${ctrlAddress()}`, "--json"], { cwd: REPO, env: { ...process.env, LIBNVM_LIBCUDA: mock }, stdout: "pipe" }).stdout.toString(),
+  );
+  expect(j.gpu.driver.found).toBe(true);
+  expect(j.gpu.devices.length).toBeGreaterThan(0);
+  expect(j.gpu.devices[0].dmaBufSupported).toBe(true);
+  expect(j.gpu.possible).toBe(false);
+  expect(j.gpu.problems).toEqual(["the controller is not bound: only the disnvm module imports dma-bufs (VFIO type1 cannot)"]);
+  // --skip-gpu leaves the driver alone.
+  const skipped = JSON.parse(Bun.spawnSync(["bun", "examples/doctor.ts", `--ctrl=${ctrlAddress()}`, "--json", "--skip-gpu"], { cwd: REPO, stdout: "pipe" }).stdout.toString());
+  expect(skipped.gpu).toBeUndefined();
+});

@@ -10,7 +10,7 @@
  * out Identify; a Worker's queue replayed stale SQ entries after the owner's reset.
  */
 import { afterAll, afterEach, describe, expect, test } from "bun:test";
-import { mkdtempSync, rmSync } from "node:fs";
+import { fstatSync, mkdtempSync, openSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { Worker } from "node:worker_threads";
@@ -462,4 +462,18 @@ describe("a queue lent to a Worker across the owner's reset", () => {
     expect(new Set(lbas).size).toBe(lbas.length);
     expect(f.dmaViolations).toEqual([]);
   }, 30_000);
+});
+
+test("mapCudaMemory(): exports the memory's dma-buf, imports it, and closes the fd whatever the import says", () => {
+  const f = fake();
+  const c = open(f);
+  let exported = -1;
+  const exporter = {
+    size: 8192,
+    exportDmaBuf: () => (exported = openSync("/dev/null", "r")), // not a dma-buf the backend knows: the import refuses it
+  };
+  expect(() => c.mapCudaMemory(exporter)).toThrow(InvalidArgumentError);
+  expect(exported).toBeGreaterThanOrEqual(0);
+  expect(() => fstatSync(exported)).toThrow(); // closed
+  expect(f.backend.live.size).toBeGreaterThan(0); // the controller's own memory only: nothing imported
 });

@@ -57,6 +57,11 @@ if [ -f "$HELPER_SRC" ] && { [ ! -s "$HELPER" ] || [ "$HELPER_SRC" -nt "$HELPER"
   gcc -O2 -Wall -Wextra -Werror -shared -fPIC -o "$HELPER.tmp" "$HELPER_SRC" || die "the udmabuf test helper did not build"
   mv "$HELPER.tmp" "$HELPER"
 fi
+# The mock libcuda (test-only) that the guest's gpu-read test loads: built by test/cuda/mock.ts,
+# the one place that knows its flags (it rebuilds only when the source is newer).
+if [ -f "$REPO/test/cuda/mock-libcuda.c" ]; then
+  (cd "$REPO" && bun -e 'await import("./test/cuda/mock.ts")') >/dev/null || die "the mock libcuda (test/cuda/mock-libcuda.c) did not build"
+fi
 
 # ---------------------------------------------------------------------------------------------
 # 3. guest kernels
