@@ -1,5 +1,6 @@
 /**
- * Shared command-line handling for the examples: --ctrl, --backend, --force, --json, --help;
+ * Shared command-line handling for the examples: --ctrl (a BDF, /dev/disnvmN or smartio:<fdid>),
+ * --backend, --force, --json, --help;
  * usage errors exit 2, failures print the error's one-line cause and exit 1.
  */
 import { parseArgs, type ParseArgsConfig } from "node:util";
@@ -16,11 +17,13 @@ export const commonOptions = {
 } as const satisfies NonNullable<ParseArgsConfig["options"]>;
 
 /** Lines every example's usage ends with. */
-export const commonUsage = `  --backend=B    auto (default: by the bound driver), sysfs, vfio or disnvm
+export const commonUsage = `  --ctrl=C       a PCI address (05:00.0), /dev/disnvmN, or smartio:<fdid> (a controller borrowed across a
+                 Dolphin SmartIO cluster; the fabric device id in hex, as \`smartio_tool list\` prints it)
+  --backend=B    auto (default: by the bound driver, or smartio for smartio:<fdid>), sysfs, vfio, disnvm or smartio
   --force        open even if another process owns the controller (it is reset under that process)
 `;
 
-const BACKENDS = ["auto", "sysfs", "vfio", "disnvm"] as const;
+const BACKENDS = ["auto", "sysfs", "vfio", "disnvm", "smartio"] as const;
 
 /** Controller.open with the --ctrl, --backend and --force the user gave. */
 export function openController(args: { ctrl: string; backend?: unknown; force?: unknown }, opts: ControllerOptions = {}): Controller {

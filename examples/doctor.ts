@@ -10,9 +10,11 @@ import { diagnoseGpu } from "../lib/cuda/diagnose.ts";
 import { SYSFS_PCI_DEVICES } from "../lib/pci.ts";
 import { parse, run, toJson } from "./common.ts";
 
-const usage = `usage: bun run examples/doctor.ts --ctrl=BDF|/dev/disnvmN [--json] [--skip-gpu]
-  Checks the raw sysfs, VFIO and disnvm paths to the controller: bound driver, IOMMU group and
-  its members, /dev/vfio permissions, memlock limit, CAP_SYS_ADMIN, CAP_SYS_RAWIO, hugepages, the module.
+const usage = `usage: bun run examples/doctor.ts --ctrl=BDF|/dev/disnvmN|smartio:<fdid> [--json] [--skip-gpu]
+  Checks the raw sysfs, VFIO, disnvm and SmartIO paths to the controller: bound driver, IOMMU group
+  and its members, /dev/vfio permissions, memlock limit, CAP_SYS_ADMIN, CAP_SYS_RAWIO, hugepages, the
+  module; for SmartIO (a controller borrowed across a Dolphin PCIe cluster) whether SISCI is installed
+  and libnvm's shim built against it, and what SISCI knows of the device (nothing is borrowed).
   Then the GPU side (NVMe DMA into GPU memory): the CUDA driver, its GPUs and their dma-buf export,
   the module's dma-buf import, the IOMMU. --skip-gpu leaves the CUDA driver unloaded.
   Exit 0 when at least one path to the controller works now, 1 when none does.
@@ -28,7 +30,16 @@ await run(() => {
   if (args.json) console.log(toJson({ ...d, ...(gpu ? { gpu } : {}) }));
   else {
     const f = d.facts;
-    const dev = d.device ? `vendor ${d.device.vendor} device ${d.device.device}, class ${d.device.classCode}, bound to ${d.device.driver ?? "no driver"}` : "not found";
+    const sd = f.sisci.device;
+    const dev = d.device
+      ? `vendor ${d.device.vendor} device ${d.device.device}, class ${d.device.classCode}, bound to ${d.device.driver ?? "no driver"}`
+      : sd
+        ? "error" in sd
+          ? `SmartIO device: ${sd.error}`
+          : `SmartIO device lent by node ${sd.lenderNode}, reached through adapter ${sd.adapter}`
+        : /^smartio:/i.test(d.ctrl)
+          ? "SmartIO device (SISCI is not installed, so nothing is known of it)"
+          : "not found";
     console.log(`libnvm doctor: ${d.bdf ?? d.ctrl}: ${d.error ?? dev}`);
     if (d.error) console.log(`  fix:    ${d.paths[0]!.fixes.join("; ")}`);
     for (const p of d.error ? [] : d.paths) {
@@ -41,7 +52,8 @@ await run(() => {
       `  facts:  kernel ${f.kernel}; ${f.root ? "root" : "not root"}; CAP_SYS_ADMIN ${f.capSysAdmin ? "yes" : "no"}; CAP_SYS_RAWIO ${f.capSysRawio ? "yes" : "no"}; memlock ${ml}; ` +
         `hugepages ${f.hugepages.free}/${f.hugepages.total} free; IOMMU ${f.iommuEnabled ? (f.iommuPassthrough ? "passthrough" : "on") : "off"}` +
         `${f.iommuGroup !== null ? `, group ${f.iommuGroup}${f.groupMembers.length ? ` with ${f.groupMembers.map((m) => m.bdf).join(", ")}` : " (alone)"}` : ""}; ` +
-        `vfio-pci ${f.vfioPciLoaded ? "loaded" : "not loaded"}; disnvm ${f.disnvmLoaded ? "loaded" : "not loaded"}${f.disnvmNode ? ` (${f.disnvmNode})` : ""}`,
+        `vfio-pci ${f.vfioPciLoaded ? "loaded" : "not loaded"}; disnvm ${f.disnvmLoaded ? "loaded" : "not loaded"}${f.disnvmNode ? ` (${f.disnvmNode})` : ""}; ` +
+        `SISCI ${f.sisci.installed ? `installed${f.sisci.localNode !== null ? `, node ${f.sisci.localNode}` : ""}${f.sisci.nvmeDevices.length ? `, NVMe devices ${f.sisci.nvmeDevices.join(", ")}` : ""}` : "not installed"}`,
     );
     if (gpu) {
       const g = gpu.devices.map((x) => `GPU ${x.ordinal} ${x.name} (${x.pciBusId}${x.dmaBufSupported ? ", exports dma-bufs" : ", no dma-buf export"})`);
@@ -51,7 +63,10 @@ await run(() => {
         `  cuda:   ${gpu.driver.found ? `driver CUDA ${Math.floor(gpu.driver.version! / 1000)}.${(gpu.driver.version! % 1000) / 10}${gpu.driver.library ? ` (${gpu.driver.library})` : ""}; ${gpu.devices.length} GPU${gpu.devices.length === 1 ? "" : "s"}` : "no driver"}`,
       );
     }
-    if (d.recommended) console.log(`  use:    bun run examples/identify.ts --ctrl=${d.recommended === "disnvm" ? d.facts.disnvmNode : d.bdf}   # ${d.recommended}`);
+    if (d.recommended) {
+      const ctrl = d.recommended === "disnvm" ? d.facts.disnvmNode : d.recommended === "smartio" ? d.ctrl : d.bdf;
+      console.log(`  use:    bun run examples/identify.ts --ctrl=${ctrl}   # ${d.recommended}`);
+    }
   }
   if (!d.paths.some((p) => p.possible)) process.exitCode = 1;
 });

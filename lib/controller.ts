@@ -4,14 +4,14 @@
  * queue, and release on close(), on normal exit and on SIGINT/SIGTERM/SIGHUP.
  */
 import { closeSync } from "node:fs";
-import { ControllerBusyError, ControllerFatalError, ClosedError, DeviceError, InvalidArgumentError, NvmeStatusError, NvmeTimeoutError, UnsupportedError } from "./errors.ts";
+import { ControllerBusyError, ControllerFatalError, ClosedError, DeviceError, InvalidArgumentError, NvmeStatusError, NvmeTimeoutError, SmartIoError, UnsupportedError } from "./errors.ts";
 import { native } from "./native.ts";
 import { DmaBuffer } from "./dma.ts";
 import { QueueLease } from "./lease.ts";
 import { buildPrp, prpListPages, PRP_PAGE_SIZE } from "./prp.ts";
 import { QueuePair, type Completion, type ExecOptions } from "./queue.ts";
 import { IoCompletionQueue, IoQueue, type IoQueueContext, type IoQueueOptions } from "./io.ts";
-import { createBackend, resolveController, type BackendChoice } from "./backends/index.ts";
+import { controllerName, createBackend, resolveController, type BackendChoice } from "./backends/index.ts";
 import { OwnerLock } from "./lock.ts";
 import { HOST_PAGE_SIZE, type Backend } from "./backends/types.ts";
 import * as cmd from "./spec/commands.ts";
@@ -146,7 +146,7 @@ export class Controller {
     const where = resolveController(ctrl, opts.backend);
     // The owner lock comes before anything touches the device; keyed by PCI address so every
     // backend of one controller shares it.
-    const lock = OwnerLock.acquire(where.bdf ?? where.path!, opts.force, where.kind);
+    const lock = OwnerLock.acquire(controllerName(where), opts.force, where.kind);
     let backend: Backend;
     try {
       backend = createBackend(where);
@@ -1124,10 +1124,17 @@ function untrack(c: Controller): void {
 /**
  * `force` resets a controller under a live owner only with the raw sysfs backend: VFIO lets one
  * process hold an IOMMU group and disnvm one open file, and the kernel, not libnvm, refuses a
- * second. Say so instead of the backend's own busy error.
+ * second; SISCI lets one borrower have a device exclusively. Say so instead of the backend's own
+ * busy error.
  */
 function forceRefused(kind: string, e: unknown): unknown {
-  if (kind === "sysfs" || !(e instanceof DeviceError || e instanceof ControllerBusyError)) return e;
+  if (kind === "smartio" && e instanceof SmartIoError && e.reason === "not-available") {
+    return new ControllerBusyError(
+      `${e.message}. force cannot take a SmartIO device another host or process borrowed exclusively: SISCI allows one exclusive borrower. Close it there (or stop that process: SISCI returns its device when it exits) and open again`,
+      0,
+    );
+  }
+  if (kind === "sysfs" || kind === "smartio" || !(e instanceof DeviceError || e instanceof ControllerBusyError)) return e;
   if (!/held by|open in|already open|in use/.test(e.message)) return e;
   const pid = e instanceof ControllerBusyError ? e.pid : Number(/process(?:es)? (\d+)/.exec(e.message)?.[1] ?? 0);
   return new ControllerBusyError(

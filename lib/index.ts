@@ -6,6 +6,8 @@ export { QueuePair, SubmissionQueue, CompletionQueue, type Completion, type Exec
 export { SysfsBackend } from "./backends/sysfs.ts";
 export { VfioBackend } from "./backends/vfio.ts";
 export { DisnvmBackend, disnvmIsolation, type DisnvmInfo } from "./backends/disnvm.ts";
+export { SmartIoBackend, parseSmartIoAddress, type SmartIoBackendOptions, type CacheSyncDirection } from "./backends/smartio.ts";
+export { setSisciLibraryPath, sisciLibraryPath } from "./sisci.ts";
 export { resolveController, createBackend, type BackendChoice, type ResolvedController } from "./backends/index.ts";
 export type { Backend, BackendKind, DmaBufImport, DmaMapping, DmaOptions } from "./backends/types.ts";
 export { parseBdf, findPciDevice, PCI_CLASS_NVME, type PciDevice } from "./pci.ts";
