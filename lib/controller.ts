@@ -1130,7 +1130,7 @@ function untrack(c: Controller): void {
 function forceRefused(kind: string, e: unknown): unknown {
   if (kind === "smartio" && e instanceof SmartIoError && e.reason === "not-available") {
     return new ControllerBusyError(
-      `${e.message}. force cannot take a SmartIO device another host or process borrowed exclusively: SISCI allows one exclusive borrower. Close it there (or stop that process: SISCI returns its device when it exits) and open again`,
+      `${e.message}. force cannot take a SmartIO device another host or process borrowed exclusively: SISCI allows one exclusive borrower. Close it there (or stop that process) and open again`,
       0,
     );
   }

@@ -356,7 +356,7 @@ void *nvm_sisci_device_borrow(uint32_t fdid, uint32_t flags, uint32_t *info)
         goto free_d;
     const unsigned sflags = (flags & NVM_SISCI_BORROW_EXCLUSIVE) ? SCI_FLAG_EXCLUSIVE : 0;
     SCIBorrowDevice(d->sd, &d->dev, fdid, sflags, &err);
-    if (done("SCIBorrowDevice", err, 1, "fdid=0x%x, flags=0x%x", fdid, sflags) < 0)
+    if (done("SCIBorrowDevice", err, 1, "fdid=0x%x, flags=%s", fdid, sflags ? "SCI_FLAG_EXCLUSIVE" : "0") < 0)
         goto close_sd;
     /* Local segments are prepared on an adapter that reaches the device: SISCI says which. */
     if (query(fdid, info) < 0)
@@ -399,6 +399,27 @@ int32_t nvm_sisci_device_return(void *handle, uint32_t timeout_ms)
     return 0;
 }
 
+/* Flags and memory types by name in the trace: their values differ between SISCI releases (and the
+ * fake), their names do not. */
+static const char *memtype_name(uint32_t t)
+{
+    return t == NVM_SISCI_MEMTYPE_BAR ? "SCI_MEMTYPE_BAR" : t == NVM_SISCI_MEMTYPE_PRIVATE ? "SCI_MEMTYPE_PRIVATE" : "SCI_MEMTYPE_SHARED";
+}
+
+static const char *map_flags_name(uint32_t f)
+{
+    switch (f & (NVM_SISCI_MAP_READONLY | NVM_SISCI_MAP_IOSPACE)) {
+    case NVM_SISCI_MAP_READONLY:
+        return "SCI_FLAG_READONLY_MAP";
+    case NVM_SISCI_MAP_IOSPACE:
+        return "SCI_FLAG_IO_MAP_IOSPACE";
+    case NVM_SISCI_MAP_READONLY | NVM_SISCI_MAP_IOSPACE:
+        return "SCI_FLAG_READONLY_MAP|SCI_FLAG_IO_MAP_IOSPACE";
+    default:
+        return "0";
+    }
+}
+
 static int memtype(uint32_t t, unsigned *out)
 {
     switch (t) {
@@ -437,7 +458,7 @@ int32_t nvm_sisci_device_segment_create(void *handle, uint32_t id, uint32_t size
         h |= SCI_MEMACCESS_MULTIHOST_WRITE;
     sci_error_t err;
     SCICreateDeviceSegment(d->dev, id, size, mt, h, 0, &err);
-    return done("SCICreateDeviceSegment", err, 1, "fdid=0x%x, id=%u, size=%u, memtype=0x%x, hints=0x%x", d->fdid, id, size, mt, h);
+    return done("SCICreateDeviceSegment", err, 1, "fdid=0x%x, id=%u, size=%u, memtype=%s, hints=0x%x", d->fdid, id, size, memtype_name(type), hints);
 }
 
 /* --- remote segments --------------------------------------------------------------------------- */
@@ -454,7 +475,7 @@ void *nvm_sisci_connect_device_segment(void *handle, uint32_t id, uint32_t type,
         return fail_null("calloc", ENOMEM, "out of memory");
     sci_error_t err;
     SCIConnectDeviceSegment(d->dev, &r->seg, id, mt, NULL, NULL, 0, &err);
-    if (done("SCIConnectDeviceSegment", err, 1, "fdid=0x%x, id=%u, memtype=0x%x", d->fdid, id, mt) < 0) {
+    if (done("SCIConnectDeviceSegment", err, 1, "fdid=0x%x, id=%u, memtype=%s", d->fdid, id, memtype_name(type)) < 0) {
         free(r);
         return NULL;
     }
@@ -479,7 +500,7 @@ void *nvm_sisci_remote_map_cpu(void *handle, uint32_t offset, uint32_t size, uin
         sflags |= SCI_FLAG_IO_MAP_IOSPACE;
     sci_error_t err;
     volatile void *p = SCIMapRemoteSegment(r->seg, &r->map, offset, len, NULL, sflags, &err);
-    if (done("SCIMapRemoteSegment", err, 1, "offset=%u, size=%zu, flags=0x%x", offset, len, sflags) < 0) {
+    if (done("SCIMapRemoteSegment", err, 1, "offset=%u, size=%zu, flags=%s", offset, len, map_flags_name(flags)) < 0) {
         r->map = NULL;
         return NULL;
     }
@@ -553,7 +574,9 @@ static struct nvm_sisci_segment *create(struct nvm_sisci_device *d, uint32_t id,
     if (done("SCIOpen", err, 1, "flags=0x0") < 0)
         goto free_s;
     SCICreateSegment(s->sd, &s->seg, id, size, NULL, NULL, sflags, &err);
-    if (done("SCICreateSegment", err, 1, "id=%u, size=%zu, flags=0x%x", id, size, sflags) < 0)
+    if (done("SCICreateSegment", err, 1, "id=%u, size=%zu, flags=%s", id, size,
+             (sflags & SCI_FLAG_EMPTY) ? ((sflags & SCI_FLAG_AUTO_ID) ? "SCI_FLAG_EMPTY|SCI_FLAG_AUTO_ID" : "SCI_FLAG_EMPTY")
+                                       : ((sflags & SCI_FLAG_AUTO_ID) ? "SCI_FLAG_AUTO_ID" : "0")) < 0)
         goto close_sd;
     s->size = SCIGetLocalSegmentSize(s->seg);
     *id_out = SCIGetLocalSegmentId(s->seg);
@@ -636,7 +659,7 @@ void *nvm_sisci_segment_map_cpu(void *handle, uint32_t flags)
     const unsigned sflags = (flags & NVM_SISCI_MAP_READONLY) ? SCI_FLAG_READONLY_MAP : 0;
     sci_error_t err;
     void *p = SCIMapLocalSegment(s->seg, &s->map, 0, s->size, NULL, sflags, &err);
-    if (done("SCIMapLocalSegment", err, 1, "offset=0, size=%zu, flags=0x%x", s->size, sflags) < 0) {
+    if (done("SCIMapLocalSegment", err, 1, "offset=0, size=%zu, flags=%s", s->size, sflags ? "SCI_FLAG_READONLY_MAP" : "0") < 0) {
         s->map = NULL;
         return NULL;
     }
@@ -734,7 +757,7 @@ void *nvm_sisci_intr_create(uint32_t adapter, uint32_t number, uint32_t flags, u
     const unsigned sflags = (flags & NVM_SISCI_INTR_FIXED) ? SCI_FLAG_FIXED_INTNO : 0;
     /* No callback: the caller waits with a deadline (nvm_sisci_intr_wait) on a thread of its choice. */
     SCICreateDataInterrupt(i->sd, &i->intr, adapter, &no, NULL, NULL, sflags, &err);
-    if (done("SCICreateDataInterrupt", err, 1, "adapter=%u, number=%u, flags=0x%x", adapter, number, sflags) < 0) {
+    if (done("SCICreateDataInterrupt", err, 1, "adapter=%u, number=%u, flags=%s", adapter, number, sflags ? "SCI_FLAG_FIXED_INTNO" : "0") < 0) {
         SCIClose(i->sd, 0, &cerr);
         cleanup("SCIClose", cerr, "flags=0x0");
         goto free_i;
@@ -841,7 +864,11 @@ int32_t nvm_sisci_cache_sync(void *addr, uint32_t len, uint32_t flags)
         sflags |= SCI_FLAG_CACHE_INVALIDATE;
     sci_error_t err;
     SCICacheSync(NULL, addr, len, sflags, &err);
-    return done("SCICacheSync", err, 1, "len=%u, flags=0x%x", len, sflags);
+    return done("SCICacheSync", err, 1, "len=%u, flags=%s", len,
+                flags == (NVM_SISCI_SYNC_FLUSH | NVM_SISCI_SYNC_INVALIDATE) ? "SCI_FLAG_CACHE_FLUSH|SCI_FLAG_CACHE_INVALIDATE"
+                : flags == NVM_SISCI_SYNC_FLUSH                              ? "SCI_FLAG_CACHE_FLUSH"
+                : flags == NVM_SISCI_SYNC_INVALIDATE                         ? "SCI_FLAG_CACHE_INVALIDATE"
+                                                                             : "0");
 }
 
 void nvm_sisci_flush(void)

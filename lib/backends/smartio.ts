@@ -15,8 +15,9 @@
  * Not here: SISCI has no call for the borrowed device's PCI COMMAND register, so bus mastering
  * cannot be cleared (setBusMaster throws; a controller that cannot be disabled keeps its memory,
  * abandonDma). Completions are polled; x86 DMA is cache-coherent, so nothing syncs caches on the hot
- * path (cacheSync() is there for hosts that are not). If the process dies, SISCI's driver returns
- * the device and removes the segments.
+ * path (cacheSync() is there for hosts that are not). If the process dies, what happens to the borrow
+ * and the segments is SISCI's driver's business (untested: no hardware); the controller may stay
+ * enabled until the next open resets it.
  */
 import type { Pointer } from "bun:ffi";
 import { DeviceError, InvalidArgumentError, UnsupportedError } from "../errors.ts";
@@ -269,7 +270,7 @@ export class SmartIoBackend implements Backend {
     throw new UnsupportedError(`${this.name}: SISCI gives no access to a borrowed device's PCI COMMAND register, so bus mastering cannot be changed through SmartIO`);
   }
 
-  /** The segments stay mapped for the device until the process exits (SISCI's driver removes them then). */
+  /** The segments stay mapped for the device until the process exits; SISCI's driver has them then. */
   abandonDma(): void {
     this.#live.clear();
   }

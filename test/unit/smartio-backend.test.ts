@@ -8,7 +8,7 @@
  */
 import { afterAll, afterEach, beforeAll, describe, expect, test } from "bun:test";
 import { toArrayBuffer } from "bun:ffi";
-import { copyFileSync, existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, symlinkSync } from "node:fs";
+import { copyFileSync, cpSync, mkdirSync, mkdtempSync, readFileSync, rmSync, symlinkSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { native } from "../../lib/native.ts";
@@ -248,21 +248,33 @@ describe("SISCI not installed", () => {
     import { SmartIoBackend } from "./lib/backends/smartio.ts";
     try { new SmartIoBackend(0x80000); console.log("opened"); }
     catch (e) { console.log(JSON.stringify({ name: e.name, reason: e.reason, message: e.message })); }`;
-  function run(env: Record<string, string | undefined>) {
+  function run(env: Record<string, string | undefined>, cwd = REPO) {
     const e = { ...process.env, ...env };
     for (const k of Object.keys(e)) if (e[k] === undefined) delete e[k];
-    const r = Bun.spawnSync(["bun", "-e", probe], { cwd: REPO, env: e as Record<string, string>, stdout: "pipe", stderr: "pipe" });
+    const r = Bun.spawnSync(["bun", "-e", probe], { cwd, env: e as Record<string, string>, stdout: "pipe", stderr: "pipe" });
     return JSON.parse(r.stdout.toString().trim()) as { name: string; reason: string; message: string };
   }
 
   test("the shim is not built: SmartIoError(not-installed) says where libnvm and CMake looked and how to install", () => {
-    expect(existsSync(join(REPO, "c", "build", "libnvm-sisci.so"))).toBe(false); // no SISCI on this machine
-    const r = run({ LIBNVM_SISCI: undefined });
-    expect([r.name, r.reason]).toEqual(["SmartIoError", "not-installed"]);
-    expect(r.message).toContain(`looked for ${join(REPO, "c", "build", "libnvm-sisci.so")}`);
-    expect(r.message).toContain("CMake: not built: sisci_api.h not found in /opt/DIS/include");
-    expect(r.message).toContain("--enable-smartio");
-    expect(r.message).toContain("-DDIS=/opt/DIS");
+    // A copy of lib/ is a package of its own, whatever this machine has: no c/build there yet.
+    const t = mkdtempSync(join(tmpdir(), "libnvm-no-sisci-"));
+    try {
+      cpSync(join(REPO, "lib"), join(t, "lib"), { recursive: true });
+      const shim = join(t, "c", "build", "libnvm-sisci.so");
+      const fresh = run({ LIBNVM_SISCI: undefined }, t);
+      expect([fresh.name, fresh.reason]).toEqual(["SmartIoError", "not-installed"]);
+      expect(fresh.message).toContain(`looked for ${shim}; CMake has not configured ${join(t, "c", "build")} (no sisci-status.txt)`);
+      // CMake configured there without SISCI: its finding is quoted.
+      const cfg = Bun.spawnSync(["cmake", "-S", join(REPO, "c"), "-B", join(t, "c", "build"), "-DDIS=/nonexistent/DIS"], { stdout: "pipe", stderr: "pipe" });
+      expect(cfg.exitCode).toBe(0);
+      const r = run({ LIBNVM_SISCI: undefined }, t);
+      expect(r.reason).toBe("not-installed");
+      expect(r.message).toContain(`looked for ${shim}; CMake: not built: sisci_api.h not found in /nonexistent/DIS/include`);
+      expect(r.message).toContain("--enable-smartio");
+      expect(r.message).toContain("-DDIS=/opt/DIS");
+    } finally {
+      rmSync(t, { recursive: true, force: true });
+    }
     const gone = run({ LIBNVM_SISCI: "/nonexistent/libnvm-sisci.so" });
     expect(gone.reason).toBe("not-installed");
     expect(gone.message).toContain("the shim /nonexistent/libnvm-sisci.so (LIBNVM_SISCI) does not exist");
