@@ -1,5 +1,17 @@
 /** libnvm: a userspace NVM Express driver library for Bun. */
-export { Controller, readRegisters, type ControllerOptions, type RegisterSnapshot } from "./controller.ts";
+export {
+  Controller,
+  FORMAT_TIMEOUT_MS,
+  readRegisters,
+  type AdminAsyncOptions,
+  type ControllerOptions,
+  type FeatureResult,
+  type FormatOptions,
+  type FormatProgress,
+  type GetFeatureOptions,
+  type RegisterSnapshot,
+  type SetFeatureOptions,
+} from "./controller.ts";
 export { DmaBuffer } from "./dma.ts";
 export { buildPrp, prpListPages, PRP_PAGE_SIZE, type PrpPair } from "./prp.ts";
 export { QueuePair, SubmissionQueue, CompletionQueue, type Completion, type ExecOptions } from "./queue.ts";
