@@ -1,10 +1,11 @@
 /**
  * Which ways of reaching a controller work on this machine, and for each that does not, why and
- * the commands that fix it. Changes nothing.
+ * the commands that fix it. Changes nothing. (`libnvm doctor` prints the same.)
  *
  *   bun run examples/doctor.ts --ctrl=05:00.0 [--json]
  */
 import { diagnose } from "../lib/diagnose.ts";
+import { doctorText } from "../cli/commands/tools.ts";
 import { parse, run, toJson } from "./common.ts";
 
 const usage = `usage: bun run examples/doctor.ts --ctrl=BDF|/dev/disnvmN [--json]
@@ -16,25 +17,6 @@ const usage = `usage: bun run examples/doctor.ts --ctrl=BDF|/dev/disnvmN [--json
 await run(() => {
   const args = parse(usage, {});
   const d = diagnose(args.ctrl);
-  if (args.json) console.log(toJson(d));
-  else {
-    const f = d.facts;
-    const dev = d.device ? `vendor ${d.device.vendor} device ${d.device.device}, class ${d.device.classCode}, bound to ${d.device.driver ?? "no driver"}` : "not found";
-    console.log(`libnvm doctor: ${d.bdf ?? d.ctrl}: ${d.error ?? dev}`);
-    if (d.error) console.log(`  fix:    ${d.paths[0]!.fixes.join("; ")}`);
-    for (const p of d.error ? [] : d.paths) {
-      console.log(`  ${p.kind.padEnd(7)} ${p.possible ? "works now" : `not possible: ${p.problems.join("; ")}`}`);
-      for (const w of p.warnings) console.log(`          warning: ${w}`);
-      for (const fix of p.possible ? [] : p.fixes) console.log(`          fix: ${fix}`);
-    }
-    const ml = f.memlock === "unlimited" ? "unlimited" : `${f.memlock} bytes`;
-    console.log(
-      `  facts:  kernel ${f.kernel}; ${f.root ? "root" : "not root"}; CAP_SYS_ADMIN ${f.capSysAdmin ? "yes" : "no"}; CAP_SYS_RAWIO ${f.capSysRawio ? "yes" : "no"}; memlock ${ml}; ` +
-        `hugepages ${f.hugepages.free}/${f.hugepages.total} free; IOMMU ${f.iommuEnabled ? (f.iommuPassthrough ? "passthrough" : "on") : "off"}` +
-        `${f.iommuGroup !== null ? `, group ${f.iommuGroup}${f.groupMembers.length ? ` with ${f.groupMembers.map((m) => m.bdf).join(", ")}` : " (alone)"}` : ""}; ` +
-        `vfio-pci ${f.vfioPciLoaded ? "loaded" : "not loaded"}; disnvm ${f.disnvmLoaded ? "loaded" : "not loaded"}${f.disnvmNode ? ` (${f.disnvmNode})` : ""}`,
-    );
-    if (d.recommended) console.log(`  use:    bun run examples/identify.ts --ctrl=${d.recommended === "disnvm" ? d.facts.disnvmNode : d.bdf}   # ${d.recommended}`);
-  }
+  process.stdout.write(args.json ? toJson(d) + "\n" : doctorText(d));
   if (!d.paths.some((p) => p.possible)) process.exitCode = 1;
 });

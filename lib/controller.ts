@@ -70,8 +70,7 @@ export interface ControllerOptions {
   readonly maxTransferBytes?: number;
 }
 
-/** How long a Format NVM may take by default: a secure erase of a large drive takes minutes. */
-export const FORMAT_TIMEOUT_MS = 600_000;
+export { FORMAT_TIMEOUT_MS } from "./spec/commands.ts";
 /** The largest feature data one Get/Set Features moves here: one page (every feature of Base 2.0 fits). */
 const FEATURE_DATA_MAX = 4096;
 
@@ -419,7 +418,7 @@ export class Controller {
     const info = this.identifyNamespace(nsid);
     if (!info.isActive) {
       this.#lbaSizes.delete(nsid);
-      throw new InvalidArgumentError(`namespace ${nsid} on ${this.name} is not active (NSZE 0): list the active ones with examples/identify.ts`);
+      throw new InvalidArgumentError(`namespace ${nsid} on ${this.name} is not active (NSZE 0): list the active ones with libnvm list-ns`);
     }
     if (info.metadataSize > 0 || (info.dps & 0x7) !== 0) {
       this.#lbaSizes.delete(nsid);
@@ -646,7 +645,7 @@ export class Controller {
     this.#forgetLbaSizes(all ? undefined : nsid);
     try {
       await this.adminCommandAsync(c, {
-        timeoutMs: opts.timeoutMs ?? FORMAT_TIMEOUT_MS,
+        timeoutMs: opts.timeoutMs ?? cmd.FORMAT_TIMEOUT_MS,
         detail: `NSID ${all ? "0xffffffff" : nsid}, LBAF ${opts.lbaf}${opts.ses ? `, SES ${opts.ses}` : ""}`,
         onWait,
       });

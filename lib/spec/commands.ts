@@ -233,6 +233,9 @@ export function setFeatures(fid: number, cdw11: number, save = false, nsid = 0, 
   return { opcode: ADMIN_SET_FEATURES, nsid, prp1, cdw10: ((fid & 0xff) | (save ? 1 << 31 : 0)) >>> 0, cdw11, cdw12 };
 }
 
+/** How long a Format NVM may take by default: a secure erase of a large drive takes minutes. */
+export const FORMAT_TIMEOUT_MS = 600_000;
+
 /** Format NVM settings (Base 2.0, 5.23, CDW10). */
 export interface FormatNvmFields {
   /** LBA Format index, 0 to 63: bits 3:0 (LBAFL) and 13:12 (LBAFU). */

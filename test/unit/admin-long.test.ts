@@ -18,7 +18,7 @@ const lockDir = mkdtempSync(join(tmpdir(), "libnvm-admin-long-"));
 process.env.LIBNVM_LOCK_DIR = lockDir;
 const { Controller, FORMAT_TIMEOUT_MS } = await import("../../lib/controller.ts");
 const { Namespace } = await import("../../lib/namespace.ts");
-type Controller = InstanceType<typeof Controller>;
+type Controller = import("../../lib/controller.ts").Controller;
 
 const cleanups: (() => void)[] = [];
 afterEach(() => {
@@ -151,7 +151,7 @@ describe("Format NVM", () => {
     const buf = c.allocBuffer(4096);
     f.hold = isFormat;
     let formatted = false;
-    const format = c.formatNvm(1, { lbaf: 2 }).then((id) => {
+    const format = c.formatNvm(1, { lbaf: 2 }).then((id: { lbaSize: number } | undefined) => {
       formatted = true;
       return id;
     });
@@ -180,7 +180,7 @@ describe("Format NVM", () => {
     f.fpi = 0x80 | 40;
     f.hold = isFormat;
     const seen: (number | null)[] = [];
-    const format = c.formatNvm(1, { lbaf: 2, onProgress: (p) => seen.push(p.percentRemaining) });
+    const format = c.formatNvm(1, { lbaf: 2, onProgress: (p: { percentRemaining: number | null }) => seen.push(p.percentRemaining) });
     await sleep(1300);
     f.hold = () => false;
     f.completeHeld();

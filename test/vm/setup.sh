@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Provision everything the QEMU guest test harness needs (idempotent; a second run takes ~1 s).
 #
-#   1. Debian packages (qemu-system-x86, busybox-static, cpio, kmod, pciutils, xz-utils, cmake, gcc, make)
+#   1. Debian packages (qemu-system-x86, busybox-static, cpio, kmod, pciutils, xz-utils, cmake, gcc, make;
+#      nvme-cli, which the guest runs from the host's root to compare `libnvm ... -o json` with; zsh,
+#      for the test of `libnvm completion zsh`)
 #   2. the C library (c/build), when c/CMakeLists.txt exists
 #   3. the guest kernel + initramfs in ${LIBNVM_VM_CACHE:-<repo>/.cache/vm}:
 #        debs/<linux-image-*.deb>   the kernel package (re-used when present)
@@ -30,7 +32,7 @@ source "$SCRIPT_DIR/apt.sh"
 
 # ---------------------------------------------------------------------------------------------
 # 1. packages
-PACKAGES=(qemu-system-x86 busybox-static cpio kmod pciutils xz-utils cmake gcc make)
+PACKAGES=(qemu-system-x86 busybox-static cpio kmod pciutils xz-utils cmake gcc make nvme-cli zsh)
 apt_install_missing "${PACKAGES[@]}"
 
 # ---------------------------------------------------------------------------------------------
