@@ -239,7 +239,8 @@ describe("format", () => {
   test("format changes the LBA size and every command sees it; metadata formats allowed and shown; Invalid Format named", () => {
     const n = requireExpected().namespaces[1]!;
     const ns = String(n.nsid);
-    const lbafOf = (bytes: number, ms: number) => json(["id-ns", ctrlAddress(), "-n", ns]).lbafs.findIndex((f: { ds: number; ms: number }) => 2 ** f.ds === bytes && f.ms === ms);
+    const lbafs: { ds: number; ms: number }[] = json(["id-ns", ctrlAddress(), "-n", ns]).lbafs;
+    const lbafOf = (bytes: number, ms: number) => lbafs.findIndex((f) => 2 ** f.ds === bytes && f.ms === ms);
     const original = lbafOf(n.lbaSize, 0);
     const small = lbafOf(512, 0);
     const withMetadata = lbafOf(4096, 8);
