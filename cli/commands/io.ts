@@ -76,6 +76,7 @@ export const read: Command = {
     if (output === undefined && process.stdout.isTTY) throw new UsageError("refusing to write binary data to a terminal: give --data=FILE or redirect stdout");
     if (ctx.values["force-unit-access"]) throw new UsageError("--force-unit-access is for write; reads here always come from the controller");
     const range = rangeArgs(ctx);
+    if (range.nlb === undefined && range.bytes === undefined) throw new UsageError("give --block-count (0's based) or --data-size");
     using ctrl = await ctx.open();
     const ns = new Namespace(ctrl, nsid);
     const { lba, count, bytes } = transferRange(range, ns);

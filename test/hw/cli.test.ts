@@ -214,6 +214,19 @@ describe("I/O", () => {
     expect(ok(["flush", ctrlAddress(), "-n", String(n.nsid)]).out).toBe(`flush: Success, namespace ${n.nsid}\n`);
   });
 
+  test("usage errors: exit 2 and one line on stderr, the controller untouched", () => {
+    for (const [args, message] of [
+      [["read", ctrlAddress(), "-n", "1"], "give --block-count (0's based) or --data-size"],
+      [["format", ctrlAddress(), "-n", "1", "--ses", "9", "-l", "0"], "--ses=9: at most 2"],
+      [["id-ns", ctrlAddress(), "--nsid", "1"], "unknown option '--nsid'"],
+    ] as const) {
+      const r = libnvm([...args]);
+      expect(r.code).toBe(2);
+      expect(r.out).toBe("");
+      expect(r.err.trimEnd().split("\n")).toEqual([expect.stringContaining(message)]);
+    }
+  });
+
   test("a range past the end is refused before anything is sent: exit 2, one line", () => {
     const n = requireExpected().namespaces[0]!;
     const blocks = n.sizeBytes / n.lbaSize;
