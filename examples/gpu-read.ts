@@ -8,6 +8,7 @@
  */
 import { createHash } from "node:crypto";
 import { cuda, Namespace } from "../lib/index.ts";
+import { MismatchError } from "../cli/cli.ts";
 import { intOption, openController, parse, run, toJson, UsageError, yieldForSignals } from "./common.ts";
 
 const usage = `usage: bun run examples/gpu-read.ts --ctrl=DEV --ns=NSID --lba=N --blocks=N [--gpu=N] [--verify] [--json]
@@ -24,16 +25,13 @@ const usage = `usage: bun run examples/gpu-read.ts --ctrl=DEV --ns=NSID --lba=N 
   -h, --help     this text
 `;
 
-/** The GPU's copy of the blocks differs from the host's: exit 1, naming the first differing block. */
-class MismatchError extends Error {
-  override readonly name = "MismatchError";
-}
 
 /** Commands kept in flight: enough to keep an emulated or real controller busy, few enough for one queue. */
 const IN_FLIGHT = 8;
 
-await run(async () => {
-  const args = parse(usage, { ns: { type: "string" }, lba: { type: "string" }, blocks: { type: "string" }, gpu: { type: "string" }, verify: { type: "boolean", default: false } });
+/** The tool's main, for `libnvm gpu-read` as for this file run directly. */
+export async function gpuRead(argv: string[]): Promise<void> {
+  const args = parse(usage, { ns: { type: "string" }, lba: { type: "string" }, blocks: { type: "string" }, gpu: { type: "string" }, verify: { type: "boolean", default: false } }, argv);
   const nsid = intOption("ns", args.ns, usage);
   const lba = intOption("lba", args.lba, usage);
   const blocks = intOption("blocks", args.blocks, usage);
@@ -116,4 +114,8 @@ await run(async () => {
         `${seconds.toFixed(3)} s, ${gbPerSec.toFixed(3)} GB/s${verified ? "; verified: identical to a read into host memory" : ""}\n`,
     );
   }
-});
+}
+
+export const GPU_READ_USAGE = usage;
+
+if (import.meta.main) await run(() => gpuRead(Bun.argv.slice(2)));

@@ -190,7 +190,11 @@ async function runAll(
   }
 }
 
-await run(async () => {
+/**
+ * The whole program, `argv` being its arguments: `libnvm perf` runs it too. Usage errors throw
+ * UsageError; --help prints the usage and exits.
+ */
+export async function perf(argv: string[]): Promise<void> {
   const args = parse(usage, {
     ns: { type: "string" },
     qd: { type: "string" },
@@ -209,7 +213,7 @@ await run(async () => {
     plot: { type: "string" },
     workers: { type: "boolean", default: false },
     "idle-sleep": { type: "string" },
-  });
+  }, argv);
   const nsid = intOption("ns", args.ns, usage) ?? 1;
   const qd = intOption("qd", args.qd, usage) ?? 1;
   const bsArg = sizeOption("bs", args.bs) ?? 4096;
@@ -386,4 +390,9 @@ await run(async () => {
   for (const s of ["SIGINT", "SIGTERM", "SIGHUP"] as const) process.off(s, onSignal);
   if (totalReport.errors > 0) process.exitCode = 1;
   if (signalled) process.exitCode = signalled;
-});
+}
+
+/** The usage text, for `libnvm perf --help`. */
+export const PERF_USAGE = usage;
+
+if (import.meta.main) await run(() => perf(Bun.argv.slice(2)));

@@ -40,6 +40,7 @@ import {
 import { mdtsBytes, parseIdentifyController, parseIdentifyNamespace, parseNamespaceList } from "./spec/identify.ts";
 import type { IdentifyController, IdentifyNamespace } from "./spec/identify.ts";
 import { LID_ERROR, LID_FW_SLOT, LID_SMART, parseErrorLog, parseFirmwareSlotLog, parseSmartLog } from "./spec/log.ts";
+import { SC_ABORT_REQUESTED, SCT_GENERIC } from "./spec/status.ts";
 
 const HOST_PAGE_SHIFT = 12;
 
@@ -87,6 +88,70 @@ export interface DmaBufExporter {
   readonly size: number;
   /** A new dma-buf file descriptor for the whole memory; the caller owns (and closes) it. */
   exportDmaBuf(): number;
+}
+
+export { FORMAT_TIMEOUT_MS } from "./spec/commands.ts";
+/** The largest feature data one Get/Set Features moves here: one page (every feature of Base 2.0 fits). */
+const FEATURE_DATA_MAX = 4096;
+
+/** An admin command waited for asynchronously (adminCommandAsync). */
+export interface AdminAsyncOptions extends ExecOptions {
+  /**
+   * Called between looks at the completion queue (every 1 to 50 ms) with the milliseconds since
+   * the command was sent: progress reports, other admin commands. Defaults to none.
+   */
+  readonly onWait?: (elapsedMs: number) => void;
+}
+
+/** Progress of a Format NVM, reported about once a second. */
+export interface FormatProgress {
+  readonly elapsedMs: number;
+  /**
+   * Percent of the namespace still to format, from Identify Namespace FPI bits 6:0; null when the
+   * controller does not report it (FPI bit 7 clear) or the format covers every namespace.
+   */
+  readonly percentRemaining: number | null;
+}
+
+export interface FormatOptions extends cmd.FormatNvmFields {
+  /**
+   * Milliseconds the format may take; then it is aborted and, when the controller does not end it
+   * within abortGraceMs, the controller is reset. Defaults to FORMAT_TIMEOUT_MS (10 minutes).
+   */
+  readonly timeoutMs?: number;
+  /** Called about once a second while the format runs. Defaults to none. */
+  readonly onProgress?: (p: FormatProgress) => void;
+}
+
+export interface GetFeatureOptions {
+  /** Select (SEL, CDW10 10:08): current, default, saved, supported capabilities. Defaults to 0 (current). */
+  readonly sel?: number;
+  /** Feature specific CDW11. Defaults to 0. */
+  readonly cdw11?: number;
+  /** For namespace specific features. Defaults to 0. */
+  readonly nsid?: number;
+  /** Bytes of data the feature returns (Timestamp 8, LBA Range Type 4096, ...), up to 4096. Defaults to 0. */
+  readonly dataLength?: number;
+}
+
+export interface SetFeatureOptions {
+  /** Feature specific CDW11 (the value of most features). Defaults to 0. */
+  readonly cdw11?: number;
+  /** Feature specific CDW12. Defaults to 0. */
+  readonly cdw12?: number;
+  /** Save (SV, CDW10 bit 31): keep the value across power cycles. Defaults to false. */
+  readonly save?: boolean;
+  /** For namespace specific features. Defaults to 0. */
+  readonly nsid?: number;
+  /** The feature's data structure, up to 4096 bytes. Defaults to none. */
+  readonly data?: Uint8Array;
+}
+
+export interface FeatureResult {
+  /** Completion DW0: the value of most features. */
+  readonly dw0: number;
+  /** The data returned (GetFeatureOptions.dataLength bytes), or undefined. */
+  readonly data: Uint8Array | undefined;
 }
 
 /** Registers as read, for diagnostics and tests. */
@@ -137,6 +202,8 @@ export class Controller {
   #leaseTimer: ReturnType<typeof setInterval> | undefined;
   /** LBA data size of namespaces checked for use (namespaceFormat()), by NSID. */
   readonly #lbaSizes = new Map<number, number>();
+  /** The NSID a Format NVM is running on ("all" for FFFFFFFFh): its I/O is refused meanwhile. */
+  #formatting: number | "all" | undefined;
 
   /**
    * Open the controller at `ctrl` (a PCI address like 05:00.0, or /dev/disnvmN), reset it and
@@ -371,7 +438,7 @@ export class Controller {
     const info = this.identifyNamespace(nsid);
     if (!info.isActive) {
       this.#lbaSizes.delete(nsid);
-      throw new InvalidArgumentError(`namespace ${nsid} on ${this.name} is not active (NSZE 0): list the active ones with examples/identify.ts`);
+      throw new InvalidArgumentError(`namespace ${nsid} on ${this.name} is not active (NSZE 0): list the active ones with libnvm list-ns`);
     }
     if (info.metadataSize > 0 || (info.dps & 0x7) !== 0) {
       this.#lbaSizes.delete(nsid);
@@ -386,7 +453,21 @@ export class Controller {
 
   /** LBA data size of `nsid` for an I/O queue's checks: cached once namespaceFormat() accepted it. */
   #lbaSize(nsid: number): number {
+    if (this.#formatting === "all" || this.#formatting === nsid) {
+      throw new InvalidArgumentError(`namespace ${nsid} on ${this.name} is being formatted: wait for formatNvm() to end, then create its Namespace again`);
+    }
     return this.#lbaSizes.get(nsid) ?? this.namespaceFormat(nsid).lbaSize;
+  }
+
+  /**
+   * Forget the LBA size of `nsid` (every namespace when undefined), here and in every I/O queue's
+   * one-entry cache: the next command to it identifies the namespace again, so byte counts are
+   * checked against the format it has now, never against the one it had.
+   */
+  #forgetLbaSizes(nsid: number | undefined): void {
+    if (nsid === undefined) this.#lbaSizes.clear();
+    else this.#lbaSizes.delete(nsid);
+    for (const q of this.#sqs.values()) q.forgetLbaSize();
   }
 
   /** The LBA sizes accepted so far, for a queue lent to another thread (it cannot identify). */
@@ -407,12 +488,193 @@ export class Controller {
     }
   }
 
+  /** Get Features: completion DW0 only (getFeature() for data-returning features). */
   getFeatures(fid: number, opts: { sel?: number; cdw11?: number; nsid?: number } = {}): number {
     return this.adminCommand(cmd.getFeatures(fid, opts.sel, opts.cdw11, opts.nsid)).dw0;
   }
 
+  /** Set Features: CDW11 only (setFeature() for CDW12 or a data structure). */
   setFeatures(fid: number, cdw11: number, opts: { save?: boolean; nsid?: number } = {}): number {
     return this.adminCommand(cmd.setFeatures(fid, cdw11, opts.save, opts.nsid)).dw0;
+  }
+
+  #checkFeature(fid: number, dataLength: number): void {
+    if (!Number.isInteger(fid) || fid < 0 || fid > 0xff) throw new InvalidArgumentError(`feature identifier ${fid} is not an integer in 0..255 (CDW10 07:00)`);
+    if (!Number.isInteger(dataLength) || dataLength < 0 || dataLength > FEATURE_DATA_MAX) {
+      throw new InvalidArgumentError(`feature data of ${dataLength} bytes: libnvm moves 0 to ${FEATURE_DATA_MAX} bytes (one page)`);
+    }
+  }
+
+  /** Run a Features command whose data (if any) lives in a page of its own; returns DW0 and the page. */
+  #featureCommand(c: cmd.Command, bytes: number, fill: ((page: Uint8Array) => void) | undefined, detail: string): FeatureResult {
+    this.#check();
+    if (bytes === 0) return { dw0: this.adminCommand(c, { detail }).dw0, data: undefined };
+    const page = new DmaBuffer(this.backend, PRP_PAGE_SIZE);
+    let dw0: number;
+    try {
+      fill?.(page.bytes);
+      dw0 = this.adminCommand({ ...c, prp1: page.busAddress(0) }, { detail }).dw0;
+    } catch (e) {
+      this.releaseAfter(e, page);
+      throw e;
+    }
+    const data = page.bytes.slice(0, bytes);
+    page.free();
+    return { dw0, data };
+  }
+
+  /**
+   * Get Features (Base 2.0, 5.15) with everything the command carries: SEL, CDW11, NSID and the
+   * data of features that return a structure. A feature the controller does not support fails
+   * with its own status (NvmeStatusError, e.g. Invalid Field in Command).
+   */
+  getFeature(fid: number, opts: GetFeatureOptions = {}): FeatureResult {
+    const bytes = opts.dataLength ?? 0;
+    this.#checkFeature(fid, bytes);
+    const sel = opts.sel ?? cmd.SEL_CURRENT;
+    if (!Number.isInteger(sel) || sel < 0 || sel > 3) throw new InvalidArgumentError(`Get Features select ${sel}: 0 current, 1 default, 2 saved, 3 supported capabilities`);
+    const c = cmd.getFeatures(fid, sel, opts.cdw11 ?? 0, opts.nsid ?? 0);
+    return this.#featureCommand(c, bytes, undefined, `FID 0x${fid.toString(16).padStart(2, "0")} (${cmd.featureName(fid)})`);
+  }
+
+  /** Set Features (Base 2.0, 5.27): CDW11, CDW12, Save, NSID and an optional data structure. */
+  setFeature(fid: number, opts: SetFeatureOptions = {}): FeatureResult {
+    const bytes = opts.data?.byteLength ?? 0;
+    this.#checkFeature(fid, bytes);
+    const c = cmd.setFeatures(fid, opts.cdw11 ?? 0, opts.save ?? false, opts.nsid ?? 0, 0, opts.cdw12 ?? 0);
+    const r = this.#featureCommand(c, bytes, (page) => page.set(opts.data!), `FID 0x${fid.toString(16).padStart(2, "0")} (${cmd.featureName(fid)})`);
+    return { dw0: r.dw0, data: undefined };
+  }
+
+  /**
+   * Identify with any CNS: a copy of the 4096-byte structure as the controller returned it (for
+   * tools that print raw fields or save it). CNTID is 0.
+   */
+  identify(cns: number, nsid = 0): Uint8Array {
+    this.#check();
+    if (!Number.isInteger(cns) || cns < 0 || cns > 0xff) throw new InvalidArgumentError(`Identify CNS ${cns} is not an integer in 0..255`);
+    if (!Number.isInteger(nsid) || nsid < 0 || nsid > 0xffffffff) throw new InvalidArgumentError(`Identify NSID ${nsid} is not a 32-bit value`);
+    return this.#identify(cns, nsid).slice();
+  }
+
+  /**
+   * Run an admin command without blocking the event loop: posted, then looked for every 1 to 50
+   * ms, so I/O queue pollers and timers run while it takes its time (Format NVM, Sanitize). Its
+   * deadline is `opts.timeoutMs` (default the controller's): then Abort is sent, and when the
+   * controller does not end it within abortGraceMs the controller is reset, as for an I/O
+   * command. A command that Abort ended rejects with NvmeTimeoutError (its cause is the
+   * controller's status); any other status with NvmeStatusError.
+   */
+  async adminCommandAsync(c: cmd.Command, opts: AdminAsyncOptions = {}): Promise<Completion> {
+    this.#check();
+    const timeoutMs = opts.timeoutMs ?? this.timeoutMs;
+    if (!(timeoutMs > 0)) throw new InvalidArgumentError(`timeout ${timeoutMs} ms: must be positive`);
+    const name = cmd.commandName(c.opcode, true);
+    const cid = this.admin.post(c, opts);
+    const t0 = performance.now();
+    let abortedAt: number | undefined;
+    for (let looks = 0; ; looks++) {
+      if (this.#closed) throw new ClosedError(`controller ${this.backend.name} was closed while ${name} ran`);
+      if (this.#failed) throw this.#failed;
+      let done: Completion | undefined;
+      try {
+        done = this.admin.take(cid);
+      } catch (e) {
+        if (abortedAt !== undefined && e instanceof NvmeStatusError && e.sct === SCT_GENERIC && e.sc === SC_ABORT_REQUESTED) {
+          const err = new NvmeTimeoutError(`${name} (cid ${cid}) did not complete within ${timeoutMs} ms and was aborted`, timeoutMs);
+          (err as { cause?: unknown }).cause = e;
+          throw err;
+        }
+        throw e;
+      }
+      if (done) return done;
+      const now = performance.now();
+      if (abortedAt === undefined && now - t0 > timeoutMs) {
+        abortedAt = now;
+        try {
+          this.admin.execute(cmd.abort(0, cid), { timeoutMs: Math.min(this.timeoutMs, 1000) });
+        } catch {
+          // The admin queue does not answer either: nothing but a reset helps.
+          this.#resetQuietly(new NvmeTimeoutError(`${name} (cid ${cid}) did not complete within ${timeoutMs} ms and Abort got no answer`, timeoutMs));
+        }
+        continue;
+      }
+      if (abortedAt !== undefined && now - abortedAt > this.#abortGraceMs) {
+        // The reset ends the command (take() then throws the reset's error) or fails the controller.
+        this.#resetQuietly(new NvmeTimeoutError(`${name} (cid ${cid}) did not complete within ${timeoutMs} ms and was not aborted`, timeoutMs));
+        continue;
+      }
+      // CSTS is an uncached read: about every 100 ms, for a controller that failed or vanished.
+      if (looks % 10 === 9) {
+        const csts = native().nvm_read32(this.backend.bar0, REG_CSTS);
+        if (csts === REG_ALL_ONES || (csts & CSTS_CFS) !== 0) {
+          this.#resetQuietly(
+            new ControllerFatalError(
+              csts === REG_ALL_ONES ? `${this.backend.name}: registers read all ones while ${name} ran: the device is gone` : `${this.backend.name}: Controller Fatal Status (CSTS.CFS) set while ${name} ran`,
+              csts,
+            ),
+          );
+          continue;
+        }
+      }
+      opts.onWait?.(now - t0);
+      await Bun.sleep(Math.min(1 + looks, 50));
+    }
+  }
+
+  /**
+   * Format NVM (Base 2.0, 5.23) on namespace `nsid`, or on every namespace with 0xFFFFFFFF: a new
+   * LBA format (`lbaf`, with or without metadata), optionally a secure erase (`ses`). Sent with
+   * adminCommandAsync(), so other queues' pollers keep running; bounded by `timeoutMs` (10 minutes
+   * by default) with the same Abort-then-reset recovery as I/O. Every LBA size libnvm cached for
+   * the namespace is forgotten, so I/O is checked against the new format; I/O to it is refused
+   * while the format runs. Existing Namespace objects keep the old geometry: create them again.
+   * Returns the namespace's Identify Namespace after the format (undefined for every namespace).
+   */
+  async formatNvm(nsid: number, opts: FormatOptions): Promise<IdentifyNamespace | undefined> {
+    this.#check();
+    const all = nsid === 0xffffffff;
+    if (!all) this.#checkNsid(nsid);
+    if (this.#formatting !== undefined) throw new InvalidArgumentError(`a Format NVM is already running on ${this.name}`);
+    for (const [qid, lease] of this.#leases) {
+      if (lease.lent) throw new InvalidArgumentError(`I/O queue ${qid} is lent to a Worker, which knows the LBA sizes from before the format: close it there first`);
+    }
+    for (const q of this.#sqs.values()) {
+      if (q.outstanding > 0) throw new InvalidArgumentError(`I/O queue ${q.qid} has ${q.outstanding} commands outstanding: wait for them before Format NVM changes the namespace under them`);
+    }
+    const c = cmd.formatNvm(nsid, opts);
+    const fpi = all ? 0 : this.identifyNamespace(nsid).fpi;
+    const t0 = performance.now();
+    let reported = t0;
+    const onWait = (elapsedMs: number) => {
+      if (!opts.onProgress || performance.now() - reported < 1000) return;
+      reported = performance.now();
+      let percentRemaining: number | null = null;
+      // FPI bit 7: the controller reports what is left in bits 6:0 while it formats.
+      if ((fpi & 0x80) !== 0) {
+        try {
+          const now = this.identifyNamespace(nsid).fpi;
+          if ((now & 0x80) !== 0) percentRemaining = now & 0x7f;
+        } catch (e) {
+          if (!(e instanceof NvmeStatusError)) throw e;
+        }
+      }
+      opts.onProgress({ elapsedMs, percentRemaining });
+    };
+    this.#formatting = all ? "all" : nsid;
+    this.#forgetLbaSizes(all ? undefined : nsid);
+    try {
+      await this.adminCommandAsync(c, {
+        timeoutMs: opts.timeoutMs ?? cmd.FORMAT_TIMEOUT_MS,
+        detail: `NSID ${all ? "0xffffffff" : nsid}, LBAF ${opts.lbaf}${opts.ses ? `, SES ${opts.ses}` : ""}`,
+        onWait,
+      });
+    } finally {
+      this.#formatting = undefined;
+      // Also after a failure: the namespace may be half formatted, in either format.
+      this.#forgetLbaSizes(all ? undefined : nsid);
+    }
+    return all ? undefined : this.identifyNamespace(nsid);
   }
 
   /** Ask for `sqs` I/O SQs and `cqs` CQs; returns what the controller allocated (may differ). */
@@ -762,7 +1024,7 @@ export class Controller {
       const lentCqs = new Set([...lent.keys()].map((qid) => this.#sqs.get(qid)!.ioCq));
       for (const q of this.#sqs.values()) if (!lent.has(q.qid) && !this.#leases.get(q.qid)?.abandoned) q.resetAfterDisable(fail);
       for (const cq of this.#cqs.values()) if (!lentCqs.has(cq)) cq.reset();
-      this.admin.reset();
+      this.admin.reset(fail);
       try {
         if (this.#masterCleared) {
           this.backend.setBusMaster(true);

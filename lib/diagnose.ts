@@ -236,7 +236,7 @@ export function diagnose(ctrl: string, pciRoot = SYSFS_PCI_DEVICES): Diagnosis {
   }
   if (!facts.capSysAdmin) {
     sp.push("needs root (CAP_SYS_ADMIN): /proc/self/pagemap hides physical addresses otherwise");
-    sf.push(`${sudo}bun run examples/identify.ts --ctrl=${b}   # run as root`);
+    sf.push(`${sudo}libnvm id-ctrl ${b}   # run as root`);
   }
   if (facts.iommuEnabled && !facts.iommuPassthrough) {
     sp.push("the IOMMU translates DMA: physical addresses fault (DMAR fault reason 0x06)");
@@ -296,7 +296,7 @@ export function diagnose(ctrl: string, pciRoot = SYSFS_PCI_DEVICES): Diagnosis {
   const isolation = bdf ? disnvmIsolation(bdf, pciRoot) : undefined;
   if (isolation && !isolation.isolated && !facts.capSysRawio) {
     dp.push(`needs CAP_SYS_RAWIO: ${isolation.why}, so the controller could reach any memory`);
-    df.push(`${sudo}bun run examples/identify.ts --ctrl=${node ?? b}   # as root, or turn the IOMMU on (intel_iommu=on / amd_iommu=on, not iommu=pt)`);
+    df.push(`${sudo}libnvm id-ctrl ${node ?? b}   # as root, or turn the IOMMU on (intel_iommu=on / amd_iommu=on, not iommu=pt)`);
   }
   if (!facts.root && facts.memlock !== "unlimited" && facts.memlock < 64 << 20) {
     dw.push(`memlock limit is ${facts.memlock} bytes: the module charges every DMA buffer to it (ulimit -l unlimited, or LimitMEMLOCK=infinity)`);

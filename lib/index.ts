@@ -1,5 +1,19 @@
 /** libnvm: a userspace NVM Express driver library for Bun. */
-export { Controller, readRegisters, type ControllerOptions, type DmaBufExporter, type MapDmaBufOptions, type RegisterSnapshot } from "./controller.ts";
+export {
+  Controller,
+  FORMAT_TIMEOUT_MS,
+  readRegisters,
+  type AdminAsyncOptions,
+  type ControllerOptions,
+  type DmaBufExporter,
+  type FeatureResult,
+  type FormatOptions,
+  type FormatProgress,
+  type GetFeatureOptions,
+  type MapDmaBufOptions,
+  type RegisterSnapshot,
+  type SetFeatureOptions,
+} from "./controller.ts";
 export { DmaBuffer } from "./dma.ts";
 export { buildPrp, prpListPages, PRP_PAGE_SIZE, type PrpPair } from "./prp.ts";
 export { QueuePair, SubmissionQueue, CompletionQueue, type Completion, type ExecOptions } from "./queue.ts";

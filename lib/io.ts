@@ -394,6 +394,14 @@ export class IoQueue implements DmaUser {
     return this.isClosed;
   }
 
+  /**
+   * @internal The controller formatted a namespace: look its LBA size up again on the next command
+   * instead of trusting the one-entry cache of rw()'s block-count check.
+   */
+  forgetLbaSize(): void {
+    this.fmtNsid = -1;
+  }
+
   /** Commands posted and not yet completed (expired ones included). */
   get outstanding(): number {
     return this.inflight;

@@ -139,9 +139,18 @@ export interface ExecOptions {
   readonly detail?: string;
 }
 
+/** A command sent by post(): its completion, once seen, waits here for take(). */
+interface Posted {
+  readonly opcode: number;
+  readonly detail: string | undefined;
+  done: { readonly status: number; readonly dw0: number; readonly dw1: number } | Error | undefined;
+}
+
 /**
  * One SQ and its CQ, used synchronously: post one command, spin (bounded) for its completion.
- * For the admin queue and for tools; the pipelined I/O path builds on the same rings.
+ * For the admin queue and for tools; the pipelined I/O path builds on the same rings. A command
+ * that may run long (Format NVM) is sent with post() instead and its completion collected with
+ * take(), so the caller can wait without spinning while other commands go through execute().
  */
 export class QueuePair {
   readonly sq: SubmissionQueue;
@@ -149,6 +158,8 @@ export class QueuePair {
   #cid = 0;
   /** CIDs posted and not yet completed (a timed-out command may still complete later). */
   readonly #outstanding = new Set<number>();
+  /** Commands sent by post() and not yet taken, by CID: their completions are kept, not dropped. */
+  readonly #posted = new Map<number, Posted>();
 
   constructor(
     private readonly backend: Backend,
@@ -176,7 +187,8 @@ export class QueuePair {
     for (let i = 0; i <= CID_MAX; i++) {
       const cid = this.#cid;
       this.#cid = cid === CID_MAX ? 0 : cid + 1;
-      if (!this.#outstanding.has(cid)) return cid;
+      // A posted command's CID stays taken until take(): its completion is filed under it.
+      if (!this.#outstanding.has(cid) && !this.#posted.has(cid)) return cid;
     }
     throw new InvalidArgumentError(`queue ${this.qid}: every command identifier is outstanding`);
   }
@@ -209,7 +221,11 @@ export class QueuePair {
         this.#outstanding.delete(got);
         this.cq.pop();
         this.cq.ring();
-        if (got !== cid) continue; // a late completion of an earlier, timed-out command
+        // A posted command's completion, or a late one of an earlier, timed-out command.
+        if (got !== cid) {
+          this.#file(got, status, dw0, dw1);
+          continue;
+        }
         if (status !== 0) {
           throw new NvmeStatusError(status, {
             command: commandName(cmd.opcode, this.admin),
@@ -243,12 +259,15 @@ export class QueuePair {
     }
   }
 
-  /** Consume completions already posted (late ones of timed-out commands). */
+  /** Consume completions already posted (post()'s, kept for take(); late ones of timed-out commands). */
   reap(): number {
     let n = 0;
     for (let o = this.cq.peek(); o >= 0; o = this.cq.peek()) {
-      this.sq.head = cqeSqhd(this.cq.cqe, o);
-      this.#outstanding.delete(cqeCid(this.cq.cqe, o));
+      const cq = this.cq.cqe;
+      this.sq.head = cqeSqhd(cq, o);
+      const cid = cqeCid(cq, o);
+      this.#outstanding.delete(cid);
+      this.#file(cid, cqeStatus(cq, o), cq[o]!, cq[o + 1]!);
       this.cq.pop();
       n++;
     }
@@ -256,11 +275,61 @@ export class QueuePair {
     return n;
   }
 
-  /** @internal After a controller reset: both rings empty, no command outstanding. */
-  reset(): void {
+  /** Keep the completion of a posted command for take(); any other stray completion is dropped. */
+  #file(cid: number, status: number, dw0: number, dw1: number): void {
+    const p = this.#posted.get(cid);
+    if (p && p.done === undefined) p.done = { status, dw0, dw1 };
+  }
+
+  /**
+   * Post `cmd` and ring without waiting for it: for a command that may run long. Collect its
+   * completion with take(cid); whoever reaps the CQ meanwhile (execute() of another command,
+   * reap()) keeps it for take(). The caller bounds the wait (Controller.adminCommandAsync).
+   */
+  post(cmd: Command, opts: ExecOptions = {}): number {
+    this.reap();
+    if (this.sq.full) {
+      throw new NvmeTimeoutError(`queue ${this.qid} is full of commands that never completed`, opts.timeoutMs ?? this.timeoutMs);
+    }
+    const cid = this.#nextCid();
+    writeCommand(this.sq.sqe, this.sq.slot, cid, cmd);
+    this.sq.advance();
+    this.#outstanding.add(cid);
+    this.#posted.set(cid, { opcode: cmd.opcode, detail: opts.detail, done: undefined });
+    this.sq.ring();
+    return cid;
+  }
+
+  /**
+   * The completion of command `cid` sent by post(): undefined while it is outstanding. A non-zero
+   * status throws NvmeStatusError, and a command a controller reset ended throws the reset's
+   * error. Once it returned or threw, the command is forgotten and its CID free again.
+   */
+  take(cid: number): Completion | undefined {
+    this.reap();
+    const p = this.#posted.get(cid);
+    if (!p) throw new InvalidArgumentError(`queue ${this.qid}: command ${cid} was not sent by post(), or was taken already`);
+    const done = p.done;
+    if (done === undefined) return undefined;
+    this.#posted.delete(cid);
+    if (done instanceof Error) throw done;
+    if (done.status !== 0) {
+      throw new NvmeStatusError(done.status, { command: commandName(p.opcode, this.admin), opcode: p.opcode, cid, sqid: this.qid, detail: p.detail });
+    }
+    return { dw0: done.dw0, dw1: done.dw1, cid };
+  }
+
+  /**
+   * @internal After a controller reset: both rings empty, no command outstanding. Posted
+   * commands not yet completed end with `reason` (the controller was disabled, so they never will).
+   */
+  reset(reason?: Error): void {
     this.sq.reset();
     this.cq.reset();
     this.#outstanding.clear();
+    for (const p of this.#posted.values()) {
+      p.done ??= reason ?? new NvmeTimeoutError(`queue ${this.qid}: ended by a controller reset before it completed`, this.timeoutMs);
+    }
   }
 
   /** Free the rings (the controller must no longer use them). */

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Pack libnvm, install the tarball into an empty project with `bun add`, and import it there:
 # the native library must load with no manual step (prebuilt .so in the tarball, lifecycle
-# scripts of dependencies blocked as bun does by default).
+# scripts of dependencies blocked as bun does by default). Then run the `libnvm` command it
+# installs with bunx: --help, list (and list -o json), a usage error.
 set -euo pipefail
 repo="$(cd "$(dirname "$0")/.." && pwd)"
 work="$(mktemp -d)"
@@ -48,4 +49,21 @@ if [ -e node_modules/libnvm/test ]; then
   echo "package: test/ was packed (the mock libcuda with it); keep it out of \"files\""
   exit 1
 fi
-echo "package: 1 passed, 0 failed"
+echo "package: library imports"
+
+# The `libnvm` command the package installs (package.json "bin"), run as users run it.
+help="$(bunx libnvm --help)"
+grep -q '^Usage: libnvm <command>' <<<"$help" || { echo "package: bunx libnvm --help printed no usage: $help"; exit 1; }
+for c in list id-ctrl id-ns format read write perf completion; do
+  grep -q "^  $c " <<<"$help" || { echo "package: bunx libnvm --help does not list $c"; exit 1; }
+done
+echo "package: bunx libnvm --help lists the subcommands"
+# Every NVMe controller on this machine (none is fine: it says so, exit 0); the driver loads from the package.
+list="$(bunx libnvm list)" || { echo "package: bunx libnvm list exited $?"; exit 1; }
+echo "$list" | sed 's/^/package: list: /'
+json="$(bunx libnvm list -o json)"
+bun -e 'const j = JSON.parse(process.argv[1]); if (!Array.isArray(j.Devices) || !Array.isArray(j.Controllers)) throw new Error("no Devices/Controllers arrays")' "$json"
+if bunx libnvm id-ctrl 2>/dev/null; then echo "package: bunx libnvm id-ctrl without a controller exited 0"; exit 1; else rc=$?; fi
+[ "$rc" -eq 2 ] || { echo "package: usage error exited $rc, not 2"; exit 1; }
+echo "package: bunx libnvm list, list -o json, usage error exit 2"
+echo "package: 4 passed, 0 failed"

@@ -4,6 +4,7 @@
  * over the queue's DMA memory and `o` the dword offset of the slot (slot × 16). They write all
  * 16 dwords, so nothing of the slot's previous command survives.
  */
+import { InvalidArgumentError } from "../errors.ts";
 import { getLogPageCdws } from "./log.ts";
 
 export const SQE_SIZE = 64;
@@ -45,15 +46,69 @@ export const CNS_NAMESPACE = 0x00;
 export const CNS_CONTROLLER = 0x01;
 export const CNS_ACTIVE_NAMESPACES = 0x02;
 export const CNS_NS_DESCRIPTORS = 0x03;
+/** Allocated Namespace ID list (Namespace Management): active and inactive NSIDs alike. */
+export const CNS_ALLOCATED_NAMESPACES = 0x10;
 
 // Feature identifiers (Get/Set Features CDW10 bits 07:00)
 export const FID_ARBITRATION = 0x01;
 export const FID_POWER_MANAGEMENT = 0x02;
+export const FID_LBA_RANGE_TYPE = 0x03;
 export const FID_TEMPERATURE_THRESHOLD = 0x04;
+export const FID_ERROR_RECOVERY = 0x05;
 export const FID_VOLATILE_WRITE_CACHE = 0x06;
 export const FID_NUMBER_OF_QUEUES = 0x07;
 export const FID_INTERRUPT_COALESCING = 0x08;
+export const FID_INTERRUPT_VECTOR_CONFIG = 0x09;
+export const FID_WRITE_ATOMICITY_NORMAL = 0x0a;
 export const FID_ASYNC_EVENT_CONFIG = 0x0b;
+export const FID_AUTONOMOUS_POWER_STATE = 0x0c;
+export const FID_HOST_MEMORY_BUFFER = 0x0d;
+export const FID_TIMESTAMP = 0x0e;
+export const FID_KEEP_ALIVE_TIMER = 0x0f;
+export const FID_HOST_THERMAL_MANAGEMENT = 0x10;
+export const FID_NON_OPERATIONAL_POWER_STATE = 0x11;
+
+/** Feature names as the specification's "Feature Identifiers" figure prints them (Base 2.0, 5.27.1). */
+const featureNames: Record<number, string> = {
+  [FID_ARBITRATION]: "Arbitration",
+  [FID_POWER_MANAGEMENT]: "Power Management",
+  [FID_LBA_RANGE_TYPE]: "LBA Range Type",
+  [FID_TEMPERATURE_THRESHOLD]: "Temperature Threshold",
+  [FID_ERROR_RECOVERY]: "Error Recovery",
+  [FID_VOLATILE_WRITE_CACHE]: "Volatile Write Cache",
+  [FID_NUMBER_OF_QUEUES]: "Number of Queues",
+  [FID_INTERRUPT_COALESCING]: "Interrupt Coalescing",
+  [FID_INTERRUPT_VECTOR_CONFIG]: "Interrupt Vector Configuration",
+  [FID_WRITE_ATOMICITY_NORMAL]: "Write Atomicity Normal",
+  [FID_ASYNC_EVENT_CONFIG]: "Asynchronous Event Configuration",
+  [FID_AUTONOMOUS_POWER_STATE]: "Autonomous Power State Transition",
+  [FID_HOST_MEMORY_BUFFER]: "Host Memory Buffer",
+  [FID_TIMESTAMP]: "Timestamp",
+  [FID_KEEP_ALIVE_TIMER]: "Keep Alive Timer",
+  [FID_HOST_THERMAL_MANAGEMENT]: "Host Controlled Thermal Management",
+  [FID_NON_OPERATIONAL_POWER_STATE]: "Non-Operational Power State Config",
+  0x12: "Read Recovery Level Config",
+  0x13: "Predictable Latency Mode Config",
+  0x14: "Predictable Latency Mode Window",
+  0x16: "Host Behavior Support",
+  0x17: "Sanitize Config",
+  0x18: "Endurance Group Event Configuration",
+  0x19: "I/O Command Set Profile",
+  0x1a: "Spinup Control",
+  0x7d: "Enhanced Controller Metadata",
+  0x7e: "Controller Metadata",
+  0x7f: "Namespace Metadata",
+  0x80: "Software Progress Marker",
+  0x81: "Host Identifier",
+  0x82: "Reservation Notification Mask",
+  0x83: "Reservation Persistence",
+  0x84: "Namespace Write Protection Config",
+};
+
+/** The specification's name of Feature Identifier `fid`, or "Vendor Specific" / "Reserved". */
+export function featureName(fid: number): string {
+  return featureNames[fid] ?? (fid >= 0xc0 && fid <= 0xff ? "Vendor Specific" : "Reserved");
+}
 
 /** Get Features Select (SEL), CDW10 bits 10:08. */
 export const SEL_CURRENT = 0;
@@ -173,9 +228,46 @@ export function getFeatures(fid: number, sel = SEL_CURRENT, cdw11 = 0, nsid = 0,
   return { opcode: ADMIN_GET_FEATURES, nsid, prp1, cdw10: (fid & 0xff) | ((sel & 7) << 8), cdw11 };
 }
 
-/** Set Features (5.27): FID 07:00, SV (save) bit 31. */
-export function setFeatures(fid: number, cdw11: number, save = false, nsid = 0, prp1 = 0): Command {
-  return { opcode: ADMIN_SET_FEATURES, nsid, prp1, cdw10: ((fid & 0xff) | (save ? 1 << 31 : 0)) >>> 0, cdw11 };
+/** Set Features (5.27): FID 07:00, SV (save) bit 31; CDW11-12 feature specific. */
+export function setFeatures(fid: number, cdw11: number, save = false, nsid = 0, prp1 = 0, cdw12 = 0): Command {
+  return { opcode: ADMIN_SET_FEATURES, nsid, prp1, cdw10: ((fid & 0xff) | (save ? 1 << 31 : 0)) >>> 0, cdw11, cdw12 };
+}
+
+/** How long a Format NVM may take by default: a secure erase of a large drive takes minutes. */
+export const FORMAT_TIMEOUT_MS = 600_000;
+
+/** Format NVM settings (Base 2.0, 5.23, CDW10). */
+export interface FormatNvmFields {
+  /** LBA Format index, 0 to 63: bits 3:0 (LBAFL) and 13:12 (LBAFU). */
+  readonly lbaf: number;
+  /** Metadata Settings (MSET), bit 4: 1 = metadata interleaved with the data (extended LBA). Defaults to 0. */
+  readonly mset?: number;
+  /** Protection Information (PI), bits 7:5: 0 = none, 1-3 = type 1-3. Defaults to 0. */
+  readonly pi?: number;
+  /** Protection Information Location (PIL), bit 8: 1 = first 8 bytes of metadata. Defaults to 0. */
+  readonly pil?: number;
+  /** Secure Erase Settings (SES), bits 11:9: 0 none, 1 User Data Erase, 2 Cryptographic Erase. Defaults to 0. */
+  readonly ses?: number;
+}
+
+/**
+ * Format NVM (5.23): the fields of CDW10, each checked against its width so that a bad value
+ * never reaches the controller as another field's bits. NSID FFFFFFFFh formats every namespace.
+ */
+export function formatNvm(nsid: number, f: FormatNvmFields): Command {
+  const field = (name: string, v: number, max: number) => {
+    if (!Number.isInteger(v) || v < 0 || v > max) throw new InvalidArgumentError(`Format NVM: ${name} ${v} is not an integer in 0..${max}`);
+    return v;
+  };
+  const lbaf = field("LBAF", f.lbaf, 63);
+  const cdw10 =
+    (lbaf & 0xf) |
+    (field("MSET", f.mset ?? 0, 1) << 4) |
+    (field("PI", f.pi ?? 0, 3) << 5) |
+    (field("PIL", f.pil ?? 0, 1) << 8) |
+    (field("SES", f.ses ?? 0, 2) << 9) |
+    ((lbaf >>> 4) << 12);
+  return { opcode: ADMIN_FORMAT_NVM, nsid, cdw10 };
 }
 
 /**

@@ -134,6 +134,12 @@ export interface IdentifyController {
   readonly crdt1: number;
   readonly crdt2: number;
   readonly crdt3: number;
+  /** NVM Subsystem Report, byte 253 (NVMe-MI: bit 0 part of a storage device, bit 1 of an enclosure). */
+  readonly nvmsr: number;
+  /** VPD Write Cycle Information, byte 254 (bit 7: valid, bits 6:0 write cycles remaining). */
+  readonly vwci: number;
+  /** Management Endpoint Capabilities, byte 255 (bit 0: SMBus/I2C port, bit 1: PCIe port). */
+  readonly mec: number;
   /** Optional Admin Command Support, bytes 257:256. */
   readonly oacs: number;
   /** Abort Command Limit, byte 258 (0's based). */
@@ -202,6 +208,10 @@ export interface IdentifyController {
   readonly nanagrpid: number;
   /** Persistent Event Log Size in 64 KiB units, bytes 355:352. */
   readonly pels: number;
+  /** Domain Identifier, bytes 357:356. */
+  readonly domainid: number;
+  /** Max Endurance Group Capacity in bytes, bytes 383:368 (128-bit). */
+  readonly megcap: bigint;
   /** Submission Queue Entry Size, byte 512, raw: bits 3:0 required, bits 7:4 maximum, each log2 bytes. */
   readonly sqes: number;
   /** Required (minimum) SQ entry size in bytes, 2^SQES[3:0]; 64 for NVM controllers. */
@@ -242,6 +252,10 @@ export interface IdentifyController {
   readonly sgls: number;
   /** Maximum Number of Allowed Namespaces, bytes 543:540. */
   readonly mnan: number;
+  /** Maximum Domain Namespace Attachments, bytes 559:544 (128-bit). */
+  readonly maxdna: bigint;
+  /** Maximum I/O Controller Namespace Attachments, bytes 563:560. */
+  readonly maxcna: number;
   /** NVM Subsystem NVMe Qualified Name, bytes 1023:768, UTF-8, NUL terminated. */
   readonly subnqn: string;
   /** I/O Queue Command Capsule Supported Size in 16-byte units, bytes 1795:1792 (fabrics). */
@@ -254,6 +268,8 @@ export interface IdentifyController {
   readonly ctrattr: number;
   /** Maximum SGL Data Block Descriptors, byte 1803 (fabrics). */
   readonly msdbd: number;
+  /** Optional Fabric Commands Support, bytes 1805:1804 (fabrics; bit 0: Disconnect). */
+  readonly ofcs: number;
   /**
    * Power State Descriptors PSD0..PSD{NPSS}. The structure has room for 32 (bytes 3071:2048),
    * so an NPSS above 31 from a broken device is capped at 32 descriptors; `npss` stays raw.
@@ -329,6 +345,9 @@ export function parseIdentifyController(data: Uint8Array): IdentifyController {
     crdt1: u16(128),
     crdt2: u16(130),
     crdt3: u16(132),
+    nvmsr: u8(253),
+    vwci: u8(254),
+    mec: u8(255),
     oacs: u16(256),
     acl: u8(258),
     aerl: u8(259),
@@ -363,6 +382,8 @@ export function parseIdentifyController(data: Uint8Array): IdentifyController {
     anagrpmax: u32(344),
     nanagrpid: u32(348),
     pels: u32(352),
+    domainid: u16(356),
+    megcap: u128(v, 368),
     sqes,
     sqesMin: 2 ** (sqes & 0xf),
     sqesMax: 2 ** (sqes >>> 4),
@@ -383,12 +404,15 @@ export function parseIdentifyController(data: Uint8Array): IdentifyController {
     ocfs: u16(534),
     sgls: u32(536),
     mnan: u32(540),
+    maxdna: u128(v, 544),
+    maxcna: u32(560),
     subnqn: utf8Field(data, 768, 256),
     ioccsz: u32(1792),
     iorcsz: u32(1796),
     icdoff: u16(1800),
     ctrattr: u8(1802),
     msdbd: u8(1803),
+    ofcs: u16(1804),
     psd,
   };
 }
@@ -499,6 +523,8 @@ export interface IdentifyNamespace {
   readonly mcl: number;
   /** Maximum Source Range Count (Copy), byte 80 (0's based). */
   readonly msrc: number;
+  /** Number of Unique Capability LBA Formats, byte 82: formats beyond NLBAF that describe capabilities only. */
+  readonly nulbaf: number;
   /** ANA Group Identifier, bytes 95:92. */
   readonly anagrpid: number;
   /** Namespace Attributes, byte 99 (bit 0: write protected). */
@@ -605,6 +631,7 @@ export function parseIdentifyNamespace(data: Uint8Array): IdentifyNamespace {
     mssrl: u16(74),
     mcl: u32(76),
     msrc: u8(80),
+    nulbaf: u8(82),
     anagrpid: u32(92),
     nsattr: u8(99),
     nvmsetid: u16(100),

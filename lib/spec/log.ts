@@ -300,11 +300,13 @@ function parseErrorEntry(v: DataView, off: number): ErrorLogEntry {
 /**
  * Parse `entries` Error Information log entries (64 bytes each; ELPE + 1 is the most a
  * controller keeps). Entries whose Error Count is 0 are unused slots and are left out, so the
- * result may be shorter than `entries`. Defaults to as many entries as `data` holds.
+ * result may be shorter than `entries`, unless `opts.keepUnused` (a tool that prints every slot,
+ * as nvme-cli does). Defaults to as many entries as `data` holds.
  */
 export function parseErrorLog(
   data: Uint8Array,
   entries: number = Math.floor(data.byteLength / ERROR_LOG_ENTRY_SIZE),
+  opts: { readonly keepUnused?: boolean } = {},
 ): ErrorLogEntry[] {
   if (!Number.isInteger(entries) || entries < 0) {
     throw new InvalidArgumentError(`Error Information log: entry count ${entries} is not a non-negative integer`);
@@ -314,7 +316,7 @@ export function parseErrorLog(
   const out: ErrorLogEntry[] = [];
   for (let i = 0; i < entries; i++) {
     const e = parseErrorEntry(v, i * ERROR_LOG_ENTRY_SIZE);
-    if (e.errorCount !== 0n) out.push(e);
+    if (e.errorCount !== 0n || opts.keepUnused) out.push(e);
   }
   return out;
 }

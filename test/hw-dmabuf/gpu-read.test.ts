@@ -96,3 +96,16 @@ test("doctor: with the module bound, the IOMMU on and a GPU (the mock) that expo
   expect(out).toMatch(/gpu {5}works now: GPU 0 .*exports dma-bufs.*; the module imports dma-bufs/);
   expect(out).toMatch(/cuda: {3}driver CUDA \d+\.\d+ \(.*libcuda\.so\.1\); 1 GPU/);
 });
+
+test("libnvm gpu-read: the same tool through the command line", async () => {
+  const nsid = requireExpected().namespaces[0]!.nsid;
+  const data = await writePattern(nsid, 300, 16, 17);
+  const p = Bun.spawnSync(["bun", "bin/libnvm.ts", "gpu-read", node, `--ns=${nsid}`, "--lba=300", "--blocks=16", "--json"], {
+    cwd: REPO,
+    env: { ...process.env, LIBNVM_LIBCUDA: MOCK },
+    stdout: "pipe",
+    stderr: "pipe",
+  });
+  expect({ code: p.exitCode, err: p.stderr.toString() }).toEqual({ code: 0, err: "" });
+  expect(JSON.parse(p.stdout.toString()).sha256).toBe(createHash("sha256").update(data).digest("hex"));
+});

@@ -227,6 +227,12 @@ describe("the tools, unchanged, with --ctrl=smartio:80000", () => {
     expect(Buffer.compare(readFileSync(join(dir, "out.bin")).subarray(0, data.length), data)).toBe(0);
   });
 
+  test("the libnvm command: id-ctrl smartio:80000 -o json is nvme-cli's JSON of this controller", () => {
+    const r = tool(["bin/libnvm.ts", "id-ctrl", CTRL, "-o", "json"]);
+    expect(r.code).toBe(0);
+    expect(JSON.parse(r.out).sn.trim()).toBe(requireExpected().serial);
+  });
+
   test("a SISCI failure in a tool is one line naming the call and the next step, exit 1", () => {
     const r = tool(["examples/identify.ts", `--ctrl=${CTRL}`], { FAKE_SISCI_INJECT: "SCIMapLocalSegmentForDevice=SCI_ERR_TIMEOUT*1" });
     expect(r.code).toBe(1);

@@ -99,3 +99,20 @@ export function openTestController(opts?: ControllerOptions): Controller {
   }
   return c;
 }
+
+/**
+ * What the sysfs backend says, once per process, when it reserves hugepages on a machine that has
+ * none free (test/hw/hugepages.test.ts checks it).
+ */
+export const HUGEPAGE_NOTICE = /^libnvm: no free 2 MiB hugepage for DMA memory: raised \S+ from \d+ to \d+ .*\n/;
+
+/** Run `bun bin/libnvm.ts ...args` from the repository; stderr without the hugepage notice. */
+export function libnvm(args: string[], opts: { stdin?: Uint8Array } = {}) {
+  const p = Bun.spawnSync(["bun", join(REPO, "bin", "libnvm.ts"), ...args], {
+    cwd: REPO,
+    stdout: "pipe",
+    stderr: "pipe",
+    stdin: opts.stdin ?? "ignore",
+  });
+  return { code: p.exitCode, out: p.stdout.toString(), err: p.stderr.toString().replace(HUGEPAGE_NOTICE, ""), bytes: new Uint8Array(p.stdout) };
+}

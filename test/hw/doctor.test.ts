@@ -28,7 +28,7 @@ test("an unbound controller in a guest without IOMMU: sysfs works; VFIO and disn
   expect(r.code).toBe(0);
   expect(r.out).toContain("sysfs   works now");
   expect(r.out).toContain("vfio    not possible: no IOMMU groups");
-  expect(r.out).toContain(`use:    bun run examples/identify.ts --ctrl=${bdf}`);
+  expect(r.out).toContain(`use:    libnvm id-ctrl ${bdf}`);
   const j = JSON.parse(doctor(["--json"]).out);
   expect(j.recommended).toBe("sysfs");
 });
@@ -54,7 +54,7 @@ test("bound to the kernel's nvme driver: sysfs is not possible, and the fix is t
 test("not root: sysfs needs CAP_SYS_ADMIN, and doctor says to run as root", () => {
   const r = doctor([], true);
   expect(r.out).toContain("sysfs   not possible: needs root (CAP_SYS_ADMIN)");
-  expect(r.out).toContain("sudo bun run examples/identify.ts");
+  expect(r.out).toContain(`sudo libnvm id-ctrl ${ctrlAddress()}`);
   expect(r.code).toBe(1);
 });
 

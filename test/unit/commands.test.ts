@@ -5,6 +5,7 @@ import {
   ADMIN_CREATE_IO_SQ,
   ADMIN_DELETE_IO_CQ,
   ADMIN_DELETE_IO_SQ,
+  ADMIN_FORMAT_NVM,
   ADMIN_GET_FEATURES,
   ADMIN_GET_LOG_PAGE,
   ADMIN_IDENTIFY,
@@ -34,7 +35,9 @@ import {
   decodeNumberOfQueues,
   deleteIoCq,
   deleteIoSq,
+  featureName,
   flush,
+  formatNvm,
   getFeatures,
   getLogPage,
   hi32,
@@ -230,6 +233,30 @@ describe("admin command builders", () => {
     expect(s.cdw10).toBe(0x80000006);
     expect(s.cdw11).toBe(1);
     expect(setFeatures(FID_VOLATILE_WRITE_CACHE, 0).cdw10).toBe(0x06);
+    expect(setFeatures(FID_VOLATILE_WRITE_CACHE, 0, false, 1, 0, 0xabcd).cdw12).toBe(0xabcd);
+  });
+
+  test("featureName: the specification's names, vendor specific C0h-FFh, the rest reserved", () => {
+    expect(featureName(FID_VOLATILE_WRITE_CACHE)).toBe("Volatile Write Cache");
+    expect(featureName(FID_NUMBER_OF_QUEUES)).toBe("Number of Queues");
+    expect(featureName(0xc5)).toBe("Vendor Specific");
+    expect(featureName(0x70)).toBe("Reserved");
+  });
+
+  test("formatNvm: LBAF 3:0 and 13:12, MSET 4, PI 7:5, PIL 8, SES 11:9", () => {
+    expect(formatNvm(1, { lbaf: 4 })).toEqual({ opcode: ADMIN_FORMAT_NVM, nsid: 1, cdw10: 4 });
+    expect(ADMIN_FORMAT_NVM).toBe(0x80);
+    expect(formatNvm(2, { lbaf: 0x25, mset: 1, pi: 3, pil: 1, ses: 2 }).cdw10).toBe(0x5 | (1 << 4) | (3 << 5) | (1 << 8) | (2 << 9) | (2 << 12));
+    expect(formatNvm(0xffffffff, { lbaf: 0, ses: 1 })).toEqual({ opcode: ADMIN_FORMAT_NVM, nsid: 0xffffffff, cdw10: 1 << 9 });
+  });
+
+  test("formatNvm refuses a value wider than its field, before anything is sent", () => {
+    expect(() => formatNvm(1, { lbaf: 64 })).toThrow("LBAF 64 is not an integer in 0..63");
+    expect(() => formatNvm(1, { lbaf: 0, ses: 3 })).toThrow("SES 3");
+    expect(() => formatNvm(1, { lbaf: 0, pi: 4 })).toThrow("PI 4");
+    expect(() => formatNvm(1, { lbaf: 0, mset: 2 })).toThrow("MSET 2");
+    expect(() => formatNvm(1, { lbaf: 0, pil: -1 })).toThrow("PIL -1");
+    expect(() => formatNvm(1, { lbaf: 1.5 })).toThrow("LBAF 1.5");
   });
 
   test("numberOfQueues: NSQR in CDW11 15:00, NCQR 31:16, both 0-based", () => {

@@ -17,7 +17,18 @@
  */
 import { toArrayBuffer, type Pointer } from "bun:ffi";
 import { native, type NativeLib } from "../../lib/native.ts";
-import { encodeStatus, SC_ABORT_REQUESTED, SC_INVALID_FIELD, SC_INVALID_NAMESPACE, SC_INVALID_OPCODE, SC_LBA_OUT_OF_RANGE, SC_SQ_DELETION, SCT_GENERIC } from "../../lib/spec/status.ts";
+import {
+  encodeStatus,
+  SC_ABORT_REQUESTED,
+  SC_INVALID_FIELD,
+  SC_INVALID_FORMAT,
+  SC_INVALID_NAMESPACE,
+  SC_INVALID_OPCODE,
+  SC_LBA_OUT_OF_RANGE,
+  SC_SQ_DELETION,
+  SCT_COMMAND_SPECIFIC,
+  SCT_GENERIC,
+} from "../../lib/spec/status.ts";
 import { FakeBackend } from "./fake-backend.ts";
 
 const PAGE = 4096;
@@ -37,6 +48,10 @@ const ST_INVALID_OPCODE = encodeStatus({ sct: SCT_GENERIC, sc: SC_INVALID_OPCODE
 const ST_INVALID_FIELD = encodeStatus({ sct: SCT_GENERIC, sc: SC_INVALID_FIELD, dnr: true });
 const ST_INVALID_NS = encodeStatus({ sct: SCT_GENERIC, sc: SC_INVALID_NAMESPACE, dnr: true });
 const ST_LBA_RANGE = encodeStatus({ sct: SCT_GENERIC, sc: SC_LBA_OUT_OF_RANGE, dnr: true });
+const ST_INVALID_FORMAT = encodeStatus({ sct: SCT_COMMAND_SPECIFIC, sc: SC_INVALID_FORMAT, dnr: true });
+/** Features the fake keeps a value of (Get/Set Features); any other FID is Invalid Field in Command. */
+const FEATURES = new Set([0x01, 0x02, 0x04, 0x06, 0x07, 0x08, 0x09, 0x0a, 0x0b, 0x0e]);
+const FID_TIMESTAMP = 0x0e;
 
 export interface FakeNamespace {
   readonly nsid: number;
@@ -48,6 +63,26 @@ export interface FakeNamespace {
   readonly extended?: boolean;
   /** End-to-end Data Protection Type Settings (DPS). */
   readonly dps?: number;
+  /**
+   * LBA formats Format NVM may pick (Identify Namespace LBAF0..NLBAF); the one in use is the
+   * first with this `lbads` and `ms`. Defaults to that one format alone.
+   */
+  readonly formats?: readonly { readonly lbads: number; readonly ms?: number }[];
+}
+
+/** A namespace as it is now: Format NVM changes its format, size and data. */
+interface NamespaceState {
+  readonly nsid: number;
+  /** Capacity in bytes, kept across formats. */
+  readonly bytes: number;
+  readonly formats: readonly { readonly lbads: number; readonly ms: number }[];
+  blocks: number;
+  lbads: number;
+  ms: number;
+  extended: boolean;
+  dps: number;
+  /** Index of the format in use. */
+  format: number;
 }
 
 export interface FakeNvmeOptions {
@@ -105,6 +140,14 @@ export class FakeNvme {
   disables = 0;
   readonly media = new Map<number, Uint8Array>();
   readonly namespaces: readonly FakeNamespace[];
+  /** Identify Namespace FPI (Format Progress Indicator) every namespace reports. Defaults to 0. */
+  fpi = 0;
+  /** Feature values by FID (Set Features CDW11), and the Timestamp feature's 8 bytes. */
+  readonly features = new Map<number, number>([[0x06, 1]]);
+  timestamp = new Uint8Array(8);
+  /** Format NVM commands completed, as [nsid, LBAF, SES]. */
+  readonly formats: [number, number, number][] = [];
+  readonly #state = new Map<number, NamespaceState>();
   readonly #mdts: number;
   readonly #mqes: number;
   #sqs = new Map<number, Sq>();
@@ -113,7 +156,14 @@ export class FakeNvme {
 
   constructor(opts: FakeNvmeOptions = {}) {
     this.namespaces = opts.namespaces ?? [{ nsid: 1, blocks: 2048, lbads: 9 }];
-    for (const ns of this.namespaces) this.media.set(ns.nsid, new Uint8Array(ns.blocks << ns.lbads));
+    for (const ns of this.namespaces) {
+      const ms = ns.ms ?? 0;
+      const formats = (ns.formats ?? [{ lbads: ns.lbads, ms }]).map((f) => ({ lbads: f.lbads, ms: f.ms ?? 0 }));
+      const format = formats.findIndex((f) => f.lbads === ns.lbads && f.ms === ms);
+      if (format < 0) throw new Error(`fake namespace ${ns.nsid}: its format is not among its formats`);
+      this.#state.set(ns.nsid, { nsid: ns.nsid, bytes: ns.blocks << ns.lbads, formats, blocks: ns.blocks, lbads: ns.lbads, ms, extended: ns.extended ?? false, dps: ns.dps ?? 0, format });
+      this.media.set(ns.nsid, new Uint8Array(ns.blocks << ns.lbads));
+    }
     this.#mdts = opts.mdts ?? 5;
     this.#mqes = opts.mqes ?? 255;
     // CAP: MQES, CQR, TO = 1 (500 ms), DSTRD 0, CSS bit 0 (NVM), MPSMIN 0, MPSMAX 0.
@@ -326,8 +376,52 @@ export class FakeNvme {
     return this.#sqs.has(qid);
   }
 
-  #ns(nsid: number): FakeNamespace | undefined {
-    return this.namespaces.find((n) => n.nsid === nsid);
+  #ns(nsid: number): NamespaceState | undefined {
+    return this.#state.get(nsid);
+  }
+
+  /** The namespace's LBA data size now (after any Format NVM). */
+  lbaSize(nsid: number): number {
+    return 1 << this.#state.get(nsid)!.lbads;
+  }
+
+  /**
+   * Format NVM: LBAF from CDW10 3:0 and 13:12, MSET bit 4, SES 11:9. The capacity in bytes stays,
+   * so the block count follows the new LBA size; the data is zeros afterwards.
+   */
+  #format(s: Uint32Array): { status: number; dw0: number } {
+    const lbaf = (s[10]! & 0xf) | (((s[10]! >>> 12) & 3) << 4);
+    const targets = s[1] === 0xffffffff ? [...this.#state.values()] : [this.#ns(s[1]!)];
+    if (targets.some((t) => t === undefined)) return { status: ST_INVALID_NS, dw0: 0 };
+    for (const t of targets as NamespaceState[]) {
+      const f = t.formats[lbaf];
+      if (!f) return { status: ST_INVALID_FORMAT, dw0: 0 };
+      t.format = lbaf;
+      t.lbads = f.lbads;
+      t.ms = f.ms;
+      t.extended = ((s[10]! >>> 4) & 1) === 1;
+      t.dps = (s[10]! >>> 5) & 7;
+      t.blocks = Math.floor(t.bytes / ((1 << f.lbads) + f.ms));
+      this.media.set(t.nsid, new Uint8Array(t.blocks << t.lbads));
+      this.formats.push([t.nsid, lbaf, (s[10]! >>> 9) & 7]);
+    }
+    return { status: 0, dw0: 0 };
+  }
+
+  #features(c: Fetched): { status: number; dw0: number } {
+    const s = c.sqe;
+    const fid = s[10]! & 0xff;
+    if (!FEATURES.has(fid)) return { status: ST_INVALID_FIELD, dw0: 0 };
+    if (fid === 0x07) return { status: 0, dw0: 63 | (63 << 16) };
+    if (fid === FID_TIMESTAMP) {
+      const data = this.#at(s[6]! + s[7]! * TWO32, 8, "Timestamp data");
+      if (!data) return { status: 0, dw0: 0 };
+      if (c.opcode === 0x09) this.timestamp = data.slice();
+      else data.set(this.timestamp);
+      return { status: 0, dw0: 0 };
+    }
+    if (c.opcode === 0x09) this.features.set(fid, s[11]!);
+    return { status: 0, dw0: this.features.get(fid) ?? 0 };
   }
 
   #admin(c: Fetched): { status: number; dw0: number } {
@@ -358,10 +452,11 @@ export class FakeNvme {
             v.setBigUint64(0, BigInt(ns.blocks), true);
             v.setBigUint64(8, BigInt(ns.blocks), true);
             v.setBigUint64(16, BigInt(ns.blocks), true);
-            page[25] = 0; // NLBAF: one format
-            page[26] = ns.extended ? 0x10 : 0; // FLBAS: format 0
-            page[29] = ns.dps ?? 0;
-            v.setUint32(128, (ns.ms ?? 0) | (ns.lbads << 16), true);
+            page[25] = ns.formats.length - 1; // NLBAF
+            page[26] = (ns.format & 0xf) | ((ns.format >>> 4) << 5) | (ns.extended ? 0x10 : 0); // FLBAS
+            page[29] = ns.dps;
+            page[32] = this.fpi;
+            ns.formats.forEach((f, i) => v.setUint32(128 + 4 * i, f.ms | (f.lbads << 16), true));
           }
         } else if (cns === 2) {
           this.namespaces.map((n) => n.nsid).sort((a, b) => a - b).forEach((id, i) => v.setUint32(4 * i, id, true));
@@ -370,8 +465,9 @@ export class FakeNvme {
       }
       case 0x09: // Set Features
       case 0x0a: // Get Features
-        if ((s[10]! & 0xff) === 0x07) return { status: 0, dw0: 63 | (63 << 16) };
-        return ok;
+        return this.#features(c);
+      case 0x80:
+        return this.#format(s);
       case 0x05: {
         const qid = s[10]! & 0xffff;
         this.#cqs.set(qid, { qid, base: s[6]! + s[7]! * TWO32, entries: (s[10]! >>> 16) + 1, tail: 0, phase: 1 });

@@ -81,6 +81,22 @@ describe("naming: smartio:<fdid> wherever --ctrl goes", () => {
     expect(r.stderr.toString()).toContain("error: SmartIoError: SmartIO: borrowing device smartio:81000 exclusively: SCIBorrowDevice failed: no such fabric device id");
     expect(r.stderr.toString()).toContain("smartio_tool list");
   });
+
+  test("the libnvm command takes smartio:<fdid> as its device: a SISCI refusal is exit 3 (the device), doctor names the way", () => {
+    const env = { ...process.env, ...fakeEnv(dir, DEVICES) };
+    const id = Bun.spawnSync(["bun", "bin/libnvm.ts", "id-ctrl", "smartio:80200"], { cwd: REPO, env, stdout: "pipe", stderr: "pipe" });
+    expect(id.exitCode).toBe(3);
+    expect(id.stderr.toString()).toContain("SCIBorrowDevice failed: not available");
+    const doc = Bun.spawnSync(["bun", "bin/libnvm.ts", "doctor", "smartio:80000", "--skip-gpu"], { cwd: REPO, env, stdout: "pipe", stderr: "pipe" });
+    expect(doc.exitCode).toBe(0);
+    const out = doc.stdout.toString();
+    expect(out).toContain("libnvm doctor: smartio:80000: SmartIO device lent by node 4, reached through adapter 0");
+    expect(out).toContain("smartio works now");
+    expect(out).toContain("SISCI installed, node 4, NVMe devices 80000, 80100, 80200");
+    expect(out).toContain("use:    libnvm id-ctrl smartio:80000   # smartio");
+    const help = Bun.spawnSync(["bun", "bin/libnvm.ts", "id-ctrl", "--help"], { cwd: REPO, stdout: "pipe" });
+    expect(help.stdout.toString()).toContain("smartio:<fdid>");
+  });
 });
 
 describe("the backend", () => {

@@ -1,6 +1,6 @@
 /**
  * Demo: boots a guest whose controller differs from the test one (serial, MDTS, namespace layout) and
- * runs the examples against it. Exits with the guest command's status.
+ * runs `libnvm list`, `libnvm id-ns` and the examples against it. Exits with the guest command's status.
  *
  *   bash test/vm/setup.sh && bun test/vm/demo.ts      (or: bun run demo)
  */
@@ -17,6 +17,10 @@ export const DEMO_CONFIG: GuestConfig = {
 
 const script = [
   `set -e`,
+  `echo "+ libnvm list"`,
+  `bun bin/libnvm.ts list`,
+  `echo "+ libnvm id-ns $LIBNVM_TEST_CTRL -n 1"`,
+  `bun bin/libnvm.ts id-ns "$LIBNVM_TEST_CTRL" -n 1`,
   `echo "+ bun examples/identify.ts --ctrl=$LIBNVM_TEST_CTRL"`,
   `bun examples/identify.ts --ctrl="$LIBNVM_TEST_CTRL"`,
   // 32 blocks of 4 KiB: exactly MDTS (2^5 pages), through a PRP list.

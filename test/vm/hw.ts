@@ -206,7 +206,7 @@ const bindTo = (driver: string, load: string) =>
 const INSMOD_DISNVM = "insmod module/build/$LIBNVM_VM_KVER/disnvm.ko";
 
 /** The backend-neutral tests, run again through each backend. */
-const COMMON = ["./test/hw/controller.test.ts", "./test/hw/examples.test.ts"];
+const COMMON = ["./test/hw/controller.test.ts", "./test/hw/examples.test.ts", "./test/hw/cli-backend.test.ts"];
 
 /** SmartIO through the fake SISCI, which lends the vfio-pci-bound controller (test/hw-smartio). */
 const SMARTIO = "./test/hw-smartio/smartio.test.ts";

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Provision everything the QEMU guest test harness needs (idempotent; a second run takes ~1 s).
 #
-#   1. Debian packages (qemu-system-x86, busybox-static, cpio, kmod, pciutils, xz-utils, zstd, cmake, gcc, make)
+#   1. Debian packages (qemu-system-x86, busybox-static, cpio, kmod, pciutils, xz-utils, zstd, cmake, gcc, make;
+#      nvme-cli, which the guest runs from the host's root to compare `libnvm ... -o json` with; zsh,
+#      for the test of `libnvm completion zsh`)
 #   2. the C library (c/build), when c/CMakeLists.txt exists, and the dma-buf suite's test helper
 #      test/hw-dmabuf/build/libudmabuf-test.so (memfd + /dev/udmabuf; test-only, never shipped), the
 #      mock libcuda, and the fake SISCI with the SmartIO shim built against it (c/build/fake-sisci/)
@@ -37,7 +39,7 @@ source "$SCRIPT_DIR/apt.sh"
 
 # ---------------------------------------------------------------------------------------------
 # 1. packages
-PACKAGES=(qemu-system-x86 busybox-static cpio kmod pciutils xz-utils zstd cmake gcc make)
+PACKAGES=(qemu-system-x86 busybox-static cpio kmod pciutils xz-utils zstd cmake gcc make nvme-cli zsh)
 apt_install_missing "${PACKAGES[@]}"
 
 # ---------------------------------------------------------------------------------------------

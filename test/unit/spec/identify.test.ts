@@ -77,6 +77,9 @@ function controllerPage(): Page {
     .u8(259, 4) // AERL
     .u8(260, 0x17) // FRMW
     .u8(261, 0x1f) // LPA
+    .u8(253, 0x03) // NVMSR
+    .u8(254, 0x85) // VWCI: valid, 5 cycles left
+    .u8(255, 0x02) // MEC
     .u8(262, 63) // ELPE
     .u8(263, 2) // NPSS: three power states
     .u8(264, 1) // AVSCC
@@ -106,6 +109,8 @@ function controllerPage(): Page {
     .u32(344, 128) // ANAGRPMAX
     .u32(348, 64) // NANAGRPID
     .u32(352, 9) // PELS
+    .u16(356, 0x0a0b) // DOMAINID
+    .u128(368, 0x3_0000_0000_0000_0001n) // MEGCAP
     .u8(512, 0x66) // SQES: 64 bytes required and maximum
     .u8(513, 0x44) // CQES: 16 bytes
     .u16(514, 0x0100) // MAXCMD
@@ -122,11 +127,14 @@ function controllerPage(): Page {
     .u16(534, 0x0001) // OCFS
     .u32(536, 0x0010_0001) // SGLS
     .u32(540, 1024) // MNAN
+    .u128(544, 0x4_0000_0000_0000_0002n) // MAXDNA
+    .u32(560, 0x0102_0304) // MAXCNA
     .u32(1792, 4) // IOCCSZ
     .u32(1796, 1) // IORCSZ
     .u16(1800, 0) // ICDOFF
     .u8(1802, 1) // CTRATTR
-    .u8(1803, 1); // MSDBD
+    .u8(1803, 1) // MSDBD
+    .u16(1804, 1); // OFCS
   const nqn = "nqn.2019-08.org.qemu:serial-0123";
   p.raw(768, [...new TextEncoder().encode(nqn)]);
   // PSD0: 25.00 W operational; PSD1: 0.5 W scaled by MXPS; PSD2: non-operational.
@@ -202,6 +210,14 @@ describe("parseIdentifyController", () => {
     expect(id.anagrpmax).toBe(128);
     expect(id.nanagrpid).toBe(64);
     expect(id.pels).toBe(9);
+    expect(id.domainid).toBe(0x0a0b);
+    expect(id.megcap).toBe(0x3_0000_0000_0000_0001n);
+  });
+
+  test("NVMe-MI fields, bytes 253..255", () => {
+    expect(id.nvmsr).toBe(3);
+    expect(id.vwci).toBe(0x85);
+    expect(id.mec).toBe(2);
   });
 
   test("NVM command set attributes, bytes 512..543", () => {
@@ -225,6 +241,8 @@ describe("parseIdentifyController", () => {
     expect(id.ocfs).toBe(1);
     expect(id.sgls).toBe(0x0010_0001);
     expect(id.mnan).toBe(1024);
+    expect(id.maxdna).toBe(0x4_0000_0000_0000_0002n);
+    expect(id.maxcna).toBe(0x0102_0304);
   });
 
   test("SUBNQN and fabrics fields", () => {
@@ -234,6 +252,7 @@ describe("parseIdentifyController", () => {
     expect(id.icdoff).toBe(0);
     expect(id.ctrattr).toBe(1);
     expect(id.msdbd).toBe(1);
+    expect(id.ofcs).toBe(1);
   });
 
   test("power state descriptors: NPSS + 1 entries of 32 bytes from byte 2048", () => {
@@ -391,6 +410,7 @@ function namespacePage(): Page {
     .u16(74, 0x0d0d) // MSSRL
     .u32(76, 0x0e0e0e0e) // MCL
     .u8(80, 0x0f) // MSRC
+    .u8(82, 0x02) // NULBAF
     .u32(92, 0x11223344) // ANAGRPID
     .u8(99, 0x01) // NSATTR
     .u16(100, 0x1111) // NVMSETID
@@ -444,6 +464,7 @@ describe("parseIdentifyNamespace", () => {
     expect(ns.mssrl).toBe(0x0d0d);
     expect(ns.mcl).toBe(0x0e0e0e0e);
     expect(ns.msrc).toBe(0x0f);
+    expect(ns.nulbaf).toBe(2);
     expect(ns.anagrpid).toBe(0x11223344);
     expect(ns.nsattr).toBe(1);
     expect(ns.nvmsetid).toBe(0x1111);

@@ -240,6 +240,14 @@ describe("parseErrorLog", () => {
     expect(e1?.statusFields.dnr).toBe(false);
   });
 
+  test("keepUnused keeps every slot, unused ones (Error Count 0) included, in log order", () => {
+    const { bytes, view } = page(4 * ERROR_LOG_ENTRY_SIZE);
+    errorEntry(view, 1, { count: 7n, status15, phase: 1 });
+    const log = parseErrorLog(bytes, 4, { keepUnused: true });
+    expect(log.map((e) => e.errorCount)).toEqual([0n, 7n, 0n, 0n]);
+    expect(log[0]?.status).toBe(0);
+  });
+
   test("status converts straight into NvmeStatusError", () => {
     const { bytes, view } = page(ERROR_LOG_ENTRY_SIZE);
     errorEntry(view, 0, { count: 1n, status15, phase: 1 });

@@ -1,5 +1,5 @@
 /**
- * A one-line progress bar on stderr for the block tools: shown only when stderr is a terminal and
+ * A one-line progress bar on stderr for long transfers: shown only when stderr is a terminal and
  * the transfer is large enough to be worth watching, never in --json mode.
  */
 import { writeSync } from "node:fs";
@@ -44,6 +44,31 @@ export class Progress {
   }
 
   /** Erase the bar so the summary line starts clean. */
+  done(): void {
+    if (this.#drawn) writeSync(2, "\r\x1b[K");
+    this.#drawn = false;
+  }
+}
+
+/**
+ * A one-line status on stderr for a command whose length is unknown (Format NVM): redrawn on each
+ * tick() when stderr is a terminal, erased by done().
+ */
+export class Ticker {
+  readonly #enabled: boolean;
+  #drawn = false;
+
+  /** `enabled` defaults to: stderr is a TTY. */
+  constructor(enabled = process.stderr.isTTY === true) {
+    this.#enabled = enabled;
+  }
+
+  tick(text: string): void {
+    if (!this.#enabled) return;
+    writeSync(2, `\r${text}\x1b[K`);
+    this.#drawn = true;
+  }
+
   done(): void {
     if (this.#drawn) writeSync(2, "\r\x1b[K");
     this.#drawn = false;

@@ -1,0 +1,15 @@
+/**
+ * Opening a controller from the command line's --backend and --force: the one place the command
+ * line loads the driver (lib/controller.ts and everything under it), so commands that never open
+ * one (--help, completion, usage errors) start without it.
+ */
+import { Controller, type ControllerOptions } from "../lib/controller.ts";
+import type { BackendChoice } from "../lib/backends/index.ts";
+import { BACKENDS, UsageError } from "./common.ts";
+
+/** Controller.open with the backend (auto, sysfs, vfio, disnvm, smartio) and force the user gave. */
+export function openController(args: { ctrl: string; backend?: unknown; force?: unknown }, opts: ControllerOptions = {}): Controller {
+  const backend = (args.backend ?? "auto") as string;
+  if (!(BACKENDS as readonly string[]).includes(backend)) throw new UsageError(`--backend=${backend}: choose one of ${BACKENDS.join(", ")}`);
+  return Controller.open(args.ctrl, { ...opts, backend: backend as BackendChoice, force: args.force === true });
+}
