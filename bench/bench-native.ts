@@ -22,6 +22,8 @@ const symbols = {
   nvm_bench_completer_step: { args: [i32], returns: u32 },
   nvm_bench_completer_pause: { args: [i32, u32], returns: i32 },
   nvm_bench_completer_stop: { args: [i32], returns: i32 },
+  nvm_bench_completer_log: { args: [i32, P, u32], returns: i32 },
+  nvm_bench_completer_logged: { args: [i32], returns: u32 },
   nvm_bench_loop_create: { args: [P, u32, P, u32, P, u32, u32, u32, u32, u32, u32, u32], returns: i32 },
   nvm_bench_loop_batch: { args: [i32, u32, u32], returns: u32 },
   nvm_bench_loop_post: { args: [i32, u32, u32], returns: u32 },
@@ -31,6 +33,9 @@ const symbols = {
   nvm_bench_loop_outstanding: { args: [i32], returns: u32 },
   nvm_bench_loop_errors: { args: [i32], returns: u32 },
   nvm_bench_loop_destroy: { args: [i32], returns: i32 },
+  nvm_bench_perf_layout: { args: [u32], returns: u32 },
+  nvm_bench_perf_run: { args: [P, P], returns: i32 },
+  nvm_bench_perf_bucket: { args: [u32, u32], returns: u32 },
 } as const;
 
 export interface BenchLib {
@@ -45,6 +50,9 @@ export interface BenchLib {
   nvm_bench_completer_step(h: number): number;
   nvm_bench_completer_pause(h: number, paused: number): number;
   nvm_bench_completer_stop(h: number): number;
+  /** Log CDW0, CDW10-12 of the next `capacity` entries answered into `log` (4 u32 each); tests only. */
+  nvm_bench_completer_log(h: number, log: Pointer | null, capacity: number): number;
+  nvm_bench_completer_logged(h: number): number;
   nvm_bench_loop_create(
     sq: Pointer, sqEntries: number, cq: Pointer, cqEntries: number, bar0: Pointer, sqDb: number, cqDb: number,
     nsid: number, busLo: number, busHi: number, bufBytes: number, bs: number,
@@ -57,6 +65,12 @@ export interface BenchLib {
   nvm_bench_loop_outstanding(h: number): number;
   nvm_bench_loop_errors(h: number): number;
   nvm_bench_loop_destroy(h: number): number;
+  /** 0: parameter slots, 1: where the histogram starts in the results, 2: histogram buckets. */
+  nvm_bench_perf_layout(what: number): number;
+  /** The C reference driver's job (c/src/bench_perf.c): `params` and `out` are Float64Arrays. */
+  nvm_bench_perf_run(params: Pointer, out: Pointer): number;
+  /** The histogram bucket the C reference files a latency of hi:lo ns under. */
+  nvm_bench_perf_bucket(lo: number, hi: number): number;
 }
 
 /** nvm_bench_completer_start `cpu` value: no thread, the caller steps the completer itself. */
@@ -65,15 +79,16 @@ export const NO_THREAD = -2;
 let lib: BenchLib | undefined;
 
 /** Bump with every change of c/src/bench.c's symbols. */
-const ABI = 2;
+const ABI = 3;
 
 /**
  * Build, or bring up to date (make compares timestamps: a no-op when nothing changed), and load
- * the library. Without cmake an existing build is used as it is.
+ * the library. Without cmake an existing build is used as it is, and so it is in the QEMU guest
+ * (LIBNVM_VM), which sees the checkout read-only: bench:guest builds it on the host first.
  */
 export function benchNative(): BenchLib {
   if (lib) return lib;
-  if (Bun.which("cmake") !== null) {
+  if (Bun.which("cmake") !== null && !process.env.LIBNVM_VM) {
     const steps = [
       ...(existsSync(join(BUILD, "CMakeCache.txt")) ? [] : [["cmake", "-S", join(ROOT, "c"), "-B", BUILD, "-DCMAKE_BUILD_TYPE=Release"]]),
       ["cmake", "--build", BUILD, "--target", "nvm-bench"],

@@ -17,11 +17,13 @@ import { exportBuffer, exportIoQueue } from "../lib/worker.ts";
 import { intOption, openController, parse, run, toJson, UsageError } from "./common.ts";
 import { LatencyHistogram, PERCENTILES, progressSlots, runJob, type JobResult, type Workload } from "./perf-engine.ts";
 import { latencySvg } from "./perf-plot.ts";
+import { parseCpuList, pinProcess } from "./cpu.ts";
 import type { PerfWorkerData, PerfWorkerMessage } from "./perf-worker.ts";
 
 const usage = `usage: bun run examples/perf.ts --ctrl=BDF [--ns=NSID] [--qd=N] [--bs=SIZE] [--pattern=rand|seq]
                  [--rw=read|write|mix] [--rwmix=PCT] [--seconds=S | --ios=N] [--warmup=S] [--queues=N]
-                 [--workers] [--api=low|async] [--idle-sleep=US] [--offset=SIZE] [--size=SIZE] [--seed=N] [--plot=FILE] [--json]
+                 [--workers] [--api=low|async] [--idle-sleep=US] [--cpu=LIST] [--offset=SIZE] [--size=SIZE] [--seed=N]
+                 [--plot=FILE] [--json]
   Keeps QD commands outstanding per queue pair and reports IOPS, MiB/s and completion latency
   (min, mean, max, p1 p5 p25 p50 p75 p90 p95 p99 p99.9) per queue pair and in total.
   WRITES OVERWRITE THE NAMESPACE (--rw=write or mix).
@@ -40,6 +42,8 @@ const usage = `usage: bun run examples/perf.ts --ctrl=BDF [--ns=NSID] [--qd=N] [
   --api=A           low (default): acquire/rw/submit/poll; async: rwAsync promises
   --idle-sleep=US   hybrid polling (low API): after 64 empty polls sleep US microseconds (default 0: spin);
                     for more pollers than free CPUs
+  --cpu=LIST        pin the whole process (every thread, Workers included) to these CPUs, as taskset -c
+                    LIST does: 3, 0,2 or 0-3
   --offset=SIZE     start of the region used (default 0)
   --size=SIZE       length of the region (default: to the end of the namespace); seq splits it among queues
   --seed=N          random LBA seed (default: from the clock)
@@ -191,10 +195,23 @@ async function runAll(
 }
 
 /**
- * The whole program, `argv` being its arguments: `libnvm perf` runs it too. Usage errors throw
- * UsageError; --help prints the usage and exits.
+ * Another implementation of the single-queue job (bench/perf-c.ts: the C reference driver): it
+ * gets the queue pair and buffer this program set up, and must return what runJob() returns.
  */
-export async function perf(argv: string[]): Promise<void> {
+export interface PerfEngine {
+  /** Named in the JSON output ("ts" is runJob()). */
+  readonly name: string;
+  readonly tool: string;
+  /** Why it cannot run these options (a usage error's text), or undefined. */
+  refuse(opts: { readonly api: "low" | "async"; readonly queues: number; readonly workers: boolean }): string | undefined;
+  run(ctrl: Controller, q: IoQueue, buf: DmaBuffer, w: Workload, progress: Float64Array, index: number): JobResult | Promise<JobResult>;
+}
+
+/**
+ * The whole program, `argv` being its arguments: `libnvm perf` runs it too. Usage errors throw
+ * UsageError; --help prints the usage and exits. `engine` replaces runJob() for one queue pair.
+ */
+export async function perf(argv: string[], engine?: PerfEngine): Promise<void> {
   const args = parse(usage, {
     ns: { type: "string" },
     qd: { type: "string" },
@@ -213,6 +230,7 @@ export async function perf(argv: string[]): Promise<void> {
     plot: { type: "string" },
     workers: { type: "boolean", default: false },
     "idle-sleep": { type: "string" },
+    cpu: { type: "string" },
   }, argv);
   const nsid = intOption("ns", args.ns, usage) ?? 1;
   const qd = intOption("qd", args.qd, usage) ?? 1;
@@ -230,6 +248,12 @@ export async function perf(argv: string[]): Promise<void> {
   const seed = intOption("seed", args.seed, usage) ?? (Date.now() >>> 0);
   const plot = args.plot;
   const idleSleepUs = intOption("idle-sleep", args["idle-sleep"], usage) ?? 0;
+  let cpus: number[] | undefined;
+  try {
+    cpus = args.cpu === undefined ? undefined : parseCpuList(args.cpu);
+  } catch (e) {
+    throw new UsageError(`--cpu=${args.cpu}: ${(e as Error).message}\n${usage}`);
+  }
   if (qd < 1 || qd > 65535) throw new UsageError(`--qd=${qd}: 1 to 65535 commands\n${usage}`);
   if (nQueues < 1 || nQueues > 1024) throw new UsageError(`--queues=${nQueues}: 1 to 1024\n${usage}`);
   if (rwmixRead > 100) throw new UsageError(`--rwmix=${rwmixRead}: a percentage, 0 to 100\n${usage}`);
@@ -237,6 +261,12 @@ export async function perf(argv: string[]): Promise<void> {
   if (iosArg === 0 || secondsArg === 0) throw new UsageError(`nothing to measure: --ios and --seconds must be positive\n${usage}`);
   if (plot === "") throw new UsageError(`--plot needs a file name\n${usage}`);
   const seconds = iosArg === undefined ? (secondsArg ?? 10) : undefined;
+  // Before the controller is opened: every thread the runtime starts from here on inherits it.
+  if (engine) {
+    const why = engine.refuse({ api, queues: nQueues, workers: args.workers === true });
+    if (why !== undefined) throw new UsageError(`${engine.tool}: ${why}\n${usage}`);
+  }
+  if (cpus) pinProcess(cpus);
 
   // Our own signal handling: the first SIGINT/SIGTERM/SIGHUP stops the jobs (Workers included)
   // and still reports; the controller is closed once nothing runs on its queues any more.
@@ -332,7 +362,9 @@ export async function perf(argv: string[]): Promise<void> {
   };
 
   const useWorkers = nQueues > 1 || args.workers === true;
-  const results = await runAll(ctrl, queues, bufs, workloads, progress, tick, useWorkers);
+  let results: JobResult[];
+  if (engine) results = [await engine.run(ctrl, queues[0]!, bufs[0]!, workloads[0]!, progress, 0)];
+  else results = await runAll(ctrl, queues, bufs, workloads, progress, tick, useWorkers);
   if (drawn) writeSync(2, "\r\x1b[K");
 
   const total = new LatencyHistogram();
@@ -365,14 +397,15 @@ export async function perf(argv: string[]): Promise<void> {
   if (args.json) {
     process.stdout.write(
       toJson({
-        tool: "libnvm examples/perf.ts",
+        tool: engine?.tool ?? "libnvm examples/perf.ts",
+        engine: engine?.name ?? "ts",
         date: new Date().toISOString(),
         ctrl: ctrl.name,
         backend: ctrl.backend.kind,
         nsid,
         lbaSize: ns.lbaSize,
         nsBlocks: ns.blocks,
-        workload: { pattern, rw, rwmixRead, bs, qd, queues: nQueues, workers: useWorkers, api, idleSleepUs, seconds, ios: iosArg, warmupSeconds, firstLba, spanBlocks, seed },
+        workload: { pattern, rw, rwmixRead, bs, qd, queues: nQueues, workers: useWorkers, api, idleSleepUs, seconds, ios: iosArg, warmupSeconds, firstLba, spanBlocks, seed, cpus },
         queues: perQueue,
         total: totalReport,
         interrupted,

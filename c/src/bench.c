@@ -47,7 +47,7 @@ static uint64_t now_ns(void)
     return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
 }
 
-API uint32_t nvm_bench_abi_version(void) { return 2; }
+API uint32_t nvm_bench_abi_version(void) { return 3; }
 
 /* Pin the calling thread to `cpu` (-1: allow every CPU). */
 API int32_t nvm_bench_pin(int32_t cpu)
@@ -82,6 +82,9 @@ struct completer {
     uint32_t paused;    /* atomic: sleep instead of spinning (another benchmark has the CPUs) */
     uint32_t completed; /* atomic, wraps */
     uint32_t bad;       /* atomic: doorbell values out of range */
+    /* Optional log of what it answered (tests): CDW0, CDW10, CDW11, CDW12 per entry, in SQ order. */
+    uint32_t *log;
+    uint32_t log_cap, log_len; /* log_len: atomic */
     /* The controller's own state. */
     uint32_t sq_head, cq_tail, phase;
 };
@@ -109,7 +112,17 @@ static uint32_t completer_pass(struct completer *c)
             break;
         }
         if ((c->cq_tail + 1) % m == cq_head) break; /* CQ full: wait for the host to release entries */
-        uint32_t cid = c->sq[c->sq_head * SQE_DWORDS] >> 16;
+        const volatile uint32_t *sqe = c->sq + c->sq_head * SQE_DWORDS;
+        uint32_t cid = sqe[0] >> 16;
+        uint32_t logged = __atomic_load_n(&c->log_len, __ATOMIC_RELAXED);
+        if (c->log && logged < c->log_cap) {
+            uint32_t *l = c->log + 4 * logged;
+            l[0] = sqe[0];
+            l[1] = sqe[10];
+            l[2] = sqe[11];
+            l[3] = sqe[12];
+            __atomic_store_n(&c->log_len, logged + 1, __ATOMIC_RELEASE);
+        }
         c->sq_head = c->sq_head + 1 == n ? 0 : c->sq_head + 1;
         volatile uint32_t *e = c->cq + c->cq_tail * CQE_DWORDS;
         e[0] = 0;
@@ -209,6 +222,27 @@ API int32_t nvm_bench_completer_pause(int32_t h, uint32_t paused)
     if (!c) return -EINVAL;
     __atomic_store_n(&c->paused, paused ? 1u : 0u, __ATOMIC_RELEASE);
     return 0;
+}
+
+/*
+ * Log CDW0, CDW10, CDW11 and CDW12 of the next `capacity` entries it answers into `log` (4 u32 each;
+ * the caller keeps it alive until the completer stops). Set it before the first doorbell.
+ */
+API int32_t nvm_bench_completer_log(int32_t h, void *log, uint32_t capacity)
+{
+    struct completer *c = completer(h);
+    if (!c || (!log && capacity)) return -EINVAL;
+    c->log = log;
+    c->log_cap = capacity;
+    __atomic_store_n(&c->log_len, 0, __ATOMIC_RELEASE);
+    return 0;
+}
+
+/* Entries logged so far. */
+API uint32_t nvm_bench_completer_logged(int32_t h)
+{
+    struct completer *c = completer(h);
+    return c ? __atomic_load_n(&c->log_len, __ATOMIC_ACQUIRE) : 0;
 }
 
 /* Completions posted so far (mod 2^32). */

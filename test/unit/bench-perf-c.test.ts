@@ -1,0 +1,271 @@
+/**
+ * bench/perf-c.ts, the C reference driver of `bun run bench:guest`: it must do what
+ * examples/perf.ts does, so that the two can be compared. Here both run, on the host, against the
+ * benchmarks' memory backend with the completer thread of c/src/bench.c standing in for the
+ * controller (it logs CDW0 and CDW10-12 of every entry it answers): for the same workload and seed
+ * they must send the same commands in the same order (opcode, SLBA, NLB), return results of the
+ * same shape that perf.ts turns into its JSON, file latencies under the same histogram buckets,
+ * build PRPs (and PRP lists) for each CID's own slice of the buffer, and hand the queue back
+ * usable. Nothing is timed.
+ */
+import { afterAll, describe, expect, test } from "bun:test";
+import { DmaBuffer } from "../../lib/dma.ts";
+import { IoCompletionQueue, IoQueue, type IoQueueContext } from "../../lib/io.ts";
+import { NVM_READ, NVM_WRITE } from "../../lib/spec/commands.ts";
+import { benchNative } from "../../bench/bench-native.ts";
+import { MemoryBackend } from "../../bench/memory-backend.ts";
+import { runJobC } from "../../bench/perf-c-engine.ts";
+import { C_ENGINE } from "../../bench/perf-c.ts";
+import { HIST_BUCKETS, LatencyHistogram, progressSlots, runJob, type JobResult, type Workload } from "../../examples/perf-engine.ts";
+
+const lib = benchNative();
+const be = new MemoryBackend();
+afterAll(() => be.close());
+
+const ENTRIES = 64;
+const LBA = 512;
+const NSID = 1;
+const WAIT_MS = 5000;
+const fail = () => {
+  throw new Error("no recovery expected: the completer answers everything");
+};
+const ctx: IoQueueContext = {
+  backend: be,
+  dstrd: 0,
+  timeoutMs: WAIT_MS,
+  maxTransfer: 128 * 1024,
+  sgls: 0,
+  lbaSize: () => LBA,
+  onExpired: fail,
+  onStuck: fail,
+  onFatal: fail,
+};
+/** What runJobC reads of a controller. */
+const ctrl = { backend: be, knownLbaSizes: new Map([[NSID, LBA]]) };
+
+let nextQid = 1;
+
+interface Rig {
+  q: IoQueue;
+  cq: IoCompletionQueue;
+  buf: DmaBuffer;
+  log: DmaBuffer;
+  completer: number;
+  close(): void;
+}
+
+/** A queue pair over memory, a buffer of depth x bs, and a completer that logs what it answers. */
+function rig(bs: number, logEntries: number): Rig {
+  const qid = nextQid++;
+  const sqDb = 0x1000 + 8 * qid;
+  const cqDb = sqDb + 4;
+  be.regs[sqDb / 4] = 0;
+  be.regs[cqDb / 4] = 0;
+  const cq = new IoCompletionQueue(be, qid, ENTRIES, 0);
+  const q = new IoQueue(ctx, qid, ENTRIES, cq);
+  cq.sqs.set(qid, q);
+  const buf = new DmaBuffer(be, q.depth * bs);
+  const log = new DmaBuffer(be, Math.max(1, logEntries) * 16);
+  const completer = lib.nvm_bench_completer_start(q.sq.mem.pointer, ENTRIES, cq.cq.mem.pointer, ENTRIES, be.bar0, sqDb, cqDb, qid, -1);
+  if (completer < 0) throw new Error(`completer: errno ${-completer}`);
+  expect(lib.nvm_bench_completer_log(completer, log.pointer, logEntries)).toBe(0);
+  return {
+    q,
+    cq,
+    buf,
+    log,
+    completer,
+    close() {
+      expect(lib.nvm_bench_completer_bad(completer)).toBe(0);
+      lib.nvm_bench_completer_stop(completer);
+      q.free();
+      cq.free();
+      buf.free();
+      log.free();
+    },
+  };
+}
+
+/** The commands the completer answered: [opcode, SLBA, NLB] in SQ order. */
+function commands(r: Rig): [number, number, number][] {
+  const n = lib.nvm_bench_completer_logged(r.completer);
+  const l = r.log.u32;
+  const out: [number, number, number][] = [];
+  for (let i = 0; i < n; i++) out.push([l[4 * i]! & 0xff, l[4 * i + 1]! + l[4 * i + 2]! * 0x1_0000_0000, (l[4 * i + 3]! & 0xffff) + 1]);
+  return out;
+}
+
+function workload(over: Partial<Workload>): Workload {
+  return {
+    nsid: NSID,
+    lbaSize: LBA,
+    firstLba: 0,
+    spanBlocks: 1 << 20,
+    bs: 4096,
+    qd: 4,
+    pattern: "rand",
+    rw: "read",
+    rwmixRead: 50,
+    ios: 300,
+    warmupSeconds: 0,
+    api: "low",
+    seed: 1234,
+    idleSleepUs: 0,
+    ...over,
+  };
+}
+
+const progress = () => new Float64Array(new SharedArrayBuffer(8 * progressSlots(1)));
+
+/** Run `w` through TypeScript's runJob and through the C reference, each on a rig of its own. */
+async function both(w: Workload): Promise<{ ts: JobResult; c: JobResult; tsCmds: [number, number, number][]; cCmds: [number, number, number][] }> {
+  const n = w.ios! + 2 * ENTRIES;
+  const a = rig(w.bs, n);
+  const b = rig(w.bs, n);
+  try {
+    const ts = await runJob(a.q, a.buf, w, progress(), 0);
+    const c = runJobC(ctrl, b.q, b.buf, w, progress(), 0);
+    return { ts, c, tsCmds: commands(a), cCmds: commands(b) };
+  } finally {
+    a.close();
+    b.close();
+  }
+}
+
+describe("the C reference sends what perf.ts sends", () => {
+  const cases: [string, Partial<Workload>][] = [
+    ["4 KiB random reads at QD 4", {}],
+    ["4 KiB random writes at QD 32 in part of the namespace", { rw: "write", qd: 32, firstLba: 4096, spanBlocks: 100_000, seed: 99 }],
+    ["a 70/30 random mix at QD 8", { rw: "mix", rwmixRead: 70, qd: 8, seed: 7 }],
+    ["sequential writes at QD 2 that wrap around a small span", { pattern: "seq", rw: "write", qd: 2, spanBlocks: 80, firstLba: 16 }],
+    ["128 KiB sequential reads at QD 8 (PRP lists)", { pattern: "seq", bs: 128 * 1024, qd: 8, ios: 100 }],
+    ["seed 0 (the engine's fixed fallback seed)", { seed: 0, qd: 1, ios: 50 }],
+  ];
+  for (const [name, over] of cases) {
+    test(name, async () => {
+      const w = workload(over);
+      const { ts, c, tsCmds, cCmds } = await both(w);
+      expect(cCmds.length).toBe(w.ios!);
+      expect(cCmds).toEqual(tsCmds);
+      for (const [opcode, slba, nlb] of cCmds) {
+        expect(opcode === NVM_READ || opcode === NVM_WRITE).toBe(true);
+        expect(nlb).toBe(w.bs / LBA);
+        expect(slba).toBeGreaterThanOrEqual(w.firstLba);
+        expect(slba + nlb).toBeLessThanOrEqual(w.firstLba + w.spanBlocks);
+      }
+      // The results perf.ts turns into its JSON: same shape, same counts.
+      expect(Object.keys(c).sort()).toEqual(Object.keys(ts).sort());
+      expect(Object.keys(c.hist).sort()).toEqual(Object.keys(ts.hist).sort());
+      for (const r of [ts, c]) {
+        expect(r.ios).toBe(w.ios!);
+        expect(r.bytes).toBe(w.ios! * w.bs);
+        expect(r.errors).toBe(0);
+        expect(r.interrupted).toBe(false);
+        expect(r.hist.count).toBe(w.ios!);
+        expect(r.hist.counts.length).toBe(HIST_BUCKETS);
+        expect(r.hist.counts.reduce((x, y) => x + y, 0)).toBe(w.ios!);
+        expect(r.hist.min).toBeLessThanOrEqual(r.hist.max);
+      }
+      expect([c.reads, c.writes]).toEqual([ts.reads, ts.writes]);
+      expect(c.reads + c.writes).toBe(w.ios!);
+    });
+  }
+});
+
+describe("the C reference's queue handling", () => {
+  test("PRP1 is the CID's slice of the buffer; PRP2 the next page or the CID's own PRP list", () => {
+    for (const bs of [4096, 8192, 128 * 1024]) {
+      const r = rig(bs, 256);
+      try {
+        const w = workload({ bs, qd: 8, ios: 40, pattern: "seq" });
+        runJobC(ctrl, r.q, r.buf, w, progress(), 0);
+        const sqe = r.q.sq.sqe;
+        const bus = r.buf.busAddress(0);
+        // The ring still holds the last ENTRIES commands; check every one of them.
+        for (let slot = 0; slot < ENTRIES; slot++) {
+          const o = slot * 16;
+          if (sqe[o] === 0) continue;
+          const cid = sqe[o]! >>> 16;
+          const prp1 = sqe[o + 6]! + sqe[o + 7]! * 0x1_0000_0000;
+          const prp2 = sqe[o + 8]! + sqe[o + 9]! * 0x1_0000_0000;
+          expect(prp1).toBe(bus + cid * bs);
+          if (bs === 4096) expect(prp2).toBe(0);
+          else if (bs === 8192) expect(prp2).toBe(prp1 + 4096);
+          else {
+            const list = r.q.listBuffer(cid);
+            expect(prp2).toBe(list.busAddress(0));
+            const l = list.u32;
+            for (let i = 0; i < bs / 4096 - 1; i++) expect(l[2 * i]! + l[2 * i + 1]! * 0x1_0000_0000).toBe(prp1 + (i + 1) * 4096);
+          }
+        }
+      } finally {
+        r.close();
+      }
+    }
+  });
+
+  test("hands the rings back: TypeScript runs on the same queue afterwards, and C again after it", async () => {
+    const r = rig(4096, 0);
+    try {
+      const w = workload({ qd: 16, ios: 3 * ENTRIES + 5 }); // wraps both rings, phase flips
+      expect(runJobC(ctrl, r.q, r.buf, w, progress(), 0).ios).toBe(w.ios!);
+      expect(r.q.sq.tail).toBe(w.ios! % ENTRIES);
+      expect(r.cq.cq.head).toBe(w.ios! % ENTRIES);
+      expect(r.cq.cq.phase).toBe(Math.floor(w.ios! / ENTRIES) % 2 === 0 ? 1 : 0);
+      expect((await runJob(r.q, r.buf, w, progress(), 0)).ios).toBe(w.ios!);
+      expect(runJobC(ctrl, r.q, r.buf, w, progress(), 0).ios).toBe(w.ios!);
+      expect(r.q.outstanding).toBe(0);
+      expect(r.cq.credits).toBe(ENTRIES - 1);
+    } finally {
+      r.close();
+    }
+  });
+
+  test("a timed run measures after its warm-up and stops; the stop flag interrupts it", () => {
+    const r = rig(4096, 0);
+    try {
+      const p = progress();
+      const res = runJobC(ctrl, r.q, r.buf, workload({ ios: undefined, seconds: 0.2, warmupSeconds: 0.1, qd: 2 }), p, 0);
+      expect(res.ios).toBeGreaterThan(0);
+      expect(res.seconds).toBeGreaterThanOrEqual(0.2);
+      expect(res.interrupted).toBe(false);
+      expect(p[1]).toBe(res.ios); // progress: commands, bytes, measuring
+      expect(p[2]).toBe(res.ios * 4096);
+      expect(p[3]).toBe(1);
+      // Set before the start: seen at the first look (50 ms in), long before 60 s.
+      const stop = progress();
+      stop[0] = 1;
+      const cut = runJobC(ctrl, r.q, r.buf, workload({ ios: undefined, seconds: 60, qd: 2 }), stop, 0);
+      expect(cut.interrupted).toBe(true);
+      expect(r.q.outstanding).toBe(0);
+    } finally {
+      r.close();
+    }
+  });
+
+  test("refuses what it does not run", () => {
+    const r = rig(4096, 0);
+    try {
+      expect(() => runJobC(ctrl, r.q, r.buf, workload({ api: "async" }), progress(), 0)).toThrow(/low-level API only/);
+      expect(() => runJobC(ctrl, r.q, r.buf, workload({ qd: r.q.depth + 1 }), progress(), 0)).toThrow(/exceeds the queue's/);
+      expect(() => runJobC({ backend: be, knownLbaSizes: new Map() }, r.q, r.buf, workload({}), progress(), 0)).toThrow(/LBA size is not known/);
+      expect(C_ENGINE.refuse({ api: "low", queues: 1, workers: false })).toBeUndefined();
+      expect(C_ENGINE.refuse({ api: "async", queues: 1, workers: false })).toMatch(/--api=low/);
+      expect(C_ENGINE.refuse({ api: "low", queues: 2, workers: false })).toMatch(/one queue pair/);
+      expect(C_ENGINE.refuse({ api: "low", queues: 1, workers: true })).toMatch(/one queue pair/);
+    } finally {
+      r.close();
+    }
+  });
+});
+
+test("latencies fall in the same histogram buckets in C and in the engine", () => {
+  const values = [0, 1, 63, 64, 65, 127, 128, 129, 1000, 4095, 4096, 65_535, 1_234_567, 2 ** 31 - 1, 2 ** 31, 2 ** 32 - 1, 2 ** 32, 2 ** 32 + 12_345, 2 ** 40 + 7, 2 ** 47, 2 ** 47 + 2 ** 41, 2 ** 50];
+  for (let v = 1; v < 2 ** 36; v = Math.floor(v * 1.37) + 1) values.push(v);
+  for (const v of values) {
+    const h = new LatencyHistogram();
+    h.record(v);
+    const ts = h.counts.findIndex((x) => x === 1);
+    expect([v, lib.nvm_bench_perf_bucket(v >>> 0, Math.floor(v / 0x1_0000_0000))]).toEqual([v, ts]);
+  }
+});
