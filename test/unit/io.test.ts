@@ -1067,6 +1067,33 @@ describe("async", () => {
     expect(q.acquire()).toBe(1);
   });
 
+  test("batchTime(now): the batch's deadlines count from the caller's clock reading, until submit()", () => {
+    // A grace period longer than the test's span: only deadlines count here.
+    const { q, ctrl } = setup({ entries: 8, ctx: { onStuck: () => {}, abortGraceMs: 60_000 } });
+    ctrl.responder = () => undefined;
+    const buf = alloc(PAGE);
+    const timeouts: number[] = [];
+    q.onTimeout = (cid) => timeouts.push(cid);
+    q.onComplete = () => {};
+    const base = performance.now();
+    q.batchTime(base);
+    const a = q.acquire();
+    q.rw(a, NVM_READ, 1, 0, 1, buf, 0, 512);
+    q.batchTime(base + 3_000); // a command of the batch was posted: the batch's base stays
+    const b = q.acquire();
+    q.rw(b, NVM_READ, 1, 1, 1, buf, 0, 512);
+    q.submit();
+    q.batchTime(base + 5_000); // the next batch's own reading
+    const c = q.acquire();
+    q.rw(c, NVM_READ, 1, 2, 1, buf, 0, 512);
+    q.submit();
+    expect(q.checkTimeouts(base + 10_001)).toBe(2);
+    expect(timeouts).toEqual([a, b]);
+    expect(q.checkTimeouts(base + 14_999)).toBe(0);
+    expect(q.checkTimeouts(base + 15_001)).toBe(1);
+    expect(timeouts).toEqual([a, b, c]);
+  });
+
   test("a reset (resetAfterDisable) settles every outstanding command: promises, sync callers, handlers", async () => {
     const { q, ctrl } = setup({ entries: 8 });
     ctrl.responder = () => undefined;
