@@ -179,6 +179,24 @@ describe("buildPrp with a list", () => {
     expect(entry(l, 2, 1)).toBe(page(d, 2));
     expect(l.u32[0]).toBe(0xffffffff);
   });
+
+  test("regions: a data region inside its mapping and a list region chaining into its mapping's next page", () => {
+    using d = data(520);
+    using l = list(4);
+    // The data region starts 3 pages and 512 bytes into its mapping; the list region one page in.
+    const dr = d.region(3 * PAGE + 512, 516 * PAGE);
+    const lr = l.region(PAGE, 2 * PAGE);
+    const r = buildPrp(dr, PAGE, 513 * PAGE, lr); // from mapping page 4 (+512): 514 pages, 513 entries
+    expect(r.prp1).toBe(page(d, 4) + 512);
+    expect(r.prp2).toBe(page(l, 1));
+    expect(entry(l, 1, 0)).toBe(page(d, 5));
+    expect(entry(l, 1, 510)).toBe(page(d, 515));
+    expect(entry(l, 1, 511)).toBe(page(l, 2));
+    expect(entry(l, 2, 0)).toBe(page(d, 516));
+    expect(entry(l, 2, 1)).toBe(page(d, 517));
+    expect(l.u32[2 * 1024 + 4]).toBe(0xffffffff);
+    expect(l.u32[0]).toBe(0xffffffff);
+  });
 });
 
 describe("buildPrp errors", () => {
