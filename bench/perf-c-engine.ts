@@ -50,6 +50,7 @@ const enum R {
   CQ_HEAD,
   CQ_PHASE,
   TIMEOUT_OUTSTANDING,
+  WARMUP,
   HIST = 32,
 }
 
@@ -158,6 +159,7 @@ export function runJobC(ctrl: Pick<Controller, "backend" | "knownLbaSizes">, q: 
     writes: out[R.WRITES]!,
     bytes: ios * w.bs,
     seconds: out[R.SECONDS]!,
+    warmupSeconds: out[R.WARMUP]!,
     errors,
     ...(firstError !== undefined ? { firstError } : {}),
     interrupted: out[R.INTERRUPTED] === 1,

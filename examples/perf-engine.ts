@@ -5,9 +5,17 @@
  *
  * Low-level API (the default): acquire a CID, rw() the SQE in place (each CID reads or writes its
  * own `bs` slice of the buffer), one submit() per refill, poll() with one completion handler that
- * queues CIDs; one clock read per refill and per non-empty poll, nothing allocated per command.
+ * queues CIDs; one clock read per non-empty poll, which also dates the refill that follows (and
+ * the deadlines of its commands: IoQueue.batchTime), nothing allocated per command. The
+ * completions' bookkeeping (histogram, counters) comes after the refill's doorbell, while the
+ * controller works on the new commands.
  * Async API: `qd` loops each awaiting rwAsync() (a promise per command, by design).
+ *
+ * Warm-up: the measured window starts once the warm-up time has passed AND the runtime's JIT
+ * compiler threads have been idle for a second (at most 3x the warm-up): under emulation the JIT
+ * compiles for seconds, and its threads take CPU from the poller (pinned, from the same CPU).
  */
+import { readdirSync, readFileSync } from "node:fs";
 import type { DmaBuffer } from "../lib/dma.ts";
 import type { IoQueue } from "../lib/io.ts";
 import { NvmeStatusError, NvmeTimeoutError } from "../lib/errors.ts";
@@ -142,6 +150,10 @@ export interface JobResult {
   bytes: number;
   /** Measured time: from the end of the warm-up to the last completion. */
   seconds: number;
+  /** The warm-up it ran: the one asked for, or longer while the JIT was still compiling. */
+  warmupSeconds: number;
+  /** Whether the JIT had gone quiet when the measured window started (absent when not checked). */
+  jitQuiet?: boolean;
   errors: number;
   firstError?: string;
   interrupted: boolean;
@@ -158,6 +170,74 @@ const YIELD_MS = 50;
 
 function yieldToEventLoop(): Promise<void> {
   return new Promise((resolve) => setImmediate(resolve));
+}
+
+/** The JIT counts as quiet after this long without CPU time in its threads. */
+const JIT_QUIET_MS = 1000;
+/** The warm-up waits for the JIT at most this many times its own length. */
+const WARMUP_MAX_FACTOR = 3;
+
+/**
+ * CPU time (clock ticks) used so far by this process's JIT compiler threads (JavaScriptCore
+ * names them "JITWorker"), from /proc/self/task; -1 where there is no /proc.
+ */
+export function jitCpuTicks(): number {
+  let tasks: string[];
+  try {
+    tasks = readdirSync("/proc/self/task");
+  } catch {
+    return -1;
+  }
+  let ticks = 0;
+  for (const tid of tasks) {
+    let stat: string;
+    try {
+      stat = readFileSync(`/proc/self/task/${tid}/stat`, "latin1");
+    } catch {
+      continue; // the thread exited
+    }
+    const close = stat.lastIndexOf(")");
+    if (!stat.slice(stat.indexOf("(") + 1, close).startsWith("JIT")) continue;
+    // After "pid (comm) ": state is field 0, utime field 11, stime field 12 (proc(5), fields 14 and 15).
+    const f = stat.slice(close + 2).split(" ");
+    ticks += Number(f[11]) + Number(f[12]);
+  }
+  return ticks;
+}
+
+/**
+ * When the measured window may start: not before `from` (the end of the warm-up), then once the
+ * JIT threads used no CPU for JIT_QUIET_MS, and at `latest` whatever the JIT does. Sampled at
+ * the job's yields (every YIELD_MS), not per poll: each look reads /proc.
+ */
+class WarmUp {
+  #ticks = -2;
+  #busyAt: number;
+  /** Set once the window may start; `quiet` tells whether the JIT had gone quiet by then. */
+  done = false;
+  quiet = false;
+
+  constructor(
+    private readonly from: number,
+    private readonly latest: number,
+    now: number,
+  ) {
+    this.#busyAt = now;
+  }
+
+  check(t: number): void {
+    if (this.done) return;
+    const ticks = jitCpuTicks();
+    if (ticks !== this.#ticks) {
+      this.#ticks = ticks;
+      this.#busyAt = t;
+    }
+    const quiet = ticks < 0 || t - this.#busyAt >= JIT_QUIET_MS;
+    if (t >= this.from && (quiet || t >= this.latest)) {
+      this.done = true;
+      this.quiet = quiet;
+    }
+  }
 }
 
 /** Keep `w.qd` commands outstanding on `q` over `buf` (at least qd × bs bytes) until done. */
@@ -206,7 +286,10 @@ export async function runJob(q: IoQueue, buf: DmaBuffer, w: Workload, progress: 
   const t0 = performance.now();
   let measuring = w.warmupSeconds <= 0;
   let tMeasure = measuring ? t0 : t0 + w.warmupSeconds * 1000;
-  let tEnd = w.seconds !== undefined ? tMeasure + w.seconds * 1000 : Infinity;
+  // Without a warm-up the window starts at once, JIT or not.
+  const warm = measuring ? undefined : new WarmUp(tMeasure, t0 + WARMUP_MAX_FACTOR * w.warmupSeconds * 1000, t0);
+  // Set when measuring starts (the warm-up may run longer than asked for).
+  let tEnd = w.seconds !== undefined && measuring ? tMeasure + w.seconds * 1000 : Infinity;
   let tLast = t0;
   const startMeasuring = (t: number) => {
     measuring = true;
@@ -219,6 +302,7 @@ export async function runJob(q: IoQueue, buf: DmaBuffer, w: Workload, progress: 
   if (w.api === "async") {
     let stopping = false;
     let inflight = 0;
+    let lastCheck = t0;
     const loop = async (slot: number) => {
       const offset = slot * w.bs;
       while (!stopping && !(measuring && ios + inflight >= limit)) {
@@ -243,7 +327,11 @@ export async function runJob(q: IoQueue, buf: DmaBuffer, w: Workload, progress: 
           else reads++;
           progress[base] = ios;
           progress[base + 1] = ios * w.bs;
-        } else if (t >= tMeasure) startMeasuring(t);
+        } else if (t - lastCheck > YIELD_MS) {
+          lastCheck = t;
+          warm!.check(t);
+          if (warm!.done) startMeasuring(t);
+        }
         if (t >= tEnd) stopping = true;
         if (progress[0] !== 0) {
           stopping = true;
@@ -259,13 +347,17 @@ export async function runJob(q: IoQueue, buf: DmaBuffer, w: Workload, progress: 
     const depth = q.depth;
     const start = new Float64Array(depth);
     const wrote = new Uint8Array(depth);
-    const done = new Uint16Array(depth);
+    // What the handler copies of each completion, because the refill reuses its CID before the
+    // bookkeeping: when it started, and whether it wrote.
+    const doneStart = new Float64Array(depth);
+    const doneWrote = new Uint8Array(depth);
     let nDone = 0;
     let firstStatus = -1;
     let firstCid = 0;
     let firstOpcode = NVM_READ;
     q.onComplete = (cid, status) => {
-      done[nDone++] = cid;
+      doneStart[nDone] = start[cid]!;
+      doneWrote[nDone++] = wrote[cid]!;
       if (status !== 0 && errors++ === 0) {
         firstStatus = status;
         firstCid = cid;
@@ -280,6 +372,8 @@ export async function runJob(q: IoQueue, buf: DmaBuffer, w: Workload, progress: 
       while (q.outstanding < qd && !(measuring && ios + q.outstanding >= limit)) {
         const cid = q.acquire();
         if (cid < 0) break;
+        // The clock was just read: the batch's deadlines count from it (no clock read of the queue's own).
+        if (posted === 0) q.batchTime(t);
         const write = isWrite();
         q.rw(cid, write ? NVM_WRITE : NVM_READ, nsid, nextLba(), blocks, buf, cid * bs, bs);
         start[cid] = t;
@@ -296,6 +390,8 @@ export async function runJob(q: IoQueue, buf: DmaBuffer, w: Workload, progress: 
     const sleepMs = (w.idleSleepUs ?? 0) / 1000;
     const sleeper = new Int32Array(new SharedArrayBuffer(4));
     let empty = 0;
+    /** Completions of the last poll still to be recorded (counted in `ios` already). */
+    let toRecord = 0;
     refill(t);
     for (let spins = 1; ; spins++) {
       const n = q.poll();
@@ -315,28 +411,33 @@ export async function runJob(q: IoQueue, buf: DmaBuffer, w: Workload, progress: 
         t = performance.now();
         lastActivity = t;
         tLast = t;
+        // Counted now, so that the refill of a counted run (--ios) posts no more than it needs.
         if (measuring) {
-          for (let k = 0; k < nDone; k++) {
-            const cid = done[k]!;
-            hist.record((t - start[cid]!) * 1e6);
-            if (wrote[cid] === 1) writes++;
-            else reads++;
-          }
           ios += nDone;
-          progress[base] = ios;
-          progress[base + 1] = ios * bs;
+          toRecord = nDone;
         }
         nDone = 0;
       }
-      if (!measuring && t >= tMeasure) startMeasuring(t);
+      if (!measuring && warm!.done) startMeasuring(t);
       if (errors > 0 || t >= tEnd || (measuring && ios >= limit)) stopping = true;
-      if (stopping) {
-        if (q.outstanding === 0) break;
-      } else refill(t);
+      if (!stopping) refill(t);
+      if (toRecord > 0) {
+        // After the doorbell: the controller is already working on the new commands.
+        for (let k = 0; k < toRecord; k++) {
+          hist.record((t - doneStart[k]!) * 1e6);
+          if (doneWrote[k] === 1) writes++;
+          else reads++;
+        }
+        toRecord = 0;
+        progress[base] = ios;
+        progress[base + 1] = ios * bs;
+      }
+      if (stopping && q.outstanding === 0) break;
       if (t - lastYield > YIELD_MS) {
         // Signals (and the main thread's stop flag) are seen between turns of the event loop.
         await yieldToEventLoop();
         lastYield = performance.now();
+        if (!measuring) warm!.check(lastYield);
         if (progress[0] !== 0 && !stopping) {
           stopping = true;
           interrupted = true;
@@ -357,6 +458,8 @@ export async function runJob(q: IoQueue, buf: DmaBuffer, w: Workload, progress: 
     writes,
     bytes: ios * w.bs,
     seconds: Math.max(tLast - tMeasure, 0) / 1000,
+    warmupSeconds: (tMeasure - t0) / 1000,
+    ...(warm ? { jitQuiet: warm.quiet } : {}),
     errors,
     ...(firstError !== undefined ? { firstError } : {}),
     interrupted,

@@ -36,7 +36,8 @@ const usage = `usage: bun run examples/perf.ts --ctrl=BDF [--ns=NSID] [--qd=N] [
   --rwmix=PCT       percentage of reads with --rw=mix (default 50)
   --seconds=S       measure for S seconds (default 10)
   --ios=N           or: measure N commands per queue pair
-  --warmup=S        run S seconds before measuring (default 0)
+  --warmup=S        run S seconds before measuring (default 0); and then on until the JIT's threads were
+                    idle for a second (at most 3xS)
   --queues=N        N queue pairs, each driven by its own Worker (default 1: this thread)
   --workers         use a Worker even for one queue pair (like for like with --queues=N)
   --api=A           low (default): acquire/rw/submit/poll; async: rwAsync promises
@@ -95,6 +96,10 @@ export interface QueueReport {
   writes: number;
   bytes: number;
   seconds: number;
+  /** The warm-up run before measuring: --warmup, or longer while the JIT still compiled. */
+  warmupSeconds: number;
+  /** Whether the JIT had gone quiet when measuring started (absent when nothing was checked). */
+  jitQuiet?: boolean;
   iops: number;
   mibPerSec: number;
   errors: number;
@@ -119,6 +124,8 @@ function report(r: Omit<JobResult, "hist" | "index" | "interrupted">, h: Latency
     writes: r.writes,
     bytes: r.bytes,
     seconds: Number(r.seconds.toFixed(3)),
+    warmupSeconds: Number(r.warmupSeconds.toFixed(3)),
+    ...(r.jitQuiet !== undefined ? { jitQuiet: r.jitQuiet } : {}),
     iops: r.seconds > 0 ? Number((r.ios / r.seconds).toFixed(1)) : 0,
     mibPerSec: r.seconds > 0 ? Number((r.bytes / MiB / r.seconds).toFixed(2)) : 0,
     errors: r.errors,
@@ -381,7 +388,17 @@ export async function perf(argv: string[], engine?: PerfEngine): Promise<void> {
   // Jobs run over one common interval: total IOPS is the sum of the queues' rates.
   const totalSeconds = Math.max(...results.map((r) => r.seconds));
   const totalReport = report(
-    { qid: 0, ios: sum("ios"), reads: sum("reads"), writes: sum("writes"), bytes: sum("bytes"), errors: sum("errors"), seconds: totalSeconds },
+    {
+      qid: 0,
+      ios: sum("ios"),
+      reads: sum("reads"),
+      writes: sum("writes"),
+      bytes: sum("bytes"),
+      errors: sum("errors"),
+      seconds: totalSeconds,
+      warmupSeconds: Math.max(...results.map((r) => r.warmupSeconds)),
+      ...(results.some((r) => r.jitQuiet !== undefined) ? { jitQuiet: results.every((r) => r.jitQuiet !== false) } : {}),
+    },
     total,
   );
   totalReport.iops = Number(perQueue.reduce((a, r) => a + r.iops, 0).toFixed(1));

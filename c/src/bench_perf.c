@@ -12,15 +12,15 @@
  * - per command, as IoQueue.acquire/rw/post: a CID from a free stack and a completion credit, the
  *   checks of rw() (CID state, NLB, SLBA, bytes = blocks x LBA size, buffer span, MDTS), all 16
  *   SQE dwords, PRP1/PRP2 from the buffer's per-page bus addresses or a PRP list in the CID's own
- *   list page, tracker state, opcode, SLBA, NLB and a deadline from one clock read per batch;
- *   one SQ doorbell per refill behind a release fence;
+ *   list page, tracker state, opcode, SLBA, NLB and a deadline from the clock reading the refill
+ *   was given (IoQueue.batchTime); one SQ doorbell per refill behind a release fence;
  * - per completion, as IoCompletionQueue.poll/IoQueue.complete: phase first (acquire load), then
  *   DW2 and DW0, SQ head from SQHD, the SQ id checked, the CID checked and freed, the completion
  *   handler called through a function pointer (it queues the CID, as the engine's onComplete), one
  *   CQ head doorbell per non-empty poll;
- * - latency: one clock read per refill (every command of the batch starts then) and one per
- *   non-empty poll (every completion reaped then ends then), recorded in the engine's log-linear
- *   histogram (64 sub-buckets per power of two, exact below 64 ns);
+ * - latency: one clock read per non-empty poll: every completion reaped ends then, and every
+ *   command of the refill that follows starts then; recorded, after the refill's doorbell, in the
+ *   engine's log-linear histogram (64 sub-buckets per power of two, exact below 64 ns);
  * - the clock is read every 256 empty polls too, for the end of the run and for the no-completion
  *   deadline, and every 50 ms the shared stop flag is checked (where the engine yields to its
  *   event loop).
@@ -71,7 +71,7 @@ enum {
 enum {
     R_STATUS, R_IOS, R_READS, R_WRITES, R_ERRORS, R_FIRST_STATUS, R_FIRST_CID, R_FIRST_OPCODE,
     R_SECONDS, R_COUNT, R_SUM, R_MIN, R_MAX, R_INTERRUPTED,
-    R_SQ_TAIL, R_SQ_HEAD, R_CQ_HEAD, R_CQ_PHASE, R_TIMEOUT_OUTSTANDING,
+    R_SQ_TAIL, R_SQ_HEAD, R_CQ_HEAD, R_CQ_PHASE, R_TIMEOUT_OUTSTANDING, R_WARMUP,
     R_HIST = 32
 };
 
@@ -153,11 +153,13 @@ struct job {
     uint32_t list_bytes;
     uint32_t nsid, lba_size;
     completion_fn handler;
-    /* The engine's side. */
-    uint16_t *done;
-    uint32_t n_done;
-    uint8_t *wrote;
+    /* The engine's side: per CID when it started and whether it wrote; per completion reaped, the
+     * same copied (the refill reuses the CID before the bookkeeping). */
     uint64_t *start;
+    uint8_t *wrote;
+    uint64_t *done_start;
+    uint8_t *done_wrote;
+    uint32_t n_done;
     uint64_t errors;
     int32_t first_status;
     uint32_t first_cid, first_opcode;
@@ -166,7 +168,8 @@ struct job {
 static void on_complete(struct job *j, uint32_t cid, uint32_t status, uint32_t dw0)
 {
     (void)dw0;
-    j->done[j->n_done++] = (uint16_t)cid;
+    j->done_start[j->n_done] = j->start[cid];
+    j->done_wrote[j->n_done++] = j->wrote[cid];
     if (status != 0 && j->errors++ == 0) {
         j->first_status = (int32_t)status;
         j->first_cid = cid;
@@ -373,10 +376,12 @@ API int32_t nvm_bench_perf_run(const double *p, double *out)
     j.nlb = calloc(j.depth, sizeof(uint32_t));
     j.slba = calloc(j.depth, sizeof(uint64_t));
     j.deadline = calloc(j.depth, sizeof(uint64_t));
-    j.done = calloc(j.depth, sizeof(uint16_t));
-    j.wrote = calloc(j.depth, 1);
     j.start = calloc(j.depth, sizeof(uint64_t));
-    if (!j.free_stack || !j.state || !j.opcode || !j.nlb || !j.slba || !j.deadline || !j.done || !j.wrote || !j.start) goto out_free;
+    j.wrote = calloc(j.depth, 1);
+    j.done_start = calloc(j.depth, sizeof(uint64_t));
+    j.done_wrote = calloc(j.depth, 1);
+    if (!j.free_stack || !j.state || !j.opcode || !j.nlb || !j.slba || !j.deadline || !j.start || !j.wrote || !j.done_start || !j.done_wrote)
+        goto out_free;
     for (uint32_t i = 0; i < j.depth; i++) j.free_stack[i] = (uint16_t)(j.depth - 1 - i); /* pops 0, 1, 2, ... */
     j.free_top = j.depth;
     j.credits = j.cq_entries - 1;
@@ -393,7 +398,7 @@ API int32_t nvm_bench_perf_run(const double *p, double *out)
     const uint64_t t0 = now_ns();
     int measuring = warmup <= 0;
     uint64_t t_measure = measuring ? t0 : t0 + (uint64_t)(warmup * 1e9);
-    uint64_t t_end = seconds > 0 ? t_measure + (uint64_t)(seconds * 1e9) : UINT64_MAX;
+    uint64_t t_end = seconds > 0 && measuring ? t_measure + (uint64_t)(seconds * 1e9) : UINT64_MAX; /* set when measuring starts */
     uint64_t t_last = t0;
     if (measuring && progress) progress[base + 2] = 1;
 
@@ -407,6 +412,7 @@ API int32_t nvm_bench_perf_run(const double *p, double *out)
         while (j.inflight < qd && !(measuring && ios + j.inflight >= limit)) {                                           \
             int cid = acquire(&j);                                                                                       \
             if (cid < 0) break;                                                                                          \
+            if (posted == 0 && j.batch_start == 0) j.batch_start = t; /* IoQueue.batchTime(t) */                        \
             int write = rw_kind == 1 || (rw_kind == 2 && rand32(&x) >= mix_read_below);                                 \
             uint64_t s;                                                                                                  \
             if (seq) {                                                                                                   \
@@ -430,6 +436,7 @@ API int32_t nvm_bench_perf_run(const double *p, double *out)
         if (posted > 0) submit(&j);                                                                                      \
     } while (0)
 
+    uint32_t to_record = 0; /* completions of the last poll still to be recorded (counted already) */
     REFILL();
     for (uint32_t spins = 1;; spins++) {
         uint32_t n = poll_cq(&j);
@@ -452,17 +459,8 @@ API int32_t nvm_bench_perf_run(const double *p, double *out)
             last_activity = t;
             t_last = t;
             if (measuring) {
-                for (uint32_t k = 0; k < j.n_done; k++) {
-                    uint32_t cid = j.done[k];
-                    hist_record(&h, t - j.start[cid]);
-                    if (j.wrote[cid]) writes++;
-                    else reads++;
-                }
                 ios += j.n_done;
-                if (progress) {
-                    progress[base] = ios;
-                    progress[base + 1] = ios * bs;
-                }
+                to_record = j.n_done;
             }
             j.n_done = 0;
         }
@@ -473,11 +471,21 @@ API int32_t nvm_bench_perf_run(const double *p, double *out)
             if (progress) progress[base + 2] = 1;
         }
         if (j.errors > 0 || t >= t_end || (measuring && ios >= limit)) stopping = 1;
-        if (stopping) {
-            if (j.inflight == 0) break;
-        } else {
-            REFILL();
+        if (!stopping) REFILL();
+        if (to_record > 0) {
+            /* After the doorbell: the controller is already working on the new commands. */
+            for (uint32_t k = 0; k < to_record; k++) {
+                hist_record(&h, t - j.done_start[k]);
+                if (j.done_wrote[k]) writes++;
+                else reads++;
+            }
+            to_record = 0;
+            if (progress) {
+                progress[base] = ios;
+                progress[base + 1] = ios * bs;
+            }
         }
+        if (stopping && j.inflight == 0) break;
         if (t - last_yield > YIELD_NS) {
             /* Where the engine yields to its event loop: the stop flag (a signal, the main thread). */
             last_yield = now_ns();
@@ -508,6 +516,7 @@ out_state:
     out[R_MIN] = h.min;
     out[R_MAX] = h.max;
     out[R_INTERRUPTED] = interrupted;
+    out[R_WARMUP] = (double)(t_measure - t0) / 1e9;
     out[R_SQ_TAIL] = j.tail;
     out[R_SQ_HEAD] = j.sq_head;
     out[R_CQ_HEAD] = j.cq_head;
@@ -519,9 +528,10 @@ out_free:
     free(j.nlb);
     free(j.slba);
     free(j.deadline);
-    free(j.done);
-    free(j.wrote);
     free(j.start);
+    free(j.wrote);
+    free(j.done_start);
+    free(j.done_wrote);
     out[R_STATUS] = rc;
     return rc;
 }

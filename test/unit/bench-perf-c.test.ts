@@ -7,6 +7,9 @@
  * same shape that perf.ts turns into its JSON, file latencies under the same histogram buckets,
  * build PRPs (and PRP lists) for each CID's own slice of the buffer, and hand the queue back
  * usable. Nothing is timed.
+ *
+ * Both spin (the poller here, the completer thread beside it): on a busy 2-CPU machine a run can
+ * stall for scheduler time slices, so these tests get a longer limit than bun's 5 s.
  */
 import { afterAll, describe, expect, test } from "bun:test";
 import { DmaBuffer } from "../../lib/dma.ts";
@@ -16,7 +19,7 @@ import { benchNative } from "../../bench/bench-native.ts";
 import { MemoryBackend } from "../../bench/memory-backend.ts";
 import { runJobC } from "../../bench/perf-c-engine.ts";
 import { C_ENGINE } from "../../bench/perf-c.ts";
-import { HIST_BUCKETS, LatencyHistogram, progressSlots, runJob, type JobResult, type Workload } from "../../examples/perf-engine.ts";
+import { HIST_BUCKETS, jitCpuTicks, LatencyHistogram, progressSlots, runJob, type JobResult, type Workload } from "../../examples/perf-engine.ts";
 
 const lib = benchNative();
 const be = new MemoryBackend();
@@ -26,6 +29,8 @@ const ENTRIES = 64;
 const LBA = 512;
 const NSID = 1;
 const WAIT_MS = 5000;
+/** Per test: a few runs of a few hundred commands each, with room for scheduler stalls. */
+const TEST_MS = 60_000;
 const fail = () => {
   throw new Error("no recovery expected: the completer answers everything");
 };
@@ -168,7 +173,7 @@ describe("the C reference sends what perf.ts sends", () => {
       }
       expect([c.reads, c.writes]).toEqual([ts.reads, ts.writes]);
       expect(c.reads + c.writes).toBe(w.ios!);
-    });
+    }, TEST_MS);
   }
 });
 
@@ -202,7 +207,7 @@ describe("the C reference's queue handling", () => {
         r.close();
       }
     }
-  });
+  }, TEST_MS);
 
   test("hands the rings back: TypeScript runs on the same queue afterwards, and C again after it", async () => {
     const r = rig(4096, 0);
@@ -219,7 +224,7 @@ describe("the C reference's queue handling", () => {
     } finally {
       r.close();
     }
-  });
+  }, TEST_MS);
 
   test("a timed run measures after its warm-up and stops; the stop flag interrupts it", () => {
     const r = rig(4096, 0);
@@ -241,7 +246,24 @@ describe("the C reference's queue handling", () => {
     } finally {
       r.close();
     }
-  });
+  }, TEST_MS);
+
+  test("the engine's warm-up lasts at least --warmup and waits (bounded) for the JIT's threads to go quiet", async () => {
+    expect(jitCpuTicks()).toBeGreaterThanOrEqual(0); // Linux: /proc/self/task names JSC's JIT threads
+    const r = rig(4096, 0);
+    try {
+      const res = await runJob(r.q, r.buf, workload({ ios: undefined, seconds: 0.1, warmupSeconds: 0.2, qd: 2 }), progress(), 0);
+      expect(res.warmupSeconds).toBeGreaterThanOrEqual(0.2);
+      expect(typeof res.jitQuiet).toBe("boolean");
+      expect(res.ios).toBeGreaterThan(0);
+      // Without a warm-up the window starts at once and nothing is checked.
+      const now = await runJob(r.q, r.buf, workload({ ios: 20 }), progress(), 0);
+      expect(now.warmupSeconds).toBe(0);
+      expect(now.jitQuiet).toBeUndefined();
+    } finally {
+      r.close();
+    }
+  }, TEST_MS);
 
   test("refuses what it does not run", () => {
     const r = rig(4096, 0);
