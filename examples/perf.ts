@@ -9,9 +9,8 @@
  */
 import { writeSync, writeFileSync } from "node:fs";
 import { Worker } from "node:worker_threads";
-import type { Controller } from "../lib/controller.ts";
+import type { AnyIoQueue, Controller } from "../lib/controller.ts";
 import type { DmaBuffer } from "../lib/dma.ts";
-import type { IoQueue } from "../lib/io.ts";
 import { Namespace } from "../lib/namespace.ts";
 import { exportBuffer, exportIoQueue } from "../lib/worker.ts";
 import { intOption, openController, parse, run, toJson, UsageError } from "./common.ts";
@@ -138,7 +137,7 @@ function textReport(label: string, r: QueueReport): string {
 /** Run one job per queue: in this thread for one queue (unless `workers`), else one Worker each. */
 async function runAll(
   ctrl: Controller,
-  queues: IoQueue[],
+  queues: AnyIoQueue[],
   bufs: DmaBuffer[],
   workloads: Workload[],
   progress: Float64Array,
@@ -267,7 +266,7 @@ export async function perf(argv: string[]): Promise<void> {
   if (granted.sqs < nQueues || granted.cqs < nQueues) {
     throw new UsageError(`--queues=${nQueues}: the controller granted ${Math.min(granted.sqs, granted.cqs)} I/O queue pairs`);
   }
-  const queues: IoQueue[] = [];
+  const queues: AnyIoQueue[] = [];
   const bufs: DmaBuffer[] = [];
   const workloads: Workload[] = [];
   const blocksPerIo = bs / ns.lbaSize;
@@ -368,7 +367,7 @@ export async function perf(argv: string[]): Promise<void> {
         tool: "libnvm examples/perf.ts",
         date: new Date().toISOString(),
         ctrl: ctrl.name,
-        backend: ctrl.backend.kind,
+        backend: ctrl.transport === "tcp" ? "tcp" : ctrl.backend.kind,
         nsid,
         lbaSize: ns.lbaSize,
         nsBlocks: ns.blocks,

@@ -66,8 +66,8 @@ const enum Mode {
   PROMISE = 1,
   SYNC = 2,
 }
-/** A completion for the low-level handler: called once per CQE, with the 15-bit status (0 = success). */
-export type CompletionHandler = (cid: number, status: number, dw0: number) => void;
+import type { CompletionHandler, NvmeIoQueue, SqeWriter } from "./transports/types.ts";
+export type { CompletionHandler } from "./transports/types.ts";
 
 /**
  * Status a handler gets for a command the host ended itself because the controller was disabled
@@ -260,7 +260,8 @@ interface Waiter {
   readonly since: number;
 }
 
-export class IoQueue implements DmaUser {
+export class IoQueue implements DmaUser, NvmeIoQueue {
+  readonly transport = "pcie" as const;
   readonly sq: SubmissionQueue;
   readonly ioCq: IoCompletionQueue;
   /** Commands that may be outstanding at once: one less than the smaller ring. */
@@ -936,6 +937,24 @@ export class IoQueue implements DmaUser {
       this.post(cid);
       this.cidNlb[cid] = 0;
       this.cidBuf[cid] = buf;
+    });
+  }
+
+  /**
+   * A command whose data is a small structure for the controller (Dataset Management ranges, at
+   * most a page): `write` fills the SQE, the data goes into the CID's own list page, PRP1 points at it.
+   */
+  commandDataAsync(write: SqeWriter, data: Uint8Array): Promise<number> {
+    if (data.length === 0 || data.length > K.PAGE_SIZE) return Promise.reject(new InvalidArgumentError(`command data of ${data.length} bytes: 1 to ${K.PAGE_SIZE}`));
+    return this.commandAsync((sqe, o, cid) => {
+      const page = this.listBuffer(cid);
+      page.bytes.set(data);
+      write(sqe, o, cid);
+      const a = page.busAddress(0);
+      sqe[o + 6] = lo32(a);
+      sqe[o + 7] = hi32(a);
+      sqe[o + 8] = 0;
+      sqe[o + 9] = 0;
     });
   }
 
