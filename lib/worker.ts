@@ -483,6 +483,9 @@ export interface SharedTcpIoQueue {
   readonly timeoutMs: number;
   readonly maxTransfer: number;
   readonly link: TcpLinkParams;
+  /** SQ flow control state at export: the SQ tail and the last SQHD. */
+  readonly sqTail: number;
+  readonly sqHead: number;
   readonly lbaSizes: readonly (readonly [number, number])[];
   readonly lease: SharedArrayBuffer;
 }
@@ -505,6 +508,7 @@ function exportTcpQueue(ctrl: Controller, q: TcpQueue): SharedTcpIoQueue {
   if (![...ctrl.tcp.ioQueues()].includes(q)) throw new InvalidArgumentError(`I/O queue ${q.qid} is not a live queue of ${ctrl.name}`);
   const lease = new SharedArrayBuffer(16);
   q.lend(new Int32Array(lease));
+  const sq = q.sqPointers;
   return {
     transport: "tcp",
     address: ctrl.tcp.address,
@@ -514,6 +518,8 @@ function exportTcpQueue(ctrl: Controller, q: TcpQueue): SharedTcpIoQueue {
     timeoutMs: q.timeoutMs,
     maxTransfer: q.maxTransfer,
     link: { ...q.link },
+    sqTail: sq.tail,
+    sqHead: sq.head,
     lbaSizes: [...ctrl.knownLbaSizes],
     lease,
   };
@@ -545,7 +551,10 @@ function attachTcpQueue(d: SharedTcpIoQueue): AttachedTcpIoQueue {
     d.qid,
     d.entries,
   );
-  q.attach(d.fd, d.link, false);
+  checkInt(where, "sqTail", d.sqTail, 0, d.entries - 1);
+  checkInt(where, "sqHead", d.sqHead, 0, d.entries - 1);
+  q.attach(d.fd, d.link, false, { tail: d.sqTail, head: d.sqHead });
+  q.borrow(words);
   const buffers: DmaBuffer[] = [];
   let closed = false;
   return {

@@ -222,7 +222,10 @@ export class TcpQueue implements NvmeIoQueue, DmaUser {
   private lostWith: Error | undefined;
   /** The connection was lent to another thread (exportIoQueue): this side does not touch it. */
   private lent = false;
-  /** The lease shared with the borrower: [0] 1 while lent, [1] 1 when the borrower shut the connection down. */
+  /**
+   * The lease shared with the borrower: [0] 1 while lent, [1] 1 when the borrower shut the
+   * connection down, [2] and [3] the SQ tail and head it left (SQ flow control goes on from there).
+   */
   private leaseWords: Int32Array | undefined;
   /** This side closes the descriptor when the link drops (false: a Worker's view of the owner's socket). */
   private ownsFd = true;
@@ -380,7 +383,7 @@ export class TcpQueue implements NvmeIoQueue, DmaUser {
    * @internal Take over connected socket `fd` (ICReq/ICResp done) with what it negotiated. The
    * first command must then be Connect (exec()). Every CID is free; the receive state starts over.
    */
-  attach(fd: number, params: TcpLinkParams, ownsFd = true): void {
+  attach(fd: number, params: TcpLinkParams, ownsFd = true, sq?: { tail: number; head: number }): void {
     if (this.isClosed) throw new ClosedError(`queue ${this.qid} is closed`);
     if (this.fd >= 0) throw new InvalidArgumentError(`queue ${this.qid} is connected already`);
     this.fd = fd;
@@ -389,8 +392,8 @@ export class TcpQueue implements NvmeIoQueue, DmaUser {
     this.rxHdrSize = K.SHORT_HLEN + (params.hdgst ? 4 : 0);
     this.rxMode = Rx.HEADER;
     this.rxHave = 0;
-    this.sqTail = 0;
-    this.sqHead = 0;
+    this.sqTail = sq?.tail ?? 0;
+    this.sqHead = sq?.head ?? 0;
     this.emptyPolls = 0;
     this.lostWith = undefined;
   }
@@ -406,6 +409,8 @@ export class TcpQueue implements NvmeIoQueue, DmaUser {
     if (this.lent) throw new InvalidArgumentError(`I/O queue ${this.qid} is already lent to a Worker: one thread per queue`);
     Atomics.store(lease, 0, 1);
     Atomics.store(lease, 1, 0);
+    Atomics.store(lease, 2, this.sqTail);
+    Atomics.store(lease, 3, this.sqHead);
     this.leaseWords = lease;
     this.lent = true;
   }
@@ -417,7 +422,10 @@ export class TcpQueue implements NvmeIoQueue, DmaUser {
   }
 
   #reclaim(): void {
-    const down = Atomics.load(this.leaseWords!, 1) === 1;
+    const w = this.leaseWords!;
+    const down = Atomics.load(w, 1) === 1;
+    this.sqTail = Atomics.load(w, 2);
+    this.sqHead = Atomics.load(w, 3);
     this.lent = false;
     this.leaseWords = undefined;
     if (down) this.#drop(new ConnectionError(`queue ${this.qid} to ${this.#ctx.address}: the Worker that borrowed it closed its connection`, this.#ctx.address, this.qid));
@@ -429,6 +437,10 @@ export class TcpQueue implements NvmeIoQueue, DmaUser {
    * buffers. Returns true when the connection was shut down.
    */
   detach(): boolean {
+    if (this.leaseWords !== undefined) {
+      Atomics.store(this.leaseWords, 2, this.sqTail);
+      Atomics.store(this.leaseWords, 3, this.sqHead);
+    }
     if (this.fd < 0) return !this.ownsFd && this.lostWith !== undefined;
     if (this.inflight > 0) {
       this.#drop(new ClosedError(`queue ${this.qid} was detached from this Worker with commands outstanding`), undefined, true);
@@ -463,6 +475,11 @@ export class TcpQueue implements NvmeIoQueue, DmaUser {
     this.sqHead = 0;
     if (deferredFrees.count !== 0) releaseDeferred(this.memory);
     if (wasUp && !quiet && !this.isClosed) this.#ctx.onLinkLost?.(this, err);
+  }
+
+  /** @internal A Worker's view: where to leave the SQ pointers when it gives the queue back (detach()). */
+  borrow(lease: Int32Array): void {
+    this.leaseWords = lease;
   }
 
   /** @internal Close the connection and fail what is outstanding with `err` (the owner tears the controller down). */
@@ -969,7 +986,8 @@ export class TcpQueue implements NvmeIoQueue, DmaUser {
       this.#drop(this.#violation("cid", `CapsuleResp for CID ${cid}, which is not outstanding on this queue`));
       return 0;
     }
-    if (dw2 >>> 16 !== this.qid) {
+    // SQID: a Connect that failed may name SQ 0 (Linux nvmet installs the queue only on success).
+    if (dw2 >>> 16 !== this.qid && this.cidOpcode[cid] !== FABRICS_OPCODE) {
       this.#drop(this.#violation("sqid", `CapsuleResp for CID ${cid} names SQ ${dw2 >>> 16}`));
       return 0;
     }

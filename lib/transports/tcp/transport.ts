@@ -345,8 +345,9 @@ export class TcpTransport implements ControllerTransport {
             ? ": the target has no controller or queue left (cntlid range, qid_max)"
             : "";
     if (hint === "") return e;
-    const err = new NvmeStatusError((e.dnr ? 1 << 14 : 0) | (e.sct << 8) | e.sc, { command: e.command, opcode: e.opcode, cid: e.cid, sqid: e.sqid, statusName: e.status, detail: hint.slice(2) });
-    (err as { cause?: unknown }).cause = e;
+    // The same status, its message followed by what to check.
+    const err = new NvmeStatusError((e.dnr ? 1 << 14 : 0) | (e.more ? 1 << 13 : 0) | (e.crd << 11) | (e.sct << 8) | e.sc, { command: e.command, opcode: e.opcode, cid: e.cid, sqid: e.sqid, statusName: e.status });
+    err.message = `${e.message}${hint}`;
     return err;
   }
 
