@@ -91,6 +91,8 @@ export interface Command {
   readonly description: string;
   /** The first positional argument is the controller. */
   readonly device: boolean;
+  /** The controller may be given, or not (list: every PCI controller, or the subsystems an NVMe/TCP target offers). */
+  readonly optionalDevice?: boolean;
   readonly options: Options;
   /** Positional arguments besides the device, for the usage line and completion. */
   readonly positionals?: { readonly name: string; readonly values: readonly string[] };
@@ -132,7 +134,7 @@ const HELP_OPTION: Options = { help: { type: "boolean", short: "h", help: "this 
 
 /** The usage line: `libnvm NAME <device> [OPTIONS]`. */
 export function usageLine(c: Command): string {
-  return `libnvm ${c.name}${c.device ? " <device>" : ""}${c.positionals ? ` <${c.positionals.name}>` : ""} [OPTIONS]`;
+  return `libnvm ${c.name}${c.device ? " <device>" : c.optionalDevice ? " [<nvme+tcp://HOST:PORT>]" : ""}${c.positionals ? ` <${c.positionals.name}>` : ""} [OPTIONS]`;
 }
 
 /** `libnvm NAME --help`. */
@@ -143,7 +145,9 @@ export function commandHelp(c: Command): string {
     return [left, o.help] as const;
   });
   const width = Math.max(...rows.map(([l]) => l.length)) + 2;
-  const device = c.device ? "\n<device> is the controller: its PCI address (0000:05:00.0 or 05:00.0) or /dev/disnvmN.\n" : "";
+  const device = c.device
+    ? "\n<device> is the controller: its PCI address (0000:05:00.0 or 05:00.0), /dev/disnvmN, or an NVMe/TCP\naddress nvme+tcp://HOST[:PORT]/SUBNQN[?hdr-digest=1&data-digest=1&queue-size=N...].\n"
+    : "";
   return `Usage: ${usageLine(c)}\n\n${c.description}\n${device}\nOptions:\n${rows.map(([l, h]) => `  ${l.padEnd(width)}${h}`).join("\n")}\n`;
 }
 
@@ -152,7 +156,7 @@ export function parseCommand(c: Command, argv: readonly string[]): Context | "he
   if (c.passThrough) {
     if (argv.includes("-h") || argv.includes("--help")) return "help";
     const device = argv[0] ?? "";
-    if (device === "" || device.startsWith("-")) throw new UsageError("the controller comes first: give its PCI address (05:00.0) or /dev/disnvmN");
+    if (device === "" || device.startsWith("-")) throw new UsageError("the controller comes first: give its PCI address (05:00.0), /dev/disnvmN or nvme+tcp://HOST:PORT/SUBNQN");
     return { device, values: {}, positionals: [], argv: argv.slice(1), output: "normal", human: false, int: () => undefined, open: () => Promise.reject(new UsageError("a pass-through command opens the controller itself")) };
   }
   const options = { ...c.options, ...HELP_OPTION };
@@ -168,9 +172,10 @@ export function parseCommand(c: Command, argv: readonly string[]): Context | "he
   if (values.help) return "help";
   const positionals = [...parsed.positionals];
   let device = "";
+  if (c.optionalDevice && positionals.length > 0) device = positionals.shift()!;
   if (c.device) {
     device = positionals.shift() ?? "";
-    if (device === "") throw new UsageError("the controller is missing: give its PCI address (05:00.0) or /dev/disnvmN");
+    if (device === "") throw new UsageError("the controller is missing: give its PCI address (05:00.0), /dev/disnvmN or nvme+tcp://HOST:PORT/SUBNQN");
     if (device.startsWith("-")) throw new UsageError(`"${device}" is not a controller`);
   }
   if (c.positionals) {

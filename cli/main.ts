@@ -11,6 +11,7 @@ import { getFeature, setFeature } from "./commands/features.ts";
 import { idCtrl, idNs, listNs } from "./commands/identify.ts";
 import { compare, dsm, flush, read, write, writeZeroes } from "./commands/io.ts";
 import { list } from "./commands/list.ts";
+import { discover } from "./commands/discover.ts";
 import { doctor, gpuRead, perf, reset } from "./commands/tools.ts";
 import pkg from "../package.json" with { type: "json" };
 
@@ -42,6 +43,7 @@ const version: Command = {
 
 export const COMMANDS: readonly Command[] = [
   list,
+  discover,
   idCtrl,
   idNs,
   listNs,
@@ -81,8 +83,9 @@ function topHelp(): string {
   return (
     `Usage: libnvm <command> [<device>] [OPTIONS]\n\n` +
     `nvme-cli's everyday commands for NVMe controllers driven from userspace by libnvm (not bound to the kernel's\n` +
-    `nvme driver): same names, same JSON (-o json). <device> is the controller's PCI address (05:00.0) or\n` +
-    `/dev/disnvmN; \`libnvm list\` shows them all.\n\nCommands:\n` +
+    `nvme driver): same names, same JSON (-o json). <device> is the controller's PCI address (05:00.0),\n` +
+    `/dev/disnvmN, or an NVMe/TCP address nvme+tcp://HOST[:PORT]/SUBNQN; \`libnvm list\` shows the local ones,\n` +
+    `\`libnvm discover nvme+tcp://HOST[:PORT]\` what a target offers.\n\nCommands:\n` +
     COMMANDS.map((c) => `  ${c.name.padEnd(width)}${c.summary}`).join("\n") +
     `\n  ${"help".padEnd(width)}help <command> prints a command's options (as does <command> --help)\n\n${EXIT_HELP}`
   );

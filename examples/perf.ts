@@ -18,13 +18,13 @@ import { LatencyHistogram, PERCENTILES, progressSlots, runJob, type JobResult, t
 import { latencySvg } from "./perf-plot.ts";
 import type { PerfWorkerData, PerfWorkerMessage } from "./perf-worker.ts";
 
-const usage = `usage: bun run examples/perf.ts --ctrl=BDF [--ns=NSID] [--qd=N] [--bs=SIZE] [--pattern=rand|seq]
+const usage = `usage: bun run examples/perf.ts --ctrl=CTRL [--ns=NSID] [--qd=N] [--bs=SIZE] [--pattern=rand|seq]
                  [--rw=read|write|mix] [--rwmix=PCT] [--seconds=S | --ios=N] [--warmup=S] [--queues=N]
                  [--workers] [--api=low|async] [--idle-sleep=US] [--offset=SIZE] [--size=SIZE] [--seed=N] [--plot=FILE] [--json]
   Keeps QD commands outstanding per queue pair and reports IOPS, MiB/s and completion latency
   (min, mean, max, p1 p5 p25 p50 p75 p90 p95 p99 p99.9) per queue pair and in total.
   WRITES OVERWRITE THE NAMESPACE (--rw=write or mix).
-  --ctrl=BDF        controller's PCI address, unbound from the kernel's nvme driver
+  --ctrl=CTRL       controller: PCI address (unbound from the kernel's nvme driver), /dev/disnvmN, or nvme+tcp://HOST:PORT/SUBNQN
   --ns=NSID         namespace (default 1)
   --qd=N            commands outstanding per queue pair (default 1)
   --bs=SIZE         bytes per command: a multiple of the LBA size, at most MDTS (default 4k; k, m suffixes)
