@@ -297,6 +297,9 @@ export class Controller {
 
   #checkNsid(nsid: number): void {
     this.#check();
+    if (this.info.cntrltype === 2) {
+      throw new InvalidArgumentError(`${this.name} is a discovery controller: it has no namespaces; open one of the subsystems Controller.discover() (libnvm discover) lists`);
+    }
     if (!Number.isInteger(nsid) || nsid < 1 || nsid > this.info.nn) {
       throw new InvalidArgumentError(`namespace ${nsid} does not exist: this controller has NSIDs 1 to ${this.info.nn} (NN)`);
     }

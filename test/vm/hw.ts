@@ -188,6 +188,15 @@ export const DMABUF_CONFIG: GuestConfig = {
   ],
 };
 
+/**
+ * NVMe/TCP (test/hw-tcp): Linux nvmet on loopback in the guest, configured by test/hw-tcp/target.sh,
+ * whose KEY=VALUE facts the prelude exports for the tests. QEMU's controller is there but unused.
+ */
+export const TCP_CONFIG: GuestConfig = {
+  serial: "tcp00001",
+  namespaces: [{ nsid: 1, sizeBytes: 8 * 1024 * 1024, lbaSize: 512 }],
+};
+
 /** Bind the guest's controller to `driver` (loaded from the guest kernel's modules, or insmod'ed). */
 const bindTo = (driver: string, load: string) =>
   [
@@ -204,6 +213,12 @@ const COMMON = ["./test/hw/controller.test.ts", "./test/hw/examples.test.ts", ".
 
 export const SUITES: readonly Suite[] = [
   { name: "hw", dir: "./test/hw", config: TEST_CONFIG, blocktools: true },
+  {
+    name: "tcp",
+    dir: "./test/hw-tcp",
+    config: TCP_CONFIG,
+    prelude: `tcpenv="$(bash test/hw-tcp/target.sh)" || { echo "the nvmet target did not come up"; exit 95; }; set -a; eval "$tcpenv"; set +a`,
+  },
   { name: "faults", dir: "./test/hw-faults", config: FAULT_CONFIG },
   { name: "vfio", dir: "./test/hw-vfio", config: IOMMU_CONFIG },
   {

@@ -106,9 +106,15 @@ export interface TcpOptions extends TransportOptions {
 
 /** The admin queue: 32 entries (Connect SQSIZE 31), as Linux's host. */
 const ADMIN_QUEUE_ENTRIES = 32;
-/** In-capsule data on the admin queue: a fixed 8 KiB (NVMe/TCP 1.0: the admin queue's capsule size). */
+/**
+ * In-capsule data on the admin queue: 8 KiB, as the Linux and SPDK hosts assume. Linux nvmet holds
+ * the admin queue to its port's inline_data_size too, and answers SGL Offset Invalid when that is
+ * smaller: the admin queue then sends its data by R2T (#bringUp).
+ */
 const ADMIN_IN_CAPSULE = 8192;
 const DEFAULT_QUEUE_SIZE = 128;
+/** Generic status 16h: SGL Offset Invalid (in-capsule data the controller does not take). */
+const SC_SGL_OFFSET_INVALID = 0x16;
 const DEFAULT_KATO_MS = 30_000;
 
 export interface DiscoveryRecord extends fabrics.DiscoveryEntry {
@@ -299,8 +305,22 @@ export class TcpTransport implements ControllerTransport {
     };
   }
 
+  /** Queues being connected: their failures are the connect's to report, not a lost link to repair. */
+  readonly #connecting = new Set<TcpQueue>();
+
   /** A new connection for `q` (ICReq), then Connect with `cntlid`. Returns what Connect answered. */
   #connectQueue(q: TcpQueue, cntlid: number, inCapsule: number): fabrics.ConnectResult {
+    this.#connecting.add(q);
+    try {
+      const r = this.#connectQueueOnce(q, cntlid, inCapsule);
+      this.#down.delete(q);
+      return r;
+    } finally {
+      this.#connecting.delete(q);
+    }
+  }
+
+  #connectQueueOnce(q: TcpQueue, cntlid: number, inCapsule: number): fabrics.ConnectResult {
     const { fd, icresp } = openLink(this.#s.target, q.qid, this.#s.digests, this.#s.connectTimeoutMs);
     this.#maxh2cdata = this.#maxh2cdata === 0 ? icresp.maxh2cdata : Math.min(this.#maxh2cdata, icresp.maxh2cdata);
     q.attach(fd, this.#linkParams(icresp.maxh2cdata, inCapsule));
@@ -375,9 +395,21 @@ export class TcpTransport implements ControllerTransport {
     }
   }
 
+  /** In-capsule data the admin queue may send: ADMIN_IN_CAPSULE, or 0 once the target refused it. */
+  #adminInCapsule = ADMIN_IN_CAPSULE;
+
   /** Connect the admin queue and enable the controller (admin Connect, CAP, VS, CC.EN, CSTS.RDY). */
   #bringUp(): void {
-    const r = this.#connectQueue(this.admin, fabrics.CNTLID_DYNAMIC, ADMIN_IN_CAPSULE);
+    let r: fabrics.ConnectResult;
+    try {
+      r = this.#connectQueue(this.admin, fabrics.CNTLID_DYNAMIC, this.#adminInCapsule);
+    } catch (e) {
+      // SGL Offset Invalid: the port takes no in-capsule data (nvmet's inline_data_size 0), not
+      // even the 1 KiB of Connect data: connect again, with the data by R2T from now on.
+      if (!(e instanceof NvmeStatusError) || e.sct !== 0 || e.sc !== SC_SGL_OFFSET_INVALID || this.#adminInCapsule === 0) throw e;
+      this.#adminInCapsule = 0;
+      r = this.#connectQueue(this.admin, fabrics.CNTLID_DYNAMIC, 0);
+    }
     this.#cntlid = r.cntlid;
     const cap = this.#getProperty(REG_CAP, 8);
     this.#cap = decodeCap(cap.lo, cap.hi);
@@ -569,7 +601,7 @@ export class TcpTransport implements ControllerTransport {
 
   /** A queue's connection went down (`err`), or a request found it down (undefined): reconnect in the background. */
   #onLinkLost(q: TcpQueue, err: Error | undefined): void {
-    if (this.#closed) return;
+    if (this.#closed || this.#connecting.has(q)) return;
     if (err !== undefined || !q.live) this.#down.add(q);
     if (this.#reconnecting) return;
     this.#reconnecting = true;

@@ -75,6 +75,11 @@ export interface Faults {
   mdts?: number;
   /** CSTS.CFS on enable. */
   cfsOnEnable?: boolean;
+  /**
+   * In-capsule data the port takes on every queue, admin included, as nvmet's inline_data_size
+   * (default: no limit on the admin queue, IOCCSZ's on I/O queues); more is SGL Offset Invalid.
+   */
+  inlineDataSize?: number;
   /** CAP.TO in 500 ms units (default 1). */
   capTo?: number;
   /** Never set CSTS.RDY. */
@@ -281,6 +286,8 @@ function handleCapsule(c: Conn, pdu: Uint8Array): void {
     inData = pdu.slice(ch.pdo, ch.pdo + dlen);
     if ((ch.flags & FLAG_DDGSTF) !== 0 && u32(pdu, ch.pdo + dlen) !== crc32c(inData)) return resp(c, cid, 0x22);
     if (sglType !== 0x01 || sglLen !== dlen) return resp(c, cid, 0x4002);
+    const limit = faults.inlineDataSize ?? (c.qid > 0 ? (faults.ioccsz ?? (64 + 8192) / 16) * 16 - 64 : Infinity);
+    if (dlen > limit) return resp(c, cid, 0x4016); // SGL Offset Invalid, DNR
   }
   stats.commands++;
   if (c.ctrl) c.ctrl.lastCommand = performance.now();

@@ -111,6 +111,25 @@ describe("bring-up and identify", () => {
     expect(() => Controller.open(t.uri("", "nqn.2024-01.io.libnvm:nosuch"), { handleSignals: false, hostnqn: HOSTNQN })).toThrow(/invalid connect data byte 256: Connect Invalid Parameters.*is nqn.2024-01.io.libnvm:nosuch offered/);
   });
 
+  test("a port that takes no in-capsule data (nvmet inline_data_size 0): Connect again with the data by R2T, on every queue", async () => {
+    await t.set({ inlineDataSize: 0, ioccsz: 4 });
+    const s0 = await t.stats();
+    const before = s0.connects.length;
+    using c = open();
+    const ns = new Namespace(c, 1);
+    using buf = c.allocBuffer(4096);
+    pattern(buf, 21, 4096);
+    await ns.write(3, 8, buf);
+    expect(await t.peek(1, 3 * 512, 4096)).toEqual(buf.bytes.slice());
+    const s1 = await t.stats();
+    // The admin Connect in the capsule (refused: SGL Offset Invalid) on one connection, again by
+    // R2T on a second, then the I/O queue's by R2T on a third.
+    expect(s1.connections - s0.connections).toBe(3);
+    expect(s1.connects.slice(before).map((x) => [x.qid, x.inCapsule])).toEqual([[0, false], [1, false]]);
+    c.setFeature(0x0e, { data: new Uint8Array(8) }); // Timestamp: 8 bytes of data by R2T on the admin queue
+    await t.resetFaults();
+  });
+
   test("CSTS.RDY that never comes is NvmeTimeoutError after CAP.TO; CSTS.CFS is ControllerFatalError", async () => {
     await t.set({ neverReady: true });
     const t0 = performance.now();
