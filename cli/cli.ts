@@ -6,6 +6,7 @@
 import { parseArgs } from "node:util";
 import type { Controller, ControllerOptions } from "../lib/controller.ts";
 import {
+  ConnectionError,
   ControllerBusyError,
   ControllerFatalError,
   DeviceError,
@@ -27,7 +28,7 @@ export const EXIT = {
   CONTROLLER: 1,
   /** Usage: unknown command or option, a missing or malformed value, or a value refused before anything was sent. */
   USAGE: 2,
-  /** The device cannot be used as asked: not found, bound to another driver, no permission, owned by another process, unsupported format. */
+  /** The device cannot be used as asked: not found, unreachable, bound to another driver, no permission, owned by another process, unsupported format. */
   DEVICE: 3,
   /** compare: the data differ (Compare Failure). */
   MISMATCH: 4,
@@ -45,7 +46,7 @@ export function exitCodeFor(e: unknown): number {
   if (e instanceof UsageError || e instanceof InvalidArgumentError) return EXIT.USAGE;
   if (e instanceof MismatchError) return EXIT.MISMATCH;
   if (e instanceof InputError || e instanceof OutputError) return EXIT.FILE;
-  if (e instanceof DeviceError || e instanceof PermissionError || e instanceof ControllerBusyError || e instanceof UnsupportedError || e instanceof NativeError) return EXIT.DEVICE;
+  if (e instanceof DeviceError || e instanceof PermissionError || e instanceof ControllerBusyError || e instanceof UnsupportedError || e instanceof NativeError || e instanceof ConnectionError) return EXIT.DEVICE;
   if (e instanceof NvmeStatusError || e instanceof NvmeTimeoutError || e instanceof ControllerFatalError) return EXIT.CONTROLLER;
   return EXIT.CONTROLLER;
 }

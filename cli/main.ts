@@ -71,7 +71,7 @@ export const EXIT_HELP = `Exit status:
   ${EXIT.OK}  success
   ${EXIT.CONTROLLER}  the controller failed the command (its status, named on stderr), a command timed out, or the controller failed
   ${EXIT.USAGE}  usage: unknown command or option, a missing or malformed value, or a value refused before anything was sent
-  ${EXIT.DEVICE}  the device cannot be used as asked: not found, bound to another driver, no permission, owned by another process,
+  ${EXIT.DEVICE}  the device cannot be used as asked: not found, unreachable (NVMe/TCP), bound to another driver, no permission, owned by another process,
      a format libnvm does not transfer (metadata); doctor: no backend can reach it
   ${EXIT.MISMATCH}  compare: the data differ
   ${EXIT.FILE}  a local file could not be read or written
