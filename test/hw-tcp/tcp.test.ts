@@ -207,7 +207,7 @@ describe("failures and recovery", () => {
     // The slow subsystem's namespace answers 3 s after each command; the queue's deadline is 500 ms.
     using c = open(`nvme+tcp://127.0.0.1:4420/${SLOW}`, { maxTransferBytes: MiB });
     const ns = new Namespace(c, 1);
-    const q = c.createIoQueue({ timeoutMs: 500 });
+    const q = c.createIoQueue({ timeoutMs: 500 }) as TcpQueue;
     using buf = c.allocBuffer(MiB);
     buf.bytes.fill(0x5a);
     const t0 = performance.now();

@@ -30,6 +30,9 @@ const { values: opts } = parseArgs({
     "ns-size": { type: "string", default: "1G" },
     "skip-growth": { type: "boolean", default: false },
     "skip-kernel": { type: "boolean", default: false },
+    "skip-tcp": { type: "boolean", default: false },
+    "tcp-only": { type: "boolean", default: false },
+    "tcp-ns-size": { type: "string", default: "512M" },
     only: { type: "string" },
     json: { type: "boolean", default: false },
     out: { type: "string" },
@@ -40,7 +43,8 @@ const { values: opts } = parseArgs({
 });
 
 const USAGE = `usage: bun test/vm/bench-guest.ts [--seconds S] [--warmup S] [--repeat N] [--ns-size 1G] [--only NAME,...]
-                                 [--skip-growth] [--skip-kernel] [--json] [--out FILE] [--timeout SEC]
+                                 [--skip-growth] [--skip-kernel] [--skip-tcp | --tcp-only] [--tcp-ns-size 512M]
+                                 [--json] [--out FILE] [--timeout SEC]
   Boots the QEMU guest once and runs examples/perf.ts, then fio through the kernel's nvme driver,
   on the same emulated controller; prints ours / kernel / ratio per workload and the growth tables.
   --seconds S    measured seconds per run (default 5); --warmup S before each (default 5: the JIT
@@ -48,6 +52,8 @@ const USAGE = `usage: bun test/vm/bench-guest.ts [--seconds S] [--warmup S] [--r
   --repeat N     runs per figure, the median is reported (default 1)
   --ns-size SZ   namespace size (default 1G; written once in full before the reads)
   --only LIST    workloads by name (e.g. randread-qd1,seqwrite-qd8)
+  --skip-tcp     leave out the NVMe/TCP section; --tcp-only: only it
+  --tcp-ns-size  the brd namespace nvmet serves for the NVMe/TCP section (default 512M)
   --json         print the JSON document instead of the tables; --out FILE also writes it
 `;
 if (opts.help) {
@@ -108,6 +114,8 @@ interface Results {
   ours: Record<string, Figure>;
   kernel: Partial<Record<Engine, Record<string, Figure>>>;
   kernelNotes: string[];
+  /** NVMe/TCP: ours against the kernel's nvme-tcp host, both against nvmet on loopback (brd). */
+  tcp?: { ours: Record<string, Figure>; kernel: Record<string, Figure>; notes: string[]; uri: string; nsSize: number };
   growth: {
     qd: { qd: number; fig: Figure }[];
     queues: { queues: number; qd: number; fig: Figure; perQueue: number[]; hybrid?: Figure }[];
@@ -249,6 +257,83 @@ function unloadNvme(ctrl: string, notes: string[]): void {
   if (r.code !== 0) notes.push(`rmmod nvme: ${r.err.trim()}`);
 }
 
+// ---- NVMe/TCP ------------------------------------------------------------------------------------
+
+const TCP_SUB = "nqn.2024-01.io.libnvm:sub1";
+const TCP_URI = `nvme+tcp://127.0.0.1:4420/${TCP_SUB}`;
+const TCP_WORKLOADS: Workload[] = [
+  { name: "randread-qd1", pattern: "rand", rw: "read", bs: 4096, qd: 1 },
+  { name: "randread-qd32", pattern: "rand", rw: "read", bs: 4096, qd: 32 },
+  { name: "seqread-qd8", pattern: "seq", rw: "read", bs: 131072, qd: 8 },
+];
+
+/** The kernel's nvme-tcp host connected to the bench subsystem: its block device, or undefined (noted why). */
+async function kernelTcpConnect(notes: string[]): Promise<string | undefined> {
+  const c = sh(["nvme", "connect", "-t", "tcp", "-a", "127.0.0.1", "-s", "4420", "-n", TCP_SUB]);
+  if (c.code !== 0) {
+    notes.push(`nvme connect failed: ${c.err.trim() || c.out.trim()}`);
+    return undefined;
+  }
+  let dev: string | undefined;
+  const found = await waitFor(() => {
+    const l = sh(["nvme", "list", "-o", "json"]);
+    try {
+      const devices = (JSON.parse(l.out) as { Devices?: { DevicePath: string; SerialNumber: string; NameSpace: number }[] }).Devices ?? [];
+      dev = devices.find((d) => d.SerialNumber.trim() === "LIBNVMTCP0001" && d.NameSpace === 1)?.DevicePath;
+    } catch {
+      dev = undefined;
+    }
+    return dev !== undefined && existsSync(dev);
+  }, 20_000);
+  if (!found) notes.push("the kernel's nvme-tcp namespace did not appear within 20 s");
+  return found ? dev : undefined;
+}
+
+function kernelTcpDisconnect(notes: string[]): void {
+  const d = sh(["nvme", "disconnect", "-n", TCP_SUB]);
+  if (d.code !== 0) notes.push(`nvme disconnect: ${d.err.trim()}`);
+}
+
+/**
+ * Linux nvmet on loopback over a brd namespace (test/hw-tcp/target.sh --bench), written once in
+ * full; then per workload, interleaved: ours (examples/perf.ts over nvme+tcp://), and the kernel's
+ * host (nvme connect, fio io_uring on its block device, nvme disconnect).
+ */
+async function tcpSection(): Promise<NonNullable<Results["tcp"]>> {
+  const nsSize = parseSize(opts["tcp-ns-size"]!);
+  const notes: string[] = [];
+  const t = sh(["bash", "test/hw-tcp/target.sh", "--bench", String(Math.floor(nsSize / (1 << 20)))]);
+  if (t.code !== 0) throw new Error(`the nvmet target did not come up: ${t.err.trim()}`);
+  const modroot = process.env.LIBNVM_VM_MODROOT;
+  const m = sh(["modprobe", ...(modroot ? ["-d", modroot] : []), "nvme-tcp"]);
+  if (m.code !== 0) notes.push(`modprobe nvme-tcp failed: ${m.err.trim()}`);
+  log(`NVMe/TCP: preconditioning ${nsSize} bytes over ${TCP_URI}`);
+  const pre = sh(["bun", "examples/perf.ts", `--ctrl=${TCP_URI}`, "--ns=1", "--pattern=seq", "--rw=write", "--bs=128k", "--qd=8", `--ios=${Math.floor(nsSize / 131072)}`, "--json"]);
+  if (pre.code !== 0) throw new Error(`NVMe/TCP preconditioning failed: ${pre.err.trim()}`);
+  const samples = new Map<string, Figure[]>();
+  const add = (key: string, f: Figure) => samples.set(key, [...(samples.get(key) ?? []), f]);
+  for (let round = 0; round < REPEAT; round++) {
+    for (const w of TCP_WORKLOADS) {
+      log(`NVMe/TCP round ${round + 1}/${REPEAT} ${w.name}: ours`);
+      add(`ours ${w.name}`, ours(TCP_URI, w));
+      if (opts["skip-kernel"]) continue;
+      const dev = await kernelTcpConnect(notes);
+      if (dev) {
+        log(`NVMe/TCP round ${round + 1}/${REPEAT} ${w.name}: kernel nvme-tcp, fio io_uring on ${dev}`);
+        add(`kernel ${w.name}`, fio(dev, w, "io_uring"));
+        kernelTcpDisconnect(notes);
+      }
+    }
+  }
+  const out: NonNullable<Results["tcp"]> = { ours: {}, kernel: {}, notes, uri: TCP_URI, nsSize };
+  for (const w of TCP_WORKLOADS) {
+    out.ours[w.name] = combine(samples.get(`ours ${w.name}`) ?? []);
+    const k = samples.get(`kernel ${w.name}`);
+    if (k) out.kernel[w.name] = combine(k);
+  }
+  return out;
+}
+
 async function inside(): Promise<Results> {
   const ctrl = process.env.LIBNVM_TEST_CTRL;
   if (!ctrl) throw new Error("LIBNVM_TEST_CTRL is not set: run this through the guest harness (bun test/vm/bench-guest.ts)");
@@ -272,7 +357,11 @@ async function inside(): Promise<Results> {
     growth: { qd: [], queues: [], kernelJobs: [] },
   };
   const only = opts.only ? new Set(opts.only.split(",")) : undefined;
-  const workloads = WORKLOADS.filter((w) => !only || only.has(w.name));
+  const workloads = opts["tcp-only"] ? [] : WORKLOADS.filter((w) => !only || only.has(w.name));
+  if (opts["tcp-only"]) {
+    results.tcp = await tcpSection();
+    return results;
+  }
 
   // Write the whole namespace once: reads then hit allocated data for both drivers.
   log(`preconditioning: sequential 128 KiB writes over ${ns.sizeBytes} bytes`);
@@ -356,6 +445,7 @@ async function inside(): Promise<Results> {
       }
     }
   }
+  if (!opts["skip-tcp"]) results.tcp = await tcpSection();
   return results;
 }
 
@@ -385,10 +475,12 @@ export function renderResults(res: Results): string {
     const iops = (f: Figure | undefined) => (f ? (f.error && f.iops === 0 ? "error" : Math.round(f.iops).toString()) : "-");
     return [name, iops(o), iops(cell("io_uring")), ratio("io_uring"), iops(cell("io_uring-hipri")), ratio("io_uring-hipri"), iops(cell("libaio")), ratio("libaio")];
   });
-  out.push("IOPS: ours (libnvm, polled, userspace) against the kernel's nvme driver through fio, same controller, same boot");
-  out.push(table(["workload", "ours", "io_uring", "ratio", "io_uring hipri", "ratio", "libaio", "ratio"], rows));
-  out.push("targets: ours >= 1.5x io_uring at QD1 and >= 2x at QD32; >= 1.0x io_uring hipri (polled queues) at every depth");
-  out.push("");
+  if (rows.length > 0) {
+    out.push("IOPS: ours (libnvm, polled, userspace) against the kernel's nvme driver through fio, same controller, same boot");
+    out.push(table(["workload", "ours", "io_uring", "ratio", "io_uring hipri", "ratio", "libaio", "ratio"], rows));
+    out.push("targets: ours >= 1.5x io_uring at QD1 and >= 2x at QD32; >= 1.0x io_uring hipri (polled queues) at every depth");
+    out.push("");
+  }
   const latRows = Object.keys(res.ours).map((name) => {
     const o = res.ours[name]!;
     const f = k["io_uring"]?.[name];
@@ -396,8 +488,10 @@ export function renderResults(res: Results): string {
     const l = (x: Figure | undefined) => (x ? `${x.latUs.p50.toFixed(0)} / ${x.latUs.p99.toFixed(0)} / ${x.latUs.mean.toFixed(0)}` : "-");
     return [name, l(o), l(f), l(h)];
   });
-  out.push("latency µs, p50 / p99 / mean (ours: doorbell batch to reap; fio: clat percentiles, lat mean)");
-  out.push(table(["workload", "ours", "io_uring", "io_uring hipri"], latRows));
+  if (latRows.length > 0) {
+    out.push("latency µs, p50 / p99 / mean (ours: doorbell batch to reap; fio: clat percentiles, lat mean)");
+    out.push(table(["workload", "ours", "io_uring", "io_uring hipri"], latRows));
+  }
   if (res.growth.qd.length > 0) {
     out.push("", "cost of growth, ours: 4 KiB random reads, one queue pair, IOPS against queue depth");
     const base = res.growth.qd[0]!.fig.iops;
@@ -435,6 +529,30 @@ export function renderResults(res: Results): string {
       ),
     );
   }
+  if (res.tcp) {
+    const t = res.tcp;
+    out.push(
+      "",
+      `NVMe/TCP: ours (libnvm over ${t.uri}) against the kernel's nvme-tcp host (nvme connect, fio io_uring), both against`,
+      `Linux nvmet on loopback in the same guest, a ${t.nsSize}-byte brd namespace (512-byte blocks), same boot`,
+    );
+    const iops = (f: Figure | undefined) => (f ? (f.error && f.iops === 0 ? "error" : Math.round(f.iops).toString()) : "-");
+    const lat = (f: Figure | undefined) => (f ? `${f.latUs.p50.toFixed(0)} / ${f.latUs.p99.toFixed(0)}` : "-");
+    out.push(
+      table(
+        ["workload", "ours IOPS", "kernel IOPS", "ratio", "ours MiB/s", "kernel MiB/s", "ours p50/p99 µs", "kernel p50/p99 µs"],
+        Object.keys(t.ours).map((name) => {
+          const o = t.ours[name]!;
+          const k = t.kernel[name];
+          return [name, iops(o), iops(k), k && k.iops > 0 ? r2(o.iops / k.iops) : "-", o.mibPerSec.toFixed(1), k ? k.mibPerSec.toFixed(1) : "-", lat(o), lat(k)];
+        }),
+      ),
+    );
+    out.push("goal: ours >= 0.8x the kernel at QD 32 and >= 1.0x at QD 1");
+    for (const n of t.notes) out.push(`note: ${n}`);
+    for (const [n, f] of Object.entries(t.ours)) if (f.error) out.push(`error: ours NVMe/TCP ${n}: ${f.error}`);
+    for (const [n, f] of Object.entries(t.kernel)) if (f.error) out.push(`error: kernel nvme-tcp ${n}: ${f.error}`);
+  }
   const errors = [
     ...Object.entries(res.ours).filter(([, f]) => f.error).map(([n, f]) => `ours ${n}: ${f.error}`),
     ...Object.entries(res.kernel).flatMap(([e, mm]) => Object.entries(mm ?? {}).filter(([, f]) => f.error).map(([n, f]) => `${e} ${n}: ${f.error}`)),
@@ -463,11 +581,14 @@ async function host(): Promise<number> {
   const switches = opts["skip-kernel"] ? 0 : REPEAT * nWork * 2 * 8; // modprobe, probe, unbind, rmmod
   const estimate =
     60 + nsSize / 20e6 + switches + perRun * REPEAT * (nWork * (opts["skip-kernel"] ? 1 : 4) + (opts["skip-growth"] ? 0 : GROWTH_QD.length + GROWTH_QUEUES.length * (opts["skip-kernel"] ? 2 : 3)));
-  const timeoutSec = opts.timeout ? Number(opts.timeout) : Math.ceil(estimate * 3);
-  log(`booting the guest (about ${Math.round(estimate)} s of runs; timeout ${timeoutSec} s)`);
+  // NVMe/TCP: the target, preconditioning over loopback, and per workload ours and the kernel's host (connect, fio, disconnect).
+  const tcpEstimate = opts["skip-tcp"] ? 0 : 30 + parseSize(opts["tcp-ns-size"]!) / 10e6 + REPEAT * TCP_WORKLOADS.length * (perRun * (opts["skip-kernel"] ? 1 : 2) + 10);
+  const timeoutSec = opts.timeout ? Number(opts.timeout) : Math.ceil(((opts["tcp-only"] ? 60 : estimate) + tcpEstimate) * 3);
+  log(`booting the guest (about ${Math.round((opts["tcp-only"] ? 0 : estimate) + tcpEstimate)} s of runs; timeout ${timeoutSec} s)`);
   const args = [
     "--inside", `--seconds=${SECONDS}`, `--warmup=${WARMUP}`, `--repeat=${REPEAT}`, `--ns-size=${opts["ns-size"]}`,
     ...(opts.only ? [`--only=${opts.only}`] : []), ...(opts["skip-growth"] ? ["--skip-growth"] : []), ...(opts["skip-kernel"] ? ["--skip-kernel"] : []),
+    ...(opts["skip-tcp"] ? ["--skip-tcp"] : []), ...(opts["tcp-only"] ? ["--tcp-only"] : []), `--tcp-ns-size=${opts["tcp-ns-size"]}`,
   ];
   const r = await runInGuest(
     `bun test/vm/bench-guest.ts ${args.join(" ")} --out=/run/xchg/bench-guest.json`,

@@ -152,7 +152,11 @@ export interface TcpQueueContext {
   readonly reconnectNow?: (q: TcpQueue) => void;
   /** An async request found the link down: make sure a reconnect is on its way. Optional. */
   readonly requestLink?: (q: TcpQueue) => void;
-  /** How long poll() waits in the kernel for data after a run of empty polls, in µs. Defaults to 50. */
+  /**
+   * How long poll() waits in the kernel for data after a run of empty polls, in µs. Defaults to 50:
+   * measured in the 2-vCPU guest against nvmet on loopback, pure spinning (0) starves the target
+   * (QD 32: a quarter of the IOPS), and 200 or 1000 µs waits cost 20-40 %.
+   */
   readonly pollWaitUs?: number;
 }
 

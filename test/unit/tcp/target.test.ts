@@ -29,7 +29,7 @@ const lockDir = mkdtempSync(join(tmpdir(), "libnvm-tcp-"));
 process.env.LIBNVM_LOCK_DIR = lockDir;
 const { Controller } = await import("../../../lib/controller.ts");
 const { Namespace } = await import("../../../lib/namespace.ts");
-type Ctrl = InstanceType<typeof Controller>;
+type Ctrl = import("../../../lib/controller.ts").Controller;
 
 const HOSTNQN = "nqn.2014-08.org.nvmexpress:uuid:0c2f6a59-5c1d-4b4e-9d0b-2b6f0f0b0a01";
 let t: FakeTarget;
@@ -316,11 +316,11 @@ describe("failures: typed, bounded, and later commands work", () => {
     expect(performance.now() - t0).toBeLessThan(2000);
     // The buffer stays as the application left it: nothing arrives for the dead command.
     await Bun.sleep(100);
-    expect(buf.bytes.every((x) => x === 0xee)).toBe(true);
+    expect(buf.bytes.every((x: number) => x === 0xee)).toBe(true);
     await t.resetFaults();
     await ns.write(0, 8, buf);
     await ns.read(0, 8, buf);
-    expect(buf.bytes.every((x) => x === 0xee)).toBe(true);
+    expect(buf.bytes.every((x: number) => x === 0xee)).toBe(true);
   });
 
   test("the other commands outstanding on a connection that dropped fail with ConnectionError; the queue reconnects and later I/O works", async () => {

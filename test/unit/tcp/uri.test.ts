@@ -84,7 +84,7 @@ describe("Fabrics commands in bytes", () => {
   test("Connect: opcode 7Fh, FCTYPE 01h at byte 4, QID at 42, SQSIZE (0's based) at 44, CATTR at 46, KATO at 48", () => {
     const b = sqe(fabrics.connect({ qid: 3, entries: 128, cattr: fabrics.CATTR_DISABLE_SQ_FLOW_CONTROL, katoMs: 0 }));
     expect(b[0]).toBe(0x7f);
-    expect(b[2] | (b[3]! << 8)).toBe(7);
+    expect(b[2]! | (b[3]! << 8)).toBe(7);
     expect(b[4]).toBe(0x01);
     expect([...b.subarray(40, 52)]).toEqual([0, 0, 3, 0, 127, 0, 4, 0, 0, 0, 0, 0]);
     const a = sqe(fabrics.connect({ qid: 0, entries: 32, katoMs: 5000 }));
