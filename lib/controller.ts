@@ -10,7 +10,7 @@ import { DmaBuffer } from "./dma.ts";
 import { QueueLease } from "./lease.ts";
 import { buildPrp, prpListPages, PRP_PAGE_SIZE } from "./prp.ts";
 import { QueuePair, type Completion, type ExecOptions } from "./queue.ts";
-import { IoCompletionQueue, IoQueue, type IoQueueContext, type IoQueueOptions } from "./io.ts";
+import { IoCompletionQueue, IoQueue, type IoQueueContext, type IoQueueOptions, type PollingOptions } from "./io.ts";
 import { controllerName, createBackend, resolveController, type BackendChoice } from "./backends/index.ts";
 import { OwnerLock } from "./lock.ts";
 import { HOST_PAGE_SIZE, type Backend } from "./backends/types.ts";
@@ -69,6 +69,11 @@ export interface ControllerOptions {
   readonly abortGraceMs?: number;
   /** Largest transfer per command when the controller sets no limit (MDTS = 0). Defaults to 2 MiB. */
   readonly maxTransferBytes?: number;
+  /**
+   * How the async API waits for completions: spin for a while after activity, then poll on a timer
+   * tick (the default), or always spin. Defaults to { mode: "adaptive", spinUs: 500, sleepMs: 1 }.
+   */
+  readonly polling?: PollingOptions;
 }
 
 /** What part of a dma-buf Controller.mapDmaBuf() imports. */
@@ -200,6 +205,7 @@ export class Controller {
   readonly #leases = new Map<number, QueueLease>();
   /** Serves the borrowers' Abort and reset requests while queues are lent. */
   #leaseTimer: ReturnType<typeof setInterval> | undefined;
+  readonly #polling: PollingOptions | undefined;
   /** LBA data size of namespaces checked for use (namespaceFormat()), by NSID. */
   readonly #lbaSizes = new Map<number, number>();
   /** The NSID a Format NVM is running on ("all" for FFFFFFFFh): its I/O is refused meanwhile. */
@@ -252,6 +258,7 @@ export class Controller {
     this.backend = backend;
     this.timeoutMs = opts.timeoutMs ?? 10_000;
     this.#abortGraceMs = opts.abortGraceMs ?? 1000;
+    this.#polling = opts.polling;
     const n = native();
     const bar0 = backend.bar0;
     const capLo = n.nvm_read32(bar0, REG_CAP);
@@ -716,6 +723,7 @@ export class Controller {
       onStuck: (q, cid) => this.#onStuck(q, cid),
       onFatal: (_q, err) => this.#onFatal(err),
       onDisabled: () => this.#onDisabled(),
+      polling: this.#polling,
     };
   }
 
