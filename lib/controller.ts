@@ -874,6 +874,9 @@ export class Controller {
    */
   close(): void {
     if (this.#closed) return;
+    // Executors of this thread (queue core threads, GPU kernels) on lent queues stop first: they
+    // must ring no doorbell of a queue being deleted, nor touch rings about to be freed.
+    for (const lease of this.#leases.values()) lease.stopLocal();
     this.#closed = true;
     untrack(this);
     if (this.#leaseTimer) clearInterval(this.#leaseTimer);

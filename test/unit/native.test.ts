@@ -18,8 +18,8 @@ function host(size: number): { p: Pointer; u32: Uint32Array; free: () => void } 
 }
 
 describe("library", () => {
-  test("ABI version 2", () => {
-    expect(n.nvm_abi_version()).toBe(2);
+  test("ABI version 3 (2 + the queue core's host mode, nvm_q_*)", () => {
+    expect(n.nvm_abi_version()).toBe(3);
   });
 });
 
