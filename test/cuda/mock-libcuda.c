@@ -802,11 +802,6 @@ static CUresult check_job(uint64_t job_dptr, const struct nvmq_job **out)
             !reachable(q->cq_db, 4) || (q->stop && !reachable(q->stop, 4)) || (q->lists && !reachable(q->lists, (uint64_t)q->entries * NVMQ_PAGE)) ||
             (q->lists_bus && !reachable(q->lists_bus, (uint64_t)q->entries * 8)))
             return CUDA_ERROR_ILLEGAL_ADDRESS;
-        /* Doorbells are BAR registers: the driver maps them for the GPU only as I/O memory. */
-        for (struct mock_reg *g = regs; g; g = g->next)
-            if (g->dptr && q->sq_db >= g->dptr && q->sq_db < g->dptr + g->size && !(g->flags & HOSTREGISTER_IOMEMORY) &&
-                (q->flags & NVMQ_F_MMIO_DOORBELL))
-                return CUDA_ERROR_ILLEGAL_ADDRESS;
     }
     *out = j;
     return CUDA_SUCCESS;

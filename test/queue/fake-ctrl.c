@@ -14,7 +14,7 @@
 #include <time.h>
 
 #define PAGE 4096u
-#define MAX_QUEUES 64
+#define MAX_QUEUES 1024
 #define MAX_WINDOWS 65536
 #define DOORBELLS 0x1000u
 
@@ -55,7 +55,7 @@ struct fc {
     struct fc_config cfg;
     unsigned char *disk;
     uint32_t *bar;
-    struct queue queues[MAX_QUEUES];
+    struct queue *queues; /* MAX_QUEUES */
     uint32_t nqueues;
     struct window *windows; /* sorted by bus address, disjoint */
     uint32_t nwindows;
@@ -333,9 +333,11 @@ struct fc *fc_create(const struct fc_config *cfg, void *bar)
         fc->cfg.nsid = 1;
     fc->disk = calloc(cfg->blocks, cfg->lba_bytes);
     fc->windows = calloc(MAX_WINDOWS, sizeof *fc->windows);
-    if (!fc->disk || !fc->windows) {
+    fc->queues = calloc(MAX_QUEUES, sizeof *fc->queues);
+    if (!fc->disk || !fc->windows || !fc->queues) {
         free(fc->disk);
         free(fc->windows);
+        free(fc->queues);
         free(fc);
         return NULL;
     }
@@ -369,7 +371,7 @@ int32_t fc_add_window(struct fc *fc, uint64_t bus, void *host, uint64_t bytes)
 
 int32_t fc_add_queue(struct fc *fc, uint32_t qid, void *sq, void *cq, uint32_t entries)
 {
-    if (fc->running || fc->nqueues == MAX_QUEUES || qid == 0 || qid >= 512 || !sq || !cq || entries < 2 || entries > 65536)
+    if (fc->running || fc->nqueues == MAX_QUEUES || qid == 0 || qid > 1024 || !sq || !cq || entries < 2 || entries > 65536)
         return -EINVAL;
     struct queue *q = &fc->queues[fc->nqueues];
     memset(q, 0, sizeof *q);
@@ -424,6 +426,7 @@ void fc_destroy(struct fc *fc)
     }
     free(fc->disk);
     free(fc->windows);
+    free(fc->queues);
     free(fc);
 }
 

@@ -28,7 +28,7 @@ const lockDir = mkdtempSync(join(tmpdir(), "libnvm-gpu-queues-"));
 process.env.LIBNVM_LOCK_DIR = lockDir;
 const { Controller } = await import("../../lib/controller.ts");
 const { Namespace } = await import("../../lib/namespace.ts");
-type Controller = InstanceType<typeof Controller>;
+type Controller = import("../../lib/controller.ts").Controller;
 
 const LBA = 512;
 const BLOCKS = 8192;
@@ -236,6 +236,13 @@ for (const device of ["cpu", "cuda"] as const) {
       const again = await gq.bench({ ns: r.ns, buffer: buf, bs: 4096, threads: 4, ios: 400, verify: true, seed: 5 });
       expect([again.ios, again.errors, again.verifyErrors, again.timeouts]).toEqual([400, 0, 0, 0]);
       expect(r.f.fetched.length - fetched).toBe(400);
+      // A reset between runs (the queues not lent): the next run must start from the emptied
+      // rings, not from the ring state the last run handed back before the reset.
+      r.ctrl.reset();
+      const fetched2 = r.f.fetched.length;
+      const third = await gq.bench({ ns: r.ns, buffer: buf, bs: 4096, threads: 4, ios: 300, verify: true, seed: 5 });
+      expect([third.ios, third.errors, third.verifyErrors, third.timeouts]).toEqual([300, 0, 0, 0]);
+      expect(r.f.fetched.length - fetched2).toBe(300);
     });
 
     test("the controller's close during a run stops the executors before the rings are freed", async () => {

@@ -185,7 +185,7 @@ const bindTo = (driver: string, load: string) =>
 const INSMOD_DISNVM = "insmod module/build/$LIBNVM_VM_KVER/disnvm.ko";
 
 /** The backend-neutral tests, run again through each backend. */
-const COMMON = ["./test/hw/controller.test.ts", "./test/hw/examples.test.ts"];
+const COMMON = ["./test/hw/controller.test.ts", "./test/hw/examples.test.ts", "./test/hw/gpu-queues.test.ts"];
 
 export const SUITES: readonly Suite[] = [
   { name: "hw", dir: "./test/hw", config: TEST_CONFIG, blocktools: true },
