@@ -17,10 +17,10 @@
  *
  * A borrower may also live in the owner's own thread without running JavaScript while it works:
  * the queue core's OS threads or a GPU kernel started from here (lib/gpu). It cannot answer the
- * lease while the owner waits, so the owner calls it instead (LocalBorrower): at a reset, when it
- * gives the queue up, and before it closes the controller, the borrower's executors stop (bounded)
- * and ring no doorbell after that; at a reset it then empties the rings, and the owner takes the
- * acknowledgment as given.
+ * lease while the owner waits, so the owner calls it instead (LocalBorrower): at a reset and when it
+ * gives the queue up, the borrower's executors stop (bounded) and ring no doorbell after that; at a
+ * reset it then empties the rings, and the owner takes the acknowledgment as given. (Before the
+ * controller closes, such a layer stops its executors through Controller.beforeClose().)
  */
 import { NvmeTimeoutError } from "./errors.ts";
 import type { Backend } from "./backends/types.ts";
@@ -68,7 +68,7 @@ export interface LocalBorrower {
    * touch the queue's rings or ring its doorbells any more. For "reset", the borrower then also
    * empties the rings as the re-created queue starts (tail, head 0, phase 1).
    */
-  stop(why: "reset" | "abandon" | "close", ms: number): boolean;
+  stop(why: "reset" | "abandon", ms: number): boolean;
 }
 
 /** Owner side of one lent queue. */
@@ -96,11 +96,6 @@ export class QueueLease implements DmaUser {
   setLocalBorrower(b: LocalBorrower | undefined): void {
     this.#local = b;
     this.#localAck = -1;
-  }
-
-  /** Ask a local borrower to stop before the controller goes away (close()); bounded by `ms`. */
-  stopLocal(ms = 5000): boolean {
-    return this.#local?.stop("close", ms) ?? true;
   }
 
   /** Hand the queue out (again): its ring state travels in the description, not here. */

@@ -122,6 +122,10 @@ NVMQ_FN uint64_t nvmq_now(void)
 }
 
 /*
+ * Waits read the clock every 32nd step that made no progress, not every step: a clock read can
+ * cost a system call (a guest whose clocksource has no vDSO path), which a tight poll would pay
+ * again and again.
+ *
  * One step of a bounded wait. GPU: __nanosleep, doubling from 8 to 256 ns, so waiting warps give
  * the SM to others. Host: a pause instruction for the first polls, then sched_yield(): host
  * threads may outnumber the CPUs (and under an emulator the device model needs a CPU too).
@@ -665,7 +669,7 @@ NVMQ_FN int nvmq_publish(const struct nvmq_view *v, uint32_t last, uint64_t dead
             backoff = 0;
             continue;
         }
-        if (nvmq_now() > deadline) {
+        if ((step & 31u) == 0 && nvmq_now() > deadline) {
             nvmq_break(v, NVMQ_BROKEN_PUBLISH, v->slotcid[last & v->mask]);
             return NVMQ_ETIMEDOUT;
         }
@@ -697,7 +701,7 @@ NVMQ_FN int nvmq_wait(const struct nvmq_view *v, const struct nvmq_rec *rec, uin
             backoff = 0;
             continue;
         }
-        if (nvmq_now() > deadline) {
+        if ((step & 31u) == 0 && nvmq_now() > deadline) {
             if (nvmq_done(rec))
                 return NVMQ_OK;
             nvmq_break(v, NVMQ_BROKEN_WAIT, rec->cid);

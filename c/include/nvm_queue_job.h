@@ -372,83 +372,92 @@ NVMQ_FN void nvmq_shared_bench(const struct nvmq_ctx *c, uint32_t t)
         lanes[k].rng = nvmq_seed(j->seed, t * j->depth + k);
         lanes[k].active = 0;
     }
+    /* Clock reads: one per batch issued and one per batch of completions (as IoQueue does), and
+     * one every 64th empty poll for the deadlines; not one per command or per poll. */
     uint64_t now = nvmq_now(), last = now;
-    uint32_t outstanding = 0, stopping = 0, step = 0, backoff = 0;
+    uint32_t outstanding = 0, stopping = 0, step = 0, backoff = 0, idle = 0;
     for (;;) {
         /* Issue into every idle lane, then publish the batch once. */
         uint32_t issued = 0, last_ticket = 0;
-        for (uint32_t k = 0; k < j->depth && !stopping; k++) {
-            struct nvmq_lane *l = &lanes[k];
-            if (l->active)
-                continue;
-            const uint32_t region = t * j->depth + k;
-            if (!nvmq_next_bench(c, l, region, now)) {
-                stopping = 1;
-                break;
+        if (!stopping && outstanding < j->depth) {
+            const uint64_t t_batch = nvmq_now();
+            for (uint32_t k = 0; k < j->depth; k++) {
+                struct nvmq_lane *l = &lanes[k];
+                if (l->active)
+                    continue;
+                const uint32_t region = t * j->depth + k;
+                if (!nvmq_next_bench(c, l, region, t_batch)) {
+                    stopping = 1;
+                    break;
+                }
+                uint32_t ticket;
+                l->t_submit = t_batch;
+                int r = nvmq_reserve(&v, 1, t_batch + j->timeout_ns, &ticket);
+                if (r == NVMQ_ETIMEDOUT)
+                    nvmq_fetch_add(&g->timeouts, (uint64_t)1, NVMQ_RLX, NVMQ_DEV);
+                if (r != NVMQ_OK) {
+                    stopping = 1;
+                    break;
+                }
+                struct nvmq_io io;
+                nvmq_io_for(c, &io, l->opcode, l->lba, bpc, (uint64_t)region * j->bs);
+                if (nvmq_write(&v, ticket, &io, &l->rec) != NVMQ_OK) {
+                    /* The reserved ticket can never be published: nobody may wait behind it. */
+                    nvmq_break(&v, NVMQ_BROKEN_PUBLISH, v.slotcid[ticket & v.mask]);
+                    stopping = 1;
+                    break;
+                }
+                l->ticket = ticket;
+                l->deadline = t_batch + j->timeout_ns;
+                l->active = 1;
+                outstanding++;
+                issued++;
+                last_ticket = ticket;
             }
-            uint32_t ticket;
-            l->t_submit = nvmq_now();
-            int r = nvmq_reserve(&v, 1, l->t_submit + j->timeout_ns, &ticket);
-            if (r == NVMQ_ETIMEDOUT)
-                nvmq_fetch_add(&g->timeouts, (uint64_t)1, NVMQ_RLX, NVMQ_DEV);
-            if (r != NVMQ_OK) {
-                stopping = 1;
-                break;
+            if (issued) {
+                int r = nvmq_publish(&v, last_ticket, t_batch + j->timeout_ns);
+                if (r == NVMQ_ETIMEDOUT)
+                    nvmq_fetch_add(&g->timeouts, (uint64_t)1, NVMQ_RLX, NVMQ_DEV);
+                if (r != NVMQ_OK)
+                    break;
             }
-            struct nvmq_io io;
-            nvmq_io_for(c, &io, l->opcode, l->lba, bpc, (uint64_t)region * j->bs);
-            if (nvmq_write(&v, ticket, &io, &l->rec) != NVMQ_OK) {
-                /* The reserved ticket can never be published: nobody may wait behind it. */
-                nvmq_break(&v, NVMQ_BROKEN_PUBLISH, v.slotcid[ticket & v.mask]);
-                stopping = 1;
-                break;
-            }
-            l->ticket = ticket;
-            l->deadline = l->t_submit + j->timeout_ns;
-            l->active = 1;
-            outstanding++;
-            issued++;
-            last_ticket = ticket;
-        }
-        if (issued) {
-            int r = nvmq_publish(&v, last_ticket, nvmq_now() + j->timeout_ns);
-            if (r == NVMQ_ETIMEDOUT)
-                nvmq_fetch_add(&g->timeouts, (uint64_t)1, NVMQ_RLX, NVMQ_DEV);
-            if (r != NVMQ_OK)
-                break;
         }
         if (outstanding == 0)
             break;
         /* Reap, then account every lane whose command completed. */
         nvmq_reap(&v);
-        now = nvmq_now();
         uint32_t completed = 0;
         for (uint32_t k = 0; k < j->depth; k++) {
             struct nvmq_lane *l = &lanes[k];
             if (!l->active || !nvmq_done(&l->rec))
                 continue;
+            if (completed++ == 0)
+                now = nvmq_now();
             l->active = 0;
             outstanding--;
-            completed++;
             last = now;
             nvmq_account(c, g, l, t * j->depth + k, now);
         }
         if (completed) {
             backoff = 0;
+            idle = 0;
             continue;
         }
         if (nvmq_broken(&v) || nvmq_stopped(&v, ++step))
             break;
-        for (uint32_t k = 0; k < j->depth; k++) {
-            if (lanes[k].active && now > lanes[k].deadline && !nvmq_done(&lanes[k].rec)) {
-                nvmq_break(&v, NVMQ_BROKEN_WAIT, lanes[k].rec.cid);
-                nvmq_fetch_add(&g->timeouts, (uint64_t)1, NVMQ_RLX, NVMQ_DEV);
-                stopping = 1;
-                break;
+        if ((++idle & 63u) == 0) {
+            now = nvmq_now();
+            for (uint32_t k = 0; k < j->depth; k++) {
+                if (lanes[k].active && now > lanes[k].deadline && !nvmq_done(&lanes[k].rec)) {
+                    nvmq_break(&v, NVMQ_BROKEN_WAIT, lanes[k].rec.cid);
+                    nvmq_fetch_add(&g->timeouts, (uint64_t)1, NVMQ_RLX, NVMQ_DEV);
+                    stopping = 1;
+                    break;
+                }
             }
+            if (nvmq_broken(&v))
+                break;
         }
-        if (nvmq_broken(&v))
-            break;
         if (outstanding == j->depth || stopping)
             nvmq_pause(&backoff);
     }

@@ -351,6 +351,7 @@ export class GpuQueues implements LocalBorrower {
   #closed = false;
   /** Set when executors could not be stopped: their memory is kept, nothing else runs. */
   #failed: Error | undefined;
+  readonly #unhook: () => void;
 
   constructor(ctrl: Controller, opts: Readonly<GpuQueueOptions>) {
     checkLayout();
@@ -404,6 +405,7 @@ export class GpuQueues implements LocalBorrower {
       }
       if (device === "cuda") this.#registerDoorbells();
     } catch (e) {
+      this.#unhook = () => {};
       for (const f of cleanup.reverse()) {
         try {
           f();
@@ -412,6 +414,27 @@ export class GpuQueues implements LocalBorrower {
         }
       }
       throw e;
+    }
+    this.#unhook = ctrl.beforeClose(() => this.#controllerClosing());
+  }
+
+  /**
+   * The controller is closing: stop a run (bounded; the run then settles as stopped by close()),
+   * and release the GPU's mappings of the controller's memory and BAR0 while both still exist.
+   */
+  #controllerClosing(): void {
+    const a = this.#active;
+    if (a && this.#stopExecutors(a, this.timeoutMs + 5000)) a.interruptedBy ??= "close";
+    if (a && !a.finished) {
+      this.#failed ??= new NvmeTimeoutError("the queue executors did not stop before the controller closed", this.timeoutMs);
+      return;
+    }
+    for (const r of [this.#doorbells, this.#stopReg, ...this.#slots.flatMap((s) => [s.sqReg, s.cqReg, s.listsReg])]) {
+      try {
+        if (r?.registered) r.unregister();
+      } catch {
+        // The controller closes either way; the registration went with its pages.
+      }
     }
   }
 
@@ -584,8 +607,8 @@ export class GpuQueues implements LocalBorrower {
     if (lease.lent) new LeaseClient(lease.sab, undefined, 0).release(tail, head, cqHead, phase, busy);
   }
 
-  /** LocalBorrower: the controller resets, gives the queue up, or closes: stop the executors now. */
-  stop(why: "reset" | "abandon" | "close", ms: number): boolean {
+  /** LocalBorrower: the controller resets, or gives the queue up: stop the executors now. */
+  stop(why: "reset" | "abandon", ms: number): boolean {
     const a = this.#active;
     if (!a) return true;
     const stopped = this.#stopExecutors(a, ms);
@@ -1029,6 +1052,7 @@ export class GpuQueues implements LocalBorrower {
   close(): void {
     if (this.#closed) return;
     this.#closed = true;
+    this.#unhook();
     const a = this.#active;
     if (a) {
       if (!this.#stopExecutors(a, this.timeoutMs + 5000)) {
@@ -1048,9 +1072,9 @@ export class GpuQueues implements LocalBorrower {
         first ??= e;
       }
     };
-    step(() => this.#doorbells?.registered && this.#doorbells.unregister());
+    step(() => void (this.#doorbells?.registered && this.#doorbells.unregister()));
     for (const s of this.#slots.splice(0)) step(() => this.#dropSlot(s));
-    step(() => this.#stopReg?.registered && this.#stopReg.unregister());
+    step(() => void (this.#stopReg?.registered && this.#stopReg.unregister()));
     step(() => this.#stop.free());
     step(() => this.#states.free());
     step(() => this.#queueTable.free());
