@@ -596,7 +596,11 @@ export class GpuQueues implements LocalBorrower {
         leases.push(lease);
       }
     } catch (e) {
-      for (const l of leases) this.#giveBack(l, 0, 0, 0, 1, false);
+      // Nothing ran: the queues go back with the ring state they came with.
+      leases.forEach((l, i) => {
+        const q = this.#slots[i]!.queue;
+        this.#giveBack(l, q.sq.tail, q.sq.head, q.ioCq.cq.head, q.ioCq.cq.phase, false);
+      });
       throw e;
     }
     return leases;

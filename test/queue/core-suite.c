@@ -440,22 +440,22 @@ static void list_scenario(const struct scenario *sc)
 static const struct scenario SCENARIOS[] = {
     {.name = "shared-verify", .what = "8 threads x depth 4 on 2 queues of 64, fill then verified random reads", .lba_bytes = 512,
      .queues = 2, .entries = 64, .mode = SHARED, .threads = 8, .depth = 4, .bs = 4096, .read_pct = 100, .flags = VERIFY, .ios = 6000,
-     .timeout_ms = 5000, .fill_first = 1},
+     .timeout_ms = 20000, .fill_first = 1},
     {.name = "tiny-queue", .what = "16 threads on one queue of 2 entries: the SQ is always full, the phase wraps every completion",
      .lba_bytes = 512, .queues = 1, .entries = 2, .mode = SHARED, .threads = 16, .depth = 1, .bs = 512, .read_pct = 50, .ios = 3000,
-     .timeout_ms = 5000},
+     .timeout_ms = 20000},
     {.name = "contention", .what = "32 threads x depth 2 on one queue of 8 (FIFO tickets under contention)", .lba_bytes = 4096, .queues = 1,
-     .entries = 8, .mode = SHARED, .threads = 32, .depth = 2, .bs = 4096, .read_pct = 70, .ios = 6000, .timeout_ms = 5000},
+     .entries = 8, .mode = SHARED, .threads = 32, .depth = 2, .bs = 4096, .read_pct = 70, .ios = 6000, .timeout_ms = 20000},
     {.name = "reorder-delay", .what = "completions out of order within 16, 0-200 us late, 1% errors; 4 queues of 32",
      .lba_bytes = 4096, .delay_min_us = 0, .delay_max_us = 200, .reorder = 16, .error_ppm = 10000, .queues = 4, .entries = 32,
-     .mode = SHARED, .threads = 12, .depth = 3, .bs = 8192, .read_pct = 100, .flags = VERIFY, .ios = 4000, .timeout_ms = 5000,
+     .mode = SHARED, .threads = 12, .depth = 3, .bs = 8192, .read_pct = 100, .flags = VERIFY, .ios = 4000, .timeout_ms = 20000,
      .fill_first = 1},
     {.name = "large-prp", .what = "64 KiB commands (PRP lists in each slot's list page), verified", .lba_bytes = 512, .queues = 2,
      .entries = 16, .mode = SHARED, .threads = 4, .depth = 2, .bs = 65536, .read_pct = 100, .flags = VERIFY, .ios = 1500,
-     .timeout_ms = 5000, .fill_first = 1},
+     .timeout_ms = 20000, .fill_first = 1},
     {.name = "coop", .what = "cooperative mode: 3 blocks of 31 lanes on queues of 32, one doorbell per round, verified", .lba_bytes = 512,
      .reorder = 8, .queues = 3, .entries = 32, .mode = COOP, .lanes = 31, .bs = 4096, .read_pct = 100, .flags = VERIFY, .ios = 6000,
-     .timeout_ms = 5000, .fill_first = 1},
+     .timeout_ms = 20000, .fill_first = 1},
     {.name = "drop-shared", .what = "the 200th command never completes: its deadline fires, the queue breaks, every thread leaves",
      .lba_bytes = 512, .drop_nth = 200, .queues = 1, .entries = 16, .mode = SHARED, .threads = 16, .depth = 2, .bs = 512, .read_pct = 100,
      .duration_ms = 5000, .timeout_ms = 300, .expect_broken = NVMQ_BROKEN_WAIT},
@@ -464,11 +464,11 @@ static const struct scenario SCENARIOS[] = {
      .timeout_ms = 300, .expect_broken = NVMQ_BROKEN_WAIT},
     {.name = "stop", .what = "the host sets the stop word mid-run: every executor leaves", .lba_bytes = 512, .delay_min_us = 20,
      .delay_max_us = 50, .queues = 2, .entries = 16, .mode = SHARED, .threads = 8, .depth = 2, .bs = 512, .read_pct = 100,
-     .duration_ms = 60000, .timeout_ms = 5000, .stop_after_ms = 300, .expect_broken = NVMQ_BROKEN_STOP},
+     .duration_ms = 60000, .timeout_ms = 20000, .stop_after_ms = 300, .expect_broken = NVMQ_BROKEN_STOP},
     {.name = "list", .what = "LIST jobs, 6 threads on 3 queues of 8", .lba_bytes = 512, .reorder = 4, .queues = 3, .entries = 8,
-     .mode = SHARED, .threads = 6, .depth = 1, .bs = 512, .timeout_ms = 5000, .list = 1},
+     .mode = SHARED, .threads = 6, .depth = 1, .bs = 512, .timeout_ms = 20000, .list = 1},
     {.name = "list-coop", .what = "LIST jobs in cooperative mode, 2 blocks of 7 lanes", .lba_bytes = 4096, .reorder = 4, .queues = 2,
-     .entries = 8, .mode = COOP, .lanes = 7, .bs = 4096, .timeout_ms = 5000, .list = 1},
+     .entries = 8, .mode = COOP, .lanes = 7, .bs = 4096, .timeout_ms = 20000, .list = 1},
 };
 #define NSCEN (sizeof SCENARIOS / sizeof SCENARIOS[0])
 
@@ -485,7 +485,7 @@ static void bench(double seconds)
     for (size_t i = 0; i < sizeof rows / sizeof rows[0]; i++) {
         struct scenario sc = {.name = "bench", .what = "bench", .lba_bytes = 512, .queues = rows[i][3], .entries = rows[i][4],
                               .mode = rows[i][0], .threads = rows[i][1], .depth = rows[i][2], .lanes = rows[i][2], .bs = 4096,
-                              .read_pct = 100, .duration_ms = (uint64_t)(seconds * 1000), .timeout_ms = 5000};
+                              .read_pct = 100, .duration_ms = (uint64_t)(seconds * 1000), .timeout_ms = 20000};
         const uint32_t regions = sc.mode == COOP ? sc.queues * sc.lanes : sc.threads * sc.depth;
         struct rig r;
         rig_build(&r, &sc, (uint64_t)regions * sc.bs, 8192);
