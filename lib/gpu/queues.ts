@@ -751,6 +751,13 @@ export class GpuQueues implements LocalBorrower {
     } catch (e) {
       const a = this.#active;
       this.#active = undefined;
+      if (a?.stream && (a.finished || this.#stopExecutors(a, this.timeoutMs + 5000))) {
+        try {
+          a.stream.destroy();
+        } catch {
+          // The error being thrown is the one to report.
+        }
+      }
       if (this.#closed) {
         // close() stopped the executors, gave the queues back and deleted them.
         work?.free();
