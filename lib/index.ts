@@ -30,6 +30,7 @@ export {
   cuda,
   CudaMemory,
   HostRegistration,
+  IoMemoryRegistration,
   setCudaLibraryPath,
   cudaLibraryPath,
   type CudaDevice,
@@ -47,3 +48,4 @@ export { Namespace, MAX_BLOCKS_PER_COMMAND, type IoOptions, type WriteOptions, t
 export { IoQueue, IoCompletionQueue, STATUS_ABORTED_BY_HOST, STATUS_SQ_DELETION, type IoQueueOptions, type CompletionHandler, type PollingOptions } from "./io.ts";
 export * as sgl from "./sgl.ts";
 export { exportIoQueue, exportBuffer, attachIoQueue, type SharedIoQueue, type SharedMapping, type AttachedIoQueue } from "./worker.ts";
+export * from "./gpu/index.ts";

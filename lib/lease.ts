@@ -14,6 +14,13 @@
  * Recovery for the borrower: it cannot send admin commands, so it asks the owner through REQ_ABORT
  * (a CID past its deadline) and REQ_RESET (a command the Abort did not end, or a fatal controller
  * status); the owner serves them from a timer on its event loop.
+ *
+ * A borrower may also live in the owner's own thread without running JavaScript while it works:
+ * the queue core's OS threads or a GPU kernel started from here (lib/gpu). It cannot answer the
+ * lease while the owner waits, so the owner calls it instead (LocalBorrower): at a reset and when it
+ * gives the queue up, the borrower's executors stop (bounded) and ring no doorbell after that; at a
+ * reset it then empties the rings, and the owner takes the acknowledgment as given. (Before the
+ * controller closes, such a layer stops its executors through Controller.beforeClose().)
  */
 import { NvmeTimeoutError } from "./errors.ts";
 import type { Backend } from "./backends/types.ts";
@@ -42,6 +49,8 @@ const enum W {
    * owner keeps every exported buffer until the queue is deleted or the controller disabled.
    */
   POISONED = 9,
+  /** 1 from the borrower's release() until the owner's reclaim() took its ring state. */
+  RETURNED = 10,
   WORDS = 16,
 }
 
@@ -52,11 +61,24 @@ const ABANDONED = -1;
 /** Memory exported to other threads (exportBuffer): what a lent queue's commands may reach. */
 export const exportedMemory = new WeakSet<object>();
 
+/** A borrower in the owner's thread whose executors do not run JavaScript (see the top). */
+export interface LocalBorrower {
+  /**
+   * Make the executors using the queue stop, waiting at most `ms`: true once none of them can
+   * touch the queue's rings or ring its doorbells any more. For "reset", the borrower then also
+   * empties the rings as the re-created queue starts (tail, head 0, phase 1).
+   */
+  stop(why: "reset" | "abandon", ms: number): boolean;
+}
+
 /** Owner side of one lent queue. */
 export class QueueLease implements DmaUser {
   readonly sab: SharedArrayBuffer;
   readonly #w: Int32Array;
   #ended = false;
+  #local: LocalBorrower | undefined;
+  /** The resetting value the local borrower acknowledged (it stopped), or -1. */
+  #localAck = -1;
 
   constructor(
     readonly queue: IoQueue,
@@ -65,6 +87,15 @@ export class QueueLease implements DmaUser {
     this.sab = new SharedArrayBuffer(LEASE_BYTES);
     this.#w = new Int32Array(this.sab);
     addDmaUser(backend, this);
+  }
+
+  /**
+   * Set (or clear) the borrower that lives in this thread. Set it after lend(); clear it when the
+   * borrower returned the queue.
+   */
+  setLocalBorrower(b: LocalBorrower | undefined): void {
+    this.#local = b;
+    this.#localAck = -1;
   }
 
   /** Hand the queue out (again): its ring state travels in the description, not here. */
@@ -97,6 +128,9 @@ export class QueueLease implements DmaUser {
    */
   reclaim(cq: IoCompletionQueue): void {
     const w = this.#w;
+    // Once only: after a reset the owner's queue objects were emptied, and the state the borrower
+    // left before it is stale (taking it again would make the re-created queue fetch old entries).
+    if (Atomics.exchange(w, W.RETURNED, 0) !== 1) return;
     this.queue.sq.tail = Atomics.load(w, W.SQ_TAIL);
     this.queue.sq.head = Atomics.load(w, W.SQ_HEAD);
     cq.cq.head = Atomics.load(w, W.CQ_HEAD);
@@ -112,11 +146,19 @@ export class QueueLease implements DmaUser {
     Atomics.store(this.#w, W.REQ_RESET, 0);
     Atomics.store(this.#w, W.REQ_ABORT, 0);
     if (s !== ABANDONED) Atomics.store(this.#w, W.STATE, resetting);
+    // A local borrower stops now, while the controller is disabled, not after the re-enable.
+    if (this.#local && this.lent && s !== ABANDONED) this.#localAck = this.#local.stop("reset", 5000) ? resetting : -1;
     return resetting;
   }
 
   /** Wait up to `ms` for the borrower to acknowledge `value` (it settled and emptied its rings). */
   awaitAck(value: number, ms: number): boolean {
+    if (this.#local) {
+      // It stopped in beginReset() or it never will: nothing to wait for.
+      if (this.#localAck !== value) return false;
+      Atomics.store(this.#w, W.ACK, value);
+      return true;
+    }
     const deadline = performance.now() + ms;
     for (;;) {
       const ack = Atomics.load(this.#w, W.ACK);
@@ -135,6 +177,7 @@ export class QueueLease implements DmaUser {
 
   /** The queue was not re-created: the borrower settles and refuses everything. */
   abandon(): void {
+    this.#local?.stop("abandon", 5000);
     Atomics.store(this.#w, W.STATE, ABANDONED);
     Atomics.notify(this.#w, W.STATE);
   }
@@ -249,6 +292,7 @@ export class LeaseClient implements LeaseGate {
     Atomics.store(w, W.CQ_HEAD, cqHead);
     Atomics.store(w, W.CQ_PHASE, cqPhase);
     if (busy) Atomics.store(w, W.POISONED, 1);
+    Atomics.store(w, W.RETURNED, 1);
     Atomics.store(w, W.LENT, 0);
   }
 }

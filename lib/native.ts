@@ -11,7 +11,7 @@ import { existsSync } from "node:fs";
 import { join } from "node:path";
 import { NativeError } from "./errors.ts";
 
-const ABI_VERSION = 3;
+const ABI_VERSION = 4;
 const LIB_FILE = "libnvm-native.so";
 const PKG_ROOT = join(import.meta.dir, "..");
 
@@ -66,6 +66,14 @@ const symbols = {
   nvm_disnvm_unmap_dmabuf: { args: [i32, u32, u32], returns: i32 },
   nvm_disnvm_dmabuf_status: { args: [i32, u32, u32, P], returns: i32 },
   nvm_disnvm_revoke_dmabuf: { args: [i32, u32, u32], returns: i32 },
+  // queue core, host mode (c/src/queue.c): state blocks, jobs, executor threads
+  nvm_q_state_bytes: { args: [u32], returns: u32 },
+  nvm_q_init: { args: [P, P], returns: i32 },
+  nvm_q_work_bytes: { args: [P], returns: u32 },
+  nvm_q_sizes: { args: [P], returns: i32 },
+  nvm_q_start: { args: [P], returns: P },
+  nvm_q_done: { args: [P], returns: u32 },
+  nvm_q_join: { args: [P, u32], returns: i32 },
 } as const;
 
 /** c/include/nvm_native.h as TypeScript sees it. */
@@ -113,6 +121,14 @@ export interface NativeLib {
   nvm_disnvm_unmap_dmabuf(fd: number, handleLo: number, handleHi: number): number;
   nvm_disnvm_dmabuf_status(fd: number, handleLo: number, handleHi: number, flags: Pointer): number;
   nvm_disnvm_revoke_dmabuf(fd: number, handleLo: number, handleHi: number): number;
+  // queue core, host mode
+  nvm_q_state_bytes(entries: number): number;
+  nvm_q_init(state: Pointer, desc: Pointer): number;
+  nvm_q_work_bytes(job: Pointer): number;
+  nvm_q_sizes(out: Pointer): number;
+  nvm_q_start(job: Pointer): Pointer | null;
+  nvm_q_done(run: Pointer): number;
+  nvm_q_join(run: Pointer, timeoutMs: number): number;
 }
 type Lib = NativeLib;
 
@@ -201,6 +217,7 @@ const errnoNames: Record<number, string> = {
   19: "ENODEV",
   22: "EINVAL",
   25: "ENOTTY",
+  110: "ETIMEDOUT",
 };
 
 export function errnoName(errno: number): string {

@@ -18,8 +18,8 @@ function host(size: number): { p: Pointer; u32: Uint32Array; free: () => void } 
 }
 
 describe("library", () => {
-  test("ABI version 3", () => {
-    expect(n.nvm_abi_version()).toBe(3);
+  test("ABI version 4 (dma-buf import 3, the queue core's host mode nvm_q_* 4)", () => {
+    expect(n.nvm_abi_version()).toBe(4);
   });
 });
 
