@@ -1356,10 +1356,10 @@ describe("async poller: adaptive polling", () => {
   test("past the spin window the adaptive poller polls on a timer tick, the spinning one keeps spinning; both still reap", async () => {
     const spin = await pollsWhileHeld({ mode: "spin" }, 300, 1);
     const adaptive = await pollsWhileHeld({ mode: "adaptive", spinUs: 1000, sleepMs: 5 }, 300, 2);
-    // Spinning: a turn of up to 64 polls per event-loop turn, thousands of turns. Adaptive: 1 ms of
-    // that, then one turn per 5 ms tick (at most 64 polls each): a few thousand at the very most.
+    // Spinning: a turn of up to 64 polls per event-loop turn, tens of thousands of turns. Adaptive:
+    // 1 ms of that, then one turn per 5 ms tick (at most 64 polls each). How many turns fit in the
+    // spin window depends on the machine; the ratio does not.
     expect(adaptive).toBeLessThan(spin / 4);
-    expect(adaptive).toBeLessThan(64 * (300 / 5 + 10) + 64 * 200);
   });
 
   test("a command submitted while the poller sleeps is polled at once, not at the next tick", async () => {
