@@ -1016,6 +1016,7 @@ export class Controller {
         reason instanceof ControllerFatalError
           ? reason
           : new NvmeTimeoutError(`failed by a controller reset (${why})`, reason instanceof NvmeTimeoutError ? reason.timeoutMs : this.timeoutMs);
+      for (const lease of this.#leases.values()) lease.quiesce();
       try {
         this.#haltDma();
       } catch (e) {

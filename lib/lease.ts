@@ -65,10 +65,14 @@ export const exportedMemory = new WeakSet<object>();
 export interface LocalBorrower {
   /**
    * Make the executors using the queue stop, waiting at most `ms`: true once none of them can
-   * touch the queue's rings or ring its doorbells any more. For "reset", the borrower then also
-   * empties the rings as the re-created queue starts (tail, head 0, phase 1).
+   * touch the queue's rings or ring its doorbells any more. Commands they posted stay in flight.
    */
   stop(why: "reset" | "abandon", ms: number): boolean;
+  /**
+   * Reset, once the controller is disabled and the executors stopped: every command ended; empty
+   * the rings as the re-created queue starts (tail, head 0, phase 1).
+   */
+  emptyRings(): void;
 }
 
 /** Owner side of one lent queue. */
@@ -79,6 +83,8 @@ export class QueueLease implements DmaUser {
   #local: LocalBorrower | undefined;
   /** The resetting value the local borrower acknowledged (it stopped), or -1. */
   #localAck = -1;
+  /** The local borrower stopped in quiesce(), before the disable. */
+  #localStopped = false;
 
   constructor(
     readonly queue: IoQueue,
@@ -137,6 +143,18 @@ export class QueueLease implements DmaUser {
     cq.cq.phase = Atomics.load(w, W.CQ_PHASE);
   }
 
+  /**
+   * Reset step before the disable: a local borrower's executors stop ringing doorbells first, so
+   * the controller is disabled with its queues quiet, as a host driver quiesces its queues before
+   * a reset. (QEMU 7.2's controller crashes, SIGSEGV in nvme_rw_complete_cb, when SQ doorbell
+   * writes from another CPU race with CC.EN = 0.) A Worker borrower cannot be stopped from here:
+   * moving STATE now would let it settle commands the controller may still run.
+   */
+  quiesce(): void {
+    const s = Atomics.load(this.#w, W.STATE);
+    this.#localStopped = !!this.#local && this.lent && s !== ABANDONED && this.#local.stop("reset", 5000);
+  }
+
   /** Reset step: the controller is disabled. Returns the value the borrower must acknowledge. */
   beginReset(): number {
     const s = Atomics.load(this.#w, W.STATE);
@@ -146,8 +164,13 @@ export class QueueLease implements DmaUser {
     Atomics.store(this.#w, W.REQ_RESET, 0);
     Atomics.store(this.#w, W.REQ_ABORT, 0);
     if (s !== ABANDONED) Atomics.store(this.#w, W.STATE, resetting);
-    // A local borrower stops now, while the controller is disabled, not after the re-enable.
-    if (this.#local && this.lent && s !== ABANDONED) this.#localAck = this.#local.stop("reset", 5000) ? resetting : -1;
+    // A local borrower that did not stop in quiesce() stops now, before the re-enable.
+    if (this.#local && this.lent && s !== ABANDONED) {
+      const stopped = this.#localStopped || this.#local.stop("reset", 5000);
+      if (stopped) this.#local.emptyRings();
+      this.#localAck = stopped ? resetting : -1;
+    }
+    this.#localStopped = false;
     return resetting;
   }
 

@@ -618,15 +618,17 @@ export class GpuQueues implements LocalBorrower {
     const stopped = this.#stopExecutors(a, ms);
     if (!stopped) return false;
     a.interruptedBy ??= why;
-    if (why === "reset") {
-      // Disabled: every command ended. The re-created queues start empty; so do their rings here.
-      const err = new NvmeTimeoutError("failed by a controller reset during a GPU queue run", this.timeoutMs);
-      for (const s of this.#slots) {
-        s.queue.resetAfterDisable(err);
-        s.queue.ioCq.reset();
-      }
-    }
     return true;
+  }
+
+  /** LocalBorrower: disabled, so every command ended; the re-created queues start empty, so do their rings here. */
+  emptyRings(): void {
+    if (!this.#active) return;
+    const err = new NvmeTimeoutError("failed by a controller reset during a GPU queue run", this.timeoutMs);
+    for (const s of this.#slots) {
+      s.queue.resetAfterDisable(err);
+      s.queue.ioCq.reset();
+    }
   }
 
   /** Set the stop word and wait (bounded) for every executor to return. */

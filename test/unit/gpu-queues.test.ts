@@ -224,10 +224,21 @@ for (const device of ["cpu", "cuda"] as const) {
       expect(fill.errors).toBe(0);
       const run = gq.bench({ ns: r.ns, buffer: buf, bs: 4096, threads: 4, seconds: 30, verify: true, seed: 5 });
       await waitFor(() => r.f.fetched.length > BLOCKS / 8 + 200);
+      // The executors stop before the disable, not after it (a controller being disabled gets
+      // no doorbell write; QEMU 7.2's crashes when one races with CC.EN = 0).
+      const disablesAtStop: number[] = [];
+      const stop = gq.stop.bind(gq);
+      gq.stop = (why, ms) => {
+        disablesAtStop.push(r.f.disables);
+        return stop(why, ms);
+      };
+      const disables = r.f.disables;
       const t0 = performance.now();
       r.ctrl.reset();
       const res = await run;
       expect(performance.now() - t0).toBeLessThan(5000);
+      expect(r.f.disables).toBe(disables + 1);
+      expect(disablesAtStop[0]).toBe(disables);
       expect(res.firstError).toMatch(/reset/);
       expect(res.verifyErrors).toBe(0);
       expect(r.f.dmaViolations).toEqual([]);
