@@ -21,6 +21,7 @@ const symbols = {
   nvm_bench_completer_bad: { args: [i32], returns: u32 },
   nvm_bench_completer_step: { args: [i32], returns: u32 },
   nvm_bench_completer_pause: { args: [i32, u32], returns: i32 },
+  nvm_bench_completer_latency: { args: [i32, u32], returns: i32 },
   nvm_bench_completer_stop: { args: [i32], returns: i32 },
   nvm_bench_loop_create: { args: [P, u32, P, u32, P, u32, u32, u32, u32, u32, u32, u32], returns: i32 },
   nvm_bench_loop_batch: { args: [i32, u32, u32], returns: u32 },
@@ -44,6 +45,7 @@ export interface BenchLib {
   nvm_bench_completer_bad(h: number): number;
   nvm_bench_completer_step(h: number): number;
   nvm_bench_completer_pause(h: number, paused: number): number;
+  nvm_bench_completer_latency(h: number, latencyNs: number): number;
   nvm_bench_completer_stop(h: number): number;
   nvm_bench_loop_create(
     sq: Pointer, sqEntries: number, cq: Pointer, cqEntries: number, bar0: Pointer, sqDb: number, cqDb: number,
@@ -65,7 +67,7 @@ export const NO_THREAD = -2;
 let lib: BenchLib | undefined;
 
 /** Bump with every change of c/src/bench.c's symbols. */
-const ABI = 2;
+const ABI = 3;
 
 /**
  * Build, or bring up to date (make compares timestamps: a no-op when nothing changed), and load

@@ -15,6 +15,7 @@ import {
   NvmeStatusError,
   NvmeTimeoutError,
   PermissionError,
+  SmartIoError,
   UnsupportedError,
 } from "../lib/errors.ts";
 import { BACKENDS, parseInteger, UsageError } from "./common.ts";
@@ -28,7 +29,7 @@ export const EXIT = {
   CONTROLLER: 1,
   /** Usage: unknown command or option, a missing or malformed value, or a value refused before anything was sent. */
   USAGE: 2,
-  /** The device cannot be used as asked: not found, unreachable, bound to another driver, no permission, owned by another process, unsupported format. */
+  /** The device cannot be used as asked: not found, unreachable, bound to another driver, no permission, owned by another process, unsupported format, refused or missing SmartIO (SISCI). */
   DEVICE: 3,
   /** compare: the data differ (Compare Failure). */
   MISMATCH: 4,
@@ -46,7 +47,7 @@ export function exitCodeFor(e: unknown): number {
   if (e instanceof UsageError || e instanceof InvalidArgumentError) return EXIT.USAGE;
   if (e instanceof MismatchError) return EXIT.MISMATCH;
   if (e instanceof InputError || e instanceof OutputError) return EXIT.FILE;
-  if (e instanceof DeviceError || e instanceof PermissionError || e instanceof ControllerBusyError || e instanceof UnsupportedError || e instanceof NativeError || e instanceof ConnectionError) return EXIT.DEVICE;
+  if (e instanceof DeviceError || e instanceof PermissionError || e instanceof ControllerBusyError || e instanceof UnsupportedError || e instanceof NativeError || e instanceof ConnectionError || e instanceof SmartIoError) return EXIT.DEVICE;
   if (e instanceof NvmeStatusError || e instanceof NvmeTimeoutError || e instanceof ControllerFatalError) return EXIT.CONTROLLER;
   return EXIT.CONTROLLER;
 }
@@ -64,7 +65,7 @@ export interface OptionSpec {
 export type Options = Readonly<Record<string, OptionSpec>>;
 
 export interface Context {
-  /** The controller argument: a PCI address or /dev/disnvmN ("" for commands without one). */
+  /** The controller argument: a PCI address, /dev/disnvmN or smartio:<fdid> ("" for commands without one). */
   readonly device: string;
   readonly values: Readonly<Record<string, string | boolean | undefined>>;
   /** Positional arguments after the device. */
@@ -109,7 +110,7 @@ export interface Command {
 
 /** --backend, --force-open, --timeout: every command that opens a controller. */
 export const DEVICE_OPTIONS: Options = {
-  backend: { type: "string", value: "B", help: "how to reach the controller: auto (by its bound driver), sysfs, vfio or disnvm", complete: BACKENDS },
+  backend: { type: "string", value: "B", help: "how to reach the controller: auto (by its bound driver), sysfs, vfio, disnvm or smartio", complete: BACKENDS },
   "force-open": { type: "boolean", help: "open even if another live process owns the controller (it is reset under that process; sysfs only)" },
   timeout: { type: "string", short: "t", value: "MS", help: "per-command timeout in milliseconds (default 10000)" },
 };
@@ -147,7 +148,7 @@ export function commandHelp(c: Command): string {
   });
   const width = Math.max(...rows.map(([l]) => l.length)) + 2;
   const device = c.device
-    ? "\n<device> is the controller: its PCI address (0000:05:00.0 or 05:00.0), /dev/disnvmN, or an NVMe/TCP\naddress nvme+tcp://HOST[:PORT]/SUBNQN[?hdr-digest=1&data-digest=1&queue-size=N...].\n"
+    ? "\n<device> is the controller: its PCI address (0000:05:00.0 or 05:00.0), /dev/disnvmN, smartio:<fdid> for one\nborrowed across a Dolphin SmartIO cluster (the fabric device id in hex, as `smartio_tool list` prints it), or an\nNVMe/TCP address nvme+tcp://HOST[:PORT]/SUBNQN[?hdr-digest=1&data-digest=1&queue-size=N...].\n"
     : "";
   return `Usage: ${usageLine(c)}\n\n${c.description}\n${device}\nOptions:\n${rows.map(([l, h]) => `  ${l.padEnd(width)}${h}`).join("\n")}\n`;
 }
@@ -157,7 +158,7 @@ export function parseCommand(c: Command, argv: readonly string[]): Context | "he
   if (c.passThrough) {
     if (argv.includes("-h") || argv.includes("--help")) return "help";
     const device = argv[0] ?? "";
-    if (device === "" || device.startsWith("-")) throw new UsageError("the controller comes first: give its PCI address (05:00.0), /dev/disnvmN or nvme+tcp://HOST:PORT/SUBNQN");
+    if (device === "" || device.startsWith("-")) throw new UsageError("the controller comes first: give its PCI address (05:00.0), /dev/disnvmN, smartio:<fdid> or nvme+tcp://HOST:PORT/SUBNQN");
     return { device, values: {}, positionals: [], argv: argv.slice(1), output: "normal", human: false, int: () => undefined, open: () => Promise.reject(new UsageError("a pass-through command opens the controller itself")) };
   }
   const options = { ...c.options, ...HELP_OPTION };
@@ -176,7 +177,7 @@ export function parseCommand(c: Command, argv: readonly string[]): Context | "he
   if (c.optionalDevice && positionals.length > 0) device = positionals.shift()!;
   if (c.device) {
     device = positionals.shift() ?? "";
-    if (device === "") throw new UsageError("the controller is missing: give its PCI address (05:00.0), /dev/disnvmN or nvme+tcp://HOST:PORT/SUBNQN");
+    if (device === "") throw new UsageError("the controller is missing: give its PCI address (05:00.0), /dev/disnvmN, smartio:<fdid> or nvme+tcp://HOST:PORT/SUBNQN");
     if (device.startsWith("-")) throw new UsageError(`"${device}" is not a controller`);
   }
   if (c.positionals) {

@@ -9,7 +9,7 @@ export class UsageError extends Error {
   override readonly name = "UsageError";
 }
 
-export const BACKENDS = ["auto", "sysfs", "vfio", "disnvm"] as const;
+export const BACKENDS = ["auto", "sysfs", "vfio", "disnvm", "smartio"] as const;
 
 /**
  * A non-negative integer option, decimal or 0x hex as nvme-cli takes them: undefined when absent,

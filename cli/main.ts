@@ -84,8 +84,9 @@ function topHelp(): string {
     `Usage: libnvm <command> [<device>] [OPTIONS]\n\n` +
     `nvme-cli's everyday commands for NVMe controllers driven from userspace by libnvm (not bound to the kernel's\n` +
     `nvme driver): same names, same JSON (-o json). <device> is the controller's PCI address (05:00.0),\n` +
-    `/dev/disnvmN, or an NVMe/TCP address nvme+tcp://HOST[:PORT]/SUBNQN; \`libnvm list\` shows the local ones,\n` +
-    `\`libnvm discover nvme+tcp://HOST[:PORT]\` what a target offers.\n\nCommands:\n` +
+    `/dev/disnvmN, smartio:<fdid> (borrowed across a Dolphin SmartIO cluster), or an NVMe/TCP address\n` +
+    `nvme+tcp://HOST[:PORT]/SUBNQN; \`libnvm list\` shows the local ones, \`libnvm discover nvme+tcp://HOST[:PORT]\` what a\n` +
+    `target offers.\n\nCommands:\n` +
     COMMANDS.map((c) => `  ${c.name.padEnd(width)}${c.summary}`).join("\n") +
     `\n  ${"help".padEnd(width)}help <command> prints a command's options (as does <command> --help)\n\n${EXIT_HELP}`
   );

@@ -9,7 +9,7 @@ import type { BackendChoice } from "../lib/backends/index.ts";
 import { isTcpTarget } from "../lib/transports/tcp/uri.ts";
 import { BACKENDS, UsageError } from "./common.ts";
 
-/** Controller.open with the backend (auto, sysfs, vfio, disnvm) and force the user gave. */
+/** Controller.open with the backend (auto, sysfs, vfio, disnvm, smartio) and force the user gave. */
 export function openController(args: { ctrl: string; backend?: unknown; force?: unknown }, opts: ControllerOptions = {}): Controller {
   const backend = (args.backend ?? "auto") as string;
   if (!(BACKENDS as readonly string[]).includes(backend)) throw new UsageError(`--backend=${backend}: choose one of ${BACKENDS.join(", ")}`);

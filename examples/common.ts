@@ -1,7 +1,8 @@
 /**
- * Shared command-line handling for the examples: --ctrl, --backend, --force, --json, --help;
- * usage errors exit 2, failures print the error's one-line cause and exit 1. What the `libnvm`
- * command shares with them (opening the controller, options, summaries) is in cli/common.ts.
+ * Shared command-line handling for the examples: --ctrl (a BDF, /dev/disnvmN or smartio:<fdid>),
+ * --backend, --force, --json, --help; usage errors exit 2, failures print the error's one-line
+ * cause and exit 1. What the `libnvm` command shares with them (opening the controller, options,
+ * summaries) is in cli/common.ts.
  */
 import { parseArgs, type ParseArgsConfig } from "node:util";
 import { NvmeError } from "../lib/errors.ts";
@@ -19,7 +20,9 @@ export const commonOptions = {
 } as const satisfies NonNullable<ParseArgsConfig["options"]>;
 
 /** Lines every example's usage ends with. */
-export const commonUsage = `  --backend=B    auto (default: by the bound driver), sysfs, vfio or disnvm
+export const commonUsage = `  --ctrl=C       a PCI address (05:00.0), /dev/disnvmN, or smartio:<fdid> (a controller borrowed across a
+                 Dolphin SmartIO cluster; the fabric device id in hex, as \`smartio_tool list\` prints it)
+  --backend=B    auto (default: by the bound driver, or smartio for smartio:<fdid>), sysfs, vfio, disnvm or smartio
   --force        open even if another process owns the controller (it is reset under that process)
 `;
 

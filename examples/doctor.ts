@@ -7,9 +7,11 @@
 import { doctorReport, doctorText } from "../cli/commands/tools.ts";
 import { parse, run, toJson } from "./common.ts";
 
-const usage = `usage: bun run examples/doctor.ts --ctrl=BDF|/dev/disnvmN [--json] [--skip-gpu]
-  Checks the raw sysfs, VFIO and disnvm paths to the controller: bound driver, IOMMU group and
-  its members, /dev/vfio permissions, memlock limit, CAP_SYS_ADMIN, CAP_SYS_RAWIO, hugepages, the module.
+const usage = `usage: bun run examples/doctor.ts --ctrl=BDF|/dev/disnvmN|smartio:<fdid> [--json] [--skip-gpu]
+  Checks the raw sysfs, VFIO, disnvm and SmartIO paths to the controller: bound driver, IOMMU group
+  and its members, /dev/vfio permissions, memlock limit, CAP_SYS_ADMIN, CAP_SYS_RAWIO, hugepages, the
+  module; for SmartIO (a controller borrowed across a Dolphin PCIe cluster) whether SISCI is installed
+  and libnvm's shim built against it, and what SISCI knows of the device (nothing is borrowed).
   Then the GPU side (NVMe DMA into GPU memory): the CUDA driver, its GPUs and their dma-buf export,
   the module's dma-buf import, the IOMMU. --skip-gpu leaves the CUDA driver unloaded.
   Exit 0 when at least one path to the controller works now, 1 when none does.

@@ -126,6 +126,8 @@ export class Controller {
   readonly #lbaSizes = new Map<number, number>();
   /** The NSID a Format NVM is running on ("all" for FFFFFFFFh): its I/O is refused meanwhile. */
   #formatting: number | "all" | undefined;
+  /** What beforeClose() registered. */
+  readonly #closeHooks = new Set<() => void>();
 
   /**
    * Open a controller and bring it up (CC.EN = 1, CSTS.RDY = 1, bounded by CAP.TO), then identify it:
@@ -198,6 +200,17 @@ export class Controller {
 
   get closed(): boolean {
     return this.#t.closed;
+  }
+
+  /**
+   * Run `fn` at the start of close(), before any queue is deleted, memory freed or BAR0 unmapped:
+   * for layers that lend this controller's queues and memory to executors of their own (lib/gpu
+   * stops its executors and releases its GPU registrations there). `fn` must be bounded and must
+   * not throw. Returns a function that removes it.
+   */
+  beforeClose(fn: () => void): () => void {
+    this.#closeHooks.add(fn);
+    return () => void this.#closeHooks.delete(fn);
   }
 
   /** After a command's deadline and its Abort, how long before the controller is reset (ms; PCIe). */
@@ -619,6 +632,17 @@ export class Controller {
    */
   close(): void {
     if (this.#t.closed) return;
+    // First the layers that hand this controller's queues and memory to executors of their own
+    // (lib/gpu: queue core threads, GPU kernels): those must ring no doorbell of a queue being
+    // deleted, touch no ring about to be freed, and unmap BAR0 from a GPU while it is still mapped.
+    for (const f of [...this.#closeHooks]) {
+      try {
+        f();
+      } catch {
+        // Closing anyway: what a layer could not release is its to report.
+      }
+    }
+    this.#closeHooks.clear();
     untrack(this);
     this.#t.close();
   }

@@ -1,9 +1,9 @@
 /**
  * What stands between this machine and each way of reaching a controller: the facts (bound driver,
  * IOMMU group and its members, /dev/vfio permissions, memlock, CAP_SYS_ADMIN, CAP_SYS_RAWIO, hugepages,
- * module),
+ * module, Dolphin's SISCI for SmartIO),
  * and for each backend whether it can work now and, if not, the commands that fix it. Reads only;
- * changes nothing.
+ * changes nothing (SmartIO: SISCI is asked about the device, which is not borrowed).
  */
 import { accessSync, constants, existsSync, readdirSync, readFileSync, readlinkSync } from "node:fs";
 import { basename, join } from "node:path";
@@ -11,6 +11,8 @@ import { NvmeError } from "./errors.ts";
 import { native, scratch } from "./native.ts";
 import { findPciDevice, hasCapSysAdmin, hasCapSysRawio, parseBdf, SYSFS_PCI_DEVICES, type PciDevice } from "./pci.ts";
 import { disnvmIsolation } from "./backends/disnvm.ts";
+import { parseSmartIoAddress, smartIoName } from "./backends/smartio.ts";
+import { sisciAvailable, sisciError, sisciScratch, sisciShim } from "./sisci.ts";
 import type { BackendKind } from "./backends/types.ts";
 
 export interface PathReport {
@@ -46,10 +48,56 @@ export interface Diagnosis {
     readonly disnvmLoaded: boolean;
     readonly disnvmNode: string | null;
     readonly kernel: string;
+    /** Dolphin's SISCI through libnvm's shim (SmartIO). */
+    readonly sisci: SisciFacts;
   };
   readonly paths: PathReport[];
   /** The backend `--backend=auto` would pick, when it can work. */
   readonly recommended: BackendKind | undefined;
+}
+
+export interface SisciFacts {
+  /** The shim (libnvm-sisci.so) loads here: eXpressWare was installed when libnvm's C was built. */
+  readonly installed: boolean;
+  /** Where the shim came from, or why it is missing (where CMake and libnvm looked). */
+  readonly detail: string;
+  /** This node's id on adapter 0, when SISCI answered. */
+  readonly localNode: number | null;
+  /** Fabric device ids of the NVMe controllers SISCI lists (hex, as smartio_tool prints them). */
+  readonly nvmeDevices: string[];
+  /** For --ctrl=smartio:<fdid>: what SISCI says about it (adapter, lender node), or why not. */
+  readonly device: { fdid: string; adapter: number; lenderNode: number } | { fdid: string; error: string } | null;
+}
+
+const NVME_CLASS = 0x010802;
+
+/** Ask SISCI, without borrowing anything, about this node and `fdid`. */
+function sisciFacts(fdid: number | undefined): SisciFacts {
+  const avail = sisciAvailable();
+  if (!avail.installed) return { installed: false, detail: avail.detail, localNode: null, nvmeDevices: [], device: null };
+  const shim = sisciShim();
+  const s = sisciScratch();
+  let localNode: number | null = null;
+  let nvme: string[] = [];
+  let device: SisciFacts["device"] = null;
+  if (shim.nvm_sisci_init() < 0) {
+    const e = sisciError("SmartIO: initialising SISCI");
+    return { installed: true, detail: `${avail.detail}; ${e.message}`, localNode, nvmeDevices: nvme, device: fdid === undefined ? null : { fdid: smartIoName(fdid), error: e.message } };
+  }
+  try {
+    if (shim.nvm_sisci_local_node(0, s.ptr) === 0) localNode = s.u32[0]!;
+    const n = shim.nvm_sisci_device_list(NVME_CLASS, s.ptr, 64);
+    if (n > 0) nvme = [...s.u32.subarray(0, Math.min(n, 64))].map((f) => f.toString(16));
+    if (fdid !== undefined) {
+      device =
+        shim.nvm_sisci_device_query(fdid, s.ptr) === 0
+          ? { fdid: smartIoName(fdid), adapter: s.u32[1]!, lenderNode: s.u32[2]! }
+          : { fdid: smartIoName(fdid), error: sisciError(`SmartIO: asking about ${smartIoName(fdid)}`).message };
+    }
+  } finally {
+    shim.nvm_sisci_fini();
+  }
+  return { installed: true, detail: avail.detail, localNode, nvmeDevices: nvme, device };
 }
 
 const read = (p: string): string | undefined => {
@@ -91,8 +139,10 @@ export function diagnose(ctrl: string, pciRoot = SYSFS_PCI_DEVICES): Diagnosis {
   let dev: PciDevice | undefined;
   let error: string | undefined;
   let node: string | null = null;
+  let fdid: number | undefined;
   try {
-    if (ctrl.startsWith("/")) {
+    if (/^smartio:/i.test(ctrl)) fdid = parseSmartIoAddress(ctrl);
+    else if (ctrl.startsWith("/")) {
       node = ctrl;
       const uevent = read(join("/sys/class/misc", basename(ctrl), "device", "uevent"));
       bdf = uevent ? /^PCI_SLOT_NAME=(.+)$/m.exec(uevent)?.[1] : undefined;
@@ -150,6 +200,7 @@ export function diagnose(ctrl: string, pciRoot = SYSFS_PCI_DEVICES): Diagnosis {
     disnvmLoaded: existsSync("/sys/bus/pci/drivers/disnvm"),
     disnvmNode: node,
     kernel: read("/proc/sys/kernel/osrelease") ?? "unknown",
+    sisci: sisciFacts(fdid),
   };
   const driver = dev?.driver ?? null;
   const b = bdf ?? "<bdf>";
@@ -157,13 +208,23 @@ export function diagnose(ctrl: string, pciRoot = SYSFS_PCI_DEVICES): Diagnosis {
   const bindTo = (drv: string) => [...unbind, `echo ${drv} > /sys/bus/pci/devices/${b}/driver_override`, `echo ${b} > /sys/bus/pci/drivers_probe`];
   const sudo = facts.root ? "" : "sudo ";
 
-  const report = (kind: BackendKind, problems: string[], fixes: string[], warnings: string[] = []): PathReport => ({
-    kind,
-    possible: !error && problems.length === 0,
-    problems: error ? [error] : problems,
-    warnings,
-    fixes: error ? [`lspci -D -d ::0108   # list NVMe controllers and their addresses`] : fixes,
-  });
+  // A SmartIO device has no local PCI address: the local backends cannot reach it from here.
+  const remote = (kind: BackendKind) =>
+    fdid !== undefined && kind !== "smartio" ? `${ctrl} is a controller borrowed through SmartIO: the ${kind} backend needs its PCI address, on the host that has it` : undefined;
+  const report = (kind: BackendKind, problems: string[], fixes: string[], warnings: string[] = []): PathReport => {
+    const far = remote(kind);
+    return {
+      kind,
+      possible: !error && far === undefined && problems.length === 0,
+      problems: error ? [error] : far !== undefined ? [far] : problems,
+      warnings: far !== undefined ? [] : warnings,
+      fixes: error
+        ? [`lspci -D -d ::0108   # list NVMe controllers and their addresses`]
+        : far !== undefined
+          ? [`bun run examples/doctor.ts --ctrl=<BDF>   # on the host that has the controller`]
+          : fixes,
+    };
+  };
 
   // sysfs: unbound, root, physical addresses usable by the device.
   const sp: string[] = [];
@@ -242,8 +303,34 @@ export function diagnose(ctrl: string, pciRoot = SYSFS_PCI_DEVICES): Diagnosis {
   }
   const disnvm = report("disnvm", dp, df, dw);
 
-  const paths = [sysfs, vfio, disnvm];
-  const preferred: BackendKind = driver === "vfio-pci" ? "vfio" : driver === "disnvm" ? "disnvm" : "sysfs";
+  // SmartIO: SISCI installed (libnvm's shim built against it), the device lent and known to SISCI.
+  const mp: string[] = [];
+  const mf: string[] = [];
+  const mw: string[] = fdid !== undefined ? ["SmartIO in libnvm is tested against a simulated SISCI only; it has not run on Dolphin hardware"] : [];
+  const lend = [
+    `smartio_tool add ${bdf ?? "<BDF>"}; smartio_tool available ${bdf ?? "<BDF>"}   # on the host that has the controller: lend it (Dolphin's /opt/DIS/sbin)`,
+    "smartio_tool list   # on the borrowing host: the controller's fabric device id (fdid, hex)",
+    "bun run examples/identify.ts --ctrl=smartio:<fdid>",
+  ];
+  const si = facts.sisci;
+  if (!si.installed) {
+    mp.push(`Dolphin's SISCI is not installed here: ${si.detail}`);
+    mf.push(
+      "install Dolphin eXpressWare with SmartIO on every node (its installer: --install-node --enable-smartio), on PXH/MXH NTB adapters",
+      "cmake -S c -B c/build -DDIS=/opt/DIS && cmake --build c/build   # in libnvm's package: builds the SmartIO shim (c/build/sisci-status.txt says what CMake found)",
+      ...lend,
+    );
+  } else if (fdid === undefined) {
+    mp.push(`${bdf ?? ctrl} is a local PCI address: SmartIO borrows a controller by its fabric device id${si.nvmeDevices.length ? ` (NVMe devices SISCI lists: ${si.nvmeDevices.join(", ")})` : ""}`);
+    mf.push(...lend);
+  } else if (si.device && "error" in si.device) {
+    mp.push(si.device.error);
+    mf.push("smartio_tool list   # the fabric device ids lent in the cluster", ...lend.slice(0, 1));
+  }
+  const smartio = report("smartio", mp, mf, mw);
+
+  const paths = [sysfs, vfio, disnvm, smartio];
+  const preferred: BackendKind = fdid !== undefined ? "smartio" : driver === "vfio-pci" ? "vfio" : driver === "disnvm" ? "disnvm" : "sysfs";
   const recommended = paths.find((p) => p.kind === preferred && p.possible)?.kind;
   return {
     ctrl,

@@ -21,7 +21,8 @@ export type NvmeErrorCode =
   | "ERR_NVME_DMABUF_REVOKED"
   | "ERR_NVME_CONNECTION"
   | "ERR_NVME_PROTOCOL"
-  | "ERR_NVME_DIGEST";
+  | "ERR_NVME_DIGEST"
+  | "ERR_NVME_SMARTIO";
 
 export abstract class NvmeError extends Error {
   abstract readonly code: NvmeErrorCode;
@@ -289,5 +290,47 @@ export class DigestError extends NvmeError {
     readonly qid: number,
   ) {
     super(message);
+  }
+}
+
+/** Why a SmartIO (Dolphin SISCI) operation failed: callers branch on it. */
+export type SmartIoErrorReason =
+  /** SISCI is not installed here: the shim libnvm-sisci.so was not built, or libsisci cannot be loaded. */
+  | "not-installed"
+  /** No device with that fabric device id in the cluster (SCI_ERR_NO_SUCH_FDID). */
+  | "no-device"
+  /** The device is not lent, or another host or process borrowed it exclusively (SCI_ERR_NOT_AVAILABLE). */
+  | "not-available"
+  /** SISCI gave up waiting: a node or the link did not answer (SCI_ERR_TIMEOUT), or a data interrupt did not come. */
+  | "timeout"
+  /** Still in use when the teardown's deadline passed (SCI_ERR_BUSY): a remote node kept it connected. */
+  | "busy"
+  /** Any other SISCI failure; `sciText` has SISCI's own words. */
+  | "sisci";
+
+/**
+ * A SmartIO operation failed: SISCI is missing, or a SISCI call failed. `call` names the SISCI
+ * function (e.g. "SCIBorrowDevice"), `sciError` its sci_error_t and `sciText` SCIGetErrorString's
+ * text; `errno` is the shim's class of it (c/include/nvm_sisci.h).
+ */
+export class SmartIoError extends NvmeError {
+  override readonly name = "SmartIoError";
+  readonly code = "ERR_NVME_SMARTIO" as const;
+  readonly reason: SmartIoErrorReason;
+  readonly call: string;
+  readonly sciError: number | undefined;
+  readonly sciText: string | undefined;
+  readonly errno: number | undefined;
+
+  constructor(
+    message: string,
+    opts: { readonly reason: SmartIoErrorReason; readonly call: string; readonly sciError?: number; readonly sciText?: string; readonly errno?: number },
+  ) {
+    super(message);
+    this.reason = opts.reason;
+    this.call = opts.call;
+    this.sciError = opts.sciError;
+    this.sciText = opts.sciText;
+    this.errno = opts.errno;
   }
 }

@@ -20,6 +20,8 @@ export { QueuePair, SubmissionQueue, CompletionQueue, type Completion, type Exec
 export { SysfsBackend } from "./backends/sysfs.ts";
 export { VfioBackend } from "./backends/vfio.ts";
 export { DisnvmBackend, disnvmIsolation, type DisnvmInfo } from "./backends/disnvm.ts";
+export { SmartIoBackend, parseSmartIoAddress, type SmartIoBackendOptions, type CacheSyncDirection } from "./backends/smartio.ts";
+export { setSisciLibraryPath, sisciLibraryPath } from "./sisci.ts";
 export { resolveController, createBackend, type BackendChoice, type ResolvedController } from "./backends/index.ts";
 export type { Backend, BackendKind, DmaBufImport, DmaMapping, DmaOptions } from "./backends/types.ts";
 export { parseBdf, findPciDevice, PCI_CLASS_NVME, type PciDevice } from "./pci.ts";
@@ -28,6 +30,7 @@ export {
   cuda,
   CudaMemory,
   HostRegistration,
+  IoMemoryRegistration,
   setCudaLibraryPath,
   cudaLibraryPath,
   type CudaDevice,
@@ -42,6 +45,7 @@ export * as status from "./spec/status.ts";
 export * as log from "./spec/log.ts";
 export * from "./spec/identify.ts";
 export { Namespace, MAX_BLOCKS_PER_COMMAND, type IoOptions, type WriteOptions, type BlockRange } from "./namespace.ts";
-export { IoQueue, IoCompletionQueue, STATUS_ABORTED_BY_HOST, STATUS_SQ_DELETION, type IoQueueOptions, type CompletionHandler } from "./io.ts";
+export { IoQueue, IoCompletionQueue, STATUS_ABORTED_BY_HOST, STATUS_SQ_DELETION, type IoQueueOptions, type CompletionHandler, type PollingOptions } from "./io.ts";
 export * as sgl from "./sgl.ts";
 export { exportIoQueue, exportBuffer, attachIoQueue, type SharedIoQueue, type SharedMapping, type AttachedIoQueue } from "./worker.ts";
+export * from "./gpu/index.ts";

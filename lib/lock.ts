@@ -13,7 +13,8 @@
  * Processes that are not root cannot create files in /run/libnvm. They need none for the VFIO and
  * disnvm backends, which are the only ones they can use: the kernel itself admits one holder at a
  * time of /dev/vfio/<group> (a second open is EBUSY) and of /dev/disnvmN (the module's open is
- * exclusive), and both backends name the holder from /proc. The sysfs backend has no such guard in
+ * exclusive), and both backends name the holder from /proc; SISCI admits one exclusive borrower of a
+ * SmartIO device in the whole cluster. The sysfs backend has no such guard in
  * the kernel, so it takes the lock, which needs root (it needs root for pagemap anyway).
  */
 import { chmodSync, lstatSync, mkdirSync, readdirSync, unlinkSync, type Stats } from "node:fs";
@@ -130,7 +131,7 @@ export class OwnerLock {
     const uid = euid();
     const isDefault = dir === DEFAULT_LOCK_DIR;
     if (isDefault && uid !== 0) {
-      if (backend === "vfio" || backend === "disnvm") return undefined;
+      if (backend === "vfio" || backend === "disnvm" || backend === "smartio") return undefined;
       throw new PermissionError(
         `the ${backend} backend needs root: its owner lock lives in root's ${dir}, and /proc/self/pagemap hides physical addresses from others; run with sudo`,
       );

@@ -11,7 +11,7 @@ import { existsSync } from "node:fs";
 import { join } from "node:path";
 import { NativeError } from "./errors.ts";
 
-const ABI_VERSION = 4;
+const ABI_VERSION = 5;
 const LIB_FILE = "libnvm-native.so";
 const PKG_ROOT = join(import.meta.dir, "..");
 
@@ -76,6 +76,14 @@ const symbols = {
   nvm_crc32c: { args: [P, u32, u32], returns: u32 },
   nvm_crc32c_impl: { args: [], returns: u32 },
   nvm_crc32c_sw: { args: [P, u32, u32], returns: u32 },
+  // queue core, host mode (c/src/queue.c): state blocks, jobs, executor threads
+  nvm_q_state_bytes: { args: [u32], returns: u32 },
+  nvm_q_init: { args: [P, P], returns: i32 },
+  nvm_q_work_bytes: { args: [P], returns: u32 },
+  nvm_q_sizes: { args: [P], returns: i32 },
+  nvm_q_start: { args: [P], returns: P },
+  nvm_q_done: { args: [P], returns: u32 },
+  nvm_q_join: { args: [P, u32], returns: i32 },
 } as const;
 
 /** c/include/nvm_native.h as TypeScript sees it. */
@@ -133,6 +141,14 @@ export interface NativeLib {
   nvm_crc32c(data: Pointer | number, len: number, prev: number): number;
   nvm_crc32c_impl(): number;
   nvm_crc32c_sw(data: Pointer | number, len: number, prev: number): number;
+  // queue core, host mode
+  nvm_q_state_bytes(entries: number): number;
+  nvm_q_init(state: Pointer, desc: Pointer): number;
+  nvm_q_work_bytes(job: Pointer): number;
+  nvm_q_sizes(out: Pointer): number;
+  nvm_q_start(job: Pointer): Pointer | null;
+  nvm_q_done(run: Pointer): number;
+  nvm_q_join(run: Pointer, timeoutMs: number): number;
 }
 type Lib = NativeLib;
 

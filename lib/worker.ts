@@ -94,7 +94,7 @@ export interface SharedIoQueue {
   readonly lease: SharedArrayBuffer;
 }
 
-const BACKEND_KINDS: readonly string[] = ["sysfs", "vfio", "disnvm"] satisfies BackendKind[];
+const BACKEND_KINDS: readonly string[] = ["sysfs", "vfio", "disnvm", "smartio"] satisfies BackendKind[];
 /** Entries of one I/O queue: 2 to 65536 (CAP.MQES is 16 bits, 0's based). */
 const MAX_QUEUE_ENTRIES = 0x10000;
 

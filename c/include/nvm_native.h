@@ -25,7 +25,7 @@ extern "C" {
 #endif
 
 /* Version of this ABI; lib/native.ts refuses a library with another one. */
-#define NVM_NATIVE_ABI 4
+#define NVM_NATIVE_ABI 5
 NVM_API uint32_t nvm_abi_version(void);
 
 /* errno of the last failed call on this thread (0 after a success). */
@@ -198,6 +198,25 @@ NVM_API uint32_t nvm_crc32c(const void *data, uint32_t len, uint32_t prev);
 NVM_API uint32_t nvm_crc32c_impl(void);
 /* The table version alone, to check one against the other. */
 NVM_API uint32_t nvm_crc32c_sw(const void *data, uint32_t len, uint32_t prev);
+/* --- queue core, host mode (nvm_queue_core.h, nvm_queue_job.h; c/src/queue.c) ------------------ */
+
+/* Bytes of a queue's state block (struct nvmq and its arrays); 0 unless entries is a power of
+ * two from 2 to 32768. */
+NVM_API uint32_t nvm_q_state_bytes(uint32_t entries);
+/* nvmq_init() of the state block at `state` from a struct nvmq_init_desc; -EINVAL when refused. */
+NVM_API int32_t nvm_q_init(void *state, const void *desc);
+/* Bytes of the work area a struct nvmq_job needs (nvmq_work_layout()); 0 when over 4 GiB. */
+NVM_API uint32_t nvm_q_work_bytes(const void *job);
+/* Sizes of the shared structures, for lib/gpu/layout.ts to check its mirror: out[12]. */
+NVM_API int32_t nvm_q_sizes(uint32_t *out);
+/* Start job->threads OS threads running the job's executors (all or none): the run, or NULL with
+ * errno. The job, its queues and its memory must stay valid until nvm_q_join() returned 0. */
+NVM_API void *nvm_q_start(const void *job);
+/* Executors of a run that returned so far (never blocks). */
+NVM_API uint32_t nvm_q_done(void *run);
+/* Wait up to timeout_ms for every executor to return, then join and free the run: 0, or
+ * -ETIMEDOUT with the run still valid (ask again; set the queues' stop word to end it). */
+NVM_API int32_t nvm_q_join(void *run, uint32_t timeout_ms);
 
 #ifdef __cplusplus
 }

@@ -23,7 +23,16 @@ export function doctorReport(ctrl: string, skipGpu: boolean): DoctorReport {
 export function doctorText(d: DoctorReport): string {
   const f = d.facts;
   const out: string[] = [];
-  const dev = d.device ? `vendor ${d.device.vendor} device ${d.device.device}, class ${d.device.classCode}, bound to ${d.device.driver ?? "no driver"}` : "not found";
+  const sd = f.sisci.device;
+  const dev = d.device
+    ? `vendor ${d.device.vendor} device ${d.device.device}, class ${d.device.classCode}, bound to ${d.device.driver ?? "no driver"}`
+    : sd
+      ? "error" in sd
+        ? `SmartIO device: ${sd.error}`
+        : `SmartIO device lent by node ${sd.lenderNode}, reached through adapter ${sd.adapter}`
+      : /^smartio:/i.test(d.ctrl)
+        ? "SmartIO device (SISCI is not installed, so nothing is known of it)"
+        : "not found";
   out.push(`libnvm doctor: ${d.bdf ?? d.ctrl}: ${d.error ?? dev}`);
   if (d.error) out.push(`  fix:    ${d.paths[0]!.fixes.join("; ")}`);
   for (const p of d.error ? [] : d.paths) {
@@ -36,7 +45,8 @@ export function doctorText(d: DoctorReport): string {
     `  facts:  kernel ${f.kernel}; ${f.root ? "root" : "not root"}; CAP_SYS_ADMIN ${f.capSysAdmin ? "yes" : "no"}; CAP_SYS_RAWIO ${f.capSysRawio ? "yes" : "no"}; memlock ${ml}; ` +
       `hugepages ${f.hugepages.free}/${f.hugepages.total} free; IOMMU ${f.iommuEnabled ? (f.iommuPassthrough ? "passthrough" : "on") : "off"}` +
       `${f.iommuGroup !== null ? `, group ${f.iommuGroup}${f.groupMembers.length ? ` with ${f.groupMembers.map((m) => m.bdf).join(", ")}` : " (alone)"}` : ""}; ` +
-      `vfio-pci ${f.vfioPciLoaded ? "loaded" : "not loaded"}; disnvm ${f.disnvmLoaded ? "loaded" : "not loaded"}${f.disnvmNode ? ` (${f.disnvmNode})` : ""}`,
+      `vfio-pci ${f.vfioPciLoaded ? "loaded" : "not loaded"}; disnvm ${f.disnvmLoaded ? "loaded" : "not loaded"}${f.disnvmNode ? ` (${f.disnvmNode})` : ""}; ` +
+      `SISCI ${f.sisci.installed ? `installed${f.sisci.localNode !== null ? `, node ${f.sisci.localNode}` : ""}${f.sisci.nvmeDevices.length ? `, NVMe devices ${f.sisci.nvmeDevices.join(", ")}` : ""}` : "not installed"}`,
   );
   const gpu = d.gpu;
   if (gpu) {
@@ -48,7 +58,10 @@ export function doctorText(d: DoctorReport): string {
       `  cuda:   ${gpu.driver.found && v !== undefined ? `driver CUDA ${Math.floor(v / 1000)}.${(v % 1000) / 10}${gpu.driver.library ? ` (${gpu.driver.library})` : ""}; ${gpu.devices.length} GPU${gpu.devices.length === 1 ? "" : "s"}` : "no driver"}`,
     );
   }
-  if (d.recommended) out.push(`  use:    libnvm id-ctrl ${d.recommended === "disnvm" ? d.facts.disnvmNode : d.bdf}   # ${d.recommended}`);
+  if (d.recommended) {
+    const ctrl = d.recommended === "disnvm" ? d.facts.disnvmNode : d.recommended === "smartio" ? d.ctrl : d.bdf;
+    out.push(`  use:    libnvm id-ctrl ${ctrl}   # ${d.recommended}`);
+  }
   return out.join("\n") + "\n";
 }
 
@@ -56,8 +69,10 @@ export const doctor: Command = {
   name: "doctor",
   summary: "which backends can reach a controller here, and the commands that fix the others",
   description:
-    "Checks the raw sysfs, VFIO and disnvm paths to the controller: bound driver, IOMMU group and its members,\n" +
-    "/dev/vfio permissions, memlock limit, CAP_SYS_ADMIN, CAP_SYS_RAWIO, hugepages, the module. Changes nothing.\n" +
+    "Checks the raw sysfs, VFIO, disnvm and SmartIO paths to the controller: bound driver, IOMMU group and its\n" +
+    "members, /dev/vfio permissions, memlock limit, CAP_SYS_ADMIN, CAP_SYS_RAWIO, hugepages, the module; for SmartIO\n" +
+    "(a controller borrowed across a Dolphin PCIe cluster) whether SISCI is installed and what it knows of the device.\n" +
+    "Changes nothing.\n" +
     "Then the GPU side (NVMe DMA into GPU memory): the CUDA driver, its GPUs and their dma-buf export, the module's\n" +
     "dma-buf import, the IOMMU; --skip-gpu leaves the CUDA driver unloaded.\n" +
     "Exit 0 when at least one path works now, 3 when none does.",

@@ -1,13 +1,15 @@
 /**
- * Which way to reach a controller: one `--ctrl` value (a PCI address or a device node) and an
- * optional explicit choice become a backend. A BDF bound to vfio-pci goes through VFIO, one bound
- * to disnvm through its node, an unbound one through raw sysfs; /dev/disnvmN is the module.
+ * Which way to reach a controller: one `--ctrl` value (a PCI address, a device node, or a SmartIO
+ * fabric device id) and an optional explicit choice become a backend. A BDF bound to vfio-pci goes
+ * through VFIO, one bound to disnvm through its node, an unbound one through raw sysfs;
+ * /dev/disnvmN is the module; smartio:<fdid> a controller borrowed across a Dolphin cluster.
  */
 import { existsSync, readdirSync, readFileSync } from "node:fs";
 import { basename, join } from "node:path";
 import { DeviceError, InvalidArgumentError } from "../errors.ts";
 import { findPciDevice, parseBdf } from "../pci.ts";
 import { DisnvmBackend } from "./disnvm.ts";
+import { parseSmartIoAddress, SmartIoBackend, smartIoName } from "./smartio.ts";
 import { SysfsBackend } from "./sysfs.ts";
 import type { Backend, BackendKind } from "./types.ts";
 import { VfioBackend } from "./vfio.ts";
@@ -20,6 +22,13 @@ export interface ResolvedController {
   readonly bdf: string | undefined;
   /** Device node for disnvm. */
   readonly path: string | undefined;
+  /** Fabric device id for smartio. */
+  readonly fdid?: number;
+}
+
+/** The name the owner lock and messages use for a resolved controller: its BDF, node or smartio:<fdid>. */
+export function controllerName(r: ResolvedController): string {
+  return r.bdf ?? r.path ?? smartIoName(r.fdid ?? 0);
 }
 
 /** The disnvm node of a controller bound to the module: /sys/bus/pci/devices/<bdf>/misc/disnvmN. */
@@ -44,6 +53,17 @@ function nodeBdf(path: string): string | undefined {
 
 /** Decide the backend for `ctrl` without opening anything. */
 export function resolveController(ctrl: string, choice: BackendChoice = "auto"): ResolvedController {
+  if (/^smartio:/i.test(ctrl)) {
+    if (choice !== "auto" && choice !== "smartio") {
+      throw new InvalidArgumentError(`${ctrl} is a SmartIO fabric device id, which only the smartio backend opens; for ${choice}, give the PCI address on the host that has the controller`);
+    }
+    return { kind: "smartio", bdf: undefined, path: undefined, fdid: parseSmartIoAddress(ctrl) };
+  }
+  if (choice === "smartio") {
+    throw new InvalidArgumentError(
+      `--backend=smartio takes --ctrl=smartio:<fdid> (the fabric device id in hex, from \`smartio_tool list\`), not ${ctrl}; to lend a local controller to the cluster: smartio_tool add <BDF>; smartio_tool available <BDF>`,
+    );
+  }
   if (ctrl.startsWith("/")) {
     if (choice !== "auto" && choice !== "disnvm") {
       throw new InvalidArgumentError(`${ctrl} is a device node, which only the disnvm backend opens; for ${choice}, give the PCI address`);
@@ -75,6 +95,8 @@ export function createBackend(r: ResolvedController): Backend {
       return new VfioBackend(r.bdf!);
     case "sysfs":
       return new SysfsBackend(r.bdf!);
+    case "smartio":
+      return new SmartIoBackend(r.fdid!);
   }
 }
 

@@ -1,10 +1,10 @@
 /**
- * What a way of reaching the controller (raw sysfs, VFIO, the disnvm module) provides.
+ * What a way of reaching the controller (raw sysfs, VFIO, the disnvm module, Dolphin SmartIO) provides.
  * Everything above this interface is the same NVMe driver whatever the backend.
  */
 import type { Pointer } from "bun:ffi";
 
-export type BackendKind = "sysfs" | "vfio" | "disnvm";
+export type BackendKind = "sysfs" | "vfio" | "disnvm" | "smartio";
 
 /** What an imported dma-buf mapping (Backend.importDmaBuf) came from. */
 export interface DmaBufImport {

@@ -6,9 +6,12 @@
  * read and write at QD 8. The drivers alternate per workload (ours, kernel, kernel polled, next
  * workload), so a change in the host's load hits a whole row rather than a whole column. Then the
  * cost of growth for ours: IOPS against queue depth, and against the number of queue pairs (one
- * Worker each). Prints one table (ours, kernel, ratio) and writes every figure as JSON.
+ * Worker each). Then the queue core's host mode (examples/gpu-bench.ts --device=cpu: C threads
+ * running the code GPU threads run) against examples/perf.ts at the same total queue depth,
+ * alternating per row. Prints the tables (ours, kernel, ratio; core, TypeScript, ratio) and writes
+ * every figure as JSON.
  *
- *   bun run bench:guest [--seconds 5] [--warmup 1] [--repeat 1] [--ns-size 1G] [--json] [--out FILE]
+ *   bun run bench:guest [--seconds 5] [--warmup 1] [--repeat 1] [--ns-size 1G] [--only-core] [--skip-core] [--json] [--out FILE]
  *
  * On the host it installs fio when missing (the guest runs the host's root), boots the guest and
  * runs itself inside with --inside. Figures come from an emulated (TCG) machine whose CPUs are
@@ -33,6 +36,8 @@ const { values: opts } = parseArgs({
     "skip-tcp": { type: "boolean", default: false },
     "tcp-only": { type: "boolean", default: false },
     "tcp-ns-size": { type: "string", default: "512M" },
+    "skip-core": { type: "boolean", default: false },
+    "only-core": { type: "boolean", default: false },
     only: { type: "string" },
     json: { type: "boolean", default: false },
     out: { type: "string" },
@@ -43,8 +48,8 @@ const { values: opts } = parseArgs({
 });
 
 const USAGE = `usage: bun test/vm/bench-guest.ts [--seconds S] [--warmup S] [--repeat N] [--ns-size 1G] [--only NAME,...]
-                                 [--skip-growth] [--skip-kernel] [--skip-tcp | --tcp-only] [--tcp-ns-size 512M]
-                                 [--json] [--out FILE] [--timeout SEC]
+                                 [--skip-growth] [--skip-kernel] [--skip-core | --only-core] [--skip-tcp | --tcp-only]
+                                 [--tcp-ns-size 512M] [--json] [--out FILE] [--timeout SEC]
   Boots the QEMU guest once and runs examples/perf.ts, then fio through the kernel's nvme driver,
   on the same emulated controller; prints ours / kernel / ratio per workload and the growth tables.
   --seconds S    measured seconds per run (default 5); --warmup S before each (default 5: the JIT
@@ -52,6 +57,8 @@ const USAGE = `usage: bun test/vm/bench-guest.ts [--seconds S] [--warmup S] [--r
   --repeat N     runs per figure, the median is reported (default 1)
   --ns-size SZ   namespace size (default 1G; written once in full before the reads)
   --only LIST    workloads by name (e.g. randread-qd1,seqwrite-qd8)
+  --only-core    only the queue core's host mode against perf.ts (4 KiB random reads)
+  --skip-core    leave that comparison out
   --skip-tcp     leave out the NVMe/TCP section; --tcp-only: only it
   --tcp-ns-size  the brd namespace nvmet serves for the NVMe/TCP section (default 512M)
   --json         print the JSON document instead of the tables; --out FILE also writes it
@@ -89,6 +96,19 @@ const GROWTH_QUEUES_QD = 32;
 /** Hybrid polling for the queue-pair growth rows: sleep this long after 64 empty polls. */
 const GROWTH_IDLE_SLEEP_US = 50;
 const ENGINES = ["io_uring", "io_uring-hipri", "libaio"] as const;
+/**
+ * The queue core's host mode against examples/perf.ts, 4 KiB random reads at the same total queue
+ * depth: perf.ts keeps qd outstanding on one queue from the JS thread; the core runs `threads` C
+ * threads keeping `depth` each on one queue (shared mode).
+ */
+const CORE_ROWS = [
+  { qd: 1, threads: 1, depth: 1 },
+  { qd: 4, threads: 1, depth: 4 },
+  { qd: 32, threads: 1, depth: 32 },
+  { qd: 32, threads: 2, depth: 16 },
+  { qd: 128, threads: 1, depth: 128 },
+  { qd: 128, threads: 2, depth: 64 },
+];
 type Engine = (typeof ENGINES)[number];
 
 /** One measurement: IOPS, MiB/s and latency in microseconds (ours: submit to reap; fio: lat = slat + clat). */
@@ -122,6 +142,8 @@ interface Results {
     /** The kernel (io_uring, interrupts) with as many fio jobs as our queue pairs, same depth each. */
     kernelJobs: { jobs: number; qd: number; fig: Figure }[];
   };
+  /** The queue core's host mode against perf.ts at the same total queue depth. */
+  core: { qd: number; threads: number; depth: number; core: Figure; ts: Figure }[];
 }
 
 
@@ -174,6 +196,26 @@ function ours(
     runs: [t.iops],
     perQueue: j.queues.map((q) => q.iops),
     ...(t.errors > 0 ? { error: `${t.errors} commands failed: ${t.firstError}` } : {}),
+  };
+}
+
+/** One run of examples/gpu-bench.ts --device=cpu: 4 KiB random reads on one queue. */
+function core(ctrl: string, threads: number, depth: number): Figure {
+  let entries = 2;
+  while (entries < threads * depth + 1) entries *= 2;
+  const r = sh([
+    "bun", "examples/gpu-bench.ts", `--ctrl=${ctrl}`, "--ns=1", "--device=cpu", "--queues=1", `--entries=${entries}`, `--threads=${threads}`, `--depth=${depth}`,
+    "--bs=4k", `--seconds=${SECONDS}`, "--json",
+  ]);
+  if (!r.out.trim()) return { ...NO_FIGURE, error: `gpu-bench exited ${r.code}: ${r.err.trim().split("\n").slice(-2).join(" ")}` };
+  const res = (JSON.parse(r.out) as { result: { iops: number; mibPerSec: number; errors: number; timeouts: number; firstError?: string; latency: { meanUs: number; maxUs: number; percentilesUs: Record<string, number> } } }).result;
+  const l = res.latency;
+  return {
+    iops: Number(res.iops.toFixed(1)),
+    mibPerSec: Number(res.mibPerSec.toFixed(2)),
+    latUs: { mean: l.meanUs, p50: l.percentilesUs.p50!, p99: l.percentilesUs.p99!, p999: l.percentilesUs["p99.9"]!, max: l.maxUs },
+    runs: [Number(res.iops.toFixed(1))],
+    ...(res.errors + res.timeouts > 0 || r.code !== 0 ? { error: `${res.errors} errors, ${res.timeouts} timeouts${res.firstError ? `: ${res.firstError}` : ""}` } : {}),
   };
 }
 
@@ -355,9 +397,10 @@ async function inside(): Promise<Results> {
     kernel: {},
     kernelNotes: [],
     growth: { qd: [], queues: [], kernelJobs: [] },
+    core: [],
   };
   const only = opts.only ? new Set(opts.only.split(",")) : undefined;
-  const workloads = opts["tcp-only"] ? [] : WORKLOADS.filter((w) => !only || only.has(w.name));
+  const workloads = opts["tcp-only"] || opts["only-core"] ? [] : WORKLOADS.filter((w) => !only || only.has(w.name));
   if (opts["tcp-only"]) {
     results.tcp = await tcpSection();
     return results;
@@ -414,7 +457,22 @@ async function inside(): Promise<Results> {
     }
   }
 
-  if (!opts["skip-growth"]) {
+  if (!opts["skip-core"]) {
+    // Alternating per row and per round: a change in the host's load hits both columns alike.
+    const coreRuns = new Map<number, { core: Figure[]; ts: Figure[] }>();
+    for (let round = 0; round < REPEAT; round++) {
+      CORE_ROWS.forEach((row, i) => {
+        const runs = coreRuns.get(i) ?? { core: [], ts: [] };
+        log(`round ${round + 1}/${REPEAT} core vs perf.ts: qd ${row.qd} (${row.threads} thread(s) x ${row.depth})`);
+        runs.ts.push(ours(ctrl, { pattern: "rand", rw: "read", bs: 4096, qd: row.qd }));
+        runs.core.push(core(ctrl, row.threads, row.depth));
+        coreRuns.set(i, runs);
+      });
+    }
+    CORE_ROWS.forEach((row, i) => results.core.push({ ...row, core: combine(coreRuns.get(i)!.core), ts: combine(coreRuns.get(i)!.ts) }));
+  }
+
+  if (!opts["skip-growth"] && !opts["only-core"]) {
     for (const qd of GROWTH_QD) {
       log(`ours growth: randread qd ${qd}`);
       const runs = Array.from({ length: REPEAT }, () => ours(ctrl, { pattern: "rand", rw: "read", bs: 4096, qd }));
@@ -529,6 +587,28 @@ export function renderResults(res: Results): string {
       ),
     );
   }
+  if (res.core?.length > 0) {
+    out.push(
+      "",
+      "the queue core's host mode (examples/gpu-bench.ts --device=cpu: C threads running the GPU threads' queue code, shared mode, one queue)",
+      "against examples/perf.ts (TypeScript, low-level API, one queue, JS thread), 4 KiB random reads at the same total queue depth",
+    );
+    out.push(
+      table(
+        ["total qd", "core threads x depth", "core IOPS", "perf.ts IOPS", "core / perf.ts", "core p50 / p99 µs", "perf.ts p50 / p99 µs"],
+        res.core.map((c) => [
+          c.qd,
+          `${c.threads} x ${c.depth}`,
+          c.core.error && c.core.iops === 0 ? "error" : Math.round(c.core.iops),
+          c.ts.error && c.ts.iops === 0 ? "error" : Math.round(c.ts.iops),
+          c.ts.iops > 0 ? r2(c.core.iops / c.ts.iops) : "-",
+          `${c.core.latUs.p50.toFixed(0)} / ${c.core.latUs.p99.toFixed(0)}`,
+          `${c.ts.latUs.p50.toFixed(0)} / ${c.ts.latUs.p99.toFixed(0)}`,
+        ]),
+      ),
+    );
+    out.push("target: core >= 1.0x perf.ts at every depth (issue 12)");
+  }
   if (res.tcp) {
     const t = res.tcp;
     out.push(
@@ -554,6 +634,7 @@ export function renderResults(res: Results): string {
     for (const [n, f] of Object.entries(t.kernel)) if (f.error) out.push(`error: kernel nvme-tcp ${n}: ${f.error}`);
   }
   const errors = [
+    ...(res.core ?? []).flatMap((c) => [c.core.error ? `core qd ${c.qd} (${c.threads}x${c.depth}): ${c.core.error}` : "", c.ts.error ? `perf.ts qd ${c.qd}: ${c.ts.error}` : ""]).filter(Boolean),
     ...Object.entries(res.ours).filter(([, f]) => f.error).map(([n, f]) => `ours ${n}: ${f.error}`),
     ...Object.entries(res.kernel).flatMap(([e, mm]) => Object.entries(mm ?? {}).filter(([, f]) => f.error).map(([n, f]) => `${e} ${n}: ${f.error}`)),
   ];
@@ -576,11 +657,12 @@ async function host(): Promise<number> {
   const hostInfo = machineInfo({ qemu: qemuVersion() });
   if (!opts.json) process.stderr.write(`${describeMachine(hostInfo)}\n`);
   const nsSize = parseSize(opts["ns-size"]!);
-  const nWork = (opts.only ? opts.only.split(",").length : WORKLOADS.length);
+  const nWork = opts["only-core"] ? 0 : (opts.only ? opts.only.split(",").length : WORKLOADS.length);
+  const coreRuns = opts["skip-core"] ? 0 : 2 * CORE_ROWS.length;
   const perRun = SECONDS + WARMUP + 4; // plus Bun/fio start-up in the guest
   const switches = opts["skip-kernel"] ? 0 : REPEAT * nWork * 2 * 8; // modprobe, probe, unbind, rmmod
   const estimate =
-    60 + nsSize / 20e6 + switches + perRun * REPEAT * (nWork * (opts["skip-kernel"] ? 1 : 4) + (opts["skip-growth"] ? 0 : GROWTH_QD.length + GROWTH_QUEUES.length * (opts["skip-kernel"] ? 2 : 3)));
+    60 + nsSize / 20e6 + switches + perRun * REPEAT * (coreRuns + nWork * (opts["skip-kernel"] ? 1 : 4) + (opts["skip-growth"] || opts["only-core"] ? 0 : GROWTH_QD.length + GROWTH_QUEUES.length * (opts["skip-kernel"] ? 2 : 3)));
   // NVMe/TCP: the target, preconditioning over loopback, and per workload ours and the kernel's host (connect, fio, disconnect).
   const tcpEstimate = opts["skip-tcp"] ? 0 : 30 + parseSize(opts["tcp-ns-size"]!) / 10e6 + REPEAT * TCP_WORKLOADS.length * (perRun * (opts["skip-kernel"] ? 1 : 2) + 10);
   const timeoutSec = opts.timeout ? Number(opts.timeout) : Math.ceil(((opts["tcp-only"] ? 60 : estimate) + tcpEstimate) * 3);
@@ -588,6 +670,7 @@ async function host(): Promise<number> {
   const args = [
     "--inside", `--seconds=${SECONDS}`, `--warmup=${WARMUP}`, `--repeat=${REPEAT}`, `--ns-size=${opts["ns-size"]}`,
     ...(opts.only ? [`--only=${opts.only}`] : []), ...(opts["skip-growth"] ? ["--skip-growth"] : []), ...(opts["skip-kernel"] ? ["--skip-kernel"] : []),
+    ...(opts["skip-core"] ? ["--skip-core"] : []), ...(opts["only-core"] ? ["--only-core"] : []),
     ...(opts["skip-tcp"] ? ["--skip-tcp"] : []), ...(opts["tcp-only"] ? ["--tcp-only"] : []), `--tcp-ns-size=${opts["tcp-ns-size"]}`,
   ];
   const r = await runInGuest(

@@ -12,11 +12,12 @@
  * M counts failed, skipped and todo tests; a run that failed without any of them (guest did not boot,
  * controller missing, no test ran, ...) reports at least 1 failed, so "0 failed" always means success.
  *
- *   bun test/vm/hw.ts                            # the hardware tests (./test/hw)
+ *   bun test/vm/hw.ts                            # every suite (a suite marked onlyWhenNamed runs inside another's boot)
+ *   bun test/vm/hw.ts --suite vfio-io,smartio    # some of them
  *   bun test/vm/hw.ts --dir ./test/vm/_selftest  # harness self-check
  *   options: --dir D  --env K=V  --no-ctrl  --timeout SEC  --quiet
  */
-import { readFile } from "node:fs/promises";
+import { readFile, writeFile } from "node:fs/promises";
 import { join, resolve } from "node:path";
 import { verifyFile } from "../hw/pattern.ts";
 import { cleanup, REPO_ROOT, runInGuest, type GuestConfig, type GuestResult } from "./run.ts";
@@ -141,6 +142,11 @@ export interface Suite {
   readonly env?: Record<string, string>;
   /** Run test/hw/blocktools.sh after the bun tests and check the images from the host. */
   readonly blocktools?: boolean;
+  /**
+   * Booted only when named (--suite): its tests already run inside another suite's boot in CI,
+   * and this is the way to run them alone.
+   */
+  readonly onlyWhenNamed?: boolean;
 }
 
 /** Blocks the fault namespace's blkdebug rules poison (test/hw-faults/faults.test.ts reads them from here). */
@@ -209,7 +215,10 @@ const bindTo = (driver: string, load: string) =>
 const INSMOD_DISNVM = "insmod module/build/$LIBNVM_VM_KVER/disnvm.ko";
 
 /** The backend-neutral tests, run again through each backend. */
-const COMMON = ["./test/hw/controller.test.ts", "./test/hw/examples.test.ts", "./test/hw/cli-backend.test.ts"];
+const COMMON = ["./test/hw/controller.test.ts", "./test/hw/examples.test.ts", "./test/hw/cli-backend.test.ts", "./test/hw/gpu-queues.test.ts"];
+
+/** SmartIO through the fake SISCI, which lends the vfio-pci-bound controller (test/hw-smartio). */
+const SMARTIO = "./test/hw-smartio/smartio.test.ts";
 
 export const SUITES: readonly Suite[] = [
   { name: "hw", dir: "./test/hw", config: TEST_CONFIG, blocktools: true },
@@ -224,10 +233,19 @@ export const SUITES: readonly Suite[] = [
   {
     name: "vfio-io",
     dir: "./test/hw/io.test.ts",
-    more: COMMON,
+    // The SmartIO backend through the fake SISCI lends this same vfio-pci-bound controller: its
+    // file rides on this boot rather than paying for one of its own (--suite smartio runs it alone).
+    more: [...COMMON, SMARTIO],
     config: IOMMU_CONFIG,
     prelude: bindTo("vfio-pci", "modprobe -d $LIBNVM_VM_MODROOT vfio-pci"),
     env: { LIBNVM_TEST_BACKEND: "vfio" },
+  },
+  {
+    name: "smartio",
+    dir: SMARTIO,
+    config: IOMMU_CONFIG,
+    prelude: bindTo("vfio-pci", "modprobe -d $LIBNVM_VM_MODROOT vfio-pci"),
+    onlyWhenNamed: true,
   },
   {
     name: "disnvm-io",
@@ -328,7 +346,11 @@ async function runSuite(suite: Suite, env: Record<string, string>, timeoutSec: n
     }
     if (reasons.length === 0 && r.code !== 0) reasons.push(`guest command exited with status ${r.code}`);
     if (reasons.length === 0) await cleanup(r);
-    else process.stderr.write(`hw[${suite.name}]: kept ${r.tmpDir} for inspection\n`);
+    else {
+      // The serial console says why a guest died (a panic, the OOM killer); keep it with the rest.
+      await writeFile(join(r.tmpDir, "console.log"), r.console);
+      process.stderr.write(`hw[${suite.name}]: kept ${r.tmpDir} (console.log, xchg/output.log) for inspection\n`);
+    }
   } catch (e) {
     reasons.push(`harness error: ${e instanceof Error ? e.message : String(e)}`);
   }
@@ -340,7 +362,7 @@ async function runSuite(suite: Suite, env: Record<string, string>, timeoutSec: n
 }
 
 async function main(argv: string[]): Promise<number> {
-  let suites: Suite[] = [...SUITES];
+  let suites: Suite[] = SUITES.filter((s) => !s.onlyWhenNamed);
   const env: Record<string, string> = {};
   let timeoutSec = 900;
   let echo = true;

@@ -5,7 +5,8 @@
 #      nvme-cli, which the guest runs from the host's root to compare `libnvm ... -o json` with; zsh,
 #      for the test of `libnvm completion zsh`)
 #   2. the C library (c/build), when c/CMakeLists.txt exists, and the dma-buf suite's test helper
-#      test/hw-dmabuf/build/libudmabuf-test.so (memfd + /dev/udmabuf; test-only, never shipped)
+#      test/hw-dmabuf/build/libudmabuf-test.so (memfd + /dev/udmabuf; test-only, never shipped), the
+#      mock libcuda, and the fake SISCI with the SmartIO shim built against it (c/build/fake-sisci/)
 #   3. two guest kernels with their initramfs, in ${LIBNVM_VM_CACHE:-<repo>/.cache/vm}: the one
 #      linux-image-amd64 names (e.g. 6.1.0-56-amd64) at the top of the cache, and Debian's newest
 #      6.12 in k612/ (the dma-buf suite's: 6.12 has udmabuf, 6.1 none). Each directory holds:
@@ -63,6 +64,12 @@ fi
 # the one place that knows its flags (it rebuilds only when the source is newer).
 if [ -f "$REPO/test/cuda/mock-libcuda.c" ]; then
   (cd "$REPO" && bun -e 'await import("./test/cuda/mock.ts")') >/dev/null || die "the mock libcuda (test/cuda/mock-libcuda.c) did not build"
+fi
+# The fake SISCI (test-only) and libnvm's SmartIO shim built against it, into c/build/fake-sisci/,
+# for the guest's SmartIO tests (its root is read-only): built by test/smartio/fake.ts when stale.
+if [ -f "$REPO/test/smartio/fake-sisci.c" ]; then
+  (cd "$REPO" && bun -e '(await import("./test/smartio/fake.ts")).buildFakeSmartIo()') >/dev/null \
+    || die "the fake SISCI or the SmartIO shim did not build (bun -e '(await import(\"./test/smartio/fake.ts\")).buildFakeSmartIo()')"
 fi
 
 # ---------------------------------------------------------------------------------------------

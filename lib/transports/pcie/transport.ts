@@ -5,14 +5,14 @@
  * reset, queues lent to Workers, and release on close(). Controller (lib/controller.ts) runs the
  * NVMe logic above it (Identify, features, logs, namespaces, Format NVM) through admin().
  */
-import { ControllerBusyError, ControllerFatalError, ClosedError, DeviceError, InvalidArgumentError, NvmeStatusError, NvmeTimeoutError } from "../../errors.ts";
+import { ControllerBusyError, ControllerFatalError, ClosedError, DeviceError, InvalidArgumentError, NvmeStatusError, NvmeTimeoutError, SmartIoError } from "../../errors.ts";
 import { native } from "../../native.ts";
 import { DmaBuffer } from "../../dma.ts";
 import { QueueLease } from "../../lease.ts";
 import { buildPrp, prpListPages, PRP_PAGE_SIZE } from "../../prp.ts";
 import { QueuePair, type Completion, type ExecOptions } from "../../queue.ts";
-import { IoCompletionQueue, IoQueue, type IoQueueContext, type IoQueueOptions } from "../../io.ts";
-import { createBackend, resolveController, type BackendChoice } from "../../backends/index.ts";
+import { IoCompletionQueue, IoQueue, type IoQueueContext, type IoQueueOptions, type PollingOptions } from "../../io.ts";
+import { controllerName, createBackend, resolveController, type BackendChoice } from "../../backends/index.ts";
 import { OwnerLock } from "../../lock.ts";
 import { HOST_PAGE_SIZE, type Backend } from "../../backends/types.ts";
 import * as cmd from "../../spec/commands.ts";
@@ -62,6 +62,11 @@ export interface PcieOptions extends TransportOptions {
    * to end before the controller is reset. Its caller is settled only at that end. Defaults to 1000.
    */
   readonly abortGraceMs?: number;
+  /**
+   * How the async API waits for completions: spin for a while after activity, then poll on a timer
+   * tick (the default), or always spin. Defaults to { mode: "adaptive", spinUs: 500, sleepMs: 1 }.
+   */
+  readonly polling?: PollingOptions;
 }
 
 export class PcieTransport implements ControllerTransport {
@@ -89,6 +94,7 @@ export class PcieTransport implements ControllerTransport {
   #requested = { sqs: 65535, cqs: 65535 };
   /** How long a command the controller did not abort may take before the controller is reset. */
   readonly #abortGraceMs: number;
+  readonly #polling: PollingOptions | undefined;
   /** Set when a reset failed: the queues refuse commands until reset() succeeds. */
   #failed: ControllerFatalError | undefined;
   /** Bus mastering was cleared to stop DMA after a disable failed; reset() sets it again. */
@@ -108,7 +114,7 @@ export class PcieTransport implements ControllerTransport {
     const where = resolveController(ctrl, opts.backend);
     // The owner lock comes before anything touches the device; keyed by PCI address so every
     // backend of one controller shares it.
-    const lock = OwnerLock.acquire(where.bdf ?? where.path!, opts.force, where.kind);
+    const lock = OwnerLock.acquire(controllerName(where), opts.force, where.kind);
     let backend: Backend;
     try {
       backend = createBackend(where);
@@ -147,6 +153,7 @@ export class PcieTransport implements ControllerTransport {
     this.backend = backend;
     this.timeoutMs = opts.timeoutMs ?? 10_000;
     this.#abortGraceMs = opts.abortGraceMs ?? 1000;
+    this.#polling = opts.polling;
     const n = native();
     const bar0 = backend.bar0;
     const capLo = n.nvm_read32(bar0, REG_CAP);
@@ -458,6 +465,7 @@ export class PcieTransport implements ControllerTransport {
       onStuck: (q, cid) => this.#onStuck(q, cid),
       onFatal: (_q, err) => this.#onFatal(err),
       onDisabled: () => this.#onDisabled(),
+      polling: this.#polling,
     };
   }
 
@@ -678,6 +686,7 @@ export class PcieTransport implements ControllerTransport {
         reason instanceof ControllerFatalError
           ? reason
           : new NvmeTimeoutError(`failed by a controller reset (${why})`, reason instanceof NvmeTimeoutError ? reason.timeoutMs : this.timeoutMs);
+      for (const lease of this.#leases.values()) lease.quiesce();
       try {
         this.#haltDma();
       } catch (e) {
@@ -1026,10 +1035,17 @@ export function readRegisters(backend: Backend): RegisterSnapshot {
 /**
  * `force` resets a controller under a live owner only with the raw sysfs backend: VFIO lets one
  * process hold an IOMMU group and disnvm one open file, and the kernel, not libnvm, refuses a
- * second. Say so instead of the backend's own busy error.
+ * second; SISCI lets one borrower have a device exclusively. Say so instead of the backend's own
+ * busy error.
  */
 function forceRefused(kind: string, e: unknown): unknown {
-  if (kind === "sysfs" || !(e instanceof DeviceError || e instanceof ControllerBusyError)) return e;
+  if (kind === "smartio" && e instanceof SmartIoError && e.reason === "not-available") {
+    return new ControllerBusyError(
+      `${e.message}. force cannot take a SmartIO device another host or process borrowed exclusively: SISCI allows one exclusive borrower. Close it there (or stop that process) and open again`,
+      0,
+    );
+  }
+  if (kind === "sysfs" || kind === "smartio" || !(e instanceof DeviceError || e instanceof ControllerBusyError)) return e;
   if (!/held by|open in|already open|in use/.test(e.message)) return e;
   const pid = e instanceof ControllerBusyError ? e.pid : Number(/process(?:es)? (\d+)/.exec(e.message)?.[1] ?? 0);
   return new ControllerBusyError(

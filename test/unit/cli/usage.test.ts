@@ -58,7 +58,7 @@ describe("usage errors: exit 2, one line on stderr, nothing on stdout", () => {
     [["id-ctrl", "05:00.0", "extra"], 'unexpected argument "extra"'],
     [["id-ctrl", "05:00.0", "-o", "xml"], "--output-format=xml: choose normal or json"],
     [["id-ctrl", "05:00.0", "-b", "--json"], "exclude each other"],
-    [["id-ctrl", "05:00.0", "--backend=magic"], "--backend=magic: choose one of auto, sysfs, vfio, disnvm"],
+    [["id-ctrl", "05:00.0", "--backend=magic"], "--backend=magic: choose one of auto, sysfs, vfio, disnvm, smartio"],
     [["id-ns", "05:00.0"], "--namespace-id (-n) is required"],
     [["id-ns", "05:00.0", "-n", "0"], "--namespace-id=0"],
     [["id-ns", "05:00.0", "-n", "x"], '--namespace-id: "x" is not a non-negative integer'],
