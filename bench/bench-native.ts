@@ -21,6 +21,7 @@ const symbols = {
   nvm_bench_completer_bad: { args: [i32], returns: u32 },
   nvm_bench_completer_step: { args: [i32], returns: u32 },
   nvm_bench_completer_pause: { args: [i32, u32], returns: i32 },
+  nvm_bench_completer_latency: { args: [i32, u32], returns: i32 },
   nvm_bench_completer_stop: { args: [i32], returns: i32 },
   nvm_bench_completer_log: { args: [i32, P, u32], returns: i32 },
   nvm_bench_completer_logged: { args: [i32], returns: u32 },
@@ -49,6 +50,7 @@ export interface BenchLib {
   nvm_bench_completer_bad(h: number): number;
   nvm_bench_completer_step(h: number): number;
   nvm_bench_completer_pause(h: number, paused: number): number;
+  nvm_bench_completer_latency(h: number, latencyNs: number): number;
   nvm_bench_completer_stop(h: number): number;
   /** Log CDW0, CDW10-12 of the next `capacity` entries answered into `log` (4 u32 each); tests only. */
   nvm_bench_completer_log(h: number, log: Pointer | null, capacity: number): number;
@@ -79,7 +81,7 @@ export const NO_THREAD = -2;
 let lib: BenchLib | undefined;
 
 /** Bump with every change of c/src/bench.c's symbols. */
-const ABI = 3;
+const ABI = 4;
 
 /**
  * Build, or bring up to date (make compares timestamps: a no-op when nothing changed), and load

@@ -10,8 +10,9 @@
 import { ptr, type Pointer } from "bun:ffi";
 import type { Controller } from "../lib/controller.ts";
 import type { DmaBuffer } from "../lib/dma.ts";
-import { NvmeStatusError, NvmeTimeoutError } from "../lib/errors.ts";
+import { InvalidArgumentError, NvmeStatusError, NvmeTimeoutError, UnsupportedError } from "../lib/errors.ts";
 import type { IoQueue } from "../lib/io.ts";
+import type { NvmeIoQueue } from "../lib/transports/types.ts";
 import { commandName, NVM_READ } from "../lib/spec/commands.ts";
 import { HIST_BUCKETS, type JobResult, type Workload } from "../examples/perf-engine.ts";
 import { benchNative } from "./bench-native.ts";
@@ -62,6 +63,10 @@ function address(a: Float64Array | Uint32Array): number {
   return Number(ptr(a));
 }
 
+function isPcie(q: NvmeIoQueue): q is IoQueue {
+  return q.transport === "pcie";
+}
+
 /**
  * Run `w` (low-level API) on `q` over `buf` in C. Same contract as runJob(): `buf` holds at
  * least q.depth x w.bs bytes (each CID its own slice), `progress` is the engine's shared progress
@@ -69,14 +74,17 @@ function address(a: Float64Array | Uint32Array): number {
  * run meanwhile (a signal is seen by the C loop through `progress[0]` only when something sets it
  * from another thread), and it is bounded by the run's length and the queue's timeout.
  */
-export function runJobC(ctrl: Pick<Controller, "backend" | "knownLbaSizes">, q: IoQueue, buf: DmaBuffer, w: Workload, progress: Float64Array, index: number): JobResult {
-  if (w.api !== "low") throw new Error("the C reference runs the low-level API only");
-  if (w.qd > q.depth) throw new Error(`queue depth ${w.qd} exceeds the queue's ${q.depth} command slots`);
-  if (buf.size < q.depth * w.bs) throw new Error(`buffer of ${buf.size} bytes is too small for ${q.depth} x ${w.bs}`);
-  if (q.outstanding !== 0) throw new Error(`queue ${q.qid} has ${q.outstanding} commands outstanding: hand it over idle`);
-  if (q.ioCq.sqs.size !== 1) throw new Error(`queue ${q.qid} shares its completion queue: the C reference needs a CQ of its own`);
-  if (q.useSgl) throw new Error("the C reference builds PRPs only");
-  if (buf.base !== 0) throw new Error("pass a whole buffer, not a region");
+export function runJobC(ctrl: Pick<Controller, "backend" | "knownLbaSizes">, queue: NvmeIoQueue, buf: DmaBuffer, w: Workload, progress: Float64Array, index: number): JobResult {
+  // PCIe only: the C loop writes SQ entries into the ring and rings doorbells in BAR0.
+  if (!isPcie(queue)) throw new UnsupportedError(`the C reference drives PCIe queues (memory rings and doorbells), not ${queue.transport}`);
+  const q = queue;
+  if (w.api !== "low") throw new UnsupportedError("the C reference runs the low-level API only");
+  if (w.qd > q.depth) throw new InvalidArgumentError(`queue depth ${w.qd} exceeds the queue's ${q.depth} command slots`);
+  if (buf.size < q.depth * w.bs) throw new InvalidArgumentError(`buffer of ${buf.size} bytes is too small for ${q.depth} x ${w.bs}`);
+  if (q.outstanding !== 0) throw new InvalidArgumentError(`queue ${q.qid} has ${q.outstanding} commands outstanding: hand it over idle`);
+  if (q.ioCq.sqs.size !== 1) throw new UnsupportedError(`queue ${q.qid} shares its completion queue: the C reference needs a CQ of its own`);
+  if (q.useSgl) throw new UnsupportedError("the C reference builds PRPs only");
+  if (buf.base !== 0) throw new InvalidArgumentError("pass a whole buffer, not a region");
   const lib = benchNative();
   const nParams = lib.nvm_bench_perf_layout(0);
   const histAt = lib.nvm_bench_perf_layout(1);
@@ -85,7 +93,7 @@ export function runJobC(ctrl: Pick<Controller, "backend" | "knownLbaSizes">, q: 
     throw new Error(`libnvm-bench.so's perf layout (${nParams} params, results at ${histAt}, ${buckets} buckets) does not match bench/perf-c-engine.ts`);
   }
   const lbaSize = ctrl.knownLbaSizes.get(w.nsid);
-  if (lbaSize === undefined || lbaSize !== w.lbaSize) throw new Error(`namespace ${w.nsid}'s LBA size is not known to the controller: open it first`);
+  if (lbaSize === undefined || lbaSize !== w.lbaSize) throw new InvalidArgumentError(`namespace ${w.nsid}'s LBA size is not known to the controller: open it first`);
 
   // Keep every array the C side reads referenced until the call returns.
   const lists = q.listBuffer(0);

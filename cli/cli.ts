@@ -6,6 +6,7 @@
 import { parseArgs } from "node:util";
 import type { Controller, ControllerOptions } from "../lib/controller.ts";
 import {
+  ConnectionError,
   ControllerBusyError,
   ControllerFatalError,
   DeviceError,
@@ -28,7 +29,7 @@ export const EXIT = {
   CONTROLLER: 1,
   /** Usage: unknown command or option, a missing or malformed value, or a value refused before anything was sent. */
   USAGE: 2,
-  /** The device cannot be used as asked: not found, bound to another driver, no permission, owned by another process, unsupported format, refused or missing SmartIO (SISCI). */
+  /** The device cannot be used as asked: not found, unreachable, bound to another driver, no permission, owned by another process, unsupported format, refused or missing SmartIO (SISCI). */
   DEVICE: 3,
   /** compare: the data differ (Compare Failure). */
   MISMATCH: 4,
@@ -46,7 +47,7 @@ export function exitCodeFor(e: unknown): number {
   if (e instanceof UsageError || e instanceof InvalidArgumentError) return EXIT.USAGE;
   if (e instanceof MismatchError) return EXIT.MISMATCH;
   if (e instanceof InputError || e instanceof OutputError) return EXIT.FILE;
-  if (e instanceof DeviceError || e instanceof PermissionError || e instanceof ControllerBusyError || e instanceof UnsupportedError || e instanceof NativeError || e instanceof SmartIoError) return EXIT.DEVICE;
+  if (e instanceof DeviceError || e instanceof PermissionError || e instanceof ControllerBusyError || e instanceof UnsupportedError || e instanceof NativeError || e instanceof ConnectionError || e instanceof SmartIoError) return EXIT.DEVICE;
   if (e instanceof NvmeStatusError || e instanceof NvmeTimeoutError || e instanceof ControllerFatalError) return EXIT.CONTROLLER;
   return EXIT.CONTROLLER;
 }
@@ -92,6 +93,8 @@ export interface Command {
   readonly description: string;
   /** The first positional argument is the controller. */
   readonly device: boolean;
+  /** The controller may be given, or not (list: every PCI controller, or the subsystems an NVMe/TCP target offers). */
+  readonly optionalDevice?: boolean;
   readonly options: Options;
   /** Positional arguments besides the device, for the usage line and completion. */
   readonly positionals?: { readonly name: string; readonly values: readonly string[] };
@@ -133,7 +136,7 @@ const HELP_OPTION: Options = { help: { type: "boolean", short: "h", help: "this 
 
 /** The usage line: `libnvm NAME <device> [OPTIONS]`. */
 export function usageLine(c: Command): string {
-  return `libnvm ${c.name}${c.device ? " <device>" : ""}${c.positionals ? ` <${c.positionals.name}>` : ""} [OPTIONS]`;
+  return `libnvm ${c.name}${c.device ? " <device>" : c.optionalDevice ? " [<nvme+tcp://HOST:PORT>]" : ""}${c.positionals ? ` <${c.positionals.name}>` : ""} [OPTIONS]`;
 }
 
 /** `libnvm NAME --help`. */
@@ -145,7 +148,7 @@ export function commandHelp(c: Command): string {
   });
   const width = Math.max(...rows.map(([l]) => l.length)) + 2;
   const device = c.device
-    ? "\n<device> is the controller: its PCI address (0000:05:00.0 or 05:00.0), /dev/disnvmN, or smartio:<fdid> for one\nborrowed across a Dolphin SmartIO cluster (the fabric device id in hex, as `smartio_tool list` prints it).\n"
+    ? "\n<device> is the controller: its PCI address (0000:05:00.0 or 05:00.0), /dev/disnvmN, smartio:<fdid> for one\nborrowed across a Dolphin SmartIO cluster (the fabric device id in hex, as `smartio_tool list` prints it), or an\nNVMe/TCP address nvme+tcp://HOST[:PORT]/SUBNQN[?hdr-digest=1&data-digest=1&queue-size=N...].\n"
     : "";
   return `Usage: ${usageLine(c)}\n\n${c.description}\n${device}\nOptions:\n${rows.map(([l, h]) => `  ${l.padEnd(width)}${h}`).join("\n")}\n`;
 }
@@ -155,7 +158,7 @@ export function parseCommand(c: Command, argv: readonly string[]): Context | "he
   if (c.passThrough) {
     if (argv.includes("-h") || argv.includes("--help")) return "help";
     const device = argv[0] ?? "";
-    if (device === "" || device.startsWith("-")) throw new UsageError("the controller comes first: give its PCI address (05:00.0), /dev/disnvmN or smartio:<fdid>");
+    if (device === "" || device.startsWith("-")) throw new UsageError("the controller comes first: give its PCI address (05:00.0), /dev/disnvmN, smartio:<fdid> or nvme+tcp://HOST:PORT/SUBNQN");
     return { device, values: {}, positionals: [], argv: argv.slice(1), output: "normal", human: false, int: () => undefined, open: () => Promise.reject(new UsageError("a pass-through command opens the controller itself")) };
   }
   const options = { ...c.options, ...HELP_OPTION };
@@ -171,9 +174,10 @@ export function parseCommand(c: Command, argv: readonly string[]): Context | "he
   if (values.help) return "help";
   const positionals = [...parsed.positionals];
   let device = "";
+  if (c.optionalDevice && positionals.length > 0) device = positionals.shift()!;
   if (c.device) {
     device = positionals.shift() ?? "";
-    if (device === "") throw new UsageError("the controller is missing: give its PCI address (05:00.0), /dev/disnvmN or smartio:<fdid>");
+    if (device === "") throw new UsageError("the controller is missing: give its PCI address (05:00.0), /dev/disnvmN, smartio:<fdid> or nvme+tcp://HOST:PORT/SUBNQN");
     if (device.startsWith("-")) throw new UsageError(`"${device}" is not a controller`);
   }
   if (c.positionals) {

@@ -11,6 +11,7 @@ import { getFeature, setFeature } from "./commands/features.ts";
 import { idCtrl, idNs, listNs } from "./commands/identify.ts";
 import { compare, dsm, flush, read, write, writeZeroes } from "./commands/io.ts";
 import { list } from "./commands/list.ts";
+import { discover } from "./commands/discover.ts";
 import { doctor, gpuRead, perf, reset } from "./commands/tools.ts";
 import pkg from "../package.json" with { type: "json" };
 
@@ -42,6 +43,7 @@ const version: Command = {
 
 export const COMMANDS: readonly Command[] = [
   list,
+  discover,
   idCtrl,
   idNs,
   listNs,
@@ -69,7 +71,7 @@ export const EXIT_HELP = `Exit status:
   ${EXIT.OK}  success
   ${EXIT.CONTROLLER}  the controller failed the command (its status, named on stderr), a command timed out, or the controller failed
   ${EXIT.USAGE}  usage: unknown command or option, a missing or malformed value, or a value refused before anything was sent
-  ${EXIT.DEVICE}  the device cannot be used as asked: not found, bound to another driver, no permission, owned by another process,
+  ${EXIT.DEVICE}  the device cannot be used as asked: not found, unreachable (NVMe/TCP), bound to another driver, no permission, owned by another process,
      a format libnvm does not transfer (metadata); doctor: no backend can reach it
   ${EXIT.MISMATCH}  compare: the data differ
   ${EXIT.FILE}  a local file could not be read or written
@@ -82,7 +84,9 @@ function topHelp(): string {
     `Usage: libnvm <command> [<device>] [OPTIONS]\n\n` +
     `nvme-cli's everyday commands for NVMe controllers driven from userspace by libnvm (not bound to the kernel's\n` +
     `nvme driver): same names, same JSON (-o json). <device> is the controller's PCI address (05:00.0),\n` +
-    `/dev/disnvmN, or smartio:<fdid> (borrowed across a Dolphin SmartIO cluster); \`libnvm list\` shows the local ones.\n\nCommands:\n` +
+    `/dev/disnvmN, smartio:<fdid> (borrowed across a Dolphin SmartIO cluster), or an NVMe/TCP address\n` +
+    `nvme+tcp://HOST[:PORT]/SUBNQN; \`libnvm list\` shows the local ones, \`libnvm discover nvme+tcp://HOST[:PORT]\` what a\n` +
+    `target offers.\n\nCommands:\n` +
     COMMANDS.map((c) => `  ${c.name.padEnd(width)}${c.summary}`).join("\n") +
     `\n  ${"help".padEnd(width)}help <command> prints a command's options (as does <command> --help)\n\n${EXIT_HELP}`
   );

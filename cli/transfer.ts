@@ -11,7 +11,7 @@
 import { closeSync, fstatSync, openSync, readSync, renameSync, unlinkSync, writeSync } from "node:fs";
 import type { Controller } from "../lib/controller.ts";
 import type { DmaBuffer } from "../lib/dma.ts";
-import type { IoQueue } from "../lib/io.ts";
+import type { AnyIoQueue } from "../lib/controller.ts";
 import type { Namespace } from "../lib/namespace.ts";
 import { yieldForSignals } from "./common.ts";
 import { Progress } from "./progress.ts";
@@ -39,7 +39,7 @@ export interface TransferResult {
  * before the first I/O queue exists), 64 entries. One command in flight; a pipelined transfer
  * would keep several chunks outstanding on it.
  */
-function transferQueue(ctrl: Controller): IoQueue {
+function transferQueue(ctrl: Controller): AnyIoQueue {
   ctrl.setNumberOfQueues(1);
   return ctrl.createIoQueue({ entries: 64 });
 }

@@ -1,15 +1,21 @@
 /**
  * Reset a controller, bring up its admin queue and print Identify Controller and the
- * namespaces, in the format of the original libnvm's identify example.
+ * namespaces, in the format of the original libnvm's identify example. Over NVMe/TCP the same
+ * (--ctrl=nvme+tcp://HOST:PORT/SUBNQN); --discover with --ctrl=nvme+tcp://HOST[:PORT] lists the
+ * subsystems the target offers instead.
  *
  *   bun run examples/identify.ts --ctrl=05:00.0 [--ns=N] [--json]
+ *   bun run examples/identify.ts --ctrl=nvme+tcp://10.0.0.5:4420 --discover
  */
 import { formatVersion, mdtsBytes, type IdentifyNamespace } from "../lib/spec/identify.ts";
-import { intOption, parse, run, toJson, openController } from "./common.ts";
+import { Controller } from "../lib/controller.ts";
+import { discoveryJson, discoveryText } from "../cli/commands/discover.ts";
+import { intOption, parse, run, toJson, openController, UsageError } from "./common.ts";
 
-const usage = `usage: bun run examples/identify.ts --ctrl=BDF [--ns=NSID] [--json]
-  --ctrl=BDF   controller's PCI address (05:00.0 or 0000:05:00.0), or /dev/disnvmN
+const usage = `usage: bun run examples/identify.ts --ctrl=CTRL [--ns=NSID] [--discover] [--json]
+  --ctrl=CTRL  controller's PCI address (05:00.0 or 0000:05:00.0), /dev/disnvmN, or nvme+tcp://HOST:PORT/SUBNQN
   --ns=NSID    show only this namespace (default: every active namespace)
+  --discover   --ctrl=nvme+tcp://HOST[:PORT]: list the subsystems the target offers (its Discovery Log Page)
   --json       print one JSON object with the parsed structures
   -h, --help   this text
 `;
@@ -17,8 +23,15 @@ const usage = `usage: bun run examples/identify.ts --ctrl=BDF [--ns=NSID] [--jso
 const hexBytes = (v: number) => `${(v & 0xff).toString(16).padStart(2, "0")} ${((v >>> 8) & 0xff).toString(16).padStart(2, "0")}`;
 
 await run(() => {
-  const args = parse(usage, { ns: { type: "string" } });
+  const args = parse(usage, { ns: { type: "string" }, discover: { type: "boolean", default: false } });
   const nsArg = intOption("ns", args.ns, usage);
+  if (args.discover) {
+    if (!args.ctrl.startsWith("nvme+tcp://")) throw new UsageError(`--discover needs --ctrl=nvme+tcp://HOST[:PORT], not ${args.ctrl}\n${usage}`);
+    const d = Controller.discover(args.ctrl, { handleSignals: false });
+    if (args.json) console.log(toJson(discoveryJson(d)));
+    else process.stdout.write(discoveryText(d));
+    return;
+  }
   if (!args.json) console.log("Resetting controller and setting up admin queues...");
   using ctrl = openController(args);
   const id = ctrl.info;
@@ -39,6 +52,10 @@ await run(() => {
     return;
   }
   console.log("------------- Controller information -------------");
+  if (ctrl.transport === "tcp") {
+    console.log(`Transport               : NVMe/TCP ${ctrl.tcp.address}, controller ${ctrl.tcp.cntlid}`);
+    console.log(`Subsystem NQN           : ${id.subnqn}`);
+  }
   console.log(`PCI Vendor ID           : ${hexBytes(id.vid)}`);
   console.log(`PCI Subsystem Vendor ID : ${hexBytes(id.ssvid)}`);
   console.log(`NVM Express version     : ${formatVersion(ctrl.vs)}`);

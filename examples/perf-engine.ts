@@ -17,7 +17,7 @@
  */
 import { readdirSync, readFileSync } from "node:fs";
 import type { DmaBuffer } from "../lib/dma.ts";
-import type { IoQueue } from "../lib/io.ts";
+import type { NvmeIoQueue } from "../lib/transports/types.ts";
 import { NvmeStatusError, NvmeTimeoutError } from "../lib/errors.ts";
 import { commandName, NVM_READ, NVM_WRITE } from "../lib/spec/commands.ts";
 
@@ -241,7 +241,7 @@ class WarmUp {
 }
 
 /** Keep `w.qd` commands outstanding on `q` over `buf` (at least qd × bs bytes) until done. */
-export async function runJob(q: IoQueue, buf: DmaBuffer, w: Workload, progress: Float64Array, index: number, onTick?: () => void): Promise<JobResult> {
+export async function runJob(q: NvmeIoQueue, buf: DmaBuffer, w: Workload, progress: Float64Array, index: number, onTick?: () => void): Promise<JobResult> {
   if (w.qd > q.depth) throw new Error(`queue depth ${w.qd} exceeds the queue's ${q.depth} command slots`);
   if (buf.size < w.qd * w.bs && w.api === "async") throw new Error(`buffer of ${buf.size} bytes is too small for ${w.qd} x ${w.bs}`);
   if (buf.size < q.depth * w.bs && w.api === "low") throw new Error(`buffer of ${buf.size} bytes is too small for ${q.depth} x ${w.bs}`);

@@ -4,11 +4,11 @@
  * result (or the error), and detaches its views before the main thread frees anything.
  */
 import { parentPort, workerData } from "node:worker_threads";
-import { attachIoQueue, type SharedIoQueue, type SharedMapping } from "../lib/worker.ts";
+import { attachIoQueue, type SharedIoQueue, type SharedMapping, type SharedTcpIoQueue } from "../lib/worker.ts";
 import { runJob, type JobResult, type Workload } from "./perf-engine.ts";
 
 export interface PerfWorkerData {
-  readonly queue: SharedIoQueue;
+  readonly queue: SharedIoQueue | SharedTcpIoQueue;
   readonly buffer: SharedMapping;
   readonly workload: Workload;
   readonly progress: SharedArrayBuffer;

@@ -9,9 +9,8 @@
  */
 import { writeSync, writeFileSync } from "node:fs";
 import { Worker } from "node:worker_threads";
-import type { Controller } from "../lib/controller.ts";
+import type { AnyIoQueue, Controller } from "../lib/controller.ts";
 import type { DmaBuffer } from "../lib/dma.ts";
-import type { IoQueue } from "../lib/io.ts";
 import { Namespace } from "../lib/namespace.ts";
 import { exportBuffer, exportIoQueue } from "../lib/worker.ts";
 import { intOption, openController, parse, run, toJson, UsageError } from "./common.ts";
@@ -20,14 +19,14 @@ import { latencySvg } from "./perf-plot.ts";
 import { parseCpuList, pinProcess } from "./cpu.ts";
 import type { PerfWorkerData, PerfWorkerMessage } from "./perf-worker.ts";
 
-const usage = `usage: bun run examples/perf.ts --ctrl=BDF [--ns=NSID] [--qd=N] [--bs=SIZE] [--pattern=rand|seq]
+const usage = `usage: bun run examples/perf.ts --ctrl=CTRL [--ns=NSID] [--qd=N] [--bs=SIZE] [--pattern=rand|seq]
                  [--rw=read|write|mix] [--rwmix=PCT] [--seconds=S | --ios=N] [--warmup=S] [--queues=N]
                  [--workers] [--api=low|async] [--idle-sleep=US] [--cpu=LIST] [--offset=SIZE] [--size=SIZE] [--seed=N]
                  [--plot=FILE] [--json]
   Keeps QD commands outstanding per queue pair and reports IOPS, MiB/s and completion latency
   (min, mean, max, p1 p5 p25 p50 p75 p90 p95 p99 p99.9) per queue pair and in total.
   WRITES OVERWRITE THE NAMESPACE (--rw=write or mix).
-  --ctrl=BDF        controller's PCI address, unbound from the kernel's nvme driver
+  --ctrl=CTRL       controller: PCI address (unbound from the kernel's nvme driver), /dev/disnvmN, or nvme+tcp://HOST:PORT/SUBNQN
   --ns=NSID         namespace (default 1)
   --qd=N            commands outstanding per queue pair (default 1)
   --bs=SIZE         bytes per command: a multiple of the LBA size, at most MDTS (default 4k; k, m suffixes)
@@ -149,7 +148,7 @@ function textReport(label: string, r: QueueReport): string {
 /** Run one job per queue: in this thread for one queue (unless `workers`), else one Worker each. */
 async function runAll(
   ctrl: Controller,
-  queues: IoQueue[],
+  queues: AnyIoQueue[],
   bufs: DmaBuffer[],
   workloads: Workload[],
   progress: Float64Array,
@@ -211,7 +210,7 @@ export interface PerfEngine {
   readonly tool: string;
   /** Why it cannot run these options (a usage error's text), or undefined. */
   refuse(opts: { readonly api: "low" | "async"; readonly queues: number; readonly workers: boolean }): string | undefined;
-  run(ctrl: Controller, q: IoQueue, buf: DmaBuffer, w: Workload, progress: Float64Array, index: number): JobResult | Promise<JobResult>;
+  run(ctrl: Controller, q: AnyIoQueue, buf: DmaBuffer, w: Workload, progress: Float64Array, index: number): JobResult | Promise<JobResult>;
 }
 
 /**
@@ -304,7 +303,7 @@ export async function perf(argv: string[], engine?: PerfEngine): Promise<void> {
   if (granted.sqs < nQueues || granted.cqs < nQueues) {
     throw new UsageError(`--queues=${nQueues}: the controller granted ${Math.min(granted.sqs, granted.cqs)} I/O queue pairs`);
   }
-  const queues: IoQueue[] = [];
+  const queues: AnyIoQueue[] = [];
   const bufs: DmaBuffer[] = [];
   const workloads: Workload[] = [];
   const blocksPerIo = bs / ns.lbaSize;
@@ -418,7 +417,7 @@ export async function perf(argv: string[], engine?: PerfEngine): Promise<void> {
         engine: engine?.name ?? "ts",
         date: new Date().toISOString(),
         ctrl: ctrl.name,
-        backend: ctrl.backend.kind,
+        backend: ctrl.transport === "tcp" ? "tcp" : ctrl.backend.kind,
         nsid,
         lbaSize: ns.lbaSize,
         nsBlocks: ns.blocks,

@@ -9,9 +9,9 @@ import { Namespace } from "../lib/index.ts";
 import { readRange } from "../cli/transfer.ts";
 import { intOption, parse, printTransferSummary, run, UsageError, openController } from "./common.ts";
 
-const usage = `usage: bun run examples/read-blocks.ts --ctrl=BDF --ns=NSID --lba=N --count=N [--output=FILE] [--json]
+const usage = `usage: bun run examples/read-blocks.ts --ctrl=CTRL --ns=NSID --lba=N --count=N [--output=FILE] [--json]
   Reads COUNT blocks starting at LBA into FILE, or to stdout when it is not a terminal.
-  --ctrl=BDF     controller's PCI address (05:00.0), or /dev/disnvmN
+  --ctrl=CTRL    controller: PCI address (05:00.0), /dev/disnvmN, or nvme+tcp://HOST:PORT/SUBNQN
   --ns=NSID      namespace
   --lba=N        first block
   --count=N      blocks to read (1 or more; split into commands of at most MDTS)

@@ -9,9 +9,9 @@ import { Namespace } from "../lib/index.ts";
 import { openInput, writeRange } from "../cli/transfer.ts";
 import { intOption, parse, printTransferSummary, run, UsageError, openController } from "./common.ts";
 
-const usage = `usage: bun run examples/write-blocks.ts --ctrl=BDF --ns=NSID --lba=N --input=FILE [--count=N] [--json]
+const usage = `usage: bun run examples/write-blocks.ts --ctrl=CTRL --ns=NSID --lba=N --input=FILE [--count=N] [--json]
   Writes FILE to the namespace starting at LBA (the blocks' data is lost), then sends Flush.
-  --ctrl=BDF     controller's PCI address (05:00.0), or /dev/disnvmN
+  --ctrl=CTRL    controller: PCI address (05:00.0), /dev/disnvmN, or nvme+tcp://HOST:PORT/SUBNQN
   --ns=NSID      namespace
   --lba=N        first block
   --input=FILE   data to write (- for stdin, with --count); the last partial block is padded with zeros

@@ -1,83 +1,46 @@
 /**
- * Controller bring-up and teardown (NVMe Base 2.0, 3.5.1 "Memory-based Controller
- * Initialization" and 3.6 "Shutdown"), ownership of the admin queue pair and of every I/O
- * queue, and release on close(), on normal exit and on SIGINT/SIGTERM/SIGHUP.
+ * A controller, whatever reaches it: the NVMe logic (Identify, features, log pages, namespaces
+ * and their formats, Format NVM, errors, timeouts) over one transport (lib/transports/): PCIe
+ * (registers by MMIO, queues in DMA memory with doorbells) or TCP (registers by Property Get/Set,
+ * capsules over a connection per queue). Nothing here branches on the transport; what differs
+ * lives below ControllerTransport. Release on close(), on normal exit and on SIGINT/SIGTERM/SIGHUP.
+ *
+ *   Controller.open("05:00.0")                                        PCIe (sysfs, VFIO, disnvm)
+ *   Controller.open("nvme+tcp://10.0.0.5:4420/nqn.2024-01.io.x:sub1")  NVMe/TCP
+ *   Controller.discover("nvme+tcp://10.0.0.5:4420")                    the subsystems a target offers
  */
 import { closeSync } from "node:fs";
-import { ControllerBusyError, ControllerFatalError, ClosedError, DeviceError, InvalidArgumentError, NvmeStatusError, NvmeTimeoutError, SmartIoError, UnsupportedError } from "./errors.ts";
-import { native } from "./native.ts";
-import { DmaBuffer } from "./dma.ts";
-import { QueueLease } from "./lease.ts";
-import { buildPrp, prpListPages, PRP_PAGE_SIZE } from "./prp.ts";
-import { QueuePair, type Completion, type ExecOptions } from "./queue.ts";
-import { IoCompletionQueue, IoQueue, type IoQueueContext, type IoQueueOptions } from "./io.ts";
-import { controllerName, createBackend, resolveController, type BackendChoice } from "./backends/index.ts";
-import { OwnerLock } from "./lock.ts";
-import { HOST_PAGE_SIZE, type Backend } from "./backends/types.ts";
+import { ClosedError, InvalidArgumentError, NvmeStatusError, UnsupportedError } from "./errors.ts";
+import type { DmaBuffer } from "./dma.ts";
+import type { QueueLease } from "./lease.ts";
+import type { QueuePair, Completion, ExecOptions } from "./queue.ts";
+import type { IoCompletionQueue, IoQueue, IoQueueOptions } from "./io.ts";
+import type { Backend } from "./backends/types.ts";
 import * as cmd from "./spec/commands.ts";
-import {
-  ADMIN_QUEUE_MAX_ENTRIES,
-  CC_EN,
-  CC_SHN_MASK,
-  CC_SHN_NORMAL,
-  CSTS_CFS,
-  CSTS_RDY,
-  CSTS_SHST_COMPLETE,
-  CSTS_SHST_MASK,
-  decodeCap,
-  encodeAqa,
-  encodeCc,
-  REG_ACQ,
-  REG_ALL_ONES,
-  REG_AQA,
-  REG_ASQ,
-  REG_CAP,
-  REG_CC,
-  REG_CSTS,
-  REG_VS,
-  type Capabilities,
-} from "./spec/registers.ts";
+import type { Capabilities } from "./spec/registers.ts";
 import { mdtsBytes, parseIdentifyController, parseIdentifyNamespace, parseNamespaceList } from "./spec/identify.ts";
 import type { IdentifyController, IdentifyNamespace } from "./spec/identify.ts";
 import { LID_ERROR, LID_FW_SLOT, LID_SMART, parseErrorLog, parseFirmwareSlotLog, parseSmartLog } from "./spec/log.ts";
-import { SC_ABORT_REQUESTED, SCT_GENERIC } from "./spec/status.ts";
+import { PcieTransport, readRegisters, type PcieOptions } from "./transports/pcie/transport.ts";
+import { TcpTransport, discover, type DiscoveryResult, type TcpOptions } from "./transports/tcp/transport.ts";
+import type { TcpQueue } from "./transports/tcp/queue.ts";
+import { isTcpTarget } from "./transports/tcp/uri.ts";
+import type { AdminAsyncOptions, ControllerTransport, MapDmaBufOptions, NvmeIoQueue, RegisterSnapshot, TransportKind } from "./transports/types.ts";
 
 const HOST_PAGE_SHIFT = 12;
 
-export interface ControllerOptions {
-  /**
-   * How to reach the controller: "sysfs" (raw, root, IOMMU off), "vfio" (bound to vfio-pci),
-   * "disnvm" (the kernel module), or "auto": by the device's bound driver, or disnvm for a
-   * /dev/disnvmN path. Defaults to "auto".
-   */
-  readonly backend?: BackendChoice;
-  /** Admin SQ and CQ entries, 2 to 4096 (AQA). Defaults to 64. */
-  readonly adminQueueEntries?: number;
-  /** Per-command timeout in milliseconds. Defaults to 10 000. */
-  readonly timeoutMs?: number;
+export type { AdminAsyncOptions, MapDmaBufOptions, RegisterSnapshot } from "./transports/types.ts";
+export { readRegisters } from "./transports/pcie/transport.ts";
+
+export interface ControllerOptions extends PcieOptions, TcpOptions {
   /** Close this controller on SIGINT, SIGTERM and SIGHUP, then exit with 128+signal. Defaults to true. */
   readonly handleSignals?: boolean;
-  /**
-   * Open even when another live process owns the controller (it is reset under that process).
-   * For a hung owner; after a crash the lock is free anyway. Defaults to false.
-   */
-  readonly force?: boolean;
-  /**
-   * After a command's deadline the library sends Abort for it; how long the command may then take
-   * to end before the controller is reset. Its caller is settled only at that end. Defaults to 1000.
-   */
-  readonly abortGraceMs?: number;
   /** Largest transfer per command when the controller sets no limit (MDTS = 0). Defaults to 2 MiB. */
   readonly maxTransferBytes?: number;
 }
 
-/** What part of a dma-buf Controller.mapDmaBuf() imports. */
-export interface MapDmaBufOptions {
-  /** Byte offset into the dma-buf, a multiple of 4096. Defaults to 0. */
-  readonly offset?: number;
-  /** Bytes to import, a multiple of 4096. Defaults to the rest of the dma-buf from `offset`. */
-  readonly size?: number;
-}
+/** An I/O queue of either transport: PCIe's IoQueue (rings, doorbells) or TCP's TcpQueue (a connection). */
+export type AnyIoQueue = IoQueue | TcpQueue;
 
 /**
  * Memory another driver exports as a dma-buf: a CudaMemory (lib/cuda), or anything with the same
@@ -93,15 +56,6 @@ export interface DmaBufExporter {
 export { FORMAT_TIMEOUT_MS } from "./spec/commands.ts";
 /** The largest feature data one Get/Set Features moves here: one page (every feature of Base 2.0 fits). */
 const FEATURE_DATA_MAX = 4096;
-
-/** An admin command waited for asynchronously (adminCommandAsync). */
-export interface AdminAsyncOptions extends ExecOptions {
-  /**
-   * Called between looks at the completion queue (every 1 to 50 ms) with the milliseconds since
-   * the command was sent: progress reports, other admin commands. Defaults to none.
-   */
-  readonly onWait?: (elapsedMs: number) => void;
-}
 
 /** Progress of a Format NVM, reported about once a second. */
 export interface FormatProgress {
@@ -154,272 +108,145 @@ export interface FeatureResult {
   readonly data: Uint8Array | undefined;
 }
 
-/** Registers as read, for diagnostics and tests. */
-export interface RegisterSnapshot {
-  readonly cap: bigint;
-  readonly vs: number;
-  readonly cc: number;
-  readonly csts: number;
-  readonly aqa: number;
-}
-
 export class Controller {
-  readonly backend: Backend;
+  /** The transport underneath: PcieTransport or TcpTransport. */
+  readonly #t: ControllerTransport;
   readonly cap: Capabilities;
   /** Version register (VS), raw. */
   readonly vs: number;
   /** Memory page size in use (CC.MPS): the host page size, 4096. */
   readonly pageSize = 1 << HOST_PAGE_SHIFT;
-  readonly admin: QueuePair;
   /** Identify Controller, read during open(). */
   readonly info: IdentifyController;
   readonly timeoutMs: number;
-  /** One 4 KiB page for Identify and small log pages. */
-  #scratch: DmaBuffer;
-  readonly #sqs = new Map<number, IoQueue>();
-  readonly #cqs = new Map<number, IoCompletionQueue>();
-  #granted: { sqs: number; cqs: number } | undefined;
-  #defaultQueue: IoQueue | undefined;
-  /** Largest transfer of one command in bytes: MDTS, or `maxTransferBytes` when MDTS is 0 (no limit). */
+  /** Largest transfer of one command in bytes: MDTS, or `maxTransferBytes` when MDTS is 0 (no limit); over TCP at most MAXH2CDATA. */
   readonly maxTransfer: number;
-  /** Memory a failed command may still point the controller at: freed only once it is disabled. */
-  readonly #deferred: { free(): void }[] = [];
-  #closed = false;
-  #lock: OwnerLock | undefined;
-  #resetting = false;
-  #resets = 0;
-  /** What setNumberOfQueues() asked for, to ask again after a reset. */
-  #requested = { sqs: 65535, cqs: 65535 };
-  /** How long a command the controller did not abort may take before the controller is reset. */
-  readonly #abortGraceMs: number;
-  /** Set when a reset failed: the queues refuse commands until reset() succeeds. */
-  #failed: ControllerFatalError | undefined;
-  /** Bus mastering was cleared to stop DMA after a disable failed; reset() sets it again. */
-  #masterCleared = false;
-  /** I/O queues lent to other threads (exportIoQueue), by SQ id. */
-  readonly #leases = new Map<number, QueueLease>();
-  /** Serves the borrowers' Abort and reset requests while queues are lent. */
-  #leaseTimer: ReturnType<typeof setInterval> | undefined;
+  #defaultQueue: AnyIoQueue | undefined;
   /** LBA data size of namespaces checked for use (namespaceFormat()), by NSID. */
   readonly #lbaSizes = new Map<number, number>();
   /** The NSID a Format NVM is running on ("all" for FFFFFFFFh): its I/O is refused meanwhile. */
   #formatting: number | "all" | undefined;
+  /** What beforeClose() registered. */
+  readonly #closeHooks = new Set<() => void>();
 
   /**
-   * Open the controller at `ctrl` (a PCI address like 05:00.0, or /dev/disnvmN), reset it and
-   * bring up the admin queue pair, through the backend `opts.backend` picks (see resolveController).
+   * Open a controller and bring it up (CC.EN = 1, CSTS.RDY = 1, bounded by CAP.TO), then identify it:
+   * - a PCI address (05:00.0) or /dev/disnvmN, or pcie://0000:05:00.0?backend=vfio: PCIe, through
+   *   the backend `opts.backend` picks (resolveController): disable, program AQA/ASQ/ACQ, enable;
+   * - nvme+tcp://HOST[:PORT]/SUBNQN[?options] (or SPDK's "trtype:TCP traddr:... trsvcid:...
+   *   subnqn:..."): NVMe/TCP: connect the admin queue (ICReq, Connect), properties, enable. Without
+   *   a SUBNQN it opens the target's discovery controller (Controller.discover() lists subsystems).
    */
-  static open(ctrl: string, opts: ControllerOptions = {}): Controller {
-    const where = resolveController(ctrl, opts.backend);
-    // The owner lock comes before anything touches the device; keyed by PCI address so every
-    // backend of one controller shares it.
-    const lock = OwnerLock.acquire(controllerName(where), opts.force, where.kind);
-    let backend: Backend;
-    try {
-      backend = createBackend(where);
-    } catch (e) {
-      lock?.release();
-      throw opts.force ? forceRefused(where.kind, e) : e;
-    }
-    return Controller.#bringUp(backend, opts, lock);
+  static open(target: string, opts: ControllerOptions = {}): Controller {
+    const t: ControllerTransport = isTcpTarget(target) ? TcpTransport.connect(target, opts) : PcieTransport.open(pcieTarget(target, opts), pcieOptions(target, opts));
+    return new Controller(t, opts);
   }
 
-  /** Bring up the controller behind an already opened backend; the controller owns it from here on. */
+  /** Bring up the PCIe controller behind an already opened backend; the controller owns it from here on. */
   static openBackend(backend: Backend, opts: ControllerOptions = {}): Controller {
-    let lock: OwnerLock | undefined;
-    try {
-      lock = OwnerLock.acquire(backend.bdf ?? backend.name, opts.force, backend.kind);
-    } catch (e) {
-      backend.close();
-      throw e;
-    }
-    return Controller.#bringUp(backend, opts, lock);
+    return new Controller(PcieTransport.openBackend(backend, opts), opts);
   }
 
-  static #bringUp(backend: Backend, opts: ControllerOptions, lock: OwnerLock | undefined): Controller {
-    try {
-      const c = new Controller(backend, opts);
-      c.#lock = lock;
-      return c;
-    } catch (e) {
-      backend.close();
-      lock?.release();
-      throw e;
-    }
+  /**
+   * The Discovery Log Page of an NVMe/TCP target (nvme+tcp://HOST[:PORT], port 8009 by default):
+   * every subsystem (and referral) it offers this host, each with the URI that opens it.
+   */
+  static discover(target: string, opts: ControllerOptions = {}): DiscoveryResult {
+    return discover(target, opts);
   }
 
-  private constructor(backend: Backend, opts: ControllerOptions) {
-    this.backend = backend;
-    this.timeoutMs = opts.timeoutMs ?? 10_000;
-    this.#abortGraceMs = opts.abortGraceMs ?? 1000;
-    const n = native();
-    const bar0 = backend.bar0;
-    const capLo = n.nvm_read32(bar0, REG_CAP);
-    const capHi = n.nvm_read32(bar0, REG_CAP + 4);
-    if (capLo === REG_ALL_ONES && capHi === REG_ALL_ONES) {
-      throw new ControllerFatalError(`${backend.name}: registers read all ones: the device is not responding (check lspci)`, REG_ALL_ONES);
-    }
-    this.cap = decodeCap(capLo, capHi);
-    this.vs = n.nvm_read32(bar0, REG_VS);
-
-    const entries = opts.adminQueueEntries ?? 64;
-    // AQA bounds the admin queues (2 to 4096 entries); CAP.MQES applies to I/O queues only.
-    if (!Number.isInteger(entries) || entries < 2 || entries > ADMIN_QUEUE_MAX_ENTRIES) {
-      throw new InvalidArgumentError(`admin queue of ${entries} entries: must be 2 to ${ADMIN_QUEUE_MAX_ENTRIES} (the AQA limit)`);
-    }
-    if (this.cap.mpsmin > 0) {
-      throw new InvalidArgumentError(`${backend.name}: smallest memory page (CAP.MPSMIN) is ${this.cap.minPageSize} bytes; libnvm uses 4096-byte host pages`);
-    }
-    if ((this.cap.css & 1) === 0) {
-      throw new InvalidArgumentError(`${backend.name}: controller does not support the NVM command set (CAP.CSS = 0x${this.cap.css.toString(16)})`);
-    }
-
-    // Disable first: firmware (SeaBIOS on QEMU) or a crashed process may have left it enabled
-    // with its own queues, and AQA/ASQ/ACQ may only change while CC.EN = 0.
-    this.#disable();
-
-    this.admin = new QueuePair(backend, 0, entries, this.cap.dstrd, this.timeoutMs);
-    let scratch: DmaBuffer | undefined;
+  private constructor(t: ControllerTransport, opts: ControllerOptions) {
+    this.#t = t;
+    this.timeoutMs = t.timeoutMs;
+    this.cap = t.cap;
+    this.vs = t.vs;
     try {
-      this.#enable();
-      scratch = new DmaBuffer(backend, PRP_PAGE_SIZE);
-      this.#scratch = scratch;
-      this.info = this.#identifyController();
-      this.maxTransfer = mdtsBytes(this.info.mdts, this.cap.minPageSize) ?? opts.maxTransferBytes ?? 2 << 20;
+      this.info = parseIdentifyController(this.#identify(cmd.CNS_CONTROLLER, 0));
+      const limit = opts.maxTransferBytes ?? 2 << 20;
+      this.maxTransfer = Math.min(mdtsBytes(this.info.mdts, this.cap.minPageSize) ?? limit, t.transferCap);
     } catch (e) {
-      this.#disableQuietly();
-      scratch?.free();
-      this.admin.free();
+      t.abortOpen();
       throw e;
     }
+    t.configure({ lbaSize: (nsid) => this.#lbaSize(nsid), maxTransfer: this.maxTransfer, sgls: this.info.sgls, rtd3e: this.info.rtd3e, info: this.info });
     track(this, opts.handleSignals ?? true);
   }
 
-  get closed(): boolean {
-    return this.#closed;
+  /** "pcie" or "tcp". */
+  get transport(): TransportKind {
+    return this.#t.kind;
   }
 
-  /** After a command's deadline and its Abort, how long before the controller is reset (ms). */
+  /** The PCIe backend (sysfs, VFIO, disnvm) reaching the controller. UnsupportedError over TCP. */
+  get backend(): Backend {
+    return this.#pcie("backend").backend;
+  }
+
+  /** The PCIe admin queue pair (rings in DMA memory). UnsupportedError over TCP. */
+  get admin(): QueuePair {
+    return this.#pcie("the admin queue pair").admin;
+  }
+
+  /** The TCP transport (connections, keep-alive, reconnects). UnsupportedError over PCIe. */
+  get tcp(): TcpTransport {
+    if (this.#t instanceof TcpTransport) return this.#t;
+    throw new UnsupportedError(`${this.name} is reached over PCIe, not NVMe/TCP`);
+  }
+
+  #pcie(what: string): PcieTransport {
+    if (this.#t instanceof PcieTransport) return this.#t;
+    throw new UnsupportedError(`${what}: ${this.name} is reached over ${this.#t.kind.toUpperCase()}, which has no such thing (it is PCIe only)`);
+  }
+
+  get closed(): boolean {
+    return this.#t.closed;
+  }
+
+  /**
+   * Run `fn` at the start of close(), before any queue is deleted, memory freed or BAR0 unmapped:
+   * for layers that lend this controller's queues and memory to executors of their own (lib/gpu
+   * stops its executors and releases its GPU registrations there). `fn` must be bounded and must
+   * not throw. Returns a function that removes it.
+   */
+  beforeClose(fn: () => void): () => void {
+    this.#closeHooks.add(fn);
+    return () => void this.#closeHooks.delete(fn);
+  }
+
+  /** After a command's deadline and its Abort, how long before the controller is reset (ms; PCIe). */
   get abortGraceMs(): number {
-    return this.#abortGraceMs;
+    return this.#t.abortGraceMs;
   }
 
   get name(): string {
-    return this.backend.name;
+    return this.#t.name;
   }
 
   #check(): void {
-    if (this.#closed) throw new ClosedError(`controller ${this.backend.name} is closed; open it again`);
-    if (this.#failed) throw this.#failed;
+    this.#t.check();
   }
 
-  /** Wait for CSTS.RDY to equal `ready`, bounded by CAP.TO (3.1.4.1). */
-  #waitReady(ready: boolean): void {
-    const n = native();
-    const timeoutMs = Math.max(this.cap.timeoutMs, 500);
-    const deadline = performance.now() + timeoutMs;
-    for (;;) {
-      const csts = n.nvm_read32(this.backend.bar0, REG_CSTS);
-      if (csts === REG_ALL_ONES) {
-        throw new ControllerFatalError(`${this.backend.name}: CSTS reads all ones: the device is gone`, csts);
-      }
-      if (ready && (csts & CSTS_CFS) !== 0) {
-        throw new ControllerFatalError(`${this.backend.name}: Controller Fatal Status (CSTS.CFS) set during enable`, csts);
-      }
-      if (((csts & CSTS_RDY) !== 0) === ready) return;
-      if (performance.now() > deadline) {
-        throw new NvmeTimeoutError(
-          `${this.backend.name}: CSTS.RDY did not become ${ready ? 1 : 0} within CAP.TO (${timeoutMs} ms) after CC.EN=${ready ? 1 : 0}`,
-          timeoutMs,
-        );
-      }
-      Bun.sleepSync(1);
-    }
-  }
-
-  /** Program the admin queue (AQA, ASQ, ACQ) and CC, set CC.EN and wait for CSTS.RDY (3.5.1). */
-  #enable(): void {
-    const n = native();
-    const bar0 = this.backend.bar0;
-    const entries = this.admin.sq.entries;
-    n.nvm_write32(bar0, REG_AQA, encodeAqa(entries, entries));
-    const asq = this.admin.sq.mem.busAddress(0);
-    const acq = this.admin.cq.mem.busAddress(0);
-    n.nvm_write64(bar0, REG_ASQ, cmd.lo32(asq), cmd.hi32(asq));
-    n.nvm_write64(bar0, REG_ACQ, cmd.lo32(acq), cmd.hi32(acq));
-    const cc = encodeCc({
-      css: 0, // NVM command set
-      mps: HOST_PAGE_SHIFT - 12,
-      ams: 0, // round robin
-      iosqes: cmd.SQE_SIZE_LOG2,
-      iocqes: cmd.CQE_SIZE_LOG2,
-    });
-    n.nvm_write32(bar0, REG_CC, cc);
-    n.nvm_write32(bar0, REG_CC, cc | CC_EN);
-    this.#waitReady(true);
-  }
-
-  #disable(): void {
-    const n = native();
-    const cc = n.nvm_read32(this.backend.bar0, REG_CC);
-    if ((cc & CC_EN) !== 0) n.nvm_write32(this.backend.bar0, REG_CC, cc & ~CC_EN);
-    this.#waitReady(false);
-  }
-
-  #disableQuietly(): void {
-    try {
-      this.#disable();
-    } catch {
-      // Best effort on an error path: the original error is the one to report.
-    }
-  }
-
-  /** Read the controller registers without changing anything. */
+  /** Read the controller registers without changing anything (over TCP: Property Get; AQA reads 0). */
   registers(): RegisterSnapshot {
-    this.#check();
-    return readRegisters(this.backend);
+    return this.#t.registers();
   }
 
   // ---- admin commands -------------------------------------------------------------------
 
-  /** Run an admin command synchronously; NvmeStatusError on a non-zero status. */
+  /** Run an admin command without data synchronously; NvmeStatusError on a non-zero status. */
   adminCommand(c: cmd.Command, opts?: ExecOptions): Completion {
     this.#check();
-    return this.admin.execute(c, opts);
+    return this.#t.adminCommand(c, opts);
   }
 
   #identify(cns: number, nsid: number): Uint8Array {
-    const page = this.#scratch;
-    page.bytes.fill(0);
-    this.#scratchCommand(cmd.identify(cns, nsid, page.busAddress(0)), { detail: `CNS 0x${cns.toString(16).padStart(2, "0")} NSID ${nsid}` });
-    return page.bytes;
-  }
-
-  /**
-   * An admin command whose data lands in the scratch page. When it fails without a status (a
-   * timeout: the controller may still write the page), the page is set aside until the controller
-   * is disabled and a fresh one takes its place, so no later command shares it.
-   */
-  #scratchCommand(c: cmd.Command, opts: ExecOptions): Completion {
-    try {
-      return this.adminCommand(c, opts);
-    } catch (e) {
-      if (!(e instanceof NvmeStatusError) && !(e instanceof InvalidArgumentError) && !(e instanceof ClosedError)) {
-        const old = this.#scratch;
-        this.#scratch = new DmaBuffer(this.backend, PRP_PAGE_SIZE);
-        this.releaseAfter(e, old);
-      }
-      throw e;
-    }
-  }
-
-  #identifyController(): IdentifyController {
-    return parseIdentifyController(this.#identify(cmd.CNS_CONTROLLER, 0));
+    const r = this.#t.adminData(cmd.identify(cns, nsid, 0), { toHost: 4096 }, { detail: `CNS 0x${cns.toString(16).padStart(2, "0")} NSID ${nsid}` });
+    return r.data!;
   }
 
   identifyController(): IdentifyController {
     this.#check();
-    return this.#identifyController();
+    return parseIdentifyController(this.#identify(cmd.CNS_CONTROLLER, 0));
   }
 
   /** Identify Namespace (CNS 00h). An inactive NSID gives a structure of zeros (NSZE 0). */
@@ -467,7 +294,7 @@ export class Controller {
   #forgetLbaSizes(nsid: number | undefined): void {
     if (nsid === undefined) this.#lbaSizes.clear();
     else this.#lbaSizes.delete(nsid);
-    for (const q of this.#sqs.values()) q.forgetLbaSize();
+    for (const q of this.#t.ioQueues()) q.forgetLbaSize();
   }
 
   /** The LBA sizes accepted so far, for a queue lent to another thread (it cannot identify). */
@@ -483,6 +310,9 @@ export class Controller {
 
   #checkNsid(nsid: number): void {
     this.#check();
+    if (this.info.cntrltype === 2) {
+      throw new InvalidArgumentError(`${this.name} is a discovery controller: it has no namespaces; open one of the subsystems Controller.discover() (libnvm discover) lists`);
+    }
     if (!Number.isInteger(nsid) || nsid < 1 || nsid > this.info.nn) {
       throw new InvalidArgumentError(`namespace ${nsid} does not exist: this controller has NSIDs 1 to ${this.info.nn} (NN)`);
     }
@@ -505,24 +335,6 @@ export class Controller {
     }
   }
 
-  /** Run a Features command whose data (if any) lives in a page of its own; returns DW0 and the page. */
-  #featureCommand(c: cmd.Command, bytes: number, fill: ((page: Uint8Array) => void) | undefined, detail: string): FeatureResult {
-    this.#check();
-    if (bytes === 0) return { dw0: this.adminCommand(c, { detail }).dw0, data: undefined };
-    const page = new DmaBuffer(this.backend, PRP_PAGE_SIZE);
-    let dw0: number;
-    try {
-      fill?.(page.bytes);
-      dw0 = this.adminCommand({ ...c, prp1: page.busAddress(0) }, { detail }).dw0;
-    } catch (e) {
-      this.releaseAfter(e, page);
-      throw e;
-    }
-    const data = page.bytes.slice(0, bytes);
-    page.free();
-    return { dw0, data };
-  }
-
   /**
    * Get Features (Base 2.0, 5.15) with everything the command carries: SEL, CDW11, NSID and the
    * data of features that return a structure. A feature the controller does not support fails
@@ -533,16 +345,21 @@ export class Controller {
     this.#checkFeature(fid, bytes);
     const sel = opts.sel ?? cmd.SEL_CURRENT;
     if (!Number.isInteger(sel) || sel < 0 || sel > 3) throw new InvalidArgumentError(`Get Features select ${sel}: 0 current, 1 default, 2 saved, 3 supported capabilities`);
+    this.#check();
     const c = cmd.getFeatures(fid, sel, opts.cdw11 ?? 0, opts.nsid ?? 0);
-    return this.#featureCommand(c, bytes, undefined, `FID 0x${fid.toString(16).padStart(2, "0")} (${cmd.featureName(fid)})`);
+    const detail = `FID 0x${fid.toString(16).padStart(2, "0")} (${cmd.featureName(fid)})`;
+    const r = this.#t.adminData(c, bytes > 0 ? { toHost: bytes } : undefined, { detail });
+    return { dw0: r.dw0, data: bytes > 0 ? r.data : undefined };
   }
 
   /** Set Features (Base 2.0, 5.27): CDW11, CDW12, Save, NSID and an optional data structure. */
   setFeature(fid: number, opts: SetFeatureOptions = {}): FeatureResult {
     const bytes = opts.data?.byteLength ?? 0;
     this.#checkFeature(fid, bytes);
+    this.#check();
     const c = cmd.setFeatures(fid, opts.cdw11 ?? 0, opts.save ?? false, opts.nsid ?? 0, 0, opts.cdw12 ?? 0);
-    const r = this.#featureCommand(c, bytes, (page) => page.set(opts.data!), `FID 0x${fid.toString(16).padStart(2, "0")} (${cmd.featureName(fid)})`);
+    const detail = `FID 0x${fid.toString(16).padStart(2, "0")} (${cmd.featureName(fid)})`;
+    const r = this.#t.adminData(c, bytes > 0 ? { toController: opts.data! } : undefined, { detail });
     return { dw0: r.dw0, data: undefined };
   }
 
@@ -558,88 +375,36 @@ export class Controller {
   }
 
   /**
-   * Run an admin command without blocking the event loop: posted, then looked for every 1 to 50
-   * ms, so I/O queue pollers and timers run while it takes its time (Format NVM, Sanitize). Its
-   * deadline is `opts.timeoutMs` (default the controller's): then Abort is sent, and when the
-   * controller does not end it within abortGraceMs the controller is reset, as for an I/O
-   * command. A command that Abort ended rejects with NvmeTimeoutError (its cause is the
-   * controller's status); any other status with NvmeStatusError.
+   * Run an admin command without blocking the event loop (Format NVM, Sanitize), bounded by
+   * `opts.timeoutMs` (default the controller's). What happens at the deadline is the transport's
+   * recovery: over PCIe Abort, then a reset when the controller does not end it within
+   * abortGraceMs; over TCP the admin connection is closed (so nothing more lands anywhere) and the
+   * controller reconnects. A command ended that way rejects with NvmeTimeoutError; any other
+   * status with NvmeStatusError.
    */
   async adminCommandAsync(c: cmd.Command, opts: AdminAsyncOptions = {}): Promise<Completion> {
     this.#check();
-    const timeoutMs = opts.timeoutMs ?? this.timeoutMs;
-    if (!(timeoutMs > 0)) throw new InvalidArgumentError(`timeout ${timeoutMs} ms: must be positive`);
-    const name = cmd.commandName(c.opcode, true);
-    const cid = this.admin.post(c, opts);
-    const t0 = performance.now();
-    let abortedAt: number | undefined;
-    for (let looks = 0; ; looks++) {
-      if (this.#closed) throw new ClosedError(`controller ${this.backend.name} was closed while ${name} ran`);
-      if (this.#failed) throw this.#failed;
-      let done: Completion | undefined;
-      try {
-        done = this.admin.take(cid);
-      } catch (e) {
-        if (abortedAt !== undefined && e instanceof NvmeStatusError && e.sct === SCT_GENERIC && e.sc === SC_ABORT_REQUESTED) {
-          const err = new NvmeTimeoutError(`${name} (cid ${cid}) did not complete within ${timeoutMs} ms and was aborted`, timeoutMs);
-          (err as { cause?: unknown }).cause = e;
-          throw err;
-        }
-        throw e;
-      }
-      if (done) return done;
-      const now = performance.now();
-      if (abortedAt === undefined && now - t0 > timeoutMs) {
-        abortedAt = now;
-        try {
-          this.admin.execute(cmd.abort(0, cid), { timeoutMs: Math.min(this.timeoutMs, 1000) });
-        } catch {
-          // The admin queue does not answer either: nothing but a reset helps.
-          this.#resetQuietly(new NvmeTimeoutError(`${name} (cid ${cid}) did not complete within ${timeoutMs} ms and Abort got no answer`, timeoutMs));
-        }
-        continue;
-      }
-      if (abortedAt !== undefined && now - abortedAt > this.#abortGraceMs) {
-        // The reset ends the command (take() then throws the reset's error) or fails the controller.
-        this.#resetQuietly(new NvmeTimeoutError(`${name} (cid ${cid}) did not complete within ${timeoutMs} ms and was not aborted`, timeoutMs));
-        continue;
-      }
-      // CSTS is an uncached read: about every 100 ms, for a controller that failed or vanished.
-      if (looks % 10 === 9) {
-        const csts = native().nvm_read32(this.backend.bar0, REG_CSTS);
-        if (csts === REG_ALL_ONES || (csts & CSTS_CFS) !== 0) {
-          this.#resetQuietly(
-            new ControllerFatalError(
-              csts === REG_ALL_ONES ? `${this.backend.name}: registers read all ones while ${name} ran: the device is gone` : `${this.backend.name}: Controller Fatal Status (CSTS.CFS) set while ${name} ran`,
-              csts,
-            ),
-          );
-          continue;
-        }
-      }
-      opts.onWait?.(now - t0);
-      await Bun.sleep(Math.min(1 + looks, 50));
-    }
+    return this.#t.adminCommandAsync(c, opts);
   }
 
   /**
    * Format NVM (Base 2.0, 5.23) on namespace `nsid`, or on every namespace with 0xFFFFFFFF: a new
    * LBA format (`lbaf`, with or without metadata), optionally a secure erase (`ses`). Sent with
    * adminCommandAsync(), so other queues' pollers keep running; bounded by `timeoutMs` (10 minutes
-   * by default) with the same Abort-then-reset recovery as I/O. Every LBA size libnvm cached for
-   * the namespace is forgotten, so I/O is checked against the new format; I/O to it is refused
-   * while the format runs. Existing Namespace objects keep the old geometry: create them again.
-   * Returns the namespace's Identify Namespace after the format (undefined for every namespace).
+   * by default) with the transport's recovery. Every LBA size libnvm cached for the namespace is
+   * forgotten, so I/O is checked against the new format; I/O to it is refused while the format
+   * runs. Existing Namespace objects keep the old geometry: create them again. Returns the
+   * namespace's Identify Namespace after the format (undefined for every namespace).
    */
   async formatNvm(nsid: number, opts: FormatOptions): Promise<IdentifyNamespace | undefined> {
     this.#check();
     const all = nsid === 0xffffffff;
     if (!all) this.#checkNsid(nsid);
     if (this.#formatting !== undefined) throw new InvalidArgumentError(`a Format NVM is already running on ${this.name}`);
-    for (const [qid, lease] of this.#leases) {
-      if (lease.lent) throw new InvalidArgumentError(`I/O queue ${qid} is lent to a Worker, which knows the LBA sizes from before the format: close it there first`);
+    for (const q of this.#t.ioQueues()) {
+      if (this.#t.isLent(q.qid)) throw new InvalidArgumentError(`I/O queue ${q.qid} is lent to a Worker, which knows the LBA sizes from before the format: close it there first`);
     }
-    for (const q of this.#sqs.values()) {
+    for (const q of this.#t.ioQueues()) {
       if (q.outstanding > 0) throw new InvalidArgumentError(`I/O queue ${q.qid} has ${q.outstanding} commands outstanding: wait for them before Format NVM changes the namespace under them`);
     }
     const c = cmd.formatNvm(nsid, opts);
@@ -682,9 +447,8 @@ export class Controller {
     if (!Number.isInteger(sqs) || !Number.isInteger(cqs) || sqs < 1 || cqs < 1 || sqs > 65535 || cqs > 65535) {
       throw new InvalidArgumentError(`Number of Queues asks 1 to 65535 SQs and CQs, got ${sqs} and ${cqs}`);
     }
-    this.#granted = cmd.decodeNumberOfQueues(this.adminCommand(cmd.numberOfQueues(sqs, cqs)).dw0);
-    this.#requested = { sqs, cqs };
-    return this.#granted;
+    this.#check();
+    return this.#t.setNumberOfQueues(sqs, cqs);
   }
 
   /** Current Number of Queues allocated (Get Features 07h). */
@@ -698,152 +462,43 @@ export class Controller {
    * it only before any I/O queue exists.
    */
   ioQueuesGranted(): { sqs: number; cqs: number } {
-    this.#granted ??= this.setNumberOfQueues(65535);
-    return this.#granted;
+    this.#check();
+    return this.#t.ioQueuesGranted();
   }
 
-  /** The I/O context queues get: the transfer limit, SGL support, doorbell stride, timeout. */
-  get #ioContext(): IoQueueContext {
-    return {
-      backend: this.backend,
-      dstrd: this.cap.dstrd,
-      timeoutMs: this.timeoutMs,
-      maxTransfer: this.maxTransfer,
-      sgls: this.info.sgls,
-      lbaSize: (nsid) => this.#lbaSize(nsid),
-      abortGraceMs: this.#abortGraceMs,
-      onExpired: (q, cid) => this.#onExpired(q, cid),
-      onStuck: (q, cid) => this.#onStuck(q, cid),
-      onFatal: (_q, err) => this.#onFatal(err),
-      onDisabled: () => this.#onDisabled(),
-    };
-  }
-
-  #checkEntries(entries: number): void {
-    if (!Number.isInteger(entries) || entries < 2 || entries > this.cap.mqes + 1) {
-      throw new InvalidArgumentError(`I/O queue of ${entries} entries: must be 2 to ${this.cap.mqes + 1} (CAP.MQES+1)`);
-    }
-  }
-
-  #pickQid(used: Map<number, unknown>, max: number, wanted: number | undefined, what: string): number {
-    if (wanted !== undefined) {
-      if (!Number.isInteger(wanted) || wanted < 1 || wanted > max) {
-        throw new InvalidArgumentError(`${what} id ${wanted}: the controller granted ids 1 to ${max} (Number of Queues)`);
-      }
-      if (used.has(wanted)) throw new InvalidArgumentError(`${what} ${wanted} already exists on ${this.backend.name}`);
-      return wanted;
-    }
-    for (let q = 1; q <= max; q++) if (!used.has(q)) return q;
-    throw new InvalidArgumentError(`all ${max} ${what}s the controller granted are in use: delete one first`);
-  }
-
-  /** Create an I/O completion queue several submission queues can share (createIoQueue({ cq })). */
+  /** Create an I/O completion queue several submission queues can share (createIoQueue({ cq })). PCIe only. */
   createCompletionQueue(opts: { entries?: number; qid?: number } = {}): IoCompletionQueue {
-    this.#check();
-    const entries = opts.entries ?? 256;
-    this.#checkEntries(entries);
-    const qid = this.#pickQid(this.#cqs, this.ioQueuesGranted().cqs, opts.qid, "I/O completion queue");
-    return this.#createCq(qid, entries, false);
-  }
-
-  #createCq(qid: number, entries: number, implicit: boolean): IoCompletionQueue {
-    const cq = new IoCompletionQueue(this.backend, qid, entries, this.cap.dstrd, implicit);
-    try {
-      this.adminCommand(cmd.createIoCq(qid, entries, cq.cq.mem.busAddress(0)), { detail: `QID ${qid}, ${entries} entries` });
-    } catch (e) {
-      this.releaseAfter(e, cq);
-      throw e;
-    }
-    this.#cqs.set(qid, cq);
-    return cq;
+    return this.#pcie("completion queues shared by several SQs").createCompletionQueue(opts);
   }
 
   /**
-   * Create an I/O submission queue with its own completion queue of the same size, or bound to
-   * `opts.cq`. Deleted by deleteIoQueue() or close().
+   * Create an I/O queue: over PCIe a submission queue with its own completion queue of the same
+   * size (or bound to `opts.cq`); over TCP a new connection for the queue (ICReq, Connect with the
+   * next QID). Deleted by deleteIoQueue() or close().
    */
-  createIoQueue(opts: IoQueueOptions = {}): IoQueue {
+  createIoQueue(opts: IoQueueOptions = {}): AnyIoQueue {
     this.#check();
-    const entries = opts.entries ?? 256;
-    this.#checkEntries(entries);
-    const granted = this.ioQueuesGranted();
-    const qid = this.#pickQid(this.#sqs, granted.sqs, opts.qid, "I/O submission queue");
-    if (opts.cq && (opts.cq.closed || this.#cqs.get(opts.cq.qid) !== opts.cq)) {
-      throw new InvalidArgumentError(`completion queue ${opts.cq.qid} is not a live queue of ${this.backend.name}`);
-    }
-    const cq = opts.cq ?? this.#createCq(this.#cqs.has(qid) ? this.#pickQid(this.#cqs, granted.cqs, undefined, "I/O completion queue") : qid, entries, true);
-    let q: IoQueue;
-    try {
-      q = new IoQueue(this.#ioContext, qid, entries, cq, opts);
-    } catch (e) {
-      if (cq.implicit) this.#deleteCq(cq);
-      throw e;
-    }
-    try {
-      this.adminCommand(cmd.createIoSq(qid, entries, cq.qid, q.sq.mem.busAddress(0)), { detail: `QID ${qid}, CQID ${cq.qid}, ${entries} entries` });
-    } catch (e) {
-      this.releaseAfter(e, q);
-      if (cq.implicit) this.#deleteCq(cq);
-      throw e;
-    }
-    cq.sqs.set(qid, q);
-    this.#sqs.set(qid, q);
-    return q;
+    return this.#t.createIoQueue(opts) as AnyIoQueue;
   }
 
   /**
-   * Delete a submission queue (and the completion queue created with it). The controller ends the
-   * commands still outstanding on it (NVMe Base 2.0, 5.7: Command Aborted due to SQ Deletion)
-   * before it completes the deletion; they settle with ClosedError.
+   * Delete an I/O queue. Over PCIe the controller ends the commands still outstanding on it (Base
+   * 2.0, 5.7: Command Aborted due to SQ Deletion) before it completes the deletion; over TCP its
+   * connection is closed. Either way they settle with ClosedError.
    */
-  deleteIoQueue(q: IoQueue): void {
+  deleteIoQueue(q: NvmeIoQueue): void {
     this.#check();
-    if (this.#sqs.get(q.qid) !== q) return;
-    const lease = this.#leases.get(q.qid);
-    if (lease?.lent) throw new InvalidArgumentError(`I/O queue ${q.qid} is lent to a Worker: close it there (AttachedIoQueue.close()) first`);
-    if (lease) lease.reclaim(q.ioCq);
-    this.#sqs.delete(q.qid);
-    if (!lease?.abandoned) {
-      try {
-        this.adminCommand(cmd.deleteIoSq(q.qid));
-      } catch (e) {
-        this.releaseAfter(e, q);
-        throw e;
-      }
-    }
-    q.free();
-    if (lease) this.#endLease(q.qid, lease);
-    if (q.ioCq.implicit && q.ioCq.sqs.size === 0) {
-      if (lease?.abandoned) {
-        this.#cqs.delete(q.ioCq.qid);
-        q.ioCq.free();
-      } else this.#deleteCq(q.ioCq);
-    }
+    this.#t.deleteIoQueue(q);
+    if (this.#defaultQueue === q) this.#defaultQueue = undefined;
   }
 
-  /** Delete a completion queue; every SQ bound to it must be deleted first (the spec forbids otherwise). */
+  /** Delete a completion queue; every SQ bound to it must be deleted first (the spec forbids otherwise). PCIe only. */
   deleteCompletionQueue(cq: IoCompletionQueue): void {
-    this.#check();
-    if (cq.sqs.size > 0) {
-      throw new InvalidArgumentError(`completion queue ${cq.qid} still has submission queues ${[...cq.sqs.keys()].join(", ")}: delete them first`);
-    }
-    this.#deleteCq(cq);
+    this.#pcie("completion queues").deleteCompletionQueue(cq);
   }
 
-  #deleteCq(cq: IoCompletionQueue): void {
-    if (this.#cqs.get(cq.qid) !== cq) return;
-    this.#cqs.delete(cq.qid);
-    try {
-      this.adminCommand(cmd.deleteIoCq(cq.qid));
-    } catch (e) {
-      this.releaseAfter(e, cq);
-      throw e;
-    }
-    cq.free();
-  }
-
-  /** A 256-entry I/O queue created on first use, for the async Namespace methods. */
-  defaultIoQueue(): IoQueue {
+  /** A 256-entry I/O queue (over TCP: the URI's queue size) created on first use, for the async Namespace methods. */
+  defaultIoQueue(): AnyIoQueue {
     if (!this.#defaultQueue || this.#defaultQueue.closed) this.#defaultQueue = this.createIoQueue();
     return this.#defaultQueue;
   }
@@ -854,38 +509,18 @@ export class Controller {
    * the memory, so it is kept until close() has disabled the controller.
    */
   releaseAfter(error: unknown, resource: { free(): void }): void {
-    if (error instanceof NvmeStatusError || error instanceof InvalidArgumentError) resource.free();
-    else this.#deferred.push(resource);
+    this.#t.releaseAfter(error, resource);
   }
 
-  /** Get Log Page into a fresh copy of `bytes` bytes (multiple of 4; PRP list when over two pages). */
+  /** Get Log Page into a fresh copy of `bytes` bytes (multiple of 4; PRP list when over two pages on PCIe). */
   getLogPage(lid: number, bytes: number, opts: { nsid?: number; offset?: number } = {}): Uint8Array {
     this.#check();
     if (!Number.isInteger(bytes) || bytes <= 0 || bytes % 4 !== 0) {
       throw new InvalidArgumentError(`log page length must be a positive multiple of 4 bytes, got ${bytes}`);
     }
     const nsid = opts.nsid ?? 0xffffffff;
-    if (bytes <= PRP_PAGE_SIZE) {
-      const page = this.#scratch;
-      page.bytes.fill(0);
-      this.#scratchCommand(cmd.getLogPage(lid, nsid, bytes, page.busAddress(0), 0, opts.offset), { detail: `LID 0x${lid.toString(16)}` });
-      return page.bytes.slice(0, bytes);
-    }
-    const data = new DmaBuffer(this.backend, bytes);
-    const listPages = prpListPages(0, bytes);
-    const list = listPages > 0 ? new DmaBuffer(this.backend, listPages * PRP_PAGE_SIZE) : undefined;
-    try {
-      const { prp1, prp2 } = buildPrp(data, 0, bytes, list);
-      this.adminCommand(cmd.getLogPage(lid, nsid, bytes, prp1, prp2, opts.offset), { detail: `LID 0x${lid.toString(16)}` });
-    } catch (e) {
-      if (list) this.releaseAfter(e, list);
-      this.releaseAfter(e, data);
-      throw e;
-    }
-    const out = data.bytes.slice(0, bytes);
-    list?.free();
-    data.free();
-    return out;
+    const r = this.#t.adminData(cmd.getLogPage(lid, nsid, bytes, 0, 0, opts.offset), { toHost: bytes }, { detail: `LID 0x${lid.toString(16)}` });
+    return r.data!;
   }
 
   /** SMART / Health Information (LID 02h), controller-wide. */
@@ -909,10 +544,14 @@ export class Controller {
     return (this.adminCommand(cmd.abort(sqid, cid)).dw0 & 1) === 0;
   }
 
-  /** Allocate DMA memory this controller can reach. Free it before close(), or close() frees it. */
+  /**
+   * Allocate a buffer for this controller's commands: over PCIe locked DMA memory the controller
+   * reaches by bus address; over TCP host memory the connection reads into and sends from. Free it
+   * before close(), or close() frees it.
+   */
   allocBuffer(size: number): DmaBuffer {
     this.#check();
-    return new DmaBuffer(this.backend, size);
+    return this.#t.allocBuffer(size);
   }
 
   /**
@@ -929,32 +568,21 @@ export class Controller {
    * refuses new ones with it, and resets the controller so other buffers work again.
    *
    * Only the disnvm backend imports (its kernel module attaches the dma-buf to the controller);
-   * VFIO and sysfs throw UnsupportedError. InvalidArgumentError, before anything is mapped, for an
-   * fd that is not an open dma-buf, an offset or size that is not whole 4 KiB pages or runs past
-   * the dma-buf's end.
+   * VFIO, sysfs and TCP throw UnsupportedError. InvalidArgumentError, before anything is mapped,
+   * for an fd that is not an open dma-buf, an offset or size that is not whole 4 KiB pages or runs
+   * past the dma-buf's end.
    */
   mapDmaBuf(fd: number, opts: MapDmaBufOptions = {}): DmaBuffer {
     this.#check();
-    if (!Number.isInteger(fd) || fd < 0 || fd > 0x7fff_ffff) {
-      throw new InvalidArgumentError(`dma-buf fd ${fd}: must be a file descriptor of this process (an integer >= 0)`);
-    }
-    const offset = opts.offset ?? 0;
-    if (!Number.isSafeInteger(offset) || offset < 0 || offset % HOST_PAGE_SIZE !== 0) {
-      throw new InvalidArgumentError(`dma-buf offset ${offset}: must be a non-negative multiple of ${HOST_PAGE_SIZE} (whole pages)`);
-    }
-    const size = opts.size;
-    if (size !== undefined && (!Number.isSafeInteger(size) || size <= 0 || size % HOST_PAGE_SIZE !== 0)) {
-      throw new InvalidArgumentError(`dma-buf size ${size}: must be a positive multiple of ${HOST_PAGE_SIZE} (whole pages), or left out for the rest of the buffer`);
-    }
-    return DmaBuffer.importDmaBuf(this.backend, fd, offset, size);
+    return this.#t.mapDmaBuf(fd, opts);
   }
 
   /**
    * Map GPU memory for this controller (the C original's nvm_dma_map_device): export it as a
    * dma-buf and import that (mapDmaBuf), so commands read and write the GPU's memory directly, with
    * no bounce through host memory. The import holds the dma-buf; the fd is closed here. Keep `mem`
-   * allocated until the returned buffer is freed. Needs the disnvm backend (VFIO and sysfs say so
-   * with UnsupportedError), and a GPU and driver that export dma-bufs (CudaError otherwise).
+   * allocated until the returned buffer is freed. Needs the disnvm backend (VFIO, sysfs and TCP say
+   * so with UnsupportedError), and a GPU and driver that export dma-bufs (CudaError otherwise).
    */
   mapCudaMemory(mem: DmaBufExporter): DmaBuffer {
     this.#check();
@@ -968,358 +596,55 @@ export class Controller {
 
   // ---- recovery --------------------------------------------------------------------------
 
-  /** How many times reset() brought the controller back. */
+  /** How many times reset() (over TCP: a reconnect) brought the controller back. */
   get resets(): number {
-    return this.#resets;
+    return this.#t.resets;
   }
 
   /**
-   * Reset the controller and carry on: disable it (its DMA stops), settle every outstanding
-   * command (NvmeTimeoutError, or `reason` when it is a ControllerFatalError), start every ring
-   * over, enable it again, ask for the same Number of Queues and re-create every I/O queue with
-   * its id, size and memory. Queue objects stay valid; requests waiting for a slot are then sent.
-   * A queue lent to a Worker is re-created once the Worker acknowledged the reset (bounded wait).
-   *
-   * When the controller cannot be disabled, bus mastering is cleared instead so it can DMA
-   * nowhere; only then are commands settled (when even that fails and the device is still there,
-   * its memory is kept, never freed). The controller is then failed: every command and admin call
-   * throws ControllerFatalError until a reset() succeeds.
+   * Reset the controller and carry on. Over PCIe: disable it (its DMA stops), settle every
+   * outstanding command, enable it again, ask for the same Number of Queues and re-create every
+   * I/O queue with its id, size and memory. Over TCP: close every connection (commands outstanding
+   * fail), then connect the admin queue again (a new controller, CC.EN = 1) and every I/O queue
+   * with its QID. Queue objects stay valid; requests waiting for a slot are then sent.
    */
   reset(reason?: Error): void {
-    if (this.#closed) throw new ClosedError(`controller ${this.backend.name} is closed; open it again`);
-    if (this.#resetting) return;
-    this.#resetting = true;
-    try {
-      const why = reason?.message ?? "reset() called";
-      const fail =
-        reason instanceof ControllerFatalError
-          ? reason
-          : new NvmeTimeoutError(`failed by a controller reset (${why})`, reason instanceof NvmeTimeoutError ? reason.timeoutMs : this.timeoutMs);
-      try {
-        this.#haltDma();
-      } catch (e) {
-        throw this.#fail(e, "reset");
-      }
-      // Disabled: nothing posted before can reach memory any more. Commands on imports the
-      // exporter revoked fail with the buffer's own error, before the reset's error takes the rest.
-      try {
-        this.#takeRevoked();
-      } catch {
-        // Asking the module failed; it still keeps bus mastering off while a revoked import is
-        // mapped, so setting it below fails and says why.
-      }
-      for (const [qid, q] of this.#sqs) if (!this.#leases.get(qid)?.lent) q.settleRevoked();
-      const lent = new Map<number, { lease: QueueLease; ack: number }>();
-      for (const [qid, lease] of this.#leases) {
-        const q = this.#sqs.get(qid);
-        const wasLent = lease.lent;
-        const ack = lease.beginReset();
-        if (!q || lease.abandoned) continue;
-        if (wasLent) lent.set(qid, { lease, ack });
-        else {
-          lease.reclaim(q.ioCq);
-          lease.live(ack);
-        }
-      }
-      const lentCqs = new Set([...lent.keys()].map((qid) => this.#sqs.get(qid)!.ioCq));
-      for (const q of this.#sqs.values()) if (!lent.has(q.qid) && !this.#leases.get(q.qid)?.abandoned) q.resetAfterDisable(fail);
-      for (const cq of this.#cqs.values()) if (!lentCqs.has(cq)) cq.reset();
-      this.admin.reset(fail);
-      try {
-        if (this.#masterCleared) {
-          this.backend.setBusMaster(true);
-          this.#masterCleared = false;
-        }
-        this.#enable();
-        if (this.#granted) this.#granted = cmd.decodeNumberOfQueues(this.admin.execute(cmd.numberOfQueues(this.#requested.sqs, this.#requested.cqs)).dw0);
-        const skip = (qid: number) => lent.has(qid) || this.#leases.get(qid)?.abandoned === true;
-        for (const cq of this.#cqs.values()) {
-          if (lentCqs.has(cq) || [...cq.sqs.keys()].some((qid) => this.#leases.get(qid)?.abandoned)) continue;
-          this.admin.execute(cmd.createIoCq(cq.qid, cq.entries, cq.cq.mem.busAddress(0)));
-        }
-        for (const q of this.#sqs.values()) {
-          if (skip(q.qid)) continue;
-          this.admin.execute(cmd.createIoSq(q.qid, q.sq.entries, q.ioCq.qid, q.sq.mem.busAddress(0)));
-        }
-        // Lent queues: re-created only once their borrower emptied its rings, or never.
-        const wait = Math.min(this.timeoutMs, 5000);
-        for (const [qid, { lease, ack }] of lent) {
-          const q = this.#sqs.get(qid)!;
-          if (!lease.awaitAck(ack, wait)) {
-            lease.abandon();
-            continue;
-          }
-          this.admin.execute(cmd.createIoCq(q.ioCq.qid, q.ioCq.entries, q.ioCq.cq.mem.busAddress(0)));
-          this.admin.execute(cmd.createIoSq(qid, q.sq.entries, q.ioCq.qid, q.sq.mem.busAddress(0)));
-          lease.live(ack);
-        }
-      } catch (e) {
-        // Disabled or half set up: stop its DMA for good and fail everything until the next reset.
-        try {
-          this.#haltDma();
-        } catch {
-          // #fail says how DMA was stopped.
-        }
-        throw this.#fail(e, "reset");
-      }
-      this.#failed = undefined;
-      this.#resets++;
-      for (const q of this.#sqs.values()) if (!lent.has(q.qid)) q.resume();
-    } finally {
-      this.#resetting = false;
-    }
-  }
-
-  /**
-   * Stop the controller's DMA: disable it (CC.EN = 0, CSTS.RDY = 0 within CAP.TO). When that
-   * fails, clear bus mastering; when that fails too and the device still answers, give up its
-   * memory for good (abandonDma) so nothing it may reach is ever freed. Throws the disable's error
-   * when the controller could not be disabled.
-   */
-  #haltDma(): void {
-    try {
-      this.#disable();
-    } catch (e) {
-      if (this.#masterCleared) throw e;
-      try {
-        this.backend.setBusMaster(false);
-        this.#masterCleared = true;
-      } catch {
-        if (native().nvm_read32(this.backend.bar0, REG_CSTS) !== REG_ALL_ONES) {
-          this.#dmaAbandoned = true;
-          this.backend.abandonDma();
-        }
-      }
-      throw e;
-    }
-  }
-
-  /** DMA memory was given up (abandonDma) because the controller could not be stopped. */
-  #dmaAbandoned = false;
-
-  /**
-   * `what` (a reset) failed with `e`: every command settles with a ControllerFatalError (the
-   * controller's DMA was stopped by #haltDma, or its memory abandoned), lent queues are told, and
-   * the controller refuses commands until reset() succeeds. Returns that error.
-   */
-  #fail(e: unknown, what: string): ControllerFatalError {
-    const csts = native().nvm_read32(this.backend.bar0, REG_CSTS);
-    const how = this.#dmaAbandoned
-      ? "its bus mastering could not be cleared either, so its DMA memory is kept (never freed) until the process exits"
-      : this.#masterCleared
-        ? "bus mastering was cleared, so it can no longer reach memory"
-        : csts === REG_ALL_ONES
-          ? "the device is gone"
-          : "it is disabled";
-    const err = new ControllerFatalError(
-      `${what} of ${this.backend.name} failed: ${(e as Error).message ?? String(e)}; ${how}. Controller.reset() tries again; close() releases it`,
-      csts,
-    );
-    this.#failed = err;
-    for (const q of this.#sqs.values()) {
-      const lease = this.#leases.get(q.qid);
-      if (lease?.lent) lease.abandon();
-      else q.settleAndRefuse(err);
-    }
-    return err;
-  }
-
-  /**
-   * A command's deadline passed: ask the controller to Abort it. Its caller is settled by the
-   * completion that follows; the queue asks for a reset (#onStuck) when none comes in time.
-   */
-  #onExpired(q: IoQueue, cid: number): void {
-    if (this.#closed || this.#resetting || this.#failed) return;
-    try {
-      this.admin.execute(cmd.abort(q.qid, cid), { timeoutMs: Math.min(this.timeoutMs, 1000) });
-    } catch {
-      // The admin queue does not answer either: nothing but a reset helps.
-      this.#resetQuietly(new NvmeTimeoutError(`command ${cid} on queue ${q.qid} did not complete within ${q.timeoutMs} ms and Abort got no answer`, q.timeoutMs));
-    }
-  }
-
-  /** A command outstanding `abortGraceMs` after its deadline and its Abort: reset the controller. */
-  #onStuck(q: IoQueue, cid: number): void {
-    if (q.closed || !q.isExpired(cid)) return;
-    this.#resetQuietly(new NvmeTimeoutError(`command ${cid} on queue ${q.qid} did not complete within ${q.timeoutMs} ms and was not aborted`, q.timeoutMs));
-  }
-
-  #resetQuietly(reason: Error): void {
-    if (this.#closed || this.#resetting) return;
-    try {
-      this.reset(reason);
-    } catch {
-      // The reset failed: #fail settled and refused everything with its error.
-    }
-  }
-
-  #onFatal(err: ControllerFatalError): void {
-    this.#resetQuietly(err);
-  }
-
-  /**
-   * CSTS.RDY read 0 with commands outstanding, outside a reset of ours: the controller was disabled
-   * under us, and nothing outstanding will complete. The disnvm module does this when the exporter
-   * of an imported dma-buf revokes it; either way a reset recovers.
-   */
-  #onDisabled(): void {
-    if (this.#closed || this.#resetting || this.#failed) return;
-    let revoked = 0;
-    try {
-      revoked = this.#takeRevoked();
-    } catch {
-      // The reset asks again.
-    }
-    const csts = native().nvm_read32(this.backend.bar0, REG_CSTS);
-    const why =
-      revoked > 0
-        ? `the disnvm module disabled it because the exporter of ${revoked === 1 ? "an imported dma-buf revoked it" : `${revoked} imported dma-bufs revoked them`}`
-        : "it was disabled (CSTS.RDY = 0) by something other than libnvm";
-    this.#resetQuietly(new ControllerFatalError(`${this.backend.name}: ${why}; commands in flight were ended by the reset that followed (their data may or may not have moved)`, csts));
-  }
-
-  /**
-   * Imports whose exporter revoked them: the backend invalidates them (commands on them fail with
-   * DmaBufRevokedError from now on) and gives them back. The kernel disabled the controller and
-   * cleared its bus mastering first, so reset() sets bus mastering again. Returns how many.
-   */
-  #takeRevoked(): number {
-    const taken = this.backend.takeRevokedDmaBufs?.() ?? [];
-    if (taken.length > 0) this.#masterCleared = true;
-    return taken.length;
+    if (this.#t.closed) throw new ClosedError(`controller ${this.name} is closed; open it again`);
+    this.#t.reset(reason);
   }
 
   // ---- queues lent to other threads (worker.ts) ---------------------------------------------
 
   /**
-   * @internal Lend I/O queue `q` to another thread: the lease carries this controller's resets to
-   * the borrower, and the borrower's Abort and reset requests back, served from a timer here.
+   * @internal Lend PCIe I/O queue `q` to another thread: the lease carries this controller's
+   * resets to the borrower, and the borrower's Abort and reset requests back.
    */
   lendIoQueue(q: IoQueue): QueueLease {
-    this.#check();
-    if (this.#sqs.get(q.qid) !== q) throw new InvalidArgumentError(`I/O queue ${q.qid} is not a live queue of ${this.backend.name}`);
-    let lease = this.#leases.get(q.qid);
-    if (lease?.lent) throw new InvalidArgumentError(`I/O queue ${q.qid} is already lent to a Worker: one thread per queue`);
-    if (lease?.abandoned) throw new InvalidArgumentError(`I/O queue ${q.qid} was not re-created after a reset (its Worker did not answer): delete it and create another`);
-    if (lease) lease.reclaim(q.ioCq);
-    else {
-      lease = new QueueLease(q, this.backend);
-      this.#leases.set(q.qid, lease);
-    }
-    lease.lend();
-    this.#leaseTimer ??= setInterval(() => this.#serveLeases(), 10);
-    this.#leaseTimer.unref();
-    return lease;
-  }
-
-  #serveLeases(): void {
-    if (this.#closed) return;
-    for (const [qid, lease] of this.#leases) {
-      const r = lease.takeRequests();
-      if (r.reset) {
-        this.#resetQuietly(new NvmeTimeoutError(`a command of the Worker on queue ${qid} did not end after its deadline and Abort`, this.timeoutMs));
-      } else if (r.abortCid >= 0 && !this.#resetting && !this.#failed) {
-        try {
-          this.admin.execute(cmd.abort(qid, r.abortCid), { timeoutMs: Math.min(this.timeoutMs, 1000) });
-        } catch {
-          this.#resetQuietly(new NvmeTimeoutError(`command ${r.abortCid} of the Worker on queue ${qid}: Abort got no answer`, this.timeoutMs));
-        }
-      }
-    }
-  }
-
-  #endLease(qid: number, lease: QueueLease): void {
-    lease.end();
-    this.#leases.delete(qid);
-    if (this.#leases.size === 0 && this.#leaseTimer) {
-      clearInterval(this.#leaseTimer);
-      this.#leaseTimer = undefined;
-    }
+    return this.#pcie("lending a queue by its rings").lendIoQueue(q);
   }
 
   // ---- teardown --------------------------------------------------------------------------
 
   /**
-   * Delete I/O queues, send a normal shutdown (CC.SHN, wait for CSTS.SHST complete), disable
-   * (CC.EN = 0, wait for RDY = 0), then free all DMA memory and unmap BAR0. Every step is bounded;
-   * a failing step does not stop the release of the rest. When the controller cannot be disabled,
-   * bus mastering is cleared before anything is freed; when that fails too, the memory is kept.
-   * Idempotent.
+   * Release the controller: over PCIe delete I/O queues, shut it down (CC.SHN, CSTS.SHST), disable
+   * it and free all DMA memory; over TCP the same shutdown by Property Set, then every connection
+   * closed. Every step is bounded; a failing step does not stop the release of the rest. Idempotent.
    */
   close(): void {
-    if (this.#closed) return;
-    this.#closed = true;
-    untrack(this);
-    if (this.#leaseTimer) clearInterval(this.#leaseTimer);
-    this.#leaseTimer = undefined;
-    const n = native();
-    const bar0 = this.backend.bar0;
-    let firstError: unknown;
-    const step = (f: () => void) => {
+    if (this.#t.closed) return;
+    // First the layers that hand this controller's queues and memory to executors of their own
+    // (lib/gpu: queue core threads, GPU kernels): those must ring no doorbell of a queue being
+    // deleted, touch no ring about to be freed, and unmap BAR0 from a GPU while it is still mapped.
+    for (const f of [...this.#closeHooks]) {
       try {
         f();
-      } catch (e) {
-        firstError ??= e;
+      } catch {
+        // Closing anyway: what a layer could not release is its to report.
       }
-    };
-    const alive = () => n.nvm_read32(bar0, REG_CSTS) !== REG_ALL_ONES;
-    // A controller disabled under us (the disnvm module does it when an import is revoked) has no
-    // queues left and answers no admin command: each would wait for its deadline.
-    const ready = () => {
-      const csts = n.nvm_read32(bar0, REG_CSTS);
-      return csts !== REG_ALL_ONES && (csts & CSTS_RDY) !== 0;
-    };
-    const gone = (qid: number) => this.#leases.get(qid)?.abandoned === true;
-    // Submission queues first: a completion queue may not be deleted while an SQ uses it. Skipped
-    // after a failed reset: the controller is then disabled or cut off the bus.
-    for (const q of [...this.#sqs.values()].reverse()) {
-      step(() => {
-        if (ready() && !this.#failed && !gone(q.qid)) this.admin.execute(cmd.deleteIoSq(q.qid));
-      });
     }
-    for (const cq of [...this.#cqs.values()].reverse()) {
-      step(() => {
-        if (ready() && !this.#failed && ![...cq.sqs.keys()].some(gone)) this.admin.execute(cmd.deleteIoCq(cq.qid));
-      });
-    }
-    step(() => {
-      if (!alive() || this.#failed) return;
-      const cc = n.nvm_read32(bar0, REG_CC);
-      if ((cc & CC_EN) === 0) return;
-      n.nvm_write32(bar0, REG_CC, (cc & ~CC_SHN_MASK) | CC_SHN_NORMAL);
-      // RTD3E (microseconds) is the controller's own bound on entry latency; 10 s when it gives none.
-      const timeoutMs = Math.max(this.info.rtd3e / 1000, 10_000);
-      const deadline = performance.now() + timeoutMs;
-      while ((n.nvm_read32(bar0, REG_CSTS) & CSTS_SHST_MASK) !== CSTS_SHST_COMPLETE) {
-        if (performance.now() > deadline) throw new NvmeTimeoutError(`${this.backend.name}: shutdown did not complete within ${timeoutMs} ms`, timeoutMs);
-        Bun.sleepSync(1);
-      }
-    });
-    step(() => {
-      if (alive()) this.#haltDma();
-    });
-    // Commands on imports their exporter revoked end with the buffer's own error, not ClosedError.
-    step(() => {
-      if (!this.#dmaAbandoned) {
-        this.#takeRevoked();
-        for (const [qid, q] of this.#sqs) if (!this.#leases.get(qid)?.lent) q.settleRevoked();
-      }
-    });
-    // Nothing points the controller at this memory any more (or, abandoned, it is never freed):
-    // a Worker still holding a lent queue settles and refuses, then everything is released.
-    for (const lease of this.#leases.values()) if (lease.lent) lease.abandon();
-    for (const q of this.#sqs.values()) step(() => q.free());
-    for (const cq of this.#cqs.values()) step(() => cq.free());
-    for (const lease of this.#leases.values()) lease.end();
-    this.#leases.clear();
-    this.#sqs.clear();
-    this.#cqs.clear();
-    for (const r of this.#deferred.splice(0)) step(() => r.free());
-    step(() => this.#scratch.free());
-    step(() => this.admin.free());
-    step(() => this.backend.close());
-    step(() => this.#lock?.release());
-    if (firstError !== undefined) throw firstError;
+    this.#closeHooks.clear();
+    untrack(this);
+    this.#t.close();
   }
 
   [Symbol.dispose](): void {
@@ -1327,18 +652,22 @@ export class Controller {
   }
 }
 
-export function readRegisters(backend: Backend): RegisterSnapshot {
-  const n = native();
-  const b = backend.bar0;
-  const lo = n.nvm_read32(b, REG_CAP);
-  const hi = n.nvm_read32(b, REG_CAP + 4);
-  return {
-    cap: (BigInt(hi) << 32n) | BigInt(lo),
-    vs: n.nvm_read32(b, REG_VS),
-    cc: n.nvm_read32(b, REG_CC),
-    csts: n.nvm_read32(b, REG_CSTS),
-    aqa: n.nvm_read32(b, REG_AQA),
-  };
+/** pcie://BDF[?backend=...] → the BDF; anything else as given. */
+function pcieTarget(target: string, _opts: ControllerOptions): string {
+  const m = /^pcie:\/\/([^?]+)(?:\?(.*))?$/.exec(target);
+  return m ? decodeURIComponent(m[1]!) : target;
+}
+
+/** pcie://BDF?backend=vfio: the backend from the URI unless the options name one. */
+function pcieOptions(target: string, opts: ControllerOptions): PcieOptions {
+  const m = /^pcie:\/\/([^?]+)(?:\?(.*))?$/.exec(target);
+  if (!m || !m[2]) return opts;
+  const q = new URLSearchParams(m[2]);
+  const backend = q.get("backend");
+  for (const k of q.keys()) if (k !== "backend") throw new InvalidArgumentError(`${target}: unknown option "${k}" (pcie:// takes backend=auto|sysfs|vfio|disnvm)`);
+  if (backend === null || (opts.backend !== undefined && opts.backend !== "auto")) return opts;
+  if (!["auto", "sysfs", "vfio", "disnvm"].includes(backend)) throw new InvalidArgumentError(`${target}: backend=${backend}: choose auto, sysfs, vfio or disnvm`);
+  return { ...opts, backend: backend as PcieOptions["backend"] };
 }
 
 // ---- release on exit and on signals ----------------------------------------------------------
@@ -1381,27 +710,4 @@ function untrack(c: Controller): void {
     // No controller left to protect: give the signals their default behaviour back.
     for (const s of Object.keys(SIGNALS) as (keyof typeof SIGNALS)[]) process.off(s, onSignal);
   }
-}
-
-/**
- * `force` resets a controller under a live owner only with the raw sysfs backend: VFIO lets one
- * process hold an IOMMU group and disnvm one open file, and the kernel, not libnvm, refuses a
- * second; SISCI lets one borrower have a device exclusively. Say so instead of the backend's own
- * busy error.
- */
-function forceRefused(kind: string, e: unknown): unknown {
-  if (kind === "smartio" && e instanceof SmartIoError && e.reason === "not-available") {
-    return new ControllerBusyError(
-      `${e.message}. force cannot take a SmartIO device another host or process borrowed exclusively: SISCI allows one exclusive borrower. Close it there (or stop that process) and open again`,
-      0,
-    );
-  }
-  if (kind === "sysfs" || kind === "smartio" || !(e instanceof DeviceError || e instanceof ControllerBusyError)) return e;
-  if (!/held by|open in|already open|in use/.test(e.message)) return e;
-  const pid = e instanceof ControllerBusyError ? e.pid : Number(/process(?:es)? (\d+)/.exec(e.message)?.[1] ?? 0);
-  return new ControllerBusyError(
-    `${e.message}. force cannot take a ${kind === "vfio" ? "VFIO" : "disnvm"} controller from a live process: the kernel allows one holder at a time. ` +
-      `Stop that process${pid ? ` (kill ${pid}; kill -9 ${pid} if it hangs)` : ""} and open again; the kernel then disables the controller and releases its memory`,
-    pid,
-  );
 }

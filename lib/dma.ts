@@ -14,8 +14,8 @@
  */
 import { toArrayBuffer } from "bun:ffi";
 import type { Pointer } from "bun:ffi";
-import { ClosedError, InvalidArgumentError, NoCpuViewError } from "./errors.ts";
-import { HOST_PAGE_SIZE, type Backend, type DmaBufImport, type DmaMapping, type DmaOptions } from "./backends/types.ts";
+import { ClosedError, InvalidArgumentError, NoCpuViewError, UnsupportedError } from "./errors.ts";
+import { HOST_PAGE_SIZE, type DmaAllocator, type DmaBufImport, type DmaMapping, type DmaOptions } from "./backends/types.ts";
 
 const TWO32 = 0x1_0000_0000;
 
@@ -45,7 +45,7 @@ interface BackendDma {
   readonly deferred: Map<object, DmaMapping>;
 }
 
-const perBackend = new WeakMap<Backend, BackendDma>();
+const perBackend = new WeakMap<DmaAllocator, BackendDma>();
 
 /**
  * Mappings whose release waits for commands to end, over every backend: the completion path
@@ -53,7 +53,7 @@ const perBackend = new WeakMap<Backend, BackendDma>();
  */
 export const deferredFrees = { count: 0 };
 
-function dmaOf(backend: Backend): BackendDma {
+function dmaOf(backend: DmaAllocator): BackendDma {
   let d = perBackend.get(backend);
   if (!d) {
     d = { users: new Set(), deferred: new Map() };
@@ -63,12 +63,12 @@ function dmaOf(backend: Backend): BackendDma {
 }
 
 /** Register `user` (an I/O queue): free() asks it before releasing memory of `backend`. */
-export function addDmaUser(backend: Backend, user: DmaUser): void {
+export function addDmaUser(backend: DmaAllocator, user: DmaUser): void {
   dmaOf(backend).users.add(user);
 }
 
 /** `user` will never reach memory again (its queue was deleted, or the controller disabled). */
-export function removeDmaUser(backend: Backend, user: DmaUser): void {
+export function removeDmaUser(backend: DmaAllocator, user: DmaUser): void {
   const d = perBackend.get(backend);
   if (!d) return;
   d.users.delete(user);
@@ -81,7 +81,7 @@ function inUse(d: BackendDma, key: object): boolean {
 }
 
 /** Release the memory freed while in use that no command can reach any more; returns how many. */
-export function releaseDeferred(backend: Backend): number {
+export function releaseDeferred(backend: DmaAllocator): number {
   const d = perBackend.get(backend);
   if (!d || d.deferred.size === 0) return 0;
   let n = 0;
@@ -96,7 +96,7 @@ export function releaseDeferred(backend: Backend): number {
 }
 
 /** Mappings of `backend` freed by the application and still waiting for commands to end. */
-export function deferredCount(backend: Backend): number {
+export function deferredCount(backend: DmaAllocator): number {
   return perBackend.get(backend)?.deferred.size ?? 0;
 }
 
@@ -111,13 +111,13 @@ export class DmaBuffer {
   readonly size: number;
   /** Byte offset of this buffer inside its mapping (0 except for regions). */
   readonly base: number;
-  readonly #backend: Backend;
+  readonly #backend: DmaAllocator;
   readonly #shared: Shared;
   readonly #owner: boolean;
   readonly #bytes: Uint8Array | undefined;
   readonly #u32: Uint32Array | undefined;
 
-  constructor(backend: Backend, size: number, opts: DmaOptions = {}, from?: Source) {
+  constructor(backend: DmaAllocator, size: number, opts: DmaOptions = {}, from?: Source) {
     if (!Number.isInteger(size) || size <= 0) throw new InvalidArgumentError(`DMA buffer size must be a positive integer, got ${size}`);
     this.#backend = backend;
     if (from && "shared" in from) {
@@ -150,7 +150,7 @@ export class DmaBuffer {
    * buffer of device memory with bus addresses and no CPU view. Controller.mapDmaBuf() checks the
    * arguments first.
    */
-  static importDmaBuf(backend: Backend, fd: number, offset: number, size?: number): DmaBuffer {
+  static importDmaBuf(backend: DmaAllocator, fd: number, offset: number, size?: number): DmaBuffer {
     const mapping = backend.importDmaBuf(fd, offset, size);
     return new DmaBuffer(backend, mapping.size, {}, { mapping });
   }
@@ -189,7 +189,7 @@ export class DmaBuffer {
   }
 
   /** True when the controller behind `backend` can reach this memory. */
-  belongsTo(backend: Backend): boolean {
+  belongsTo(backend: DmaAllocator): boolean {
     return this.#backend === backend;
   }
 
@@ -227,6 +227,9 @@ export class DmaBuffer {
   busAddress(offset = 0): number {
     const m = this.#live();
     if (offset < 0 || offset >= this.size) throw new InvalidArgumentError(`offset ${offset} outside DMA buffer of ${this.size} bytes`);
+    if (m.iova.length === 0) {
+      throw new UnsupportedError("this buffer is host memory of an NVMe/TCP controller: it has no bus address (its data travels in the TCP stream)");
+    }
     const at = this.base + offset;
     const page = Math.floor(at / HOST_PAGE_SIZE);
     return m.iova[2 * page]! + m.iova[2 * page + 1]! * TWO32 + (at % HOST_PAGE_SIZE);

@@ -19,6 +19,9 @@ export type NvmeErrorCode =
   | "ERR_NVME_CUDA"
   | "ERR_NVME_NO_CPU_VIEW"
   | "ERR_NVME_DMABUF_REVOKED"
+  | "ERR_NVME_CONNECTION"
+  | "ERR_NVME_PROTOCOL"
+  | "ERR_NVME_DIGEST"
   | "ERR_NVME_SMARTIO";
 
 export abstract class NvmeError extends Error {
@@ -35,6 +38,11 @@ export interface CommandContext {
   readonly sqid: number;
   /** Extra text such as "@ LBA 123, 8 blocks" or "CNS 0x01". */
   readonly detail?: string;
+  /**
+   * The status's name when the generic tables would name it wrongly: command-specific codes of
+   * Fabrics commands (Connect Invalid Parameters is SC 82h, which the NVM tables call something else).
+   */
+  readonly statusName?: string;
 }
 
 /** The controller completed a command with a non-zero status (NVMe base spec, Completion Queue Entry DW3). */
@@ -65,7 +73,7 @@ export class NvmeStatusError extends NvmeError {
     const crd = (status >>> 11) & 0x3;
     const more = ((status >>> 13) & 1) === 1;
     const dnr = ((status >>> 14) & 1) === 1;
-    const name = statusName(sct, sc);
+    const name = ctx.statusName ?? statusName(sct, sc);
     const hex = (v: number) => "0x" + v.toString(16);
     const where = ctx.detail ? ` ${ctx.detail}` : "";
     super(
@@ -226,6 +234,63 @@ export class NoCpuViewError extends NvmeError {
 export class DmaBufRevokedError extends NvmeError {
   override readonly name = "DmaBufRevokedError";
   readonly code = "ERR_NVME_DMABUF_REVOKED" as const;
+}
+
+/**
+ * NVMe/TCP: the connection to the target could not be made (refused, unreachable, timed out, the
+ * name does not resolve) or was lost (the target closed or reset it, a send failed). Commands that
+ * were outstanding on it fail with this error; the controller reconnects for the commands that follow.
+ */
+export class ConnectionError extends NvmeError {
+  override readonly name = "ConnectionError";
+  readonly code = "ERR_NVME_CONNECTION" as const;
+  constructor(
+    message: string,
+    /** "host:port" of the target. */
+    readonly address: string,
+    /** The queue whose connection it was (0: admin), or -1 before any queue existed. */
+    readonly qid: number,
+    /** The errno of the failed socket call, when there was one. */
+    readonly errno = 0,
+  ) {
+    super(message);
+  }
+}
+
+/**
+ * NVMe/TCP: the target broke the protocol (a PDU of an unknown type or in the wrong direction, a
+ * length or offset that does not add up, data beyond the command, an answer to a command not
+ * outstanding, a termination request). The connection is closed at once, so nothing more lands in
+ * any buffer; its outstanding commands fail with this error.
+ */
+export class ProtocolError extends NvmeError {
+  override readonly name = "ProtocolError";
+  readonly code = "ERR_NVME_PROTOCOL" as const;
+  constructor(
+    message: string,
+    /** A short stable name of the rule that was broken, e.g. "pdu-type", "plen", "data-offset". */
+    readonly violation: string,
+    readonly qid: number,
+  ) {
+    super(message);
+  }
+}
+
+/**
+ * NVMe/TCP: a header or data digest (CRC-32C) did not match. A bad header digest closes the
+ * connection (nothing in the stream can be trusted after it); a bad data digest fails only its
+ * command, whose buffer then holds what arrived (NVMe/TCP 1.0, 3.6.2.2: Transient Transport Error).
+ */
+export class DigestError extends NvmeError {
+  override readonly name = "DigestError";
+  readonly code = "ERR_NVME_DIGEST" as const;
+  constructor(
+    message: string,
+    readonly digest: "header" | "data",
+    readonly qid: number,
+  ) {
+    super(message);
+  }
 }
 
 /** Why a SmartIO (Dolphin SISCI) operation failed: callers branch on it. */

@@ -30,6 +30,7 @@ export {
   cuda,
   CudaMemory,
   HostRegistration,
+  IoMemoryRegistration,
   setCudaLibraryPath,
   cudaLibraryPath,
   type CudaDevice,
@@ -44,6 +45,7 @@ export * as status from "./spec/status.ts";
 export * as log from "./spec/log.ts";
 export * from "./spec/identify.ts";
 export { Namespace, MAX_BLOCKS_PER_COMMAND, type IoOptions, type WriteOptions, type BlockRange } from "./namespace.ts";
-export { IoQueue, IoCompletionQueue, STATUS_ABORTED_BY_HOST, STATUS_SQ_DELETION, type IoQueueOptions, type CompletionHandler } from "./io.ts";
+export { IoQueue, IoCompletionQueue, STATUS_ABORTED_BY_HOST, STATUS_SQ_DELETION, type IoQueueOptions, type CompletionHandler, type PollingOptions } from "./io.ts";
 export * as sgl from "./sgl.ts";
 export { exportIoQueue, exportBuffer, attachIoQueue, type SharedIoQueue, type SharedMapping, type AttachedIoQueue } from "./worker.ts";
+export * from "./gpu/index.ts";

@@ -66,8 +66,8 @@ const enum Mode {
   PROMISE = 1,
   SYNC = 2,
 }
-/** A completion for the low-level handler: called once per CQE, with the 15-bit status (0 = success). */
-export type CompletionHandler = (cid: number, status: number, dw0: number) => void;
+import type { CompletionHandler, NvmeIoQueue, SqeWriter } from "./transports/types.ts";
+export type { CompletionHandler } from "./transports/types.ts";
 
 /**
  * Status a handler gets for a command the host ended itself because the controller was disabled
@@ -90,6 +90,35 @@ export interface IoQueueOptions {
   readonly timeoutMs?: number;
   /** Data pointers: PRPs, or SGLs where Identify Controller SGLS says they are supported. Defaults to "prp". */
   readonly dataPointer?: "prp" | "sgl";
+  /** How the async API waits for completions on this queue. Defaults to the controller's (PollingOptions). */
+  readonly polling?: PollingOptions;
+}
+
+/**
+ * How the async API's poller waits for completions. "adaptive": it spins (yielding to the event
+ * loop between turns) for `spinUs` after the last completion or submission, which covers a fast
+ * drive's latency, then polls once per `sleepMs` timer tick, so a slow command does not keep a core
+ * busy. "spin": it never sleeps (the lowest latency for slow commands, a core at 100 % while
+ * anything is outstanding).
+ */
+export interface PollingOptions {
+  /** Defaults to "adaptive". */
+  readonly mode?: "adaptive" | "spin";
+  /** Microseconds of spinning after activity before sleeping. Defaults to 500. */
+  readonly spinUs?: number;
+  /** Milliseconds between polls once sleeping (timer granularity: 1). Defaults to 1. */
+  readonly sleepMs?: number;
+}
+
+/** The poller's settings, checked (PollingOptions with its defaults filled in). */
+function pollingSettings(p: PollingOptions | undefined): { spin: boolean; spinMs: number; sleepMs: number } {
+  const mode = p?.mode ?? "adaptive";
+  if (mode !== "adaptive" && mode !== "spin") throw new InvalidArgumentError(`polling mode ${String(mode)}: "adaptive" or "spin"`);
+  const spinUs = p?.spinUs ?? 500;
+  const sleepMs = p?.sleepMs ?? 1;
+  if (!(spinUs >= 0 && spinUs <= 10_000_000)) throw new InvalidArgumentError(`polling spinUs ${spinUs}: 0 to 10 000 000 microseconds`);
+  if (!(sleepMs >= 1 && sleepMs <= 1000)) throw new InvalidArgumentError(`polling sleepMs ${sleepMs}: 1 to 1000 milliseconds`);
+  return { spin: mode === "spin", spinMs: spinUs / 1000, sleepMs };
 }
 
 /** NLB fits 16 bits (1 to 65536 blocks) and the SLBA is a non-negative integer a double holds exactly. */
@@ -244,6 +273,8 @@ export interface IoQueueContext {
   readonly onDisabled?: (q: IoQueue) => void;
   /** Set for a queue lent to another thread (worker.ts): the owner's resets reach it through this. */
   readonly lease?: LeaseGate;
+  /** The owner's default for the async poller (IoQueueOptions.polling overrides it). */
+  readonly polling?: PollingOptions;
 }
 
 /** The borrowing side of a queue lent by the thread that owns the controller (worker.ts). */
@@ -260,7 +291,8 @@ interface Waiter {
   readonly since: number;
 }
 
-export class IoQueue implements DmaUser {
+export class IoQueue implements DmaUser, NvmeIoQueue {
+  readonly transport = "pcie" as const;
   readonly sq: SubmissionQueue;
   readonly ioCq: IoCompletionQueue;
   /** Commands that may be outstanding at once: one less than the smaller ring. */
@@ -324,6 +356,12 @@ export class IoQueue implements DmaUser {
    */
   private batchStart = -1;
   #polling = false;
+  readonly #poll: { spin: boolean; spinMs: number; sleepMs: number };
+  /** performance.now() of the last completion reaped or command submitted by the async API. */
+  #lastActive = 0;
+  /** The poller's sleep timer, while it sleeps; a new command wakes it at once. */
+  #sleep: ReturnType<typeof setTimeout> | undefined;
+  #turns = 0;
   private isClosed = false;
   /** The owner's lease when another thread lent us this queue; null for the owner's own queues. */
   private readonly lease: LeaseGate | null;
@@ -341,6 +379,7 @@ export class IoQueue implements DmaUser {
     this.backend = ctx.backend;
     this.lease = ctx.lease ?? null;
     this.#graceMs = ctx.abortGraceMs ?? 1000;
+    this.#poll = pollingSettings(opts.polling ?? ctx.polling);
     this.ioCq = ioCq;
     this.timeoutMs = opts.timeoutMs ?? ctx.timeoutMs;
     this.maxTransfer = ctx.maxTransfer;
@@ -951,6 +990,24 @@ export class IoQueue implements DmaUser {
     });
   }
 
+  /**
+   * A command whose data is a small structure for the controller (Dataset Management ranges, at
+   * most a page): `write` fills the SQE, the data goes into the CID's own list page, PRP1 points at it.
+   */
+  commandDataAsync(write: SqeWriter, data: Uint8Array): Promise<number> {
+    if (data.length === 0 || data.length > K.PAGE_SIZE) return Promise.reject(new InvalidArgumentError(`command data of ${data.length} bytes: 1 to ${K.PAGE_SIZE}`));
+    return this.commandAsync((sqe, o, cid) => {
+      const page = this.listBuffer(cid);
+      page.bytes.set(data);
+      write(sqe, o, cid);
+      const a = page.busAddress(0);
+      sqe[o + 6] = lo32(a);
+      sqe[o + 7] = hi32(a);
+      sqe[o + 8] = 0;
+      sqe[o + 9] = 0;
+    });
+  }
+
   #async(fill: (cid: number) => void): Promise<number> {
     if (this.isClosed) return Promise.reject(new ClosedError(`I/O queue ${this.qid} is closed`));
     if (this.fatal) return Promise.reject(this.fatal);
@@ -994,27 +1051,51 @@ export class IoQueue implements DmaUser {
   }
 
   #startPolling(): void {
-    if (this.#polling) return;
+    this.#lastActive = performance.now();
+    if (this.#polling) {
+      // Asleep with a new command to wait for: poll now, not at the next timer tick.
+      if (this.#sleep !== undefined) {
+        clearTimeout(this.#sleep);
+        this.#sleep = undefined;
+        setImmediate(this.#loop);
+      }
+      return;
+    }
     this.#polling = true;
-    let turns = 0;
-    const loop = () => {
-      if (this.isClosed) {
-        this.#polling = false;
-        return;
-      }
-      // Spin briefly before yielding: a completion is usually microseconds away. Commands past
-      // their deadline do not keep it spinning (recovery ends them), only polled each turn.
-      for (let i = 0; i < 64 && this.poll() === 0 && this.inflight > this.expiredCount; i++);
-      if (this.#ringPending) this.submit();
-      if ((++turns & 63) === 0 || (this.expiredCount > 0 && (turns & 7) === 0)) {
-        this.checkTimeouts();
-        this.#checkController();
-      }
-      if (this.inflight > 0 || this.#waiting.length > 0) setImmediate(loop);
-      else this.#polling = false;
-    };
-    setImmediate(loop);
+    setImmediate(this.#loop);
   }
+
+  /** One turn of the async poller; reschedules itself while anything is outstanding or waiting. */
+  readonly #loop = (): void => {
+    this.#sleep = undefined;
+    if (this.isClosed) {
+      this.#polling = false;
+      return;
+    }
+    // Spin briefly before yielding: a completion is usually microseconds away. Commands past
+    // their deadline do not keep it spinning (recovery ends them), only polled each turn.
+    let got = 0;
+    for (let i = 0; i < 64 && (got = this.poll()) === 0 && this.inflight > this.expiredCount; i++);
+    if (this.#ringPending) this.submit();
+    const turns = ++this.#turns;
+    if ((turns & 63) === 0 || (this.expiredCount > 0 && (turns & 7) === 0)) {
+      this.checkTimeouts();
+      this.#checkController();
+    }
+    if (this.inflight === 0 && this.#waiting.length === 0) {
+      this.#polling = false;
+      return;
+    }
+    const now = performance.now();
+    if (got > 0) this.#lastActive = now;
+    const p = this.#poll;
+    // Within the spin window (or spinning by choice): yield to the event loop and poll again.
+    // Past it: a timer tick per poll, so a slow command costs little CPU; the deadline checks
+    // above still run (every 64 ticks, every 8 with a command past its deadline).
+    if (p.spin || now - this.#lastActive < p.spinMs) setImmediate(this.#loop);
+    else this.#sleep = setTimeout(this.#loop, p.sleepMs);
+  };
+
 
   /**
    * The controller deleted the queue (or was disabled, or never created it): commands still

@@ -14,6 +14,13 @@
  * Recovery for the borrower: it cannot send admin commands, so it asks the owner through REQ_ABORT
  * (a CID past its deadline) and REQ_RESET (a command the Abort did not end, or a fatal controller
  * status); the owner serves them from a timer on its event loop.
+ *
+ * A borrower may also live in the owner's own thread without running JavaScript while it works:
+ * the queue core's OS threads or a GPU kernel started from here (lib/gpu). It cannot answer the
+ * lease while the owner waits, so the owner calls it instead (LocalBorrower): at a reset and when it
+ * gives the queue up, the borrower's executors stop (bounded) and ring no doorbell after that; at a
+ * reset it then empties the rings, and the owner takes the acknowledgment as given. (Before the
+ * controller closes, such a layer stops its executors through Controller.beforeClose().)
  */
 import { NvmeTimeoutError } from "./errors.ts";
 import type { Backend } from "./backends/types.ts";
@@ -42,6 +49,8 @@ const enum W {
    * owner keeps every exported buffer until the queue is deleted or the controller disabled.
    */
   POISONED = 9,
+  /** 1 from the borrower's release() until the owner's reclaim() took its ring state. */
+  RETURNED = 10,
   WORDS = 16,
 }
 
@@ -52,11 +61,30 @@ const ABANDONED = -1;
 /** Memory exported to other threads (exportBuffer): what a lent queue's commands may reach. */
 export const exportedMemory = new WeakSet<object>();
 
+/** A borrower in the owner's thread whose executors do not run JavaScript (see the top). */
+export interface LocalBorrower {
+  /**
+   * Make the executors using the queue stop, waiting at most `ms`: true once none of them can
+   * touch the queue's rings or ring its doorbells any more. Commands they posted stay in flight.
+   */
+  stop(why: "reset" | "abandon", ms: number): boolean;
+  /**
+   * Reset, once the controller is disabled and the executors stopped: every command ended; empty
+   * the rings as the re-created queue starts (tail, head 0, phase 1).
+   */
+  emptyRings(): void;
+}
+
 /** Owner side of one lent queue. */
 export class QueueLease implements DmaUser {
   readonly sab: SharedArrayBuffer;
   readonly #w: Int32Array;
   #ended = false;
+  #local: LocalBorrower | undefined;
+  /** The resetting value the local borrower acknowledged (it stopped), or -1. */
+  #localAck = -1;
+  /** The local borrower stopped in quiesce(), before the disable. */
+  #localStopped = false;
 
   constructor(
     readonly queue: IoQueue,
@@ -65,6 +93,15 @@ export class QueueLease implements DmaUser {
     this.sab = new SharedArrayBuffer(LEASE_BYTES);
     this.#w = new Int32Array(this.sab);
     addDmaUser(backend, this);
+  }
+
+  /**
+   * Set (or clear) the borrower that lives in this thread. Set it after lend(); clear it when the
+   * borrower returned the queue.
+   */
+  setLocalBorrower(b: LocalBorrower | undefined): void {
+    this.#local = b;
+    this.#localAck = -1;
   }
 
   /** Hand the queue out (again): its ring state travels in the description, not here. */
@@ -97,10 +134,25 @@ export class QueueLease implements DmaUser {
    */
   reclaim(cq: IoCompletionQueue): void {
     const w = this.#w;
+    // Once only: after a reset the owner's queue objects were emptied, and the state the borrower
+    // left before it is stale (taking it again would make the re-created queue fetch old entries).
+    if (Atomics.exchange(w, W.RETURNED, 0) !== 1) return;
     this.queue.sq.tail = Atomics.load(w, W.SQ_TAIL);
     this.queue.sq.head = Atomics.load(w, W.SQ_HEAD);
     cq.cq.head = Atomics.load(w, W.CQ_HEAD);
     cq.cq.phase = Atomics.load(w, W.CQ_PHASE);
+  }
+
+  /**
+   * Reset step before the disable: a local borrower's executors stop ringing doorbells first, so
+   * the controller is disabled with its queues quiet, as a host driver quiesces its queues before
+   * a reset. (QEMU 7.2's controller crashes, SIGSEGV in nvme_rw_complete_cb, when SQ doorbell
+   * writes from another CPU race with CC.EN = 0.) A Worker borrower cannot be stopped from here:
+   * moving STATE now would let it settle commands the controller may still run.
+   */
+  quiesce(): void {
+    const s = Atomics.load(this.#w, W.STATE);
+    this.#localStopped = !!this.#local && this.lent && s !== ABANDONED && this.#local.stop("reset", 5000);
   }
 
   /** Reset step: the controller is disabled. Returns the value the borrower must acknowledge. */
@@ -112,11 +164,24 @@ export class QueueLease implements DmaUser {
     Atomics.store(this.#w, W.REQ_RESET, 0);
     Atomics.store(this.#w, W.REQ_ABORT, 0);
     if (s !== ABANDONED) Atomics.store(this.#w, W.STATE, resetting);
+    // A local borrower that did not stop in quiesce() stops now, before the re-enable.
+    if (this.#local && this.lent && s !== ABANDONED) {
+      const stopped = this.#localStopped || this.#local.stop("reset", 5000);
+      if (stopped) this.#local.emptyRings();
+      this.#localAck = stopped ? resetting : -1;
+    }
+    this.#localStopped = false;
     return resetting;
   }
 
   /** Wait up to `ms` for the borrower to acknowledge `value` (it settled and emptied its rings). */
   awaitAck(value: number, ms: number): boolean {
+    if (this.#local) {
+      // It stopped in beginReset() or it never will: nothing to wait for.
+      if (this.#localAck !== value) return false;
+      Atomics.store(this.#w, W.ACK, value);
+      return true;
+    }
     const deadline = performance.now() + ms;
     for (;;) {
       const ack = Atomics.load(this.#w, W.ACK);
@@ -135,6 +200,7 @@ export class QueueLease implements DmaUser {
 
   /** The queue was not re-created: the borrower settles and refuses everything. */
   abandon(): void {
+    this.#local?.stop("abandon", 5000);
     Atomics.store(this.#w, W.STATE, ABANDONED);
     Atomics.notify(this.#w, W.STATE);
   }
@@ -249,6 +315,7 @@ export class LeaseClient implements LeaseGate {
     Atomics.store(w, W.CQ_HEAD, cqHead);
     Atomics.store(w, W.CQ_PHASE, cqPhase);
     if (busy) Atomics.store(w, W.POISONED, 1);
+    Atomics.store(w, W.RETURNED, 1);
     Atomics.store(w, W.LENT, 0);
   }
 }

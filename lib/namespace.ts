@@ -6,7 +6,7 @@
 import { InvalidArgumentError, NvmeStatusError } from "./errors.ts";
 import type { Controller } from "./controller.ts";
 import type { DmaBuffer } from "./dma.ts";
-import type { IoQueue } from "./io.ts";
+import type { NvmeIoQueue } from "./transports/types.ts";
 import * as cmd from "./spec/commands.ts";
 import type { IdentifyNamespace } from "./spec/identify.ts";
 import { SC_COMPARE_FAILURE, SCT_MEDIA } from "./spec/status.ts";
@@ -19,7 +19,7 @@ export interface IoOptions {
   /** Byte offset into the buffer. Defaults to 0. */
   readonly offset?: number;
   /** Queue to use. Defaults to the controller's default I/O queue. */
-  readonly queue?: IoQueue;
+  readonly queue?: NvmeIoQueue;
 }
 
 export interface WriteOptions extends IoOptions {
@@ -83,23 +83,23 @@ export class Namespace {
     return count * this.lbaSize;
   }
 
-  #queue(opts: IoOptions): IoQueue {
+  #queue(opts: IoOptions): NvmeIoQueue {
     return opts.queue ?? this.ctrl.defaultIoQueue();
   }
 
   // ---- synchronous ----------------------------------------------------------------------------
 
   /** Read `count` blocks at `lba` into `buf` (at byte offset `offset`), waiting for completion. */
-  readSync(q: IoQueue, lba: number, count: number, buf: DmaBuffer, offset = 0): void {
+  readSync(q: NvmeIoQueue, lba: number, count: number, buf: DmaBuffer, offset = 0): void {
     q.rwSync(cmd.NVM_READ, this.nsid, lba, count, buf, offset, this.checkRange(lba, count));
   }
 
   /** Write `count` blocks at `lba` from `buf`, waiting for completion; `fua`: see WriteOptions. */
-  writeSync(q: IoQueue, lba: number, count: number, buf: DmaBuffer, offset = 0, fua = false): void {
+  writeSync(q: NvmeIoQueue, lba: number, count: number, buf: DmaBuffer, offset = 0, fua = false): void {
     q.rwSync(cmd.NVM_WRITE, this.nsid, lba, count, buf, offset, this.checkRange(lba, count), fua ? cmd.RW_FUA : 0);
   }
 
-  flushSync(q: IoQueue): void {
+  flushSync(q: NvmeIoQueue): void {
     q.commandSync((sqe, o, cid) => cmd.writeSqe(sqe, o, cmd.NVM_FLUSH, cid, this.nsid, 0, 0, 0, 0, 0));
   }
 
@@ -164,18 +164,18 @@ export class Namespace {
       }
       if (r.lba + r.count > this.blocks) throw new InvalidArgumentError(`LBA ${r.lba}+${r.count} past NSZE ${this.blocks} of namespace ${this.nsid}`);
     }
-    const q = this.#queue(opts);
-    await q.commandAsync((sqe, o, cid) => {
-      // The range list travels in the CID's own list page (4 KiB = 256 ranges exactly).
-      const page = q.listBuffer(cid);
-      const u32 = page.u32;
-      ranges.forEach((r, i) => {
-        u32[i * 4] = 0; // Context Attributes
-        u32[i * 4 + 1] = r.count >>> 0;
-        u32[i * 4 + 2] = cmd.lo32(r.lba);
-        u32[i * 4 + 3] = cmd.hi32(r.lba);
-      });
-      cmd.writeSqe(sqe, o, cmd.NVM_DATASET_MANAGEMENT, cid, this.nsid, page.busAddress(0), 0, ranges.length - 1, cmd.DSM_ATTR_DEALLOCATE, 0);
+    // The range list (16 bytes a range): over PCIe in the CID's own list page, over TCP in the capsule.
+    const list = new Uint8Array(ranges.length * 16);
+    const v = new DataView(list.buffer);
+    ranges.forEach((r, i) => {
+      v.setUint32(i * 16, 0, true); // Context Attributes
+      v.setUint32(i * 16 + 4, r.count >>> 0, true);
+      v.setUint32(i * 16 + 8, cmd.lo32(r.lba), true);
+      v.setUint32(i * 16 + 12, cmd.hi32(r.lba), true);
     });
+    await this.#queue(opts).commandDataAsync(
+      (sqe, o, cid) => cmd.writeSqe(sqe, o, cmd.NVM_DATASET_MANAGEMENT, cid, this.nsid, 0, 0, ranges.length - 1, cmd.DSM_ATTR_DEALLOCATE, 0),
+      list,
+    );
   }
 }

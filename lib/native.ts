@@ -11,7 +11,7 @@ import { existsSync } from "node:fs";
 import { join } from "node:path";
 import { NativeError } from "./errors.ts";
 
-const ABI_VERSION = 3;
+const ABI_VERSION = 5;
 const LIB_FILE = "libnvm-native.so";
 const PKG_ROOT = join(import.meta.dir, "..");
 
@@ -66,6 +66,24 @@ const symbols = {
   nvm_disnvm_unmap_dmabuf: { args: [i32, u32, u32], returns: i32 },
   nvm_disnvm_dmabuf_status: { args: [i32, u32, u32, P], returns: i32 },
   nvm_disnvm_revoke_dmabuf: { args: [i32, u32, u32], returns: i32 },
+  // TCP sockets and CRC-32C (NVMe/TCP): fds as i32, buffers as pointers, hot calls u32/i32 only
+  nvm_tcp_connect: { args: [P, u32, u32], returns: i32 },
+  nvm_tcp_sendv: { args: [i32, P, u32, u32], returns: i32 },
+  nvm_tcp_recv3: { args: [i32, P, u32, P, u32, P, u32, u32], returns: i32 },
+  nvm_tcp_shutdown: { args: [i32], returns: i32 },
+  nvm_tcp_close: { args: [i32], returns: i32 },
+  nvm_tcp_peer: { args: [i32, P], returns: i32 },
+  nvm_crc32c: { args: [P, u32, u32], returns: u32 },
+  nvm_crc32c_impl: { args: [], returns: u32 },
+  nvm_crc32c_sw: { args: [P, u32, u32], returns: u32 },
+  // queue core, host mode (c/src/queue.c): state blocks, jobs, executor threads
+  nvm_q_state_bytes: { args: [u32], returns: u32 },
+  nvm_q_init: { args: [P, P], returns: i32 },
+  nvm_q_work_bytes: { args: [P], returns: u32 },
+  nvm_q_sizes: { args: [P], returns: i32 },
+  nvm_q_start: { args: [P], returns: P },
+  nvm_q_done: { args: [P], returns: u32 },
+  nvm_q_join: { args: [P, u32], returns: i32 },
 } as const;
 
 /** c/include/nvm_native.h as TypeScript sees it. */
@@ -113,6 +131,24 @@ export interface NativeLib {
   nvm_disnvm_unmap_dmabuf(fd: number, handleLo: number, handleHi: number): number;
   nvm_disnvm_dmabuf_status(fd: number, handleLo: number, handleHi: number, flags: Pointer): number;
   nvm_disnvm_revoke_dmabuf(fd: number, handleLo: number, handleHi: number): number;
+  // TCP (NVMe/TCP transport)
+  nvm_tcp_connect(host: Buffer, port: number, timeoutMs: number): number;
+  nvm_tcp_sendv(fd: number, iov: Pointer, count: number, timeoutMs: number): number;
+  nvm_tcp_recv3(fd: number, p1: Pointer | number, n1: number, p2: Pointer | number, n2: number, p3: Pointer | number, n3: number, timeoutUs: number): number;
+  nvm_tcp_shutdown(fd: number): number;
+  nvm_tcp_close(fd: number): number;
+  nvm_tcp_peer(fd: number, out: Pointer): number;
+  nvm_crc32c(data: Pointer | number, len: number, prev: number): number;
+  nvm_crc32c_impl(): number;
+  nvm_crc32c_sw(data: Pointer | number, len: number, prev: number): number;
+  // queue core, host mode
+  nvm_q_state_bytes(entries: number): number;
+  nvm_q_init(state: Pointer, desc: Pointer): number;
+  nvm_q_work_bytes(job: Pointer): number;
+  nvm_q_sizes(out: Pointer): number;
+  nvm_q_start(job: Pointer): Pointer | null;
+  nvm_q_done(run: Pointer): number;
+  nvm_q_join(run: Pointer, timeoutMs: number): number;
 }
 type Lib = NativeLib;
 
@@ -201,6 +237,16 @@ const errnoNames: Record<number, string> = {
   19: "ENODEV",
   22: "EINVAL",
   25: "ENOTTY",
+  32: "EPIPE",
+  98: "EADDRINUSE",
+  99: "EADDRNOTAVAIL",
+  101: "ENETUNREACH",
+  103: "ECONNABORTED",
+  104: "ECONNRESET",
+  107: "ENOTCONN",
+  110: "ETIMEDOUT",
+  111: "ECONNREFUSED",
+  113: "EHOSTUNREACH",
 };
 
 export function errnoName(errno: number): string {

@@ -35,7 +35,9 @@ import type { Pointer } from "bun:ffi";
 import { ClosedError, InvalidArgumentError, UnsupportedError } from "./errors.ts";
 import { exportedMemory, LEASE_BYTES, LeaseClient } from "./lease.ts";
 import { HOST_PAGE_SIZE, type Backend, type BackendKind, type DmaMapping, type DmaOptions } from "./backends/types.ts";
-import type { Controller } from "./controller.ts";
+import type { AnyIoQueue, Controller } from "./controller.ts";
+import { BorrowedHostMemory } from "./transports/tcp/memory.ts";
+import { TcpQueue, type TcpLinkParams } from "./transports/tcp/queue.ts";
 import { DmaBuffer } from "./dma.ts";
 import { IoCompletionQueue, IoQueue, type IoQueueContext } from "./io.ts";
 import { PRP_PAGE_SIZE } from "./prp.ts";
@@ -107,6 +109,11 @@ function shareMapping(buf: DmaBuffer, what: string): SharedMapping {
     );
   }
   const iova = buf.iova;
+  // Host memory of an NVMe/TCP controller has no bus addresses: a whole buffer is base 0.
+  if (iova.length === 0) {
+    if (buf.base !== 0) throw new InvalidArgumentError(`${what} is a region of a buffer: export the whole buffer (and pass offsets within it)`);
+    return { vaddr: Number(buf.pointer), size: buf.size, iova: [], contiguous: false };
+  }
   // A region (even one at offset 0) covers less than its mapping; every backend describes each
   // page of a mapping it made, so a whole buffer has exactly a bus address pair per page.
   if (buf.base !== 0 || buf.size !== (iova.length / 2) * HOST_PAGE_SIZE) {
@@ -131,7 +138,11 @@ export function exportBuffer(buf: DmaBuffer): SharedMapping {
  * only the Worker uses it, until its close(). Namespaces the Worker sends commands to must have
  * been identified by the owner first (new Namespace(ctrl, nsid)).
  */
-export function exportIoQueue(ctrl: Controller, q: IoQueue): SharedIoQueue {
+export function exportIoQueue(ctrl: Controller, q: IoQueue): SharedIoQueue;
+export function exportIoQueue(ctrl: Controller, q: TcpQueue): SharedTcpIoQueue;
+export function exportIoQueue(ctrl: Controller, q: AnyIoQueue): SharedIoQueue | SharedTcpIoQueue;
+export function exportIoQueue(ctrl: Controller, q: AnyIoQueue): SharedIoQueue | SharedTcpIoQueue {
+  if (q.transport === "tcp") return exportTcpQueue(ctrl, q);
   if (q.closed) throw new InvalidArgumentError(`I/O queue ${q.qid} is closed`);
   const backend = ctrl.backend;
   if (!q.sq.mem.belongsTo(backend)) throw new InvalidArgumentError(`I/O queue ${q.qid} belongs to another controller than ${backend.name}`);
@@ -358,8 +369,12 @@ export interface AttachedIoQueue {
 }
 
 /** In the Worker: rebuild the queue described by exportIoQueue(). InvalidArgumentError for a malformed description. */
-export function attachIoQueue(shared: SharedIoQueue): AttachedIoQueue {
-  const d = checkShared(shared);
+export function attachIoQueue(shared: SharedIoQueue): AttachedIoQueue;
+export function attachIoQueue(shared: SharedTcpIoQueue): AttachedTcpIoQueue;
+export function attachIoQueue(shared: SharedIoQueue | SharedTcpIoQueue): AttachedIoQueue | AttachedTcpIoQueue;
+export function attachIoQueue(shared: SharedIoQueue | SharedTcpIoQueue): AttachedIoQueue | AttachedTcpIoQueue {
+  if (typeof shared === "object" && shared !== null && (shared as SharedTcpIoQueue).transport === "tcp") return attachTcpQueue(shared as SharedTcpIoQueue);
+  const d = checkShared(shared as SharedIoQueue);
   const backend = new SharedBackend(d);
   let cq: IoCompletionQueue | undefined;
   let queue: IoQueue | undefined;
@@ -445,6 +460,124 @@ export function attachIoQueue(shared: SharedIoQueue): AttachedIoQueue {
       q.free();
       ioCq.free();
       backend.close();
+    },
+  };
+}
+
+// ---- NVMe/TCP queues ----------------------------------------------------------------------------
+
+/**
+ * An NVMe/TCP I/O queue as plain data: its connection's descriptor (process wide, so a Worker reads
+ * and writes the same socket), what the connection negotiated, and a small lease: word 0 is 1
+ * while the Worker holds the queue, word 1 is set when the Worker shut the connection down (a
+ * timeout or a violation there), after which the owner closes it and reconnects the queue. A
+ * Worker cannot reconnect (it has no admin queue): a queue whose connection went down refuses
+ * commands there; close it and export it again once the owner has reconnected it.
+ */
+export interface SharedTcpIoQueue {
+  readonly transport: "tcp";
+  readonly address: string;
+  readonly fd: number;
+  readonly qid: number;
+  readonly entries: number;
+  readonly timeoutMs: number;
+  readonly maxTransfer: number;
+  readonly link: TcpLinkParams;
+  /** SQ flow control state at export: the SQ tail and the last SQHD. */
+  readonly sqTail: number;
+  readonly sqHead: number;
+  readonly lbaSizes: readonly (readonly [number, number])[];
+  readonly lease: SharedArrayBuffer;
+}
+
+export interface AttachedTcpIoQueue {
+  /** A TcpQueue over the owner's connection: low-level, sync and async APIs all work. */
+  readonly queue: TcpQueue;
+  /** A buffer the owner exported (exportBuffer), for commands on this queue. */
+  buffer(m: SharedMapping): DmaBuffer;
+  /**
+   * Hand the queue back to the owner. Commands still outstanding first have their connection shut
+   * down (nothing more lands in their buffers) and fail with ClosedError; the owner then
+   * reconnects the queue. Idempotent.
+   */
+  close(): void;
+}
+
+function exportTcpQueue(ctrl: Controller, q: TcpQueue): SharedTcpIoQueue {
+  if (q.closed) throw new InvalidArgumentError(`I/O queue ${q.qid} is closed`);
+  if (![...ctrl.tcp.ioQueues()].includes(q)) throw new InvalidArgumentError(`I/O queue ${q.qid} is not a live queue of ${ctrl.name}`);
+  const lease = new SharedArrayBuffer(16);
+  q.lend(new Int32Array(lease));
+  const sq = q.sqPointers;
+  return {
+    transport: "tcp",
+    address: ctrl.tcp.address,
+    fd: q.socket,
+    qid: q.qid,
+    entries: q.entries,
+    timeoutMs: q.timeoutMs,
+    maxTransfer: q.maxTransfer,
+    link: { ...q.link },
+    sqTail: sq.tail,
+    sqHead: sq.head,
+    lbaSizes: [...ctrl.knownLbaSizes],
+    lease,
+  };
+}
+
+function attachTcpQueue(d: SharedTcpIoQueue): AttachedTcpIoQueue {
+  const where = `shared NVMe/TCP queue ${d.qid}`;
+  checkInt(where, "fd", d.fd, 0, 0x7fff_ffff);
+  checkInt(where, "qid", d.qid, 1, 0xfffe);
+  checkInt(where, "entries", d.entries, 2, MAX_QUEUE_ENTRIES);
+  checkInt(where, "maxTransfer", d.maxTransfer, 1, 0xffff_ffff);
+  if (!(d.lease instanceof SharedArrayBuffer) || d.lease.byteLength !== 16) throw new InvalidArgumentError(`${where}: lease must be the SharedArrayBuffer exportIoQueue() made`);
+  const words = new Int32Array(d.lease);
+  if (Atomics.load(words, 0) !== 1) throw new InvalidArgumentError(`${where} is not lent (it was given back already): export it again`);
+  const memory = new BorrowedHostMemory();
+  const lbaSizes = new Map(d.lbaSizes);
+  const q = new TcpQueue(
+    {
+      address: d.address,
+      timeoutMs: d.timeoutMs,
+      maxTransfer: d.maxTransfer,
+      memory,
+      lbaSize: (nsid) => {
+        const size = lbaSizes.get(nsid);
+        if (size === undefined) throw new InvalidArgumentError(`namespace ${nsid} was not identified by the owner before it exported queue ${d.qid}: create new Namespace(ctrl, ${nsid}) there first`);
+        return size;
+      },
+    },
+    d.qid,
+    d.entries,
+  );
+  checkInt(where, "sqTail", d.sqTail, 0, d.entries - 1);
+  checkInt(where, "sqHead", d.sqHead, 0, d.entries - 1);
+  q.attach(d.fd, d.link, false, { tail: d.sqTail, head: d.sqHead });
+  q.borrow(words);
+  const buffers: DmaBuffer[] = [];
+  let closed = false;
+  return {
+    queue: q,
+    buffer(m: SharedMapping): DmaBuffer {
+      if (closed) throw new ClosedError(`I/O queue ${d.qid} was detached from this Worker (close()); attach it again`);
+      if (typeof m !== "object" || m === null || !isInt(m.vaddr, 1, Number.MAX_SAFE_INTEGER) || !isInt(m.size, HOST_PAGE_SIZE, 0xffff_f000) || m.size % HOST_PAGE_SIZE !== 0) {
+        throw new InvalidArgumentError(`shared buffer: not what exportBuffer() returned (${show(m)})`);
+      }
+      memory.lend(m.vaddr, m.size);
+      const b = new DmaBuffer(memory, m.size);
+      buffers.push(b);
+      return b;
+    },
+    close(): void {
+      if (closed) return;
+      closed = true;
+      const down = q.detach();
+      for (const b of buffers.splice(0)) b.free();
+      q.free();
+      memory.close();
+      if (down) Atomics.store(words, 1, 1);
+      Atomics.store(words, 0, 0);
     },
   };
 }

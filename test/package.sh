@@ -14,7 +14,8 @@ mkdir "$work/app" && cd "$work/app"
 echo '{ "name": "app", "private": true, "type": "module" }' > package.json
 bun add "$work/$tgz" >/dev/null
 cat > main.ts <<'TS'
-import { parseBdf, native, PCI_CLASS_NVME, cuda, CudaError, cudaLibraryPath, Controller, SmartIoError } from "libnvm";
+import { parseBdf, native, PCI_CLASS_NVME, cuda, CudaError, cudaLibraryPath, Controller, SmartIoError, createGpuQueues, kernelImageCandidates } from "libnvm";
+import { existsSync } from "node:fs";
 if (parseBdf("05:00.0") !== "0000:05:00.0") throw new Error("parseBdf");
 const abi = native().nvm_abi_version();
 // The GPU layer ships, and loads no libcuda until used: here there is none to load.
@@ -32,10 +33,18 @@ try {
 } catch (e) {
   if (!(e instanceof SmartIoError) || e.reason !== "not-installed" || !e.message.includes("libnvm-sisci.so")) throw e;
 }
-console.log(`package: libnvm imported, native ABI ${abi}, NVMe class 0x${PCI_CLASS_NVME.toString(16)}, cuda layer lazy, SmartIO says SISCI is not installed`);
+if (typeof createGpuQueues !== "function") throw new Error("createGpuQueues is not exported");
+// The kernels ship beside the .so when they were built (nvcc there at pack time).
+const kernels = kernelImageCandidates().find((p) => existsSync(p));
+if (process.env.EXPECT_KERNELS === "1" && !kernels?.includes("/prebuilds/")) throw new Error(`no prebuilt nvm_queue.fatbin found by lib/gpu (looked at ${kernelImageCandidates().join(", ")})`);
+console.log(`package: libnvm imported, native ABI ${abi}, NVMe class 0x${PCI_CLASS_NVME.toString(16)}, cuda layer lazy, SmartIO says SISCI is not installed, GPU kernels ${kernels ? "shipped" : "not built (no nvcc when packed)"}`);
 TS
-LIBNVM_LIBCUDA=/nonexistent/libcuda.so.1 bun main.ts
+expect_kernels=0
+[ -f "$repo/c/build/nvm_queue.fatbin" ] && expect_kernels=1
+EXPECT_KERNELS=$expect_kernels LIBNVM_LIBCUDA=/nonexistent/libcuda.so.1 bun main.ts
 test -f node_modules/libnvm/prebuilds/linux-x64/libnvm-native.so
+test -f node_modules/libnvm/c/cuda/nvm_queue.cu
+test -f node_modules/libnvm/c/include/nvm_queue_core.h
 test -f node_modules/libnvm/lib/cuda/driver.ts
 # The SmartIO shim ships as source (built only where SISCI is installed), never prebuilt.
 test -f node_modules/libnvm/c/src/sisci.c

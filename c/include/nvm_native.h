@@ -5,7 +5,8 @@
  * - 32-bit volatile register access, 64-bit registers as two halves (low first);
  * - doorbell stores behind a release fence;
  * - page-aligned, locked, populated DMA memory and its physical addresses (pagemap);
- * - PCI configuration space access.
+ * - PCI configuration space access;
+ * - synchronous TCP sockets and CRC-32C for the NVMe/TCP transport.
  *
  * Conventions for bun:ffi (see docs): functions that can fail return 0 or a negative errno,
  * or a pointer/NULL. After a NULL, nvm_last_error() returns the positive errno of the failing
@@ -24,7 +25,7 @@ extern "C" {
 #endif
 
 /* Version of this ABI; lib/native.ts refuses a library with another one. */
-#define NVM_NATIVE_ABI 3
+#define NVM_NATIVE_ABI 5
 NVM_API uint32_t nvm_abi_version(void);
 
 /* errno of the last failed call on this thread (0 after a success). */
@@ -170,6 +171,52 @@ NVM_API int32_t nvm_disnvm_unmap_dmabuf(int32_t fd, uint32_t handle_lo, uint32_t
 NVM_API int32_t nvm_disnvm_dmabuf_status(int32_t fd, uint32_t handle_lo, uint32_t handle_hi, uint32_t *flags);
 /* DISNVM_IOC_REVOKE_DMABUF: the module's test hook (CAP_SYS_ADMIN): revoke the import as its exporter would. */
 NVM_API int32_t nvm_disnvm_revoke_dmabuf(int32_t fd, uint32_t handle_lo, uint32_t handle_hi);
+
+/* --- TCP (NVMe/TCP transport: lib/transports/tcp/) ------------------------------------------ */
+
+/* Resolve `host` (name or address), connect a non-blocking, close-on-exec TCP socket to it within
+ * timeout_ms and set TCP_NODELAY: the fd, or -errno (-ENOENT: the name does not resolve;
+ * -ECONNREFUSED, -ETIMEDOUT, -EHOSTUNREACH, ...). */
+NVM_API int32_t nvm_tcp_connect(const char *host, uint32_t port, uint32_t timeout_ms);
+/* Send every byte of `count` buffers, described by iov[4*count] as address (lo, hi), length,
+ * reserved, waiting (poll) at most timeout_ms in all: 0, -ETIMEDOUT (the stream may then hold part
+ * of the data: close it), or -errno (-EPIPE, -ECONNRESET). count <= 256. No SIGPIPE. */
+NVM_API int32_t nvm_tcp_sendv(int32_t fd, const uint32_t *iov, uint32_t count, uint32_t timeout_ms);
+/* readv() into up to three buffers (a length 0 skips one): the bytes read (> 0); 0 when none arrived
+ * within timeout_us (0: do not wait); -ENOTCONN when the peer closed the connection; -errno. */
+NVM_API int32_t nvm_tcp_recv3(int32_t fd, void *p1, uint32_t n1, void *p2, uint32_t n2, void *p3, uint32_t n3, uint32_t timeout_us);
+/* shutdown(SHUT_RDWR): nothing more is received or sent on the connection (the fd stays open). */
+NVM_API int32_t nvm_tcp_shutdown(int32_t fd);
+NVM_API int32_t nvm_tcp_close(int32_t fd);
+/* out[2]: local and peer port of a connected socket. */
+NVM_API int32_t nvm_tcp_peer(int32_t fd, uint32_t *out);
+
+/* CRC-32C (Castagnoli) of len bytes, continuing from `prev` (a finished CRC; 0 to start):
+ * nvm_crc32c(b, nb, nvm_crc32c(a, na, 0)) is the CRC of a then b. SSE4.2 when the CPU has it. */
+NVM_API uint32_t nvm_crc32c(const void *data, uint32_t len, uint32_t prev);
+/* 1 when nvm_crc32c uses the SSE4.2 instruction, 0 for the table version. */
+NVM_API uint32_t nvm_crc32c_impl(void);
+/* The table version alone, to check one against the other. */
+NVM_API uint32_t nvm_crc32c_sw(const void *data, uint32_t len, uint32_t prev);
+/* --- queue core, host mode (nvm_queue_core.h, nvm_queue_job.h; c/src/queue.c) ------------------ */
+
+/* Bytes of a queue's state block (struct nvmq and its arrays); 0 unless entries is a power of
+ * two from 2 to 32768. */
+NVM_API uint32_t nvm_q_state_bytes(uint32_t entries);
+/* nvmq_init() of the state block at `state` from a struct nvmq_init_desc; -EINVAL when refused. */
+NVM_API int32_t nvm_q_init(void *state, const void *desc);
+/* Bytes of the work area a struct nvmq_job needs (nvmq_work_layout()); 0 when over 4 GiB. */
+NVM_API uint32_t nvm_q_work_bytes(const void *job);
+/* Sizes of the shared structures, for lib/gpu/layout.ts to check its mirror: out[12]. */
+NVM_API int32_t nvm_q_sizes(uint32_t *out);
+/* Start job->threads OS threads running the job's executors (all or none): the run, or NULL with
+ * errno. The job, its queues and its memory must stay valid until nvm_q_join() returned 0. */
+NVM_API void *nvm_q_start(const void *job);
+/* Executors of a run that returned so far (never blocks). */
+NVM_API uint32_t nvm_q_done(void *run);
+/* Wait up to timeout_ms for every executor to return, then join and free the run: 0, or
+ * -ETIMEDOUT with the run still valid (ask again; set the queues' stop word to end it). */
+NVM_API int32_t nvm_q_join(void *run, uint32_t timeout_ms);
 
 #ifdef __cplusplus
 }

@@ -47,7 +47,7 @@ static uint64_t now_ns(void)
     return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
 }
 
-API uint32_t nvm_bench_abi_version(void) { return 3; }
+API uint32_t nvm_bench_abi_version(void) { return 4; }
 
 /* Pin the calling thread to `cpu` (-1: allow every CPU). */
 API int32_t nvm_bench_pin(int32_t cpu)
@@ -85,6 +85,9 @@ struct completer {
     /* Optional log of what it answered (tests): CDW0, CDW10, CDW11, CDW12 per entry, in SQ order. */
     uint32_t *log;
     uint32_t log_cap, log_len; /* log_len: atomic */
+    uint64_t latency_ns; /* atomic: answer an entry only this long after it was first seen */
+    uint64_t *seen_at;   /* per SQ slot: when it was first seen (latency_ns > 0) */
+    uint32_t seen_tail;  /* entries up to here have a seen_at */
     /* The controller's own state. */
     uint32_t sq_head, cq_tail, phase;
 };
@@ -104,8 +107,16 @@ static uint32_t completer_pass(struct completer *c)
     }
     uint32_t pending = (tail + n - c->sq_head) % n;
     uint32_t hold = __atomic_load_n(&c->hold, __ATOMIC_RELAXED);
+    uint64_t latency = __atomic_load_n(&c->latency_ns, __ATOMIC_RELAXED);
+    uint64_t now = 0;
+    if (latency && c->seen_at) {
+        /* A device's service time: stamp new entries, answer each only `latency` after its stamp. */
+        now = now_ns();
+        for (; c->seen_tail != tail; c->seen_tail = c->seen_tail + 1 == n ? 0 : c->seen_tail + 1) c->seen_at[c->seen_tail] = now;
+    }
     uint32_t done = 0;
     while (pending > hold) {
+        if (latency && c->seen_at && now - c->seen_at[c->sq_head] < latency) break;
         uint32_t cq_head = __atomic_load_n(c->cq_db, __ATOMIC_ACQUIRE);
         if (cq_head >= m) {
             __atomic_fetch_add(&c->bad, 1, __ATOMIC_RELAXED);
@@ -215,6 +226,23 @@ API uint32_t nvm_bench_completer_step(int32_t h)
     return c && !c->threaded ? completer_pass(c) : 0;
 }
 
+/*
+ * Answer each entry `latency_ns` after the completer first saw it (0: at once), as a device with that
+ * service time would: for measuring how a poller waits (bench/polling.ts).
+ */
+API int32_t nvm_bench_completer_latency(int32_t h, uint32_t latency_ns)
+{
+    struct completer *c = completer(h);
+    if (!c) return -EINVAL;
+    if (!c->seen_at) {
+        c->seen_at = calloc(c->sq_entries, sizeof(uint64_t));
+        if (!c->seen_at) return -ENOMEM;
+        c->seen_tail = c->sq_head;
+    }
+    __atomic_store_n(&c->latency_ns, (uint64_t)latency_ns, __ATOMIC_RELAXED);
+    return 0;
+}
+
 /* Pause (1) or resume (0) a threaded completer; a paused one sleeps and answers nothing. */
 API int32_t nvm_bench_completer_pause(int32_t h, uint32_t paused)
 {
@@ -265,6 +293,8 @@ API int32_t nvm_bench_completer_stop(int32_t h)
     if (!c) return -EINVAL;
     __atomic_store_n(&c->stop, 1, __ATOMIC_RELAXED);
     if (c->threaded) pthread_join(c->thread, NULL);
+    free(c->seen_at);
+    c->seen_at = NULL;
     pthread_mutex_lock(&table_lock);
     c->used = 0;
     pthread_mutex_unlock(&table_lock);

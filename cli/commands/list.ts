@@ -130,20 +130,48 @@ function controllerJson(c: ListedController): JsonValue {
   };
 }
 
+/** The NVM subsystems an NVMe/TCP target offers (discovery), each opened for its namespaces. */
+async function inspectTcp(ctx: Parameters<Command["run"]>[0]): Promise<ListedController[]> {
+  const { runDiscovery } = await import("./discover.ts");
+  const d = await runDiscovery(ctx);
+  const { Controller } = await import("../../lib/controller.ts");
+  const out: ListedController[] = [];
+  for (const r of d.records) {
+    if (r.subtype !== 2) continue; // referrals and the discovery subsystem itself have no namespaces
+    const base = { address: r.uri, vendor: "", device: "", driver: "nvme+tcp", backends: ["tcp"] };
+    if (ctx.values["no-open"] === true) {
+      out.push({ ...base, note: "not opened (--no-open)", serial: undefined, model: undefined, firmware: undefined, namespaces: [] });
+      continue;
+    }
+    try {
+      using ctrl = Controller.open(r.uri, { handleSignals: false });
+      const id = ctrl.info;
+      const namespaces = ctrl.activeNamespaces().map((nsid) => ({ nsid, devicePath: r.uri, firmware: id.fr, model: id.mn, serial: id.sn, info: ctrl.identifyNamespace(nsid) }));
+      out.push({ ...base, vendor: `0x${id.vid.toString(16).padStart(4, "0")}`, device: "", note: undefined, serial: id.sn, model: id.mn, firmware: id.fr, namespaces });
+    } catch (e) {
+      out.push({ ...base, note: `not read: ${(e as Error).message.split("\n")[0]}`, serial: undefined, model: undefined, firmware: undefined, namespaces: [] });
+    }
+  }
+  return out;
+}
+
 export const list: Command = {
   name: "list",
-  summary: "every NVMe controller: driver, reachable backends, namespaces",
+  summary: "every NVMe controller: driver, reachable backends, namespaces; or an NVMe/TCP target's subsystems",
   description:
     "Lists the machine's NVMe controllers (PCI class 010802h) with their driver and the backends that can reach\n" +
     "them now, and the namespaces of those libnvm can open, in nvme list's layout. Opening a controller resets\n" +
     "it: list opens only controllers no driver but vfio-pci or disnvm holds, no libnvm process owns and no other\n" +
     "process maps. -o json prints nvme list's \"Devices\" array (DevicePath is the controller's address) and a\n" +
-    "\"Controllers\" array of libnvm's own.",
+    "\"Controllers\" array of libnvm's own. With an NVMe/TCP target (nvme+tcp://HOST[:PORT]) it runs discovery\n" +
+    "there and lists each subsystem offered, opened by its nvme+tcp:// address.",
   device: false,
+  optionalDevice: true,
   options: { ...OUTPUT_OPTIONS, "no-open": { type: "boolean", help: "open no controller: driver and backends only" } },
   async run(ctx) {
     const ctrls: ListedController[] = [];
-    for (const bdf of nvmeControllers()) ctrls.push(await inspect(bdf, ctx.values["no-open"] !== true));
+    if (ctx.device !== "") ctrls.push(...(await inspectTcp(ctx)));
+    else for (const bdf of nvmeControllers()) ctrls.push(await inspect(bdf, ctx.values["no-open"] !== true));
     const devices = ctrls.flatMap((c) => c.namespaces);
     if (ctx.output === "json") {
       printJson({ Devices: devices.map(listDeviceJson), Controllers: ctrls.map(controllerJson) });
@@ -151,21 +179,23 @@ export const list: Command = {
     }
     let out = "";
     if (devices.length > 0) {
-      out += `${"Node".padEnd(21)} ${"SN".padEnd(20)} ${"Model".padEnd(40)} ${"Namespace".padEnd(9)} ${"Usage".padEnd(26)} ${"Format".padEnd(16)} ${"FW Rev".padEnd(8)}\n`;
-      out += `${"-".repeat(21)} ${"-".repeat(20)} ${"-".repeat(40)} ${"-".repeat(9)} ${"-".repeat(26)} ${"-".repeat(16)} ${"-".repeat(8)}\n`;
+      const nodeWidth = Math.max(21, ...devices.map((n) => n.devicePath.length));
+      out += `${"Node".padEnd(nodeWidth)} ${"SN".padEnd(20)} ${"Model".padEnd(40)} ${"Namespace".padEnd(9)} ${"Usage".padEnd(26)} ${"Format".padEnd(16)} ${"FW Rev".padEnd(8)}\n`;
+      out += `${"-".repeat(nodeWidth)} ${"-".repeat(20)} ${"-".repeat(40)} ${"-".repeat(9)} ${"-".repeat(26)} ${"-".repeat(16)} ${"-".repeat(8)}\n`;
       for (const n of devices) {
         const lba = BigInt(n.info.lbaSize);
         const usage = `${siBytesColumn(n.info.nuse * lba)} / ${siBytesColumn(n.info.nsze * lba)}`;
         const fmt = `${binaryBytesColumn(n.info.lbaSize)} + ${String(n.info.metadataSize).padStart(2)} B`;
-        out += `${n.devicePath.padEnd(21)} ${n.serial.padEnd(20)} ${n.model.padEnd(40)} ${String(n.nsid).padEnd(9)} ${usage.padEnd(26)} ${fmt.padEnd(16)} ${n.firmware.padEnd(8)}\n`;
+        out += `${n.devicePath.padEnd(nodeWidth)} ${n.serial.padEnd(20)} ${n.model.padEnd(40)} ${String(n.nsid).padEnd(9)} ${usage.padEnd(26)} ${fmt.padEnd(16)} ${n.firmware.padEnd(8)}\n`;
       }
       out += "\n";
     }
-    if (ctrls.length === 0) out += "no NVMe controller (PCI class 010802h) on this machine\n";
+    if (ctrls.length === 0) out += ctx.device !== "" ? `${ctx.device} offers no NVM subsystem to this host\n` : "no NVMe controller (PCI class 010802h) on this machine\n";
     else {
-      out += `${"Controller".padEnd(13)} ${"ID".padEnd(9)} ${"Driver".padEnd(9)} Backends\n`;
+      const aw = Math.max(13, ...ctrls.map((c) => c.address.length));
+      out += `${"Controller".padEnd(aw)} ${"ID".padEnd(9)} ${"Driver".padEnd(9)} Backends\n`;
       for (const c of ctrls) {
-        out += `${c.address.padEnd(13)} ${`${c.vendor.replace(/^0x/, "")}:${c.device.replace(/^0x/, "")}`.padEnd(9)} ${(c.driver ?? "none").padEnd(9)} ${c.backends.join(", ") || "none"}${c.note ? `  (${c.note})` : ""}\n`;
+        out += `${c.address.padEnd(aw)} ${`${c.vendor.replace(/^0x/, "")}:${c.device.replace(/^0x/, "")}`.padEnd(9)} ${(c.driver ?? "none").padEnd(9)} ${c.backends.join(", ") || "none"}${c.note ? `  (${c.note})` : ""}\n`;
       }
     }
     process.stdout.write(out);

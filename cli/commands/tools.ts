@@ -113,8 +113,8 @@ export const perf: Command = {
   // Loaded only when asked for: it brings Workers, the histogram and the SVG plot with it.
   async help() {
     const { PERF_USAGE } = await import("../../examples/perf.ts");
-    const lines = PERF_USAGE.split("\n").slice(1).filter((l) => !l.startsWith("  --ctrl=BDF"));
-    return `Usage: libnvm perf <device> [OPTIONS]\n\n<device> is the controller: its PCI address (0000:05:00.0 or 05:00.0) or /dev/disnvmN.\n${lines.join("\n")}`;
+    const lines = PERF_USAGE.split("\n").slice(1).filter((l) => !l.startsWith("  --ctrl=CTRL"));
+    return `Usage: libnvm perf <device> [OPTIONS]\n\n<device> is the controller: its PCI address (0000:05:00.0 or 05:00.0), /dev/disnvmN, or nvme+tcp://HOST:PORT/SUBNQN.\n${lines.join("\n")}`;
   },
   device: true,
   passThrough: true,

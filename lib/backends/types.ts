@@ -53,7 +53,17 @@ export interface DmaOptions {
   readonly contiguous?: boolean;
 }
 
-export interface Backend {
+/**
+ * What DmaBuffer needs of whoever made its memory: a backend, or the host memory of an NVMe/TCP
+ * controller (whose buffers have no bus addresses: their data travels in the TCP stream).
+ */
+export interface DmaAllocator {
+  allocDma(size: number, opts?: DmaOptions): DmaMapping;
+  freeDma(mapping: DmaMapping): void;
+  importDmaBuf(fd: number, offset: number, size?: number): DmaMapping;
+}
+
+export interface Backend extends DmaAllocator {
   readonly kind: BackendKind;
   /** The PCI address or device path it was opened with, normalised. */
   readonly name: string;

@@ -52,6 +52,13 @@ interface DeviceState {
 }
 
 let state: DeviceState | undefined;
+/** Bumped each time this thread's contexts are released: what lives in them (modules) is gone. */
+let generation = 0;
+
+/** Changes whenever releaseContexts() let go of this thread's contexts (cuda.close()). */
+export function contextGeneration(): number {
+  return generation;
+}
 
 function initialized(): DeviceState {
   if (state) return state;
@@ -160,6 +167,7 @@ export function releaseContexts(): void {
   const st = state;
   if (!st) return;
   state = undefined;
+  generation++;
   const d = cudaDriver();
   let first: unknown;
   // Leave no context of ours current on this thread once it may be gone.

@@ -27,6 +27,11 @@ export const CUDA_ERROR_OUT_OF_MEMORY = 2;
 export const CUDA_ERROR_STUB_LIBRARY = 34;
 export const CUDA_ERROR_DEVICE_UNAVAILABLE = 46;
 export const CUDA_ERROR_NO_DEVICE = 100;
+export const CUDA_ERROR_INVALID_IMAGE = 200;
+export const CUDA_ERROR_NO_BINARY_FOR_GPU = 209;
+export const CUDA_ERROR_NOT_FOUND = 500;
+export const CUDA_ERROR_NOT_READY = 600;
+export const CUDA_ERROR_LAUNCH_OUT_OF_RESOURCES = 701;
 export const CUDA_ERROR_HOST_MEMORY_ALREADY_REGISTERED = 712;
 export const CUDA_ERROR_NOT_PERMITTED = 800;
 export const CUDA_ERROR_NOT_SUPPORTED = 801;
@@ -42,6 +47,11 @@ export const CU_DEVICE_ATTRIBUTE_DMA_BUF_SUPPORTED = 124;
 // cuMemHostRegister Flags.
 export const CU_MEMHOSTREGISTER_PORTABLE = 0x01;
 export const CU_MEMHOSTREGISTER_DEVICEMAP = 0x02;
+/** The range is I/O memory (a PCI BAR mapping): the GPU writes it uncached, in order (gpu.md section 3). */
+export const CU_MEMHOSTREGISTER_IOMEMORY = 0x04;
+
+// cuStreamCreate Flags: no implicit synchronization with the legacy default stream.
+export const CU_STREAM_NON_BLOCKING = 0x1;
 
 // CUmemRangeHandleType.
 export const CU_MEM_RANGE_HANDLE_TYPE_DMA_BUF_FD = 1;
@@ -79,6 +89,14 @@ export const cudaSymbols = {
   cuMemHostGetDevicePointer_v2: { args: [P, P, u32], returns: i32 },
   // dma-buf export (CUDA 11.7 and later drivers)
   cuMemGetHandleForAddressRange: { args: [P, u64, u64, i32, u64], returns: i32 },
+  // modules (the fatbin of c/cuda/nvm_queue.cu), kernels, streams
+  cuModuleLoadData: { args: [P, P], returns: i32 },
+  cuModuleUnload: { args: [P], returns: i32 },
+  cuModuleGetFunction: { args: [P, P, P], returns: i32 },
+  cuLaunchKernel: { args: [P, u32, u32, u32, u32, u32, u32, u32, P, P, P], returns: i32 },
+  cuStreamCreate: { args: [P, u32], returns: i32 },
+  cuStreamQuery: { args: [P], returns: i32 },
+  cuStreamDestroy_v2: { args: [P], returns: i32 },
 } as const;
 
 /** A 64-bit driver argument: a bigint, or a number below 2^53. */
@@ -110,6 +128,25 @@ export interface CudaDriverLib {
   cuMemHostUnregister(p: Pointer): number;
   cuMemHostGetDevicePointer_v2(pdptr: Pointer, p: Pointer, flags: number): number;
   cuMemGetHandleForAddressRange(handle: Pointer, dptr: U64, size: U64, handleType: number, flags: U64): number;
+  cuModuleLoadData(module: Pointer, image: HostMemory): number;
+  cuModuleUnload(hmod: Pointer): number;
+  cuModuleGetFunction(hfunc: Pointer, hmod: Pointer, name: Pointer | ArrayBufferView): number;
+  cuLaunchKernel(
+    f: Pointer,
+    gridDimX: number,
+    gridDimY: number,
+    gridDimZ: number,
+    blockDimX: number,
+    blockDimY: number,
+    blockDimZ: number,
+    sharedMemBytes: number,
+    hStream: Pointer | null,
+    kernelParams: Pointer | null,
+    extra: Pointer | null,
+  ): number;
+  cuStreamCreate(phStream: Pointer, flags: number): number;
+  cuStreamQuery(hStream: Pointer | null): number;
+  cuStreamDestroy_v2(hStream: Pointer): number;
 }
 
 let pathOverride: string | undefined;
@@ -221,6 +258,8 @@ const hints: Record<number, string> = {
   [CUDA_ERROR_DEVICE_UNAVAILABLE]: "the GPU is in exclusive-process compute mode and in use by another process (nvidia-smi -q -d COMPUTE)",
   [CUDA_ERROR_NO_DEVICE]: "no CUDA device: the driver sees no GPU; check nvidia-smi, the permissions of /dev/nvidia*, and CUDA_VISIBLE_DEVICES",
   [CUDA_ERROR_SYSTEM_DRIVER_MISMATCH]: "libcuda and the loaded nvidia kernel module are different versions: reload the module or reboot after the driver update",
+  [CUDA_ERROR_NO_BINARY_FOR_GPU]: "the kernels have no code for this GPU: rebuild c/cuda with an nvcc that supports it (cmake -S c -B c/build -DLIBNVM_CUDA=ON)",
+  [CUDA_ERROR_INVALID_IMAGE]: "the kernel image is not a fatbin, cubin or PTX the driver accepts: rebuild it (cmake --build c/build) or point LIBNVM_KERNELS at a good one",
 };
 
 function reasonOf(result: number): CudaErrorReason {

@@ -12,7 +12,7 @@
  */
 import { cudaDriver, check, outI32, scratch } from "./driver.ts";
 import { deviceCount, deviceInfo, releaseContexts, type CudaDevice } from "./device.ts";
-import { alloc, copy, registerHost, releaseAll } from "./memory.ts";
+import { alloc, copy, registerHost, registerIoMemory, releaseAll } from "./memory.ts";
 
 /** The driver's CUDA version, 1000 * major + 10 * minor (13000 = CUDA 13.0); needs no GPU (cuDriverGetVersion). */
 function driverVersion(): number {
@@ -49,8 +49,8 @@ function close(): void {
   if (first !== undefined) throw first;
 }
 
-export const cuda = Object.freeze({ driverVersion, devices, alloc, registerHost, copy, close });
+export const cuda = Object.freeze({ driverVersion, devices, alloc, registerHost, registerIoMemory, copy, close });
 
-export { CudaMemory, HostRegistration, type CudaAllocOptions, type DeviceRange, type HostCopyOptions } from "./memory.ts";
+export { CudaMemory, HostRegistration, IoMemoryRegistration, type CudaAllocOptions, type DeviceRange, type HostCopyOptions } from "./memory.ts";
 export type { CudaDevice } from "./device.ts";
 export { setCudaLibraryPath, cudaLibraryPath } from "./driver.ts";

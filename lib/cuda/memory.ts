@@ -22,7 +22,9 @@ import {
   CU_DEVICE_ATTRIBUTE_HOST_REGISTER_SUPPORTED,
   CU_MEM_RANGE_HANDLE_TYPE_DMA_BUF_FD,
   CU_MEMHOSTREGISTER_DEVICEMAP,
+  CU_MEMHOSTREGISTER_IOMEMORY,
   CU_MEMHOSTREGISTER_PORTABLE,
+  CUDA_ERROR_NOT_PERMITTED,
   CUDA_ERROR_HOST_MEMORY_ALREADY_REGISTERED,
   CUDA_SUCCESS,
   cudaError,
@@ -50,7 +52,7 @@ const internal = Symbol("cuda-internal");
 
 /** Live objects of this thread, freed by releaseAll() (cuda.close()). */
 const liveMemory = new Set<CudaMemory>();
-const liveRegistrations = new Set<HostRegistration>();
+const liveRegistrations = new Set<HostRegistration | IoMemoryRegistration>();
 
 function hex(p: bigint): string {
   return "0x" + p.toString(16);
@@ -292,6 +294,95 @@ export function registerHost(buf: DmaBuffer, opts: Readonly<CudaAllocOptions> = 
     throw e;
   }
   const reg = new HostRegistration(internal, buf, device, devBase + BigInt(first - base), base, length);
+  liveRegistrations.add(reg);
+  return reg;
+}
+
+/**
+ * Pages of a PCI BAR mapping (an NVMe controller's doorbells) mapped into a GPU's address space as
+ * I/O memory (cuMemHostRegister with IOMEMORY | DEVICEMAP), so GPU threads can write doorbell
+ * registers: the GPU then writes them uncached and in order. Made by registerIoMemory(); release
+ * it (unregister()) before the BAR is unmapped (the controller's close()).
+ */
+export class IoMemoryRegistration {
+  /** Device address of the first registered byte. */
+  readonly devicePointer: bigint;
+  /** Host address and length of the registered range (whole 4 KiB pages). */
+  readonly hostAddress: number;
+  readonly size: number;
+  readonly device: number;
+  #registered = true;
+
+  constructor(key: symbol, device: number, hostAddress: number, size: number, devicePointer: bigint) {
+    if (key !== internal) throw new TypeError("IoMemoryRegistration is made by cuda.registerIoMemory()");
+    this.device = device;
+    this.hostAddress = hostAddress;
+    this.size = size;
+    this.devicePointer = devicePointer;
+  }
+
+  get registered(): boolean {
+    return this.#registered;
+  }
+
+  /** Unmap the pages from the GPU (cuMemHostUnregister); a second call throws ClosedError. */
+  unregister(): void {
+    if (!this.#registered) throw new ClosedError("unregister: this I/O memory registration was already released");
+    this.#registered = false;
+    liveRegistrations.delete(this);
+    const d = current(this.device);
+    check(d.cuMemHostUnregister(this.hostAddress as Pointer), "cuMemHostUnregister", `${this.size} bytes of I/O memory at 0x${this.hostAddress.toString(16)}`);
+  }
+
+  [Symbol.dispose](): void {
+    if (this.#registered) this.unregister();
+  }
+}
+
+/**
+ * Register `size` bytes of a BAR mapping at host address `address` (page aligned: whole 4 KiB
+ * pages) as I/O memory for GPU `opts.device`. What the NVIDIA driver needs (gpu.md section 3, read
+ * from its source, not run here): a VM_IO | VM_PFNMAP mapping with physically contiguous pages whose
+ * PTEs are present (touch each page first: a mapping filled on first touch has none), and often
+ * root. Throws CudaError naming the next step when the driver refuses.
+ */
+export function registerIoMemory(address: number, size: number, opts: Readonly<CudaAllocOptions> = {}): IoMemoryRegistration {
+  if (!Number.isSafeInteger(address) || address <= 0 || address % HOST_PAGE_SIZE !== 0) {
+    throw new InvalidArgumentError(`registerIoMemory(): address 0x${address.toString(16)} must be a page-aligned host address (a BAR page)`);
+  }
+  if (!Number.isSafeInteger(size) || size <= 0 || size % HOST_PAGE_SIZE !== 0) {
+    throw new InvalidArgumentError(`registerIoMemory(): size ${size} must be a positive number of whole 4 KiB pages`);
+  }
+  const device = checkDevice(opts.device);
+  requireAttribute(
+    device,
+    CU_DEVICE_ATTRIBUTE_HOST_REGISTER_SUPPORTED,
+    "CU_DEVICE_ATTRIBUTE_HOST_REGISTER_SUPPORTED",
+    "register host memory",
+    "GPU threads cannot ring the controller's doorbells here; use device: \"cpu\" (host threads run the same queue code)",
+  );
+  const d = current(device);
+  const where = `${size} bytes of I/O memory at 0x${address.toString(16)}`;
+  const r = d.cuMemHostRegister_v2(address as Pointer, size, CU_MEMHOSTREGISTER_IOMEMORY | CU_MEMHOSTREGISTER_DEVICEMAP);
+  if (r !== CUDA_SUCCESS) {
+    throw cudaError(
+      r,
+      "cuMemHostRegister_v2",
+      `${where}, IOMEMORY | DEVICEMAP`,
+      r === CUDA_ERROR_NOT_PERMITTED
+        ? "the driver refused to map BAR pages for the GPU: run as root, and check that the controller's BAR0 is mapped through the sysfs, VFIO or disnvm backend (a VM_IO | VM_PFNMAP mapping); or use device: \"cpu\""
+        : undefined,
+    );
+  }
+  let dptr: bigint;
+  try {
+    check(d.cuMemHostGetDevicePointer_v2(scratch().ptr, address as Pointer, 0), "cuMemHostGetDevicePointer_v2", where);
+    dptr = outU64();
+  } catch (e) {
+    d.cuMemHostUnregister(address as Pointer); // best effort: the error that matters is the one thrown
+    throw e;
+  }
+  const reg = new IoMemoryRegistration(internal, device, address, size, dptr);
   liveRegistrations.add(reg);
   return reg;
 }

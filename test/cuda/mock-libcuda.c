@@ -25,6 +25,16 @@
  * the next call of an entry point, and let tests look inside (allocations, registrations, the
  * memfd behind a device pointer, the current device of the calling thread, call counts).
  *
+ * Kernels: cuModuleLoadData accepts what the driver would recognise (a fatbin, a cubin or PTX
+ * text) and cuModuleGetFunction knows libnvm's two queue kernels by name. cuLaunchKernel runs such
+ * a "kernel" on host threads executing the same queue code, nvm_queue_job.h compiled for the host,
+ * with every device address it meets translated to the host memory behind it (NVMQ_ADDR), and
+ * only after checking that each address the job names is one a GPU could reach (device memory or a
+ * registered host range): a host pointer passed where a device address belongs makes the launch
+ * fail at cuStreamQuery with CUDA_ERROR_ILLEGAL_ADDRESS, as a GPU would. Streams report
+ * CUDA_ERROR_NOT_READY until those threads returned. Registering I/O memory (IOMEMORY) is refused
+ * with NOT_PERMITTED unless a test allows it (mock_set_iomemory).
+ *
  * Every entry point runs under one mutex: tests call it from Workers too.
  */
 #define _GNU_SOURCE
@@ -42,6 +52,12 @@
 
 #define API __attribute__((visibility("default")))
 
+/* The queue code the "kernels" run: addresses in the job are device addresses, translated here. */
+#include <stdint.h>
+static void *mock_translate(uint64_t a);
+#define NVMQ_ADDR(a) mock_translate(a)
+#include "nvm_queue_job.h"
+
 /* The driver API's types and the values used here, declared from cuda.h's documented values. */
 typedef int CUresult;
 typedef int CUdevice;
@@ -56,7 +72,12 @@ enum {
     CUDA_ERROR_STUB_LIBRARY = 34,
     CUDA_ERROR_NO_DEVICE = 100,
     CUDA_ERROR_INVALID_DEVICE = 101,
+    CUDA_ERROR_INVALID_IMAGE = 200,
     CUDA_ERROR_INVALID_CONTEXT = 201,
+    CUDA_ERROR_INVALID_HANDLE = 400,
+    CUDA_ERROR_NOT_FOUND = 500,
+    CUDA_ERROR_NOT_READY = 600,
+    CUDA_ERROR_ILLEGAL_ADDRESS = 700,
     CUDA_ERROR_OPERATING_SYSTEM = 304,
     CUDA_ERROR_HOST_MEMORY_ALREADY_REGISTERED = 712,
     CUDA_ERROR_HOST_MEMORY_NOT_REGISTERED = 713,
@@ -137,6 +158,7 @@ static CUdeviceptr next_dptr = DPTR_BASE;
 static unsigned alloc_offset; /* where in its slot an allocation starts (the driver sub-allocates small ones) */
 static char udmabuf_path[256] = "/dev/udmabuf";
 static unsigned long long last_export[4]; /* handleType, flags, dptr, size */
+static int iomemory_allowed; /* mock_set_iomemory(): IOMEMORY registrations succeed */
 static __thread struct mock_ctx *current;
 
 /* --- call counts and injected failures --------------------------------------------------------- */
@@ -287,6 +309,11 @@ static const struct {
     {CUDA_ERROR_NO_DEVICE, "CUDA_ERROR_NO_DEVICE", "no CUDA-capable device is detected"},
     {CUDA_ERROR_INVALID_DEVICE, "CUDA_ERROR_INVALID_DEVICE", "invalid device ordinal"},
     {CUDA_ERROR_INVALID_CONTEXT, "CUDA_ERROR_INVALID_CONTEXT", "invalid device context"},
+    {CUDA_ERROR_INVALID_IMAGE, "CUDA_ERROR_INVALID_IMAGE", "device kernel image is invalid"},
+    {CUDA_ERROR_INVALID_HANDLE, "CUDA_ERROR_INVALID_HANDLE", "invalid resource handle"},
+    {CUDA_ERROR_NOT_FOUND, "CUDA_ERROR_NOT_FOUND", "named symbol not found"},
+    {CUDA_ERROR_NOT_READY, "CUDA_ERROR_NOT_READY", "device not ready"},
+    {CUDA_ERROR_ILLEGAL_ADDRESS, "CUDA_ERROR_ILLEGAL_ADDRESS", "an illegal memory access was encountered"},
     {CUDA_ERROR_OPERATING_SYSTEM, "CUDA_ERROR_OPERATING_SYSTEM", "OS call failed or operation not supported on this OS"},
     {CUDA_ERROR_HOST_MEMORY_ALREADY_REGISTERED, "CUDA_ERROR_HOST_MEMORY_ALREADY_REGISTERED",
      "part or all of the requested memory range is already mapped"},
@@ -585,8 +612,8 @@ ENTRY(cuMemHostRegister_v2, (void *p, size_t bytesize, unsigned int Flags), (p, 
     if (Flags & ~(HOSTREGISTER_PORTABLE | HOSTREGISTER_DEVICEMAP | HOSTREGISTER_IOMEMORY | HOSTREGISTER_READ_ONLY))
         return CUDA_ERROR_INVALID_VALUE;
     const struct mock_device *d = &devices[current->ordinal];
-    /* No BAR pages here to model I/O memory with; the real driver may refuse it unprivileged. */
-    if (Flags & HOSTREGISTER_IOMEMORY)
+    /* The real driver may refuse BAR pages unprivileged; tests choose (mock_set_iomemory). */
+    if ((Flags & HOSTREGISTER_IOMEMORY) && !iomemory_allowed)
         return CUDA_ERROR_NOT_PERMITTED;
     if (!d->attr[ATTR_HOST_REGISTER_SUPPORTED])
         return CUDA_ERROR_NOT_SUPPORTED;
@@ -702,6 +729,291 @@ ENTRY(cuMemGetHandleForAddressRange,
 }
 #endif
 
+/* --- modules, kernels, streams ------------------------------------------------------------------ */
+
+struct mock_module {
+    int loaded;
+    int ordinal;
+};
+
+/* The kernels of c/cuda/nvm_queue.cu, by the names the fatbin exports. */
+enum { KERNEL_SHARED = 1, KERNEL_COOP = 2 };
+struct mock_function {
+    const char *name;
+    int kind;
+    struct mock_module *module;
+};
+
+#define MAX_MODULES 16
+static struct mock_module modules[MAX_MODULES];
+static struct mock_function functions[MAX_MODULES][2];
+static unsigned long long launches;
+static unsigned long long last_launch[5]; /* grid, block, shared bytes, parameter, kind */
+
+struct mock_launch {
+    int kind;
+    uint32_t grid, block;
+    const struct nvmq_job *job; /* host view */
+    CUresult result;            /* what the stream reports once the threads returned */
+    uint32_t nthreads;
+    uint32_t done;
+    pthread_t threads[64];
+};
+
+struct mock_stream {
+    int magic;
+    struct mock_launch *pending;
+};
+#define STREAM_MAGIC 0x57ea
+
+/* Device address -> host address (called by the queue code under NVMQ_ADDR). */
+static void *mock_translate(uint64_t a)
+{
+    pthread_mutex_lock(&lock);
+    void *p = resolve(a, 1);
+    pthread_mutex_unlock(&lock);
+    return p;
+}
+
+/* Whether [a, a+size) is memory a GPU could reach: device memory or a registered host range. */
+static int reachable(uint64_t a, uint64_t size) { return a != 0 && resolve(a, size) != NULL; }
+
+/*
+ * Check every address the job names before anything runs (under the lock). 0, or
+ * CUDA_ERROR_ILLEGAL_ADDRESS for an address no GPU could reach (a host pointer, say).
+ */
+static CUresult check_job(uint64_t job_dptr, const struct nvmq_job **out)
+{
+    const struct nvmq_job *j = resolve(job_dptr, sizeof *j);
+    if (!j || j->abi != NVMQ_JOB_ABI)
+        return CUDA_ERROR_ILLEGAL_ADDRESS;
+    uint64_t og, ol, ob;
+    uint64_t work = nvmq_work_layout(j, &og, &ol, &ob);
+    uint64_t npages = (j->data_bytes + NVMQ_PAGE - 1) / NVMQ_PAGE;
+    if (!reachable(j->queues, 8ull * j->nqueues) || !reachable(j->work, work) || !reachable(j->data, j->data_bytes) ||
+        !reachable(j->pages, npages * 8) || (j->kind == NVMQ_JOB_LIST && !reachable(j->reqs, (uint64_t)j->nreqs * sizeof(struct nvmq_req))))
+        return CUDA_ERROR_ILLEGAL_ADDRESS;
+    const uint64_t *qs = resolve(j->queues, 8ull * j->nqueues);
+    for (uint32_t i = 0; i < j->nqueues; i++) {
+        const struct nvmq *q = resolve(qs[i], sizeof *q);
+        if (!q || q->abi != NVMQ_ABI || !reachable(qs[i], q->bytes))
+            return CUDA_ERROR_ILLEGAL_ADDRESS;
+        if (!reachable(q->sq, (uint64_t)q->entries * 64) || !reachable(q->cq, (uint64_t)q->entries * 16) || !reachable(q->sq_db, 4) ||
+            !reachable(q->cq_db, 4) || (q->stop && !reachable(q->stop, 4)) || (q->lists && !reachable(q->lists, (uint64_t)q->entries * NVMQ_PAGE)) ||
+            (q->lists_bus && !reachable(q->lists_bus, (uint64_t)q->entries * 8)))
+            return CUDA_ERROR_ILLEGAL_ADDRESS;
+    }
+    *out = j;
+    return CUDA_SUCCESS;
+}
+
+struct mock_worker {
+    struct mock_launch *l;
+    uint32_t first;
+};
+
+static void *run_kernel(void *p)
+{
+    struct mock_worker w = *(struct mock_worker *)p;
+    free(p);
+    struct mock_launch *l = w.l;
+    if (l->kind == KERNEL_SHARED) {
+        /* Virtual GPU threads first, first + n, ...: each one runs as a GPU thread would. */
+        uint64_t total = (uint64_t)l->grid * l->block;
+        for (uint64_t t = w.first; t < total; t += l->nthreads)
+            nvmq_job_thread(l->job, (uint32_t)t);
+    } else {
+        for (uint32_t b = w.first; b < l->grid; b += l->nthreads)
+            nvmq_job_block(l->job, b);
+    }
+    __atomic_fetch_add(&l->done, 1u, __ATOMIC_RELEASE);
+    return NULL;
+}
+
+static int image_kind(const unsigned char *img)
+{
+    if (img[0] == 0x50 && img[1] == 0xed && img[2] == 0x55 && img[3] == 0xba)
+        return 1; /* fatbin (magic 0xBA55ED50) */
+    if (img[0] == 0x7f && img[1] == 'E' && img[2] == 'L' && img[3] == 'F')
+        return 2; /* cubin */
+    if ((img[0] == '/' && img[1] == '/') || img[0] == '.')
+        return 3; /* PTX text */
+    return 0;
+}
+
+ENTRY(cuModuleLoadData, (void **module, const void *image), (module, image))
+{
+    CUresult r = need_context();
+    if (r)
+        return r;
+    if (!module || !image)
+        return CUDA_ERROR_INVALID_VALUE;
+    if (!image_kind(image))
+        return CUDA_ERROR_INVALID_IMAGE;
+    for (int i = 0; i < MAX_MODULES; i++) {
+        if (!modules[i].loaded) {
+            modules[i].loaded = 1;
+            modules[i].ordinal = current->ordinal;
+            functions[i][0] = (struct mock_function){.name = "nvmq_shared_kernel", .kind = KERNEL_SHARED, .module = &modules[i]};
+            functions[i][1] = (struct mock_function){.name = "nvmq_coop_kernel", .kind = KERNEL_COOP, .module = &modules[i]};
+            *module = &modules[i];
+            return CUDA_SUCCESS;
+        }
+    }
+    return CUDA_ERROR_OUT_OF_MEMORY;
+}
+
+ENTRY(cuModuleUnload, (void *module), (module))
+{
+    CUresult r = need_context();
+    if (r)
+        return r;
+    struct mock_module *m = module;
+    if (m < &modules[0] || m >= &modules[MAX_MODULES] || !m->loaded)
+        return CUDA_ERROR_INVALID_HANDLE;
+    m->loaded = 0;
+    return CUDA_SUCCESS;
+}
+
+ENTRY(cuModuleGetFunction, (void **hfunc, void *hmod, const char *name), (hfunc, hmod, name))
+{
+    CUresult r = need_context();
+    if (r)
+        return r;
+    struct mock_module *m = hmod;
+    if (!hfunc || !name)
+        return CUDA_ERROR_INVALID_VALUE;
+    if (m < &modules[0] || m >= &modules[MAX_MODULES] || !m->loaded)
+        return CUDA_ERROR_INVALID_HANDLE;
+    for (int k = 0; k < 2; k++) {
+        struct mock_function *f = &functions[m - modules][k];
+        if (strcmp(f->name, name) == 0) {
+            *hfunc = f;
+            return CUDA_SUCCESS;
+        }
+    }
+    return CUDA_ERROR_NOT_FOUND;
+}
+
+ENTRY(cuStreamCreate, (void **phStream, unsigned int Flags), (phStream, Flags))
+{
+    CUresult r = need_context();
+    if (r)
+        return r;
+    if (!phStream || (Flags & ~1u))
+        return CUDA_ERROR_INVALID_VALUE;
+    struct mock_stream *st = calloc(1, sizeof *st);
+    if (!st)
+        return CUDA_ERROR_OUT_OF_MEMORY;
+    st->magic = STREAM_MAGIC;
+    *phStream = st;
+    return CUDA_SUCCESS;
+}
+
+/* The stream's launch finished: join its threads and forget it. Returns its result. */
+static CUresult reap_launch(struct mock_stream *st)
+{
+    struct mock_launch *l = st->pending;
+    for (uint32_t i = 0; i < l->nthreads; i++)
+        pthread_join(l->threads[i], NULL);
+    CUresult res = l->result;
+    free(l);
+    st->pending = NULL;
+    return res;
+}
+
+ENTRY(cuStreamQuery, (void *hStream), (hStream))
+{
+    CUresult r = need_context();
+    if (r)
+        return r;
+    struct mock_stream *st = hStream;
+    if (!st || st->magic != STREAM_MAGIC)
+        return CUDA_ERROR_INVALID_HANDLE;
+    if (!st->pending)
+        return CUDA_SUCCESS;
+    if (__atomic_load_n(&st->pending->done, __ATOMIC_ACQUIRE) < st->pending->nthreads)
+        return CUDA_ERROR_NOT_READY;
+    return reap_launch(st);
+}
+
+ENTRY(cuStreamDestroy_v2, (void *hStream), (hStream))
+{
+    CUresult r = need_context();
+    if (r)
+        return r;
+    struct mock_stream *st = hStream;
+    if (!st || st->magic != STREAM_MAGIC)
+        return CUDA_ERROR_INVALID_HANDLE;
+    /* The driver lets queued work finish; the mock waits for its threads (they are bounded). */
+    if (st->pending) {
+        pthread_mutex_unlock(&lock);
+        while (__atomic_load_n(&st->pending->done, __ATOMIC_ACQUIRE) < st->pending->nthreads)
+            sched_yield();
+        pthread_mutex_lock(&lock);
+        reap_launch(st);
+    }
+    st->magic = 0;
+    free(st);
+    return CUDA_SUCCESS;
+}
+
+ENTRY(cuLaunchKernel,
+      (void *f, unsigned int gx, unsigned int gy, unsigned int gz, unsigned int bx, unsigned int by, unsigned int bz, unsigned int shared,
+       void *hStream, void **kernelParams, void **extra),
+      (f, gx, gy, gz, bx, by, bz, shared, hStream, kernelParams, extra))
+{
+    CUresult r = need_context();
+    if (r)
+        return r;
+    struct mock_function *fn = f;
+    if (!fn || !fn->module || !fn->module->loaded || (fn != &functions[fn->module - modules][0] && fn != &functions[fn->module - modules][1]))
+        return CUDA_ERROR_INVALID_HANDLE;
+    if (fn->module->ordinal != current->ordinal)
+        return CUDA_ERROR_INVALID_HANDLE; /* a function of another context's module */
+    if (gx == 0 || gy == 0 || gz == 0 || bx == 0 || by == 0 || bz == 0 || (uint64_t)bx * by * bz > 1024 || gy != 1 || gz != 1 || by != 1 ||
+        bz != 1 || shared > 48 * 1024)
+        return CUDA_ERROR_INVALID_VALUE;
+    /* Our kernels take one parameter, passed through kernelParams (not `extra`). */
+    if (!kernelParams || extra || !kernelParams[0])
+        return CUDA_ERROR_INVALID_VALUE;
+    struct mock_stream *st = hStream;
+    if (!st || st->magic != STREAM_MAGIC)
+        return CUDA_ERROR_INVALID_HANDLE; /* libnvm launches on a stream of its own, never the default */
+    if (st->pending)
+        return CUDA_ERROR_NOT_READY; /* one launch at a time per stream in this mock */
+    CUdeviceptr param = *(const CUdeviceptr *)kernelParams[0];
+    struct mock_launch *l = calloc(1, sizeof *l);
+    if (!l)
+        return CUDA_ERROR_OUT_OF_MEMORY;
+    l->kind = fn->kind;
+    l->grid = gx;
+    l->block = bx;
+    launches++;
+    last_launch[0] = gx;
+    last_launch[1] = bx;
+    last_launch[2] = shared;
+    last_launch[3] = param;
+    last_launch[4] = (unsigned long long)fn->kind;
+    l->result = check_job(param, &l->job);
+    st->pending = l;
+    if (l->result != CUDA_SUCCESS)
+        return CUDA_SUCCESS; /* like a GPU fault: the launch is accepted, the stream reports it */
+    uint64_t work = fn->kind == KERNEL_SHARED ? (uint64_t)gx * bx : gx;
+    l->nthreads = work < 64 ? (uint32_t)work : 64;
+    for (uint32_t i = 0; i < l->nthreads; i++) {
+        struct mock_worker *w = malloc(sizeof *w);
+        if (!w || pthread_create(&l->threads[i], NULL, run_kernel, (*w = (struct mock_worker){.l = l, .first = i}, w)) != 0) {
+            free(w);
+            /* Those started finish their share; the launch reports the failure. */
+            l->nthreads = i;
+            l->result = CUDA_ERROR_OUT_OF_MEMORY;
+            break;
+        }
+    }
+    return CUDA_SUCCESS;
+}
+
 /* --- test-only controls ------------------------------------------------------------------------ */
 
 /* Back to one fresh device: no cuInit yet, no context, no memory, no registration, no pending
@@ -729,6 +1041,10 @@ API void mock_reset(void)
     alloc_offset = 0;
     snprintf(udmabuf_path, sizeof udmabuf_path, "%s", "/dev/udmabuf");
     memset(last_export, 0, sizeof last_export);
+    memset(last_launch, 0, sizeof last_launch);
+    iomemory_allowed = 0;
+    for (int i = 0; i < MAX_MODULES; i++)
+        modules[i].loaded = 0;
     current = NULL;
     pthread_mutex_unlock(&lock);
 }
@@ -897,4 +1213,33 @@ API void mock_last_export(uint64_t *out)
     pthread_mutex_lock(&lock);
     memcpy(out, last_export, sizeof last_export);
     pthread_mutex_unlock(&lock);
+}
+
+/* IOMEMORY registrations: refused with NOT_PERMITTED (0, the default) or accepted (1). */
+API void mock_set_iomemory(int32_t allow)
+{
+    pthread_mutex_lock(&lock);
+    iomemory_allowed = allow != 0;
+    pthread_mutex_unlock(&lock);
+}
+
+/* Kernel launches since the mock was loaded, and the last one: {grid, block, shared bytes, parameter, kind}. */
+API uint32_t mock_last_launch(uint64_t *out)
+{
+    pthread_mutex_lock(&lock);
+    memcpy(out, last_launch, sizeof last_launch);
+    uint32_t n = (uint32_t)launches;
+    pthread_mutex_unlock(&lock);
+    return n;
+}
+
+/* Modules loaded now. */
+API uint32_t mock_live_modules(void)
+{
+    pthread_mutex_lock(&lock);
+    uint32_t n = 0;
+    for (int i = 0; i < MAX_MODULES; i++)
+        n += modules[i].loaded;
+    pthread_mutex_unlock(&lock);
+    return n;
 }

@@ -11,15 +11,18 @@ import { native } from "../../lib/native.ts";
 
 const HERE = import.meta.dir;
 const SOURCE = join(HERE, "mock-libcuda.c");
+/** The queue code the mock's "kernels" run: a change there rebuilds the mock. */
+const INCLUDE = join(HERE, "..", "..", "c", "include");
+const DEPENDS = [SOURCE, join(INCLUDE, "nvm_queue_core.h"), join(INCLUDE, "nvm_queue_job.h")];
 const BUILD = join(HERE, "build");
 
 /** Build `out` from the mock's source with extra compiler flags, unless it is up to date. */
 function build(out: string, defines: string[]): string {
-  if (existsSync(out) && statSync(out).mtimeMs >= statSync(SOURCE).mtimeMs) return out;
+  if (existsSync(out) && DEPENDS.every((d) => statSync(out).mtimeMs >= statSync(d).mtimeMs)) return out;
   mkdirSync(join(out, ".."), { recursive: true });
   // Built under a temporary name and renamed, so a concurrent reader never loads half a file.
   const tmp = `${out}.${process.pid}.tmp`;
-  const cmd = ["cc", "-shared", "-fPIC", "-O1", "-g", "-Wall", "-Wextra", "-Werror", "-fvisibility=hidden", ...defines, "-o", tmp, SOURCE, "-lpthread"];
+  const cmd = ["cc", "-shared", "-fPIC", "-O1", "-g", "-Wall", "-Wextra", "-Werror", "-fvisibility=hidden", `-I${INCLUDE}`, ...defines, "-o", tmp, SOURCE, "-lpthread"];
   const r = Bun.spawnSync(cmd, { stdout: "pipe", stderr: "pipe" });
   if (r.exitCode !== 0) throw new Error(`building the mock libcuda failed (${cmd.join(" ")}):\n${r.stderr.toString()}`);
   renameSync(tmp, out);
@@ -51,6 +54,9 @@ const controls = dlopen(MOCK_LIBCUDA, {
   mock_current_device: { args: [], returns: i32 },
   mock_context_refs: { args: [i32], returns: i32 },
   mock_last_export: { args: [P], returns: VOID },
+  mock_set_iomemory: { args: [i32], returns: VOID },
+  mock_last_launch: { args: [P], returns: u32 },
+  mock_live_modules: { args: [], returns: u32 },
 }).symbols;
 
 function cstr(s: string): Buffer {
@@ -96,6 +102,14 @@ export const mock = {
   },
   currentDevice: () => controls.mock_current_device(),
   contextRefs: (device: number) => controls.mock_context_refs(device),
+  /** IOMEMORY registrations (doorbells): refused with NOT_PERMITTED (the default) or accepted. */
+  setIoMemory: (allow: boolean) => controls.mock_set_iomemory(allow ? 1 : 0),
+  /** Launches so far and the last one's grid, block, shared bytes, parameter and kind (1 shared, 2 coop). */
+  lastLaunch(): { launches: number; grid: number; block: number; shared: number; param: bigint; kind: number } {
+    const n = controls.mock_last_launch(out.ptr);
+    return { launches: n, grid: Number(out.u64[0]), block: Number(out.u64[1]), shared: Number(out.u64[2]), param: out.u64[3]!, kind: Number(out.u64[4]) };
+  },
+  liveModules: () => controls.mock_live_modules(),
   lastExport(): { handleType: number; flags: bigint; devicePointer: bigint; size: number } {
     controls.mock_last_export(out.ptr);
     return { handleType: Number(out.u64[0]), flags: out.u64[1]!, devicePointer: out.u64[2]!, size: Number(out.u64[3]) };

@@ -1,7 +1,8 @@
 /**
  * The GPU check of lib/cuda against the real driver (run by test/gpu/check.sh on a machine with an
  * NVIDIA GPU; no NVMe needed). One line per check, "gpu: ok <check> ..." or "gpu: FAIL <check> ...",
- * then "gpu: N passed, M failed"; exit 1 on any failure. No driver or no GPU is a failure, not a skip:
+ * then "gpu: cuda layer checks N passed, M failed" (check.sh prints the total with the queue checks
+ * of queue-check.ts); exit 1 on any failure. No driver or no GPU is a failure, not a skip:
  * the checks that need them are reported as not run.
  *
  * DmaBuffers come from the unit tests' FakeBackend (locked host memory, made-up bus addresses): a
@@ -226,5 +227,5 @@ await check("close", () => {
 });
 
 backend.close();
-console.log(`gpu: ${passed} passed, ${failed} failed`);
+console.log(`gpu: cuda layer checks ${passed} passed, ${failed} failed`);
 process.exit(failed === 0 && passed > 0 ? 0 : 1);

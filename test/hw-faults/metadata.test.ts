@@ -7,6 +7,7 @@
  * controller: its own SMART counters of host reads and writes do not move.
  */
 import { expect, test } from "bun:test";
+import type { IoQueue } from "../../lib/io.ts";
 import { Controller, Namespace, UnsupportedError, commands } from "../../lib/index.ts";
 import { ctrlAddress, REPO, requireExpected } from "../hw/common.ts";
 
@@ -27,7 +28,7 @@ test("metadata namespaces (separate, extended, with PI) are refused with Unsuppo
   const c = Controller.open(ctrlAddress());
   try {
     const plain = new Namespace(c, exp.find((n) => !n.metadata)!.nsid);
-    const q = c.createIoQueue({ entries: 4 });
+    const q = c.createIoQueue({ entries: 4 }) as IoQueue;
     const buf = c.allocBuffer(16 * 520);
     await plain.read(0, 1, buf); // the queue works
     const before = c.smartLog();

@@ -306,7 +306,7 @@ describe("VFIO backend", () => {
         expect(iova[2 * i]! + iova[2 * i + 1]! * 0x1_0000_0000).toBe(big.busAddress(0) + i * 4096);
       }
       // So an I/O queue larger than a page (CAP.CQR=1 needs it contiguous) works, still without hugepages.
-      const q = c.createIoQueue({ entries: 1024 });
+      const q = c.createIoQueue({ entries: 1024 }) as IoQueue;
       const ns = new Namespace(c, requireExpected().namespaces[1]!.nsid);
       patternFill(7, 0, big.bytes);
       await ns.write(2000, 256, big, { queue: q }); // 1 MiB
@@ -428,7 +428,7 @@ describe("VFIO backend", () => {
         const b = vfioOf(c);
         const ns = new Namespace(c, requireExpected().namespaces[1]!.nsid); // 4096-byte blocks
         const buf = c.allocBuffer(3 * 4096);
-        const io = c.createIoQueue({ entries: 8 });
+        const io = c.createIoQueue({ entries: 8 }) as IoQueue;
         const stale = child.big.iova + child.big.size / 2;
         expect(covered(b.mappings(), stale)).toBe(false);
         await faultSlot();
@@ -454,7 +454,7 @@ describe("VFIO backend", () => {
     try {
       const b = vfioOf(c);
       const ns = new Namespace(c, requireExpected().namespaces[1]!.nsid); // 4096-byte blocks: one page per block
-      const q = c.createIoQueue({ entries: 16 });
+      const q = c.createIoQueue({ entries: 16 }) as IoQueue;
       const lba = 3000;
       // Known data on the namespace, and canaries in every buffer this process has mapped.
       const data = c.allocBuffer(4 * 4096);

@@ -3,6 +3,7 @@
  * controller: the controller stays usable and the media keeps what it had.
  */
 import { expect, test } from "bun:test";
+import type { IoQueue } from "../../lib/io.ts";
 import { ClosedError, Controller, DmaBuffer, InvalidArgumentError, Namespace, SysfsBackend, commands } from "../../lib/index.ts";
 import { ctrlAddress, requireExpected } from "./common.ts";
 
@@ -65,7 +66,7 @@ test("every bad input is refused with a typed error, the controller stays usable
   refused("queue size over MQES+1", () => c.createIoQueue({ entries: c.cap.mqes + 2 }), /CAP.MQES\+1/);
   const granted = c.ioQueuesGranted();
   refused("a queue id past what was granted", () => c.createIoQueue({ qid: granted.sqs + 1 }), /granted ids 1 to/);
-  const q = c.createIoQueue({ entries: 4 });
+  const q = c.createIoQueue({ entries: 4 }) as IoQueue;
   refused("a CID that was never acquired", () => q.rw(2, commands.NVM_WRITE, ns.nsid, SENT, 1, buf, 0, ns.lbaSize), /CID 2 .* is free/);
   const cid = q.acquire();
   commands.writeSqe(q.sq.sqe, q.slot, commands.NVM_WRITE, cid + 1, ns.nsid, buf.busAddress(0), 0, SENT, 0, 0);

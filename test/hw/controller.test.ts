@@ -1,5 +1,6 @@
 /** Bring-up, identify and the admin queue against QEMU's controller. */
 import { afterEach, describe, expect, test } from "bun:test";
+import type { IoQueue } from "../../lib/io.ts";
 import { Controller, InvalidArgumentError, NvmeStatusError, commands, formatVersion, log, registers, status } from "../../lib/index.ts";
 import { openTestController, requireExpected } from "./common.ts";
 
@@ -98,7 +99,7 @@ describe("admin commands", () => {
   test("Create and Delete I/O queues; the controller refuses a bad queue id with its own status", () => {
     const c = open();
     const { sqs } = c.setNumberOfQueues(8);
-    const q = c.createIoQueue({ qid: 1, entries: 32 });
+    const q = c.createIoQueue({ qid: 1, entries: 32 }) as IoQueue;
     expect(q.sq.entries).toBe(32);
     expect(q.ioCq.qid).toBe(1);
     c.deleteIoQueue(q);

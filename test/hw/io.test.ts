@@ -37,7 +37,7 @@ describe("rings", () => {
     test(`queue of ${entries} entries: 1700 one-block writes then 1700 reads, pipelined, data compared`, async () => {
       const c = open();
       const ns = namespaceWith(c, 512);
-      const q = c.createIoQueue({ entries });
+      const q = c.createIoQueue({ entries }) as IoQueue;
       expect(q.depth).toBe(entries - 1);
       const n = 1700;
       const out = c.allocBuffer(n * 512);
@@ -63,7 +63,7 @@ describe("data pointers", () => {
       test(`${lbaSize}-byte blocks through ${dataPointer.toUpperCase()}s: 1 block to MDTS, at offsets inside pages`, () => {
         const c = open();
         const ns = namespaceWith(c, lbaSize);
-        const q = c.createIoQueue({ entries: 8, dataPointer });
+        const q = c.createIoQueue({ entries: 8, dataPointer }) as IoQueue;
         const out = c.allocBuffer(ns.maxTransfer + 8192);
         const back = c.allocBuffer(ns.maxTransfer + 8192);
         const max = ns.maxBlocks;
@@ -117,7 +117,7 @@ describe("queues", () => {
     const granted = c.ioQueuesGranted();
     expect(granted.sqs).toBeGreaterThanOrEqual(64);
     const queues: IoQueue[] = [];
-    for (let i = 0; i < 64; i++) queues.push(c.createIoQueue({ entries: 8 }));
+    for (let i = 0; i < 64; i++) queues.push(c.createIoQueue({ entries: 8 }) as IoQueue);
     expect(new Set(queues.map((q) => q.qid)).size).toBe(64);
     const out = c.allocBuffer(64 * 4 * 4096);
     const back = c.allocBuffer(64 * 4 * 4096);
@@ -133,8 +133,8 @@ describe("queues", () => {
     const c = open();
     const ns = namespaceWith(c, 512);
     const cq = c.createCompletionQueue({ entries: 16 });
-    const a = c.createIoQueue({ entries: 32, cq });
-    const b = c.createIoQueue({ entries: 32, cq });
+    const a = c.createIoQueue({ entries: 32, cq }) as IoQueue;
+    const b = c.createIoQueue({ entries: 32, cq }) as IoQueue;
     expect(a.ioCq).toBe(cq);
     expect(b.ioCq).toBe(cq);
     const out = c.allocBuffer(400 * 512);
@@ -152,7 +152,7 @@ describe("queues", () => {
   test("low-level API: acquire, fill in place, one doorbell for a batch, poll into one handler", () => {
     const c = open();
     const ns = namespaceWith(c, 4096);
-    const q = c.createIoQueue({ entries: 32 });
+    const q = c.createIoQueue({ entries: 32 }) as IoQueue;
     const buf = c.allocBuffer(16 * 4096);
     random(buf);
     const done = new Int32Array(q.depth).fill(-1);
@@ -189,7 +189,7 @@ describe("queues", () => {
     const c = open();
     const small = namespaceWith(c, 512);
     const big = namespaceWith(c, 4096);
-    const q = c.createIoQueue({ entries: 8 });
+    const q = c.createIoQueue({ entries: 8 }) as IoQueue;
     const buf = c.allocBuffer(8 * 4096);
     random(buf);
     await big.write(40, 2, buf);
@@ -233,7 +233,7 @@ describe("queues", () => {
   test("thousands of promises on one small queue", async () => {
     const c = open();
     const ns = namespaceWith(c, 512);
-    const q = c.createIoQueue({ entries: 16 });
+    const q = c.createIoQueue({ entries: 16 }) as IoQueue;
     const buf = c.allocBuffer(4096);
     const n = 3000;
     await Promise.all(Array.from({ length: n }, (_, i) => ns.read(i % 1000, 1, buf, { queue: q, offset: (i % 8) * 512 })));
@@ -292,7 +292,7 @@ describe("NVM commands", () => {
   test("past the end through the low-level API: the controller answers LBA Out of Range", () => {
     const c = open();
     const ns = namespaceWith(c, 512);
-    const q = c.createIoQueue({ entries: 4 });
+    const q = c.createIoQueue({ entries: 4 }) as IoQueue;
     const buf = c.allocBuffer(4096);
     try {
       q.rwSync(commands.NVM_READ, ns.nsid, ns.blocks, 1, buf, 0, 512);
@@ -310,7 +310,7 @@ describe("NVM commands", () => {
   test("over MDTS, block count 0 or over 65536, and a too-small buffer are refused before sending", async () => {
     const c = open();
     const ns = namespaceWith(c, 512);
-    const q = c.createIoQueue({ entries: 4 });
+    const q = c.createIoQueue({ entries: 4 }) as IoQueue;
     const buf = c.allocBuffer(4096);
     expect(() => ns.readSync(q, 0, ns.maxBlocks + 1, buf)).toThrow(/exceed MDTS/);
     expect(() => ns.readSync(q, 0, 0, buf)).toThrow(/block count 0/);

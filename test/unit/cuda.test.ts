@@ -19,6 +19,9 @@ import { DmaBuffer } from "../../lib/dma.ts";
 import { ClosedError, CudaError, InvalidArgumentError } from "../../lib/errors.ts";
 import { MOCK_DPTR_BASE, MOCK_HOSTMAP_BIAS, MOCK_LIBCUDA, mock, useMockDriver } from "../cuda/mock.ts";
 import { FakeBackend } from "./fake-backend.ts";
+import { kernel, KERNEL_COOP, KERNEL_SHARED, KernelStream, setKernelImagePath, unloadKernels } from "../../lib/gpu/kernels.ts";
+import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
 
 const PAGE = 4096;
 const CUDA_ERROR_INVALID_VALUE = 1;
@@ -697,6 +700,90 @@ describe("close()", () => {
     using again = cuda.alloc(PAGE);
     expect(mock.calls("cuInit")).toBe(inits + 1);
     expect(buf.freed).toBe(false);
+  });
+});
+
+describe("BAR pages for the GPU (registerIoMemory)", () => {
+  test("refused unprivileged (CUDA_ERROR_NOT_PERMITTED): the error names root and the host-thread alternative", () => {
+    using buf = new DmaBuffer(backend, PAGE);
+    let e: unknown;
+    try {
+      cuda.registerIoMemory(Number(buf.pointer), PAGE);
+    } catch (x) {
+      e = x;
+    }
+    expect(e).toBeInstanceOf(CudaError);
+    expect((e as CudaError).resultName).toBe("CUDA_ERROR_NOT_PERMITTED");
+    expect((e as Error).message).toMatch(/IOMEMORY \| DEVICEMAP.*run as root.*device: "cpu"/);
+    expect(mock.liveRegistrations()).toBe(0);
+  });
+
+  test("registered as IOMEMORY | DEVICEMAP, whole pages, released by unregister() or cuda.close()", () => {
+    mock.setIoMemory(true);
+    using buf = new DmaBuffer(backend, 2 * PAGE);
+    const p = Number(buf.pointer);
+    const reg = cuda.registerIoMemory(p, 2 * PAGE);
+    expect(mock.registration(p)).toEqual({ size: 2 * PAGE, flags: 0x04 | 0x02, devicePointer: BigInt(p) + MOCK_HOSTMAP_BIAS });
+    expect(reg.devicePointer).toBe(BigInt(p) + MOCK_HOSTMAP_BIAS);
+    reg.unregister();
+    expect(mock.liveRegistrations()).toBe(0);
+    expect(() => reg.unregister()).toThrow(ClosedError);
+    expect(() => cuda.registerIoMemory(p + 4, PAGE)).toThrow(/page-aligned/);
+    expect(() => cuda.registerIoMemory(p, 100)).toThrow(/whole 4 KiB pages/);
+    cuda.registerIoMemory(p, PAGE);
+    cuda.close();
+    expect(mock.liveRegistrations()).toBe(0);
+  });
+});
+
+describe("kernels: modules, launches, streams", () => {
+  const dir = mkdtempSync(join(tmpdir(), "libnvm-cuda-kernels-"));
+  const fatbin = join(dir, "nvm_queue.fatbin");
+  writeFileSync(fatbin, new Uint8Array([0x50, 0xed, 0x55, 0xba, 1, 0, 16, 0, 0, 0, 0, 0, 0, 0, 0, 0]));
+  const garbage = join(dir, "garbage.fatbin");
+  writeFileSync(garbage, new Uint8Array([1, 2, 3, 4, 5, 6, 7, 8]));
+  afterAll(() => {
+    setKernelImagePath(undefined);
+    rmSync(dir, { recursive: true, force: true });
+  });
+
+  test("the image is loaded once per context, its kernels found by name; an unknown name is CUDA_ERROR_NOT_FOUND", () => {
+    setKernelImagePath(fatbin);
+    const f = kernel(0, KERNEL_SHARED);
+    expect(kernel(0, KERNEL_SHARED)).toBe(f);
+    expect(kernel(0, KERNEL_COOP)).not.toBe(f);
+    expect(mock.liveModules()).toBe(1);
+    expect(() => kernel(0, "no_such_kernel")).toThrow(/CUDA_ERROR_NOT_FOUND/);
+    // A context released (cuda.close()) took the module with it: the next use loads it again.
+    cuda.close();
+    mock.reset();
+    kernel(0, KERNEL_SHARED);
+    expect(mock.liveModules()).toBe(1);
+    unloadKernels();
+    expect(mock.liveModules()).toBe(0);
+  });
+
+  test("an image the driver does not recognise: CUDA_ERROR_INVALID_IMAGE, with how to rebuild it", () => {
+    setKernelImagePath(garbage);
+    expect(() => kernel(0, KERNEL_SHARED)).toThrow(/CUDA_ERROR_INVALID_IMAGE.*rebuild it/);
+    setKernelImagePath(join(dir, "missing.fatbin"));
+    expect(() => kernel(0, KERNEL_SHARED)).toThrow(/not built.*-DLIBNVM_CUDA=ON/);
+  });
+
+  test("a launch whose job is a host pointer, not a device address, fails on the GPU: the stream reports CUDA_ERROR_ILLEGAL_ADDRESS", () => {
+    setKernelImagePath(fatbin);
+    const st = new KernelStream(0);
+    try {
+      using buf = new DmaBuffer(backend, PAGE); // host memory the GPU was never given
+      st.launch(KERNEL_SHARED, 2, 64, BigInt(Number(buf.pointer)));
+      expect(mock.lastLaunch()).toMatchObject({ grid: 2, block: 64, shared: 0, param: BigInt(Number(buf.pointer)), kind: 1 });
+      expect(() => st.done()).toThrow(/CUDA_ERROR_ILLEGAL_ADDRESS/);
+      expect(st.done()).toBe(true); // reported once, then idle
+      expect(() => st.launch(KERNEL_COOP, 1, 2048, 0n)).toThrow(/threads per block 1 to 1024/);
+    } finally {
+      st.destroy();
+      unloadKernels();
+    }
   });
 });
 

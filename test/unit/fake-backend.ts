@@ -24,6 +24,8 @@ export const FAKE_BAR0_SIZE = 16 * 1024;
 /** First fake bus address handed out: 4 GiB, so hi dwords are non-zero. */
 export const FAKE_BUS_BASE = 0x1_0000_0000;
 const TWO32 = 0x1_0000_0000;
+/** nvm_dma_alloc flag: no mlock (c/include/nvm_native.h). */
+const NVM_DMA_NOLOCK = 2;
 
 export interface FakeBackendOptions {
   /** Bus address of the first page handed out. Defaults to FAKE_BUS_BASE. */
@@ -70,8 +72,9 @@ export class FakeBackend implements Backend {
   #nextHandle = 1;
 
   constructor(opts: FakeBackendOptions = {}) {
-    const p = native().nvm_host_alloc(FAKE_BAR0_SIZE);
-    if (p === null) throw new Error("nvm_host_alloc failed for the fake BAR0");
+    // Page aligned, as a BAR mapping is (GPU queues register its doorbell pages whole).
+    const p = native().nvm_dma_alloc(FAKE_BAR0_SIZE, NVM_DMA_NOLOCK);
+    if (p === null) throw new Error("nvm_dma_alloc failed for the fake BAR0");
     this.bar0 = p;
     this.regs = new Uint32Array(toArrayBuffer(p, 0, FAKE_BAR0_SIZE));
     this.#nextBus = opts.busBase ?? FAKE_BUS_BASE;
@@ -228,7 +231,7 @@ export class FakeBackend implements Backend {
     for (const m of [...this.live, ...this.imports]) this.freeDma(m);
     for (const b of this.dmaBufs.values()) native().nvm_dma_free(b.memory, b.size, 0);
     this.dmaBufs.clear();
-    native().nvm_host_free(this.bar0);
+    native().nvm_dma_free(this.bar0, FAKE_BAR0_SIZE, NVM_DMA_NOLOCK);
   }
 
   [Symbol.dispose](): void {

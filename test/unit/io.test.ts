@@ -1355,3 +1355,59 @@ describe("controller fatal status", () => {
     expect(performance.now() - t0).toBeLessThan(4000);
   }, 8000);
 });
+
+// ------------------------------------------------------------------------------------------------
+
+describe("async poller: adaptive polling", () => {
+  /** Polls the async poller makes over `ms` while one command is held unanswered. */
+  async function pollsWhileHeld(polling: IoQueueContext["polling"], ms: number, qid: number): Promise<number> {
+    // Its own qid: queues of one test share the fake BAR0, doorbells included.
+    const { q, ctrl } = setup({ entries: 4, qid, ctx: { polling } });
+    ctrl.responder = () => undefined;
+    const buf = alloc(PAGE);
+    let polls = 0;
+    const poll = q.poll.bind(q);
+    q.poll = () => {
+      polls++;
+      return poll();
+    };
+    const p = track(q.rwAsync(NVM_READ, 1, 0, 1, buf, 0, 512));
+    await new Promise((r) => setTimeout(r, ms));
+    const n = polls;
+    ctrl.complete(q.qid, ctrl.seen[0]!.cid);
+    await waitFor(() => p.state !== "pending");
+    expect(p.state).toBe("resolved");
+    return n;
+  }
+
+  test("past the spin window the adaptive poller polls on a timer tick, the spinning one keeps spinning; both still reap", async () => {
+    const spin = await pollsWhileHeld({ mode: "spin" }, 300, 1);
+    const adaptive = await pollsWhileHeld({ mode: "adaptive", spinUs: 1000, sleepMs: 5 }, 300, 2);
+    // Spinning: a turn of up to 64 polls per event-loop turn, tens of thousands of turns. Adaptive:
+    // 1 ms of that, then one turn per 5 ms tick (at most 64 polls each). How many turns fit in the
+    // spin window depends on the machine; the ratio does not.
+    expect(adaptive).toBeLessThan(spin / 4);
+  });
+
+  test("a command submitted while the poller sleeps is polled at once, not at the next tick", async () => {
+    const { q, ctrl } = setup({ entries: 4, ctx: { polling: { mode: "adaptive", spinUs: 0, sleepMs: 400 } } });
+    ctrl.responder = (c) => (c.sqe[10] === 0 ? undefined : {}); // the first is held, the second answered
+    const buf = alloc(PAGE);
+    const first = track(q.rwAsync(NVM_READ, 1, 0, 1, buf, 0, 512));
+    await new Promise((r) => setTimeout(r, 50)); // the poller is asleep on its 400 ms tick
+    const t0 = performance.now();
+    await q.rwAsync(NVM_READ, 1, 1, 1, buf, 0, 512);
+    expect(performance.now() - t0).toBeLessThan(300);
+    expect(first.state).toBe("pending");
+    ctrl.complete(q.qid, ctrl.seen[0]!.cid);
+    await waitFor(() => first.state !== "pending");
+  });
+
+  test("polling options out of range are refused when the queue is made", () => {
+    const cq = new IoCompletionQueue(backend, 9, 8, 0);
+    cleanups.push(() => cq.free());
+    for (const polling of [{ mode: "busy" as "spin" }, { spinUs: -1 }, { sleepMs: 0 }, { sleepMs: 5000 }]) {
+      expect(() => new IoQueue(context({ polling }), 9, 8, cq)).toThrow(InvalidArgumentError);
+    }
+  });
+});

@@ -6,7 +6,10 @@
  * read and write at QD 8. The drivers alternate per workload (ours, kernel, kernel polled, next
  * workload), so a change in the host's load hits a whole row rather than a whole column. Then the
  * cost of growth for ours: IOPS against queue depth, and against the number of queue pairs (one
- * Worker each). Prints one table (ours, kernel, ratio) and writes every figure as JSON.
+ * Worker each). Then the queue core's host mode (examples/gpu-bench.ts --device=cpu: C threads
+ * running the code GPU threads run) against examples/perf.ts at the same total queue depth,
+ * alternating per row. Prints the tables (ours, kernel, ratio; core, TypeScript, ratio) and writes
+ * every figure as JSON.
  *
  * First, ours against the C reference driver (bench/perf-c.ts: the same job, queue pair and LBA
  * sequence with its loop in C): 4 KiB random read and write at QD 1, 4, 32, 128 and 128 KiB
@@ -15,8 +18,10 @@
  * load hits both alike; per workload the median of the pairs' TS/C ratios. --boots N repeats the
  * whole boot N times and reports the median of the boots' medians.
  *
- *   bun run bench:guest [--seconds 5] [--warmup 1] [--repeat 1] [--pairs 3] [--boots 1] [--c-only | --skip-c]
- *                       [--ns-size 1G] [--json] [--out FILE]
+ * Last, NVMe/TCP: ours against the kernel's nvme-tcp host, both against Linux nvmet on loopback.
+ *
+ *   bun run bench:guest [--seconds 5] [--warmup 1] [--repeat 1] [--pairs 3] [--boots 1] [--ns-size 1G]
+ *                       [--c-only | --skip-c] [--only-core | --skip-core] [--tcp-only | --skip-tcp] [--json] [--out FILE]
  *
  * On the host it installs fio when missing (the guest runs the host's root), boots the guest and
  * runs itself inside with --inside. Figures come from an emulated (TCG) machine whose CPUs are
@@ -44,6 +49,11 @@ const { values: opts } = parseArgs({
     pairs: { type: "string", default: "3" },
     boots: { type: "string", default: "1" },
     cpu: { type: "string", default: "1" },
+    "skip-tcp": { type: "boolean", default: false },
+    "tcp-only": { type: "boolean", default: false },
+    "tcp-ns-size": { type: "string", default: "512M" },
+    "skip-core": { type: "boolean", default: false },
+    "only-core": { type: "boolean", default: false },
     only: { type: "string" },
     json: { type: "boolean", default: false },
     out: { type: "string" },
@@ -55,10 +65,12 @@ const { values: opts } = parseArgs({
 
 const USAGE = `usage: bun test/vm/bench-guest.ts [--seconds S] [--warmup S] [--repeat N] [--ns-size 1G] [--only NAME,...]
                                  [--pairs N] [--boots N] [--cpu N] [--c-only | --skip-c]
-                                 [--skip-growth] [--skip-kernel] [--json] [--out FILE] [--timeout SEC]
+                                 [--skip-growth] [--skip-kernel] [--skip-core | --only-core] [--skip-tcp | --tcp-only]
+                                 [--tcp-ns-size 512M] [--json] [--out FILE] [--timeout SEC]
   Boots the QEMU guest once and runs examples/perf.ts against the C reference driver (bench/perf-c.ts),
   then against fio through the kernel's nvme driver, on the same emulated controller; prints
-  ours / C and ours / kernel per workload and the growth tables.
+  ours / C and ours / kernel per workload, the growth tables, the queue core against perf.ts and
+  ours against the kernel over NVMe/TCP. At most one of --c-only, --only-core, --tcp-only.
   --seconds S    measured seconds per run (default 5); --warmup S before each (default 5: the JIT
                  tiers up slowly under TCG; fio gets the same ramp_time)
   --repeat N     runs per figure, the median is reported (default 1)
@@ -68,6 +80,10 @@ const USAGE = `usage: bun test/vm/bench-guest.ts [--seconds S] [--warmup S] [--r
   --c-only       only the TS/C section; --skip-c leaves it out
   --ns-size SZ   namespace size (default 1G; written once in full before the reads)
   --only LIST    workloads by name (e.g. randread-qd1,seqwrite-qd8)
+  --only-core    only the queue core's host mode against perf.ts (4 KiB random reads)
+  --skip-core    leave that comparison out
+  --skip-tcp     leave out the NVMe/TCP section; --tcp-only: only it
+  --tcp-ns-size  the brd namespace nvmet serves for the NVMe/TCP section (default 512M)
   --json         print the JSON document instead of the tables; --out FILE also writes it
 `;
 if (opts.help) {
@@ -81,10 +97,20 @@ const REPEAT = Math.max(1, Math.floor(Number(opts.repeat)));
 const PAIRS = Math.max(1, Math.floor(Number(opts.pairs)));
 const BOOTS = Math.max(1, Math.floor(Number(opts.boots)));
 const PIN_CPU = Math.floor(Number(opts.cpu));
-if (!(SECONDS > 0) || !(WARMUP >= 0) || !Number.isFinite(REPEAT) || !Number.isFinite(PAIRS) || !Number.isFinite(BOOTS) || !(PIN_CPU >= 0) || (opts["c-only"] && opts["skip-c"])) {
+if (!(SECONDS > 0) || !(WARMUP >= 0) || !Number.isFinite(REPEAT) || !Number.isFinite(PAIRS) || !Number.isFinite(BOOTS) || !(PIN_CPU >= 0) ||
+  (opts["c-only"] && opts["skip-c"]) || (opts["only-core"] && opts["skip-core"]) || (opts["tcp-only"] && opts["skip-tcp"]) ||
+  [opts["c-only"], opts["only-core"], opts["tcp-only"]].filter(Boolean).length > 1) {
   process.stderr.write(USAGE);
   process.exit(2);
 }
+/** Which sections run: --c-only, --only-core and --tcp-only each leave out every other one. */
+const RUN = {
+  c: !opts["skip-c"] && !opts["only-core"] && !opts["tcp-only"],
+  main: !opts["c-only"] && !opts["only-core"] && !opts["tcp-only"],
+  core: !opts["skip-core"] && !opts["c-only"] && !opts["tcp-only"],
+  growth: !opts["skip-growth"] && !opts["c-only"] && !opts["only-core"] && !opts["tcp-only"],
+  tcp: !opts["skip-tcp"] && !opts["c-only"] && !opts["only-core"],
+};
 
 interface Workload {
   name: string;
@@ -108,6 +134,19 @@ const GROWTH_QUEUES_QD = 32;
 /** Hybrid polling for the queue-pair growth rows: sleep this long after 64 empty polls. */
 const GROWTH_IDLE_SLEEP_US = 50;
 const ENGINES = ["io_uring", "io_uring-hipri", "libaio"] as const;
+/**
+ * The queue core's host mode against examples/perf.ts, 4 KiB random reads at the same total queue
+ * depth: perf.ts keeps qd outstanding on one queue from the JS thread; the core runs `threads` C
+ * threads keeping `depth` each on one queue (shared mode).
+ */
+const CORE_ROWS = [
+  { qd: 1, threads: 1, depth: 1 },
+  { qd: 4, threads: 1, depth: 4 },
+  { qd: 32, threads: 1, depth: 32 },
+  { qd: 32, threads: 2, depth: 16 },
+  { qd: 128, threads: 1, depth: 128 },
+  { qd: 128, threads: 2, depth: 64 },
+];
 type Engine = (typeof ENGINES)[number];
 
 /** One measurement: IOPS, MiB/s and latency in microseconds (ours: submit to reap; fio: lat = slat + clat). */
@@ -135,12 +174,16 @@ interface Results {
   cref?: CRef;
   kernel: Partial<Record<Engine, Record<string, Figure>>>;
   kernelNotes: string[];
+  /** NVMe/TCP: ours against the kernel's nvme-tcp host, both against nvmet on loopback (brd). */
+  tcp?: { ours: Record<string, Figure>; kernel: Record<string, Figure>; notes: string[]; uri: string; nsSize: number };
   growth: {
     qd: { qd: number; fig: Figure }[];
     queues: { queues: number; qd: number; fig: Figure; perQueue: number[]; hybrid?: Figure }[];
     /** The kernel (io_uring, interrupts) with as many fio jobs as our queue pairs, same depth each. */
     kernelJobs: { jobs: number; qd: number; fig: Figure }[];
   };
+  /** The queue core's host mode against perf.ts at the same total queue depth. */
+  core: { qd: number; threads: number; depth: number; core: Figure; ts: Figure }[];
 }
 
 interface CRef {
@@ -202,6 +245,26 @@ function ours(
     runs: [t.iops],
     perQueue: j.queues.map((q) => q.iops),
     ...(t.errors > 0 ? { error: `${t.errors} commands failed: ${t.firstError}` } : {}),
+  };
+}
+
+/** One run of examples/gpu-bench.ts --device=cpu: 4 KiB random reads on one queue. */
+function core(ctrl: string, threads: number, depth: number): Figure {
+  let entries = 2;
+  while (entries < threads * depth + 1) entries *= 2;
+  const r = sh([
+    "bun", "examples/gpu-bench.ts", `--ctrl=${ctrl}`, "--ns=1", "--device=cpu", "--queues=1", `--entries=${entries}`, `--threads=${threads}`, `--depth=${depth}`,
+    "--bs=4k", `--seconds=${SECONDS}`, "--json",
+  ]);
+  if (!r.out.trim()) return { ...NO_FIGURE, error: `gpu-bench exited ${r.code}: ${r.err.trim().split("\n").slice(-2).join(" ")}` };
+  const res = (JSON.parse(r.out) as { result: { iops: number; mibPerSec: number; errors: number; timeouts: number; firstError?: string; latency: { meanUs: number; maxUs: number; percentilesUs: Record<string, number> } } }).result;
+  const l = res.latency;
+  return {
+    iops: Number(res.iops.toFixed(1)),
+    mibPerSec: Number(res.mibPerSec.toFixed(2)),
+    latUs: { mean: l.meanUs, p50: l.percentilesUs.p50!, p99: l.percentilesUs.p99!, p999: l.percentilesUs["p99.9"]!, max: l.maxUs },
+    runs: [Number(res.iops.toFixed(1))],
+    ...(res.errors + res.timeouts > 0 || r.code !== 0 ? { error: `${res.errors} errors, ${res.timeouts} timeouts${res.firstError ? `: ${res.firstError}` : ""}` } : {}),
   };
 }
 
@@ -307,6 +370,83 @@ function cReference(ctrl: string, workloads: Workload[]): CRef {
   return { pairs: PAIRS, cpu: PIN_CPU, rows };
 }
 
+// ---- NVMe/TCP ------------------------------------------------------------------------------------
+
+const TCP_SUB = "nqn.2024-01.io.libnvm:sub1";
+const TCP_URI = `nvme+tcp://127.0.0.1:4420/${TCP_SUB}`;
+const TCP_WORKLOADS: Workload[] = [
+  { name: "randread-qd1", pattern: "rand", rw: "read", bs: 4096, qd: 1 },
+  { name: "randread-qd32", pattern: "rand", rw: "read", bs: 4096, qd: 32 },
+  { name: "seqread-qd8", pattern: "seq", rw: "read", bs: 131072, qd: 8 },
+];
+
+/** The kernel's nvme-tcp host connected to the bench subsystem: its block device, or undefined (noted why). */
+async function kernelTcpConnect(notes: string[]): Promise<string | undefined> {
+  const c = sh(["nvme", "connect", "-t", "tcp", "-a", "127.0.0.1", "-s", "4420", "-n", TCP_SUB]);
+  if (c.code !== 0) {
+    notes.push(`nvme connect failed: ${c.err.trim() || c.out.trim()}`);
+    return undefined;
+  }
+  let dev: string | undefined;
+  const found = await waitFor(() => {
+    const l = sh(["nvme", "list", "-o", "json"]);
+    try {
+      const devices = (JSON.parse(l.out) as { Devices?: { DevicePath: string; SerialNumber: string; NameSpace: number }[] }).Devices ?? [];
+      dev = devices.find((d) => d.SerialNumber.trim() === "LIBNVMTCP0001" && d.NameSpace === 1)?.DevicePath;
+    } catch {
+      dev = undefined;
+    }
+    return dev !== undefined && existsSync(dev);
+  }, 20_000);
+  if (!found) notes.push("the kernel's nvme-tcp namespace did not appear within 20 s");
+  return found ? dev : undefined;
+}
+
+function kernelTcpDisconnect(notes: string[]): void {
+  const d = sh(["nvme", "disconnect", "-n", TCP_SUB]);
+  if (d.code !== 0) notes.push(`nvme disconnect: ${d.err.trim()}`);
+}
+
+/**
+ * Linux nvmet on loopback over a brd namespace (test/hw-tcp/target.sh --bench), written once in
+ * full; then per workload, interleaved: ours (examples/perf.ts over nvme+tcp://), and the kernel's
+ * host (nvme connect, fio io_uring on its block device, nvme disconnect).
+ */
+async function tcpSection(): Promise<NonNullable<Results["tcp"]>> {
+  const nsSize = parseSize(opts["tcp-ns-size"]!);
+  const notes: string[] = [];
+  const t = sh(["bash", "test/hw-tcp/target.sh", "--bench", String(Math.floor(nsSize / (1 << 20)))]);
+  if (t.code !== 0) throw new Error(`the nvmet target did not come up: ${t.err.trim()}`);
+  const modroot = process.env.LIBNVM_VM_MODROOT;
+  const m = sh(["modprobe", ...(modroot ? ["-d", modroot] : []), "nvme-tcp"]);
+  if (m.code !== 0) notes.push(`modprobe nvme-tcp failed: ${m.err.trim()}`);
+  log(`NVMe/TCP: preconditioning ${nsSize} bytes over ${TCP_URI}`);
+  const pre = sh(["bun", "examples/perf.ts", `--ctrl=${TCP_URI}`, "--ns=1", "--pattern=seq", "--rw=write", "--bs=128k", "--qd=8", `--ios=${Math.floor(nsSize / 131072)}`, "--json"]);
+  if (pre.code !== 0) throw new Error(`NVMe/TCP preconditioning failed: ${pre.err.trim()}`);
+  const samples = new Map<string, Figure[]>();
+  const add = (key: string, f: Figure) => samples.set(key, [...(samples.get(key) ?? []), f]);
+  for (let round = 0; round < REPEAT; round++) {
+    for (const w of TCP_WORKLOADS) {
+      log(`NVMe/TCP round ${round + 1}/${REPEAT} ${w.name}: ours`);
+      add(`ours ${w.name}`, ours(TCP_URI, w));
+      if (opts["skip-kernel"]) continue;
+      const dev = await kernelTcpConnect(notes);
+      if (dev) {
+        log(`NVMe/TCP round ${round + 1}/${REPEAT} ${w.name}: kernel nvme-tcp, fio io_uring on ${dev}`);
+        add(`kernel ${w.name}`, fio(dev, w, "io_uring"));
+        kernelTcpDisconnect(notes);
+      }
+    }
+  }
+  const out: NonNullable<Results["tcp"]> = { ours: {}, kernel: {}, notes, uri: TCP_URI, nsSize };
+  for (const w of TCP_WORKLOADS) {
+    out.ours[w.name] = combine(samples.get(`ours ${w.name}`) ?? []);
+    const k = samples.get(`kernel ${w.name}`);
+    if (k) out.kernel[w.name] = combine(k);
+  }
+  return out;
+}
+
 async function inside(): Promise<Results> {
   const ctrl = process.env.LIBNVM_TEST_CTRL;
   if (!ctrl) throw new Error("LIBNVM_TEST_CTRL is not set: run this through the guest harness (bun test/vm/bench-guest.ts)");
@@ -328,9 +468,14 @@ async function inside(): Promise<Results> {
     kernel: {},
     kernelNotes: [],
     growth: { qd: [], queues: [], kernelJobs: [] },
+    core: [],
   };
   const only = opts.only ? new Set(opts.only.split(",")) : undefined;
-  const workloads = opts["c-only"] ? [] : WORKLOADS.filter((w) => !only || only.has(w.name));
+  const workloads = RUN.main ? WORKLOADS.filter((w) => !only || only.has(w.name)) : [];
+  if (opts["tcp-only"]) {
+    results.tcp = await tcpSection();
+    return results;
+  }
 
   // Write the whole namespace once: reads then hit allocated data for both drivers.
   log(`preconditioning: sequential 128 KiB writes over ${ns.sizeBytes} bytes`);
@@ -340,7 +485,7 @@ async function inside(): Promise<Results> {
   ]);
   if (pre.code !== 0) throw new Error(`preconditioning failed: ${pre.err.trim()}`);
 
-  if (!opts["skip-c"]) results.cref = cReference(ctrl, C_WORKLOADS.filter((w) => !only || only.has(w.name)));
+  if (RUN.c) results.cref = cReference(ctrl, C_WORKLOADS.filter((w) => !only || only.has(w.name)));
 
   // Interleaved: for each workload ours, then the kernel with interrupts, then polled; the driver
   // is switched per workload, so a change in the host's load hits every column of a row alike.
@@ -385,7 +530,22 @@ async function inside(): Promise<Results> {
     }
   }
 
-  if (!opts["skip-growth"] && !opts["c-only"]) {
+  if (RUN.core) {
+    // Alternating per row and per round: a change in the host's load hits both columns alike.
+    const coreRuns = new Map<number, { core: Figure[]; ts: Figure[] }>();
+    for (let round = 0; round < REPEAT; round++) {
+      CORE_ROWS.forEach((row, i) => {
+        const runs = coreRuns.get(i) ?? { core: [], ts: [] };
+        log(`round ${round + 1}/${REPEAT} core vs perf.ts: qd ${row.qd} (${row.threads} thread(s) x ${row.depth})`);
+        runs.ts.push(ours(ctrl, { pattern: "rand", rw: "read", bs: 4096, qd: row.qd }));
+        runs.core.push(core(ctrl, row.threads, row.depth));
+        coreRuns.set(i, runs);
+      });
+    }
+    CORE_ROWS.forEach((row, i) => results.core.push({ ...row, core: combine(coreRuns.get(i)!.core), ts: combine(coreRuns.get(i)!.ts) }));
+  }
+
+  if (RUN.growth) {
     for (const qd of GROWTH_QD) {
       log(`ours growth: randread qd ${qd}`);
       const runs = Array.from({ length: REPEAT }, () => ours(ctrl, { pattern: "rand", rw: "read", bs: 4096, qd }));
@@ -416,6 +576,7 @@ async function inside(): Promise<Results> {
       }
     }
   }
+  if (RUN.tcp) results.tcp = await tcpSection();
   return results;
 }
 
@@ -525,7 +686,6 @@ export function renderResults(res: Results): string {
   if (res.cref) {
     out.push(renderCRef(summarizeCRef(res.cref), `vCPU ${res.cref.cpu}, median of ${res.cref.pairs} pairs in this boot`, "TS/C per pair"), "");
   }
-  if (Object.keys(res.ours).length === 0) return out.join("\n");
   const k = res.kernel;
   const rows = Object.keys(res.ours).map((name) => {
     const o = res.ours[name]!;
@@ -537,10 +697,12 @@ export function renderResults(res: Results): string {
     const iops = (f: Figure | undefined) => (f ? (f.error && f.iops === 0 ? "error" : Math.round(f.iops).toString()) : "-");
     return [name, iops(o), iops(cell("io_uring")), ratio("io_uring"), iops(cell("io_uring-hipri")), ratio("io_uring-hipri"), iops(cell("libaio")), ratio("libaio")];
   });
-  out.push("IOPS: ours (libnvm, polled, userspace) against the kernel's nvme driver through fio, same controller, same boot");
-  out.push(table(["workload", "ours", "io_uring", "ratio", "io_uring hipri", "ratio", "libaio", "ratio"], rows));
-  out.push("targets: ours >= 1.5x io_uring at QD1 and >= 2x at QD32; >= 1.0x io_uring hipri (polled queues) at every depth");
-  out.push("");
+  if (rows.length > 0) {
+    out.push("IOPS: ours (libnvm, polled, userspace) against the kernel's nvme driver through fio, same controller, same boot");
+    out.push(table(["workload", "ours", "io_uring", "ratio", "io_uring hipri", "ratio", "libaio", "ratio"], rows));
+    out.push("targets: ours >= 1.5x io_uring at QD1 and >= 2x at QD32; >= 1.0x io_uring hipri (polled queues) at every depth");
+    out.push("");
+  }
   const latRows = Object.keys(res.ours).map((name) => {
     const o = res.ours[name]!;
     const f = k["io_uring"]?.[name];
@@ -548,8 +710,10 @@ export function renderResults(res: Results): string {
     const l = (x: Figure | undefined) => (x ? `${x.latUs.p50.toFixed(0)} / ${x.latUs.p99.toFixed(0)} / ${x.latUs.mean.toFixed(0)}` : "-");
     return [name, l(o), l(f), l(h)];
   });
-  out.push("latency µs, p50 / p99 / mean (ours: doorbell batch to reap; fio: clat percentiles, lat mean)");
-  out.push(table(["workload", "ours", "io_uring", "io_uring hipri"], latRows));
+  if (latRows.length > 0) {
+    out.push("latency µs, p50 / p99 / mean (ours: doorbell batch to reap; fio: clat percentiles, lat mean)");
+    out.push(table(["workload", "ours", "io_uring", "io_uring hipri"], latRows));
+  }
   if (res.growth.qd.length > 0) {
     out.push("", "cost of growth, ours: 4 KiB random reads, one queue pair, IOPS against queue depth");
     const base = res.growth.qd[0]!.fig.iops;
@@ -587,7 +751,54 @@ export function renderResults(res: Results): string {
       ),
     );
   }
+  if (res.core?.length > 0) {
+    out.push(
+      "",
+      "the queue core's host mode (examples/gpu-bench.ts --device=cpu: C threads running the GPU threads' queue code, shared mode, one queue)",
+      "against examples/perf.ts (TypeScript, low-level API, one queue, JS thread), 4 KiB random reads at the same total queue depth",
+    );
+    out.push(
+      table(
+        ["total qd", "core threads x depth", "core IOPS", "perf.ts IOPS", "core / perf.ts", "core p50 / p99 µs", "perf.ts p50 / p99 µs"],
+        res.core.map((c) => [
+          c.qd,
+          `${c.threads} x ${c.depth}`,
+          c.core.error && c.core.iops === 0 ? "error" : Math.round(c.core.iops),
+          c.ts.error && c.ts.iops === 0 ? "error" : Math.round(c.ts.iops),
+          c.ts.iops > 0 ? r2(c.core.iops / c.ts.iops) : "-",
+          `${c.core.latUs.p50.toFixed(0)} / ${c.core.latUs.p99.toFixed(0)}`,
+          `${c.ts.latUs.p50.toFixed(0)} / ${c.ts.latUs.p99.toFixed(0)}`,
+        ]),
+      ),
+    );
+    out.push("target: core >= 1.0x perf.ts at every depth (issue 12)");
+  }
+  if (res.tcp) {
+    const t = res.tcp;
+    out.push(
+      "",
+      `NVMe/TCP: ours (libnvm over ${t.uri}) against the kernel's nvme-tcp host (nvme connect, fio io_uring), both against`,
+      `Linux nvmet on loopback in the same guest, a ${t.nsSize}-byte brd namespace (512-byte blocks), same boot`,
+    );
+    const iops = (f: Figure | undefined) => (f ? (f.error && f.iops === 0 ? "error" : Math.round(f.iops).toString()) : "-");
+    const lat = (f: Figure | undefined) => (f ? `${f.latUs.p50.toFixed(0)} / ${f.latUs.p99.toFixed(0)}` : "-");
+    out.push(
+      table(
+        ["workload", "ours IOPS", "kernel IOPS", "ratio", "ours MiB/s", "kernel MiB/s", "ours p50/p99 µs", "kernel p50/p99 µs"],
+        Object.keys(t.ours).map((name) => {
+          const o = t.ours[name]!;
+          const k = t.kernel[name];
+          return [name, iops(o), iops(k), k && k.iops > 0 ? r2(o.iops / k.iops) : "-", o.mibPerSec.toFixed(1), k ? k.mibPerSec.toFixed(1) : "-", lat(o), lat(k)];
+        }),
+      ),
+    );
+    out.push("goal: ours >= 0.8x the kernel at QD 32 and >= 1.0x at QD 1");
+    for (const n of t.notes) out.push(`note: ${n}`);
+    for (const [n, f] of Object.entries(t.ours)) if (f.error) out.push(`error: ours NVMe/TCP ${n}: ${f.error}`);
+    for (const [n, f] of Object.entries(t.kernel)) if (f.error) out.push(`error: kernel nvme-tcp ${n}: ${f.error}`);
+  }
   const errors = [
+    ...(res.core ?? []).flatMap((c) => [c.core.error ? `core qd ${c.qd} (${c.threads}x${c.depth}): ${c.core.error}` : "", c.ts.error ? `perf.ts qd ${c.qd}: ${c.ts.error}` : ""]).filter(Boolean),
     ...Object.entries(res.ours).filter(([, f]) => f.error).map(([n, f]) => `ours ${n}: ${f.error}`),
     ...Object.entries(res.kernel).flatMap(([e, mm]) => Object.entries(mm ?? {}).filter(([, f]) => f.error).map(([n, f]) => `${e} ${n}: ${f.error}`)),
   ];
@@ -611,15 +822,21 @@ async function host(): Promise<number> {
   if (!opts.json) process.stderr.write(`${describeMachine(hostInfo)}\n`);
   const nsSize = parseSize(opts["ns-size"]!);
   const picked = (list: Workload[]) => list.filter((w) => !opts.only || opts.only.split(",").includes(w.name)).length;
-  const nWork = opts["c-only"] ? 0 : picked(WORKLOADS);
-  const nC = opts["skip-c"] ? 0 : picked(C_WORKLOADS);
-  const growth = opts["skip-growth"] || opts["c-only"];
+  const nWork = RUN.main ? picked(WORKLOADS) : 0;
+  const nC = RUN.c ? picked(C_WORKLOADS) : 0;
+  const coreRuns = RUN.core ? 2 * CORE_ROWS.length : 0;
   const perRun = SECONDS + WARMUP + 4; // plus Bun/fio start-up in the guest
   const switches = opts["skip-kernel"] ? 0 : REPEAT * nWork * 2 * 8; // modprobe, probe, unbind, rmmod
-  const estimate =
-    60 + nsSize / 20e6 + switches + perRun * 2 * PAIRS * nC +
-    perRun * REPEAT * (nWork * (opts["skip-kernel"] ? 1 : 4) + (growth ? 0 : GROWTH_QD.length + GROWTH_QUEUES.length * (opts["skip-kernel"] ? 2 : 3)));
-  const timeoutSec = opts.timeout ? Number(opts.timeout) : Math.ceil(estimate * 3);
+  // The PCIe controller's sections (none with --tcp-only): preconditioning, TS/C pairs, ours
+  // against the kernel, the queue core, the growth tables.
+  const estimate = opts["tcp-only"]
+    ? 60
+    : 60 + nsSize / 20e6 + switches + perRun * 2 * PAIRS * nC +
+      perRun * REPEAT * (coreRuns + nWork * (opts["skip-kernel"] ? 1 : 4) + (RUN.growth ? GROWTH_QD.length + GROWTH_QUEUES.length * (opts["skip-kernel"] ? 2 : 3) : 0));
+  // NVMe/TCP: the target, preconditioning over loopback, and per workload ours and the kernel's host (connect, fio, disconnect).
+  const tcpEstimate = RUN.tcp ? 30 + parseSize(opts["tcp-ns-size"]!) / 10e6 + REPEAT * TCP_WORKLOADS.length * (perRun * (opts["skip-kernel"] ? 1 : 2) + 10) : 0;
+  const total = estimate + tcpEstimate;
+  const timeoutSec = opts.timeout ? Number(opts.timeout) : Math.ceil(total * 3);
   if (nC > 0) {
     // The guest sees the checkout read-only: the C reference's library is built here first.
     benchNative();
@@ -628,10 +845,12 @@ async function host(): Promise<number> {
     "--inside", `--seconds=${SECONDS}`, `--warmup=${WARMUP}`, `--repeat=${REPEAT}`, `--ns-size=${opts["ns-size"]}`, `--pairs=${PAIRS}`, `--cpu=${PIN_CPU}`,
     ...(opts.only ? [`--only=${opts.only}`] : []), ...(opts["skip-growth"] ? ["--skip-growth"] : []), ...(opts["skip-kernel"] ? ["--skip-kernel"] : []),
     ...(opts["c-only"] ? ["--c-only"] : []), ...(opts["skip-c"] ? ["--skip-c"] : []),
+    ...(opts["skip-core"] ? ["--skip-core"] : []), ...(opts["only-core"] ? ["--only-core"] : []),
+    ...(opts["skip-tcp"] ? ["--skip-tcp"] : []), ...(opts["tcp-only"] ? ["--tcp-only"] : []), `--tcp-ns-size=${opts["tcp-ns-size"]}`,
   ];
   const boots: Results[] = [];
   for (let boot = 1; boot <= BOOTS; boot++) {
-    log(`booting the guest${BOOTS > 1 ? ` (boot ${boot}/${BOOTS})` : ""} (about ${Math.round(estimate)} s of runs; timeout ${timeoutSec} s)`);
+    log(`booting the guest${BOOTS > 1 ? ` (boot ${boot}/${BOOTS})` : ""} (about ${Math.round(total)} s of runs; timeout ${timeoutSec} s)`);
     const bootInfo = machineInfo();
     const res = await oneBoot(args, nsSize, hostInfo, timeoutSec);
     if (!res) return 1;

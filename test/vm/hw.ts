@@ -17,7 +17,7 @@
  *   bun test/vm/hw.ts --dir ./test/vm/_selftest  # harness self-check
  *   options: --dir D  --env K=V  --no-ctrl  --timeout SEC  --quiet
  */
-import { readFile } from "node:fs/promises";
+import { readFile, writeFile } from "node:fs/promises";
 import { join, resolve } from "node:path";
 import { verifyFile } from "../hw/pattern.ts";
 import { cleanup, REPO_ROOT, runInGuest, type GuestConfig, type GuestResult } from "./run.ts";
@@ -194,6 +194,15 @@ export const DMABUF_CONFIG: GuestConfig = {
   ],
 };
 
+/**
+ * NVMe/TCP (test/hw-tcp): Linux nvmet on loopback in the guest, configured by test/hw-tcp/target.sh,
+ * whose KEY=VALUE facts the prelude exports for the tests. QEMU's controller is there but unused.
+ */
+export const TCP_CONFIG: GuestConfig = {
+  serial: "tcp00001",
+  namespaces: [{ nsid: 1, sizeBytes: 8 * 1024 * 1024, lbaSize: 512 }],
+};
+
 /** Bind the guest's controller to `driver` (loaded from the guest kernel's modules, or insmod'ed). */
 const bindTo = (driver: string, load: string) =>
   [
@@ -206,13 +215,19 @@ const bindTo = (driver: string, load: string) =>
 const INSMOD_DISNVM = "insmod module/build/$LIBNVM_VM_KVER/disnvm.ko";
 
 /** The backend-neutral tests, run again through each backend. */
-const COMMON = ["./test/hw/controller.test.ts", "./test/hw/examples.test.ts", "./test/hw/cli-backend.test.ts"];
+const COMMON = ["./test/hw/controller.test.ts", "./test/hw/examples.test.ts", "./test/hw/cli-backend.test.ts", "./test/hw/gpu-queues.test.ts"];
 
 /** SmartIO through the fake SISCI, which lends the vfio-pci-bound controller (test/hw-smartio). */
 const SMARTIO = "./test/hw-smartio/smartio.test.ts";
 
 export const SUITES: readonly Suite[] = [
   { name: "hw", dir: "./test/hw", config: TEST_CONFIG, blocktools: true },
+  {
+    name: "tcp",
+    dir: "./test/hw-tcp",
+    config: TCP_CONFIG,
+    prelude: `tcpenv="$(bash test/hw-tcp/target.sh)" || { echo "the nvmet target did not come up"; exit 95; }; set -a; eval "$tcpenv"; set +a`,
+  },
   { name: "faults", dir: "./test/hw-faults", config: FAULT_CONFIG },
   { name: "vfio", dir: "./test/hw-vfio", config: IOMMU_CONFIG },
   {
@@ -331,7 +346,11 @@ async function runSuite(suite: Suite, env: Record<string, string>, timeoutSec: n
     }
     if (reasons.length === 0 && r.code !== 0) reasons.push(`guest command exited with status ${r.code}`);
     if (reasons.length === 0) await cleanup(r);
-    else process.stderr.write(`hw[${suite.name}]: kept ${r.tmpDir} for inspection\n`);
+    else {
+      // The serial console says why a guest died (a panic, the OOM killer); keep it with the rest.
+      await writeFile(join(r.tmpDir, "console.log"), r.console);
+      process.stderr.write(`hw[${suite.name}]: kept ${r.tmpDir} (console.log, xchg/output.log) for inspection\n`);
+    }
   } catch (e) {
     reasons.push(`harness error: ${e instanceof Error ? e.message : String(e)}`);
   }

@@ -369,7 +369,7 @@ export async function runInGuest(script: string, config: GuestConfig, opts: RunO
     } else if (fatal) {
       error = `guest /init failed: ${fatal}`;
     } else {
-      error = "guest died before the command finished (no xchg/rc written)";
+      error = `guest died before the command finished (no xchg/rc written; QEMU ${proc.signalCode ? `killed by ${proc.signalCode}` : `exit status ${qemuStatus}`})`;
     }
   }
   if (error) process.stderr.write(`\nrun.ts: ${error}\n`);
