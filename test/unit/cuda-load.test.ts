@@ -6,10 +6,13 @@
  */
 import { describe, expect, test } from "bun:test";
 import { spawnSync } from "node:child_process";
+import { readFileSync } from "node:fs";
 import { join } from "node:path";
 import { MOCK_LIBCUDA, MOCK_LIBCUDA_OLD } from "../cuda/mock.ts";
 
 const REPO = join(import.meta.dir, "..", "..");
+/** c/include/nvm_native.h's NVM_NATIVE_ABI: what the loaded library must report. */
+const NATIVE_ABI = Number(/#define NVM_NATIVE_ABI (\d+)/.exec(readFileSync(join(REPO, "c/include/nvm_native.h"), "utf8"))![1]);
 
 interface Outcome {
   /** What the script printed last on stdout, parsed. */
@@ -56,7 +59,7 @@ describe("libcuda is loaded lazily", () => {
       { LIBNVM_LIBCUDA: "/nonexistent/libcuda.so.1" },
     );
     expect(r.status).toBe(0);
-    expect(r.out).toMatchObject({ bdf: "0000:05:00.0", abi: 4, loadedBefore: null, isCudaError: true });
+    expect(r.out).toMatchObject({ bdf: "0000:05:00.0", abi: NATIVE_ABI, loadedBefore: null, isCudaError: true });
     expect(r.out.err).toEqual({
       name: "CudaError",
       code: "ERR_NVME_CUDA",

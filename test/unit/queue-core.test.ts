@@ -48,7 +48,12 @@ describe("queue core against the fake controller", () => {
     // data writes: the controller reads them with no happens-before.
     const r = run(coreSuiteRace(), ["--only", "contention,shared-verify,reorder-delay"]);
     expect(r.err).toContain("WARNING: ThreadSanitizer: data race");
-    expect(r.err).toMatch(/fake-ctrl\.c/);
+    // The chain the store starts (submitter, publisher's doorbell, controller, CQE, reaper) is
+    // broken at its first link: TSan reports the controller's read of the entry (fake-ctrl.c) or,
+    // as often under load, another executor reaping the command and reading what the submitter
+    // wrote with nothing ordering the two (nvmq_reap against nvmq_write); which one comes first
+    // is the scheduler's choice.
+    expect(r.err).toMatch(/fake-ctrl\.c|nvmq_reap[\s\S]*nvmq_write/);
     expect(r.err).toMatch(/nvm_queue_(core|job)\.h/);
     expect(r.code).toBe(66);
   }, 240_000);
