@@ -13,8 +13,10 @@
  */
 import { afterAll, describe, expect, test } from "bun:test";
 import { DmaBuffer } from "../../lib/dma.ts";
+import { InvalidArgumentError, UnsupportedError } from "../../lib/errors.ts";
 import { IoCompletionQueue, IoQueue, type IoQueueContext } from "../../lib/io.ts";
 import { NVM_READ, NVM_WRITE } from "../../lib/spec/commands.ts";
+import type { NvmeIoQueue } from "../../lib/transports/types.ts";
 import { benchNative } from "../../bench/bench-native.ts";
 import { MemoryBackend } from "../../bench/memory-backend.ts";
 import { runJobC } from "../../bench/perf-c-engine.ts";
@@ -268,7 +270,13 @@ describe("the C reference's queue handling", () => {
   test("refuses what it does not run", () => {
     const r = rig(4096, 0);
     try {
+      expect(() => runJobC(ctrl, r.q, r.buf, workload({ api: "async" }), progress(), 0)).toThrow(UnsupportedError);
       expect(() => runJobC(ctrl, r.q, r.buf, workload({ api: "async" }), progress(), 0)).toThrow(/low-level API only/);
+      // A TCP queue has no rings or doorbells to hand to C: refused before anything is read from it.
+      const tcp = { transport: "tcp", qid: 1, depth: 4 } as unknown as NvmeIoQueue;
+      expect(() => runJobC(ctrl, tcp, r.buf, workload({}), progress(), 0)).toThrow(UnsupportedError);
+      expect(() => runJobC(ctrl, tcp, r.buf, workload({}), progress(), 0)).toThrow(/PCIe queues/);
+      expect(() => runJobC(ctrl, r.q, r.buf, workload({ qd: r.q.depth + 1 }), progress(), 0)).toThrow(InvalidArgumentError);
       expect(() => runJobC(ctrl, r.q, r.buf, workload({ qd: r.q.depth + 1 }), progress(), 0)).toThrow(/exceeds the queue's/);
       expect(() => runJobC({ backend: be, knownLbaSizes: new Map() }, r.q, r.buf, workload({}), progress(), 0)).toThrow(/LBA size is not known/);
       expect(C_ENGINE.refuse({ api: "low", queues: 1, workers: false })).toBeUndefined();
