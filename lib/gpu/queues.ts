@@ -26,7 +26,7 @@
 import type { Pointer } from "bun:ffi";
 import type { Controller } from "../controller.ts";
 import { DmaBuffer, releaseDeferred } from "../dma.ts";
-import { ClosedError, InvalidArgumentError, NvmeStatusError, NvmeTimeoutError } from "../errors.ts";
+import { ClosedError, InvalidArgumentError, NvmeStatusError, NvmeTimeoutError, UnsupportedError } from "../errors.ts";
 import type { IoQueue } from "../io.ts";
 import { exportedMemory, LeaseClient, type LocalBorrower, type QueueLease } from "../lease.ts";
 import type { Namespace } from "../namespace.ts";
@@ -356,6 +356,10 @@ export class GpuQueues implements LocalBorrower {
   constructor(ctrl: Controller, opts: Readonly<GpuQueueOptions>) {
     checkLayout();
     if (ctrl.closed) throw new ClosedError(`controller ${ctrl.name} is closed; open it again`);
+    // The executors write SQ entries into rings in memory and ring doorbells in BAR0: PCIe only.
+    if (ctrl.transport !== "pcie") {
+      throw new UnsupportedError(`GPU queues need a controller reached over PCIe (rings in memory, doorbells in BAR0); ${ctrl.name} is reached over ${ctrl.transport.toUpperCase()}`);
+    }
     this.controller = ctrl;
     const device = opts.device ?? "cuda";
     if (device !== "cuda" && device !== "cpu") throw new InvalidArgumentError(`device must be "cuda" or "cpu", got ${String(device)}`);
@@ -454,7 +458,7 @@ export class GpuQueues implements LocalBorrower {
 
   #newSlot(): Slot {
     const ctrl = this.controller;
-    const queue = ctrl.createIoQueue({ entries: this.entries, timeoutMs: this.timeoutMs });
+    const queue = ctrl.createIoQueue({ entries: this.entries, timeoutMs: this.timeoutMs }) as IoQueue;
     let lists: DmaBuffer | undefined;
     const slot: Slot = { queue, lists: undefined as unknown as DmaBuffer };
     try {
@@ -860,7 +864,7 @@ export class GpuQueues implements LocalBorrower {
         throw e;
       }
     }
-    const queue = ctrl.createIoQueue({ entries: this.entries, timeoutMs: this.timeoutMs });
+    const queue = ctrl.createIoQueue({ entries: this.entries, timeoutMs: this.timeoutMs }) as IoQueue;
     const fresh: Slot = { queue, lists: s.lists, ...(s.listsReg ? { listsReg: s.listsReg } : {}) };
     if (this.device === "cuda") {
       fresh.sqReg = cuda.registerHost(queue.sq.mem, { device: this.cudaDevice });

@@ -872,7 +872,7 @@ function defineTests(): void {
     test("a CQ shared with another SQ cannot travel: InvalidArgumentError naming the other SQs", () => {
       const be = backend();
       const a = owned(be, { qid: 1 });
-      const ctx = { backend: be, dstrd: 0, timeoutMs: 10_000, maxTransfer: 128 * 1024, sgls: 0 };
+      const ctx = { backend: be, dstrd: 0, timeoutMs: 10_000, maxTransfer: 128 * 1024, sgls: 0, lbaSize: () => 512 };
       const b = new IoQueue(ctx, 2, 16, a.cq);
       a.cq.sqs.set(2, b);
       const c = new IoQueue(ctx, 3, 16, a.cq);
