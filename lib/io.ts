@@ -66,8 +66,8 @@ const enum Mode {
   PROMISE = 1,
   SYNC = 2,
 }
-import type { CompletionHandler, NvmeIoQueue, SqeWriter } from "./transports/types.ts";
-export type { CompletionHandler } from "./transports/types.ts";
+import type { CompletionHandler, NvmeIoQueue, PollingOptions, QueueOptions, SqeWriter } from "./transports/types.ts";
+export type { CompletionHandler, PollingOptions } from "./transports/types.ts";
 
 /**
  * Status a handler gets for a command the host ended itself because the controller was disabled
@@ -79,35 +79,10 @@ export const STATUS_SQ_DELETION = encodeStatus({ sct: SCT_GENERIC, sc: SC_SQ_DEL
 /** Command Abort Requested (Generic 07h): what an aborted command completes with. */
 const STATUS_ABORT_REQUESTED = encodeStatus({ sct: SCT_GENERIC, sc: SC_ABORT_REQUESTED });
 
-export interface IoQueueOptions {
-  /** Entries in the SQ (and in its CQ when one is created for it): 2 to CAP.MQES+1. Defaults to 256. */
-  readonly entries?: number;
-  /** Queue id; defaults to the lowest free one. */
-  readonly qid?: number;
+/** PCIe's I/O queue options: the transport-neutral ones, and a completion queue to share. */
+export interface IoQueueOptions extends QueueOptions {
   /** Share this completion queue instead of creating one. */
   readonly cq?: IoCompletionQueue;
-  /** Per-command timeout in ms. Defaults to the controller's (10 000). */
-  readonly timeoutMs?: number;
-  /** Data pointers: PRPs, or SGLs where Identify Controller SGLS says they are supported. Defaults to "prp". */
-  readonly dataPointer?: "prp" | "sgl";
-  /** How the async API waits for completions on this queue. Defaults to the controller's (PollingOptions). */
-  readonly polling?: PollingOptions;
-}
-
-/**
- * How the async API's poller waits for completions. "adaptive": it spins (yielding to the event
- * loop between turns) for `spinUs` after the last completion or submission, which covers a fast
- * drive's latency, then polls once per `sleepMs` timer tick, so a slow command does not keep a core
- * busy. "spin": it never sleeps (the lowest latency for slow commands, a core at 100 % while
- * anything is outstanding).
- */
-export interface PollingOptions {
-  /** Defaults to "adaptive". */
-  readonly mode?: "adaptive" | "spin";
-  /** Microseconds of spinning after activity before sleeping. Defaults to 500. */
-  readonly spinUs?: number;
-  /** Milliseconds between polls once sleeping (timer granularity: 1). Defaults to 1. */
-  readonly sleepMs?: number;
 }
 
 /** The poller's settings, checked (PollingOptions with its defaults filled in). */

@@ -10,7 +10,6 @@
  * (`listBuffer()`) and completion queues shared by several SQs are PCIe's only.
  */
 import type { DmaBuffer } from "../dma.ts";
-import type { IoQueueOptions } from "../io.ts";
 import type { Completion } from "../queue.ts";
 import type { Command } from "../spec/commands.ts";
 import type { Capabilities } from "../spec/registers.ts";
@@ -141,6 +140,39 @@ export interface ControllerHooks {
 }
 
 /**
+ * What every transport's createIoQueue() takes (PCIe's IoQueueOptions adds a completion queue to
+ * share). Here rather than in io.ts so that io.ts and the transports share it without a cycle.
+ */
+export interface QueueOptions {
+  /** Entries in the SQ (and in its CQ when one is created for it): 2 to CAP.MQES+1. Defaults to 256. */
+  readonly entries?: number;
+  /** Queue id; defaults to the lowest free one. */
+  readonly qid?: number;
+  /** Per-command timeout in ms. Defaults to the controller's (10 000). */
+  readonly timeoutMs?: number;
+  /** Data pointers: PRPs, or SGLs where Identify Controller SGLS says they are supported. Defaults to "prp". */
+  readonly dataPointer?: "prp" | "sgl";
+  /** How the async API waits for completions on this queue. Defaults to the controller's (PollingOptions). */
+  readonly polling?: PollingOptions;
+}
+
+/**
+ * How the async API's poller waits for completions. "adaptive": it spins (yielding to the event
+ * loop between turns) for `spinUs` after the last completion or submission, which covers a fast
+ * drive's latency, then polls once per `sleepMs` timer tick, so a slow command does not keep a core
+ * busy. "spin": it never sleeps (the lowest latency for slow commands, a core at 100 % while
+ * anything is outstanding).
+ */
+export interface PollingOptions {
+  /** Defaults to "adaptive". */
+  readonly mode?: "adaptive" | "spin";
+  /** Microseconds of spinning after activity before sleeping. Defaults to 500. */
+  readonly spinUs?: number;
+  /** Milliseconds between polls once sleeping (timer granularity: 1). Defaults to 1. */
+  readonly sleepMs?: number;
+}
+
+/**
  * A controller reached through one transport, brought to CSTS.RDY = 1 by its open: what the
  * Controller's NVMe logic runs on. Each transport keeps its own recovery (PCIe: Abort, then a
  * controller reset; TCP: the connection closed, then a reconnect).
@@ -171,7 +203,7 @@ export interface ControllerTransport {
   adminCommandAsync(c: Command, opts?: AdminAsyncOptions): Promise<Completion>;
   setNumberOfQueues(sqs: number, cqs: number): { sqs: number; cqs: number };
   ioQueuesGranted(): { sqs: number; cqs: number };
-  createIoQueue(opts: IoQueueOptions): NvmeIoQueue;
+  createIoQueue(opts: QueueOptions & { readonly cq?: unknown }): NvmeIoQueue;
   deleteIoQueue(q: NvmeIoQueue): void;
   ioQueues(): Iterable<NvmeIoQueue>;
   /** I/O queue `qid` is lent to a Worker. */
