@@ -203,7 +203,7 @@ export interface ControllerTransport {
   adminCommandAsync(c: Command, opts?: AdminAsyncOptions): Promise<Completion>;
   setNumberOfQueues(sqs: number, cqs: number): { sqs: number; cqs: number };
   ioQueuesGranted(): { sqs: number; cqs: number };
-  createIoQueue(opts: QueueOptions & { readonly cq?: unknown }): NvmeIoQueue;
+  createIoQueue(opts?: QueueOptions & { readonly cq?: unknown }): NvmeIoQueue;
   deleteIoQueue(q: NvmeIoQueue): void;
   ioQueues(): Iterable<NvmeIoQueue>;
   /** I/O queue `qid` is lent to a Worker. */
