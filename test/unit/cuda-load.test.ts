@@ -56,7 +56,7 @@ describe("libcuda is loaded lazily", () => {
       { LIBNVM_LIBCUDA: "/nonexistent/libcuda.so.1" },
     );
     expect(r.status).toBe(0);
-    expect(r.out).toMatchObject({ bdf: "0000:05:00.0", abi: 4, loadedBefore: null, isCudaError: true });
+    expect(r.out).toMatchObject({ bdf: "0000:05:00.0", abi: 6, loadedBefore: null, isCudaError: true });
     expect(r.out.err).toEqual({
       name: "CudaError",
       code: "ERR_NVME_CUDA",
