@@ -24,7 +24,7 @@ const usage = `usage: bun run examples/perf.ts --ctrl=CTRL [--ns=NSID] [--qd=N] 
   Keeps QD commands outstanding per queue pair and reports IOPS, MiB/s and completion latency
   (min, mean, max, p1 p5 p25 p50 p75 p90 p95 p99 p99.9) per queue pair and in total.
   WRITES OVERWRITE THE NAMESPACE (--rw=write or mix).
-  --ctrl=CTRL       controller: PCI address (unbound from the kernel's nvme driver), /dev/disnvmN, or nvme+tcp://HOST:PORT/SUBNQN
+  --ctrl=CTRL       controller: PCI address (unbound from the kernel's nvme driver), /dev/disnvmN, nvme+tcp://HOST:PORT/SUBNQN, or unix:PATH (served)
   --ns=NSID         namespace (default 1)
   --qd=N            commands outstanding per queue pair (default 1)
   --bs=SIZE         bytes per command: a multiple of the LBA size, at most MDTS (default 4k; k, m suffixes)
@@ -262,7 +262,8 @@ export async function perf(argv: string[]): Promise<void> {
   const entries = Math.max(2, qd + 1);
   if (entries > mqes) throw new UsageError(`--qd=${qd}: the controller's queues hold at most ${mqes - 1} commands (CAP.MQES)`);
 
-  const granted = ctrl.setNumberOfQueues(nQueues);
+  // A served controller's Number of Queues is its server's: a client gets what the server grants it.
+  const granted = args.ctrl.startsWith("unix:") ? ctrl.ioQueuesGranted() : ctrl.setNumberOfQueues(nQueues);
   if (granted.sqs < nQueues || granted.cqs < nQueues) {
     throw new UsageError(`--queues=${nQueues}: the controller granted ${Math.min(granted.sqs, granted.cqs)} I/O queue pairs`);
   }

@@ -229,6 +229,8 @@ export const SUITES: readonly Suite[] = [
     prelude: `tcpenv="$(bash test/hw-tcp/target.sh)" || { echo "the nvmet target did not come up"; exit 95; }; set -a; eval "$tcpenv"; set +a`,
   },
   { name: "faults", dir: "./test/hw-faults", config: FAULT_CONFIG },
+  // One controller, several processes (lib/share): examples/serve.ts owns it through sysfs, clients use unix:PATH.
+  { name: "share", dir: "./test/hw-share", config: TEST_CONFIG },
   { name: "vfio", dir: "./test/hw-vfio", config: IOMMU_CONFIG },
   {
     name: "vfio-io",
