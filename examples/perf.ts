@@ -262,8 +262,7 @@ export async function perf(argv: string[]): Promise<void> {
   const entries = Math.max(2, qd + 1);
   if (entries > mqes) throw new UsageError(`--qd=${qd}: the controller's queues hold at most ${mqes - 1} commands (CAP.MQES)`);
 
-  // A served controller's Number of Queues is its server's: a client gets what the server grants it.
-  const granted = args.ctrl.startsWith("unix:") ? ctrl.ioQueuesGranted() : ctrl.setNumberOfQueues(nQueues);
+  const granted = ctrl.setNumberOfQueues(nQueues);
   if (granted.sqs < nQueues || granted.cqs < nQueues) {
     throw new UsageError(`--queues=${nQueues}: the controller granted ${Math.min(granted.sqs, granted.cqs)} I/O queue pairs`);
   }

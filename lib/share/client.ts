@@ -277,8 +277,13 @@ export class ShareClientTransport implements ControllerTransport {
     return this.#adminResult(c, r, opts);
   }
 
+  /**
+   * Number of Queues is the server's to set (it affects every client): a client gets what the
+   * server grants it, which this returns without asking the controller anything.
+   */
   setNumberOfQueues(_sqs: number, _cqs: number): { sqs: number; cqs: number } {
-    throw new ShareError(`${this.address}: Number of Queues is the server's to set; a client holds up to ${this.hello.maxQueues} I/O queues (the server's --queues)`, "refused", this.address);
+    this.check();
+    return this.ioQueuesGranted();
   }
 
   ioQueuesGranted(): { sqs: number; cqs: number } {

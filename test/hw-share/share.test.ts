@@ -160,3 +160,37 @@ test("a controller served with the default filter refuses a client's reset and F
   expect(e).toBeInstanceOf(ShareError);
   expect((e as ShareError).reason).toBe("refused");
 });
+
+test("the tools take --ctrl=unix:PATH: identify, write-blocks, read-blocks, roundtrip, perf, and the libnvm command", async () => {
+  const ns1 = requireExpected().namespaces[0]!;
+  const { path } = await serve(join(tmp, "share-tools.sock"));
+  const ctrl = `--ctrl=unix:${path}`;
+  const run = async (args: string[]) => {
+    const p = spawn(args);
+    const code = await p.exited;
+    const out = await rest(p.stdout);
+    const err = await rest(p.stderr);
+    return { code, out, err };
+  };
+  const id = await run([join(REPO, "examples/identify.ts"), ctrl, "--json"]);
+  expect({ code: id.code, err: id.err }).toMatchObject({ code: 0 });
+  expect(id.out).toContain(requireExpected().serial);
+  const file = join(tmp, "share-tools.bin");
+  const data = new Uint8Array(16 * ns1.lbaSize);
+  crypto.getRandomValues(data);
+  await Bun.write(file, data);
+  const w = await run([join(REPO, "examples/write-blocks.ts"), ctrl, `--ns=${ns1.nsid}`, "--lba=30000", `--input=${file}`]);
+  expect({ code: w.code, err: w.err }).toMatchObject({ code: 0 });
+  const back = join(tmp, "share-tools.out");
+  const r = await run([join(REPO, "examples/read-blocks.ts"), ctrl, `--ns=${ns1.nsid}`, "--lba=30000", "--count=16", `--output=${back}`]);
+  expect({ code: r.code, err: r.err }).toMatchObject({ code: 0 });
+  expect(Buffer.compare(new Uint8Array(await Bun.file(back).arrayBuffer()), data)).toBe(0);
+  const rt = await run([join(REPO, "examples/roundtrip.ts"), ctrl, `--ns=${ns1.nsid}`, "--lba=31000", "--count=8", "--json"]);
+  expect({ code: rt.code, err: rt.err }).toMatchObject({ code: 0 });
+  const perf = await run([join(REPO, "examples/perf.ts"), ctrl, `--ns=${ns1.nsid}`, "--qd=4", "--ios=2000", "--json"]);
+  expect({ code: perf.code, err: perf.err }).toMatchObject({ code: 0 });
+  expect(JSON.parse(perf.out)).toBeDefined();
+  const cli = await run([join(REPO, "bin/libnvm.ts"), "id-ctrl", `unix:${path}`, "-o", "json"]);
+  expect({ code: cli.code, err: cli.err }).toMatchObject({ code: 0 });
+  expect(JSON.parse(cli.out).sn.trim()).toBe(requireExpected().serial);
+});

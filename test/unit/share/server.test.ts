@@ -194,7 +194,7 @@ describe("I/O queues at the client's memory", () => {
 });
 
 describe("the filter", () => {
-  test("reset, Format NVM, Set Features and Number of Queues are refused by default, with the grant that allows them", async () => {
+  test("reset, Format NVM, Set Features are refused by default; Number of Queues is the server's, with the grant that allows them", async () => {
     const { s, path } = await server();
     const { c } = client(s, path);
     const reason = (f: () => unknown) => {
@@ -208,7 +208,9 @@ describe("the filter", () => {
     expect(reason(() => c.reset())).toMatch(/^refused: .*--allow=reset/);
     expect(await c.formatNvm(1, { lbaf: 0 }).then(() => "passed", (e: ShareError) => `${e.reason}: ${e.message}`)).toMatch(/^refused: .*Format NVM\(0x80\).*--allow=format/);
     expect(reason(() => c.setFeature(0x06, { cdw11: 0 }))).toMatch(/^refused: .*--allow=features/);
-    expect(reason(() => c.setNumberOfQueues(4))).toMatch(/^refused: /);
+    // Number of Queues is the server's: a client is told its grant, and a raw Set Features of it is refused.
+    expect(c.setNumberOfQueues(4)).toEqual({ sqs: 8, cqs: 8 });
+    expect(reason(() => c.adminCommand({ opcode: 0x09, cdw10: 0x07, cdw11: 0x00030003 }))).toMatch(/^refused: .*Number of Queues/);
     // A raw Create I/O SQ would place a queue where the server cannot see it: never.
     expect(reason(() => c.adminCommand({ opcode: 0x01, cdw10: 5 }))).toMatch(/^refused: .*server's own/);
     expect(c.activeNamespaces()).toEqual([1]);
