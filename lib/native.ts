@@ -31,6 +31,7 @@ const symbols = {
   nvm_fence_release: { args: [], returns: VOID },
   // DMA memory
   nvm_dma_alloc: { args: [u32, u32], returns: P },
+  nvm_dma_alloc_fd: { args: [u32, u32, P], returns: P },
   nvm_dma_free: { args: [P, u32, u32], returns: i32 },
   nvm_phys_addrs: { args: [P, u32, P], returns: i32 },
   nvm_host_alloc: { args: [u32], returns: P },
@@ -80,6 +81,8 @@ const symbols = {
   nvm_unix_peercred: { args: [i32, P], returns: i32 },
   nvm_unix_send: { args: [i32, P, u32, u32], returns: i32 },
   nvm_unix_recv: { args: [i32, P, u32, u32], returns: i32 },
+  nvm_unix_send_fd: { args: [i32, P, u32, i32, u32], returns: i32 },
+  nvm_unix_recv_fds: { args: [i32, P, u32, P, u32], returns: i32 },
   nvm_unix_close: { args: [i32], returns: i32 },
   nvm_crc32c: { args: [P, u32, u32], returns: u32 },
   nvm_crc32c_impl: { args: [], returns: u32 },
@@ -106,6 +109,7 @@ export interface NativeLib {
   nvm_doorbell(base: Pointer, offset: number, value: number): void;
   nvm_fence_release(): void;
   nvm_dma_alloc(size: number, flags: number): Pointer | null;
+  nvm_dma_alloc_fd(size: number, flags: number, fdOut: Pointer): Pointer | null;
   nvm_dma_free(addr: Pointer, size: number, flags: number): number;
   nvm_phys_addrs(addr: Pointer, npages: number, out: Pointer): number;
   nvm_host_alloc(size: number): Pointer | null;
@@ -153,6 +157,8 @@ export interface NativeLib {
   nvm_unix_peercred(fd: number, cred: Pointer): number;
   nvm_unix_send(fd: number, buf: Pointer | number, len: number, timeoutMs: number): number;
   nvm_unix_recv(fd: number, buf: Pointer | number, len: number, timeoutUs: number): number;
+  nvm_unix_send_fd(fd: number, buf: Pointer | number, len: number, passfd: number, timeoutMs: number): number;
+  nvm_unix_recv_fds(fd: number, buf: Pointer | number, len: number, fds: Pointer, maxFds: number): number;
   nvm_unix_close(fd: number): number;
   nvm_crc32c(data: Pointer | number, len: number, prev: number): number;
   nvm_crc32c_impl(): number;

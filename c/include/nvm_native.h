@@ -59,6 +59,11 @@ NVM_API void nvm_fence_release(void);
  * nvm_last_error(): ENOMEM with NVM_DMA_HUGE when the 2 MiB pool (/sys/kernel/mm/hugepages/hugepages-2048kB)
  * has too few free pages. nvm_dma_free() of a 2 MiB-aligned part of a NVM_DMA_HUGE allocation frees that part. */
 NVM_API void *nvm_dma_alloc(uint32_t size, uint32_t flags);
+/* As nvm_dma_alloc, but the memory is a memfd's (hugetlb with NVM_DMA_HUGE), mapped shared: its
+ * descriptor in *fd_out (close-on-exec), to hand to another process that must keep the pages
+ * alive (a served controller's server: lib/share). The pages live while the mapping or any
+ * descriptor of the memfd does; nvm_dma_free unmaps, close() drops the descriptor. */
+NVM_API void *nvm_dma_alloc_fd(uint32_t size, uint32_t flags, int32_t *fd_out);
 NVM_API int32_t nvm_dma_free(void *addr, uint32_t size, uint32_t flags);
 
 /* Physical address of each 4 KiB page of [addr, addr + npages*4096) from /proc/self/pagemap, as
@@ -211,6 +216,13 @@ NVM_API int32_t nvm_unix_send(int32_t fd, const void *buf, uint32_t len, uint32_
 /* Receive up to `len` bytes: the count (> 0); 0 when none arrived within timeout_us (0: do not
  * wait); -ENOTCONN when the peer closed (or died); -errno. */
 NVM_API int32_t nvm_unix_recv(int32_t fd, void *buf, uint32_t len, uint32_t timeout_us);
+/* Send `len` bytes with descriptor `passfd` attached (SCM_RIGHTS, with the first byte), within
+ * timeout_ms: 0 or -errno, as nvm_unix_send. */
+NVM_API int32_t nvm_unix_send_fd(int32_t fd, const void *buf, uint32_t len, int32_t passfd, uint32_t timeout_ms);
+/* Receive up to `len` bytes without waiting, and the descriptors that came with them (close-on-exec):
+ * fds[0] their count, fds[1..] the descriptors (at most max_fds <= 16; more are closed). The bytes
+ * read (> 0), 0 when none, -ENOTCONN when the peer closed, -errno. */
+NVM_API int32_t nvm_unix_recv_fds(int32_t fd, void *buf, uint32_t len, int32_t *fds, uint32_t max_fds);
 NVM_API int32_t nvm_unix_close(int32_t fd);
 
 /* CRC-32C (Castagnoli) of len bytes, continuing from `prev` (a finished CRC; 0 to start):

@@ -199,6 +199,92 @@ int32_t nvm_unix_recv(int32_t fd, void *buf, uint32_t len, uint32_t timeout_us)
     return 0;
 }
 
+int32_t nvm_unix_send_fd(int32_t fd, const void *buf, uint32_t len, int32_t passfd, uint32_t timeout_ms)
+{
+    if (len == 0)
+        return nvm_fail(EINVAL);
+    union {
+        struct cmsghdr h;
+        char space[CMSG_SPACE(sizeof(int))];
+    } c;
+    memset(&c, 0, sizeof(c));
+    struct iovec v = { (void *)buf, len };
+    struct msghdr m;
+    memset(&m, 0, sizeof(m));
+    m.msg_iov = &v;
+    m.msg_iovlen = 1;
+    m.msg_control = c.space;
+    m.msg_controllen = sizeof(c.space);
+    struct cmsghdr *h = CMSG_FIRSTHDR(&m);
+    h->cmsg_level = SOL_SOCKET;
+    h->cmsg_type = SCM_RIGHTS;
+    h->cmsg_len = CMSG_LEN(sizeof(int));
+    memcpy(CMSG_DATA(h), &passfd, sizeof(int));
+    int64_t deadline = now_us() + (int64_t)timeout_ms * 1000;
+    for (;;) {
+        /* The descriptor goes with the first byte: the rest, if the socket took only part, follows plainly. */
+        ssize_t s = sendmsg(fd, &m, MSG_NOSIGNAL | MSG_DONTWAIT);
+        if (s >= 0) {
+            if ((uint32_t)s == len)
+                return nvm_ok();
+            int32_t r = nvm_unix_send(fd, (const char *)buf + s, len - (uint32_t)s, timeout_ms);
+            return r;
+        }
+        if (errno == EINTR)
+            continue;
+        if (errno != EAGAIN && errno != EWOULDBLOCK)
+            return nvm_fail(errno);
+        int64_t left = deadline - now_us();
+        if (left <= 0)
+            return nvm_fail(ETIMEDOUT);
+        int w = wait_fd(fd, POLLOUT, left);
+        if (w < 0)
+            return nvm_fail(-w);
+    }
+}
+
+int32_t nvm_unix_recv_fds(int32_t fd, void *buf, uint32_t len, int32_t *fds, uint32_t max_fds)
+{
+    if (len == 0 || max_fds == 0 || max_fds > 16)
+        return nvm_fail(EINVAL);
+    union {
+        struct cmsghdr h;
+        char space[CMSG_SPACE(16 * sizeof(int))];
+    } c;
+    struct iovec v = { buf, len };
+    struct msghdr m;
+    memset(&m, 0, sizeof(m));
+    m.msg_iov = &v;
+    m.msg_iovlen = 1;
+    m.msg_control = c.space;
+    m.msg_controllen = CMSG_SPACE(max_fds * sizeof(int));
+    fds[0] = 0;
+    ssize_t r = recvmsg(fd, &m, MSG_DONTWAIT | MSG_CMSG_CLOEXEC);
+    if (r < 0) {
+        if (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)
+            return nvm_ok();
+        return nvm_fail(errno);
+    }
+    if (r == 0)
+        return nvm_fail(ENOTCONN);
+    for (struct cmsghdr *h = CMSG_FIRSTHDR(&m); h != NULL; h = CMSG_NXTHDR(&m, h)) {
+        if (h->cmsg_level != SOL_SOCKET || h->cmsg_type != SCM_RIGHTS)
+            continue;
+        uint32_t n = (uint32_t)((h->cmsg_len - CMSG_LEN(0)) / sizeof(int));
+        for (uint32_t i = 0; i < n; i++) {
+            int got;
+            memcpy(&got, CMSG_DATA(h) + i * sizeof(int), sizeof(int));
+            if ((uint32_t)fds[0] < max_fds)
+                fds[1 + fds[0]++] = got;
+            else
+                close(got);
+        }
+    }
+    /* MSG_CTRUNC: descriptors beyond max_fds were closed by the kernel. */
+    nvm_errno_tls = 0;
+    return (int32_t)r;
+}
+
 int32_t nvm_unix_close(int32_t fd)
 {
     if (close(fd) != 0)

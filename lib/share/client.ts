@@ -100,7 +100,11 @@ export class ShareClientTransport implements ControllerTransport {
     this.cap = decodeCap(r.capLo, r.capHi);
     this.vs = r.vs;
     if (opts.shareBackend) this.backend = opts.shareBackend(r);
-    else if (r.backend === "sysfs") this.backend = new SysfsBackend(r.bdf);
+    else if (r.backend === "sysfs") {
+      // Every hugepage this process maps for DMA is a memfd the server holds too, so the kernel
+      // frees none of it when this process dies, only once the server deleted its queues.
+      this.backend = new SysfsBackend(r.bdf, { holder: { hold: (fd, bytes) => this.#holdMemory(fd, bytes), release: (h) => this.#releaseMemory(h) } });
+    }
     else {
       this.#bye();
       throw new UnsupportedError(
@@ -155,7 +159,11 @@ export class ShareClientTransport implements ControllerTransport {
 
   /** Send `msg` with a deadline of `timeoutMs` and wait (bounded) for its reply. */
   #request(msg: Request, timeoutMs: number): Reply {
-    const id = this.#send(msg, timeoutMs);
+    return this.#wait(this.#send(msg, timeoutMs), msg, timeoutMs);
+  }
+
+  /** The reply to request `id` (`msg`), bounded by its deadline plus REPLY_SLACK_MS. */
+  #wait(id: number, msg: Request, timeoutMs: number): Reply {
     const deadline = performance.now() + timeoutMs + REPLY_SLACK_MS;
     try {
       for (;;) {
@@ -191,6 +199,30 @@ export class ShareClientTransport implements ControllerTransport {
       if (now > deadline) throw new ShareError(`${this.address}: no answer to ${msg.type} within ${timeoutMs + REPLY_SLACK_MS} ms: the server is stuck or overloaded`, "timeout", this.address);
       onWait?.(now - t0);
       await Bun.sleep(Math.min(1 + looks, 20));
+    }
+  }
+
+  /** Hand the memfd `fd` over to the server; its handle. */
+  #holdMemory(fd: number, bytes: number): number {
+    this.#checkLink();
+    const id = ++this.#nextId;
+    try {
+      this.#conn.sendWithFd(encode({ id, timeoutMs: this.timeoutMs, msg: { type: "hold-memory", bytes } }), fd, SEND_MS);
+    } catch (e) {
+      this.#lost(e);
+    }
+    const r = this.#wait(id, { type: "hold-memory" } as Request, this.timeoutMs);
+    if (r.type !== "memory") throw this.#unexpected(r, "hold-memory");
+    return r.handle;
+  }
+
+  /** The memory of `handle` is unmapped: the server may let it go. Quiet: gone or closed, the server drops it anyway. */
+  #releaseMemory(handle: number): void {
+    if (this.#gone || this.#conn.closed) return;
+    try {
+      this.#request({ type: "release-memory", handle }, RECOVERY_MS);
+    } catch {
+      // Held until this client disconnects.
     }
   }
 

@@ -13,6 +13,8 @@ import { checkPtr, cstr, errnoName, native } from "../native.ts";
 const RECV_CHUNK = 64 * 1024;
 const ENOTCONN = 107;
 const EAGAIN = 11;
+/** Descriptors one receive takes at most. */
+const MAX_FDS = 8;
 
 export interface PeerCred {
   readonly pid: number;
@@ -32,6 +34,8 @@ export class UnixConnection {
   readonly address: string;
   #rx: Pointer | undefined;
   #rxView: Uint8Array | undefined;
+  #fdsPtr: Pointer | undefined;
+  #fds: Int32Array | undefined;
   #closed = false;
 
   constructor(fd: number, address: string) {
@@ -53,17 +57,53 @@ export class UnixConnection {
     throw new ShareError(`${this.address}: sending failed (${errnoName(errno)}): the peer closed the connection or died`, "server-gone", this.address);
   }
 
+  /** send() with descriptor `fd` attached (SCM_RIGHTS): the peer gets its own copy of it. */
+  sendWithFd(bytes: Uint8Array, fd: number, timeoutMs: number): void {
+    if (this.#closed) throw new ShareError(`${this.address}: the connection is closed`, "server-gone", this.address);
+    const r = native().nvm_unix_send_fd(this.fd, ptr(bytes), bytes.length, fd, Math.max(1, Math.ceil(timeoutMs)));
+    if (r === 0) return;
+    const errno = -r;
+    if (errno === 110) throw new ShareError(`${this.address}: the peer did not take a message within ${timeoutMs} ms`, "timeout", this.address);
+    throw new ShareError(`${this.address}: sending failed (${errnoName(errno)}): the peer closed the connection or died`, "server-gone", this.address);
+  }
+
+  /**
+   * What arrived, without waiting, and the descriptors that came with it (the caller owns them):
+   * empty bytes when nothing did. ShareError "server-gone" when the peer closed the connection.
+   */
+  recvWithFds(): { bytes: Uint8Array; fds: number[] } {
+    if (this.#closed) throw new ShareError(`${this.address}: the connection is closed`, "server-gone", this.address);
+    this.#ensureRx();
+    const n = native();
+    const r = n.nvm_unix_recv_fds(this.fd, this.#rx!, RECV_CHUNK, this.#fdsPtr!, MAX_FDS);
+    const fds: number[] = [];
+    for (let i = 0; i < this.#fds![0]!; i++) fds.push(this.#fds![1 + i]!);
+    if (r > 0) return { bytes: this.#rxView!.slice(0, r), fds };
+    if (r === 0) return { bytes: new Uint8Array(0), fds };
+    for (const fd of fds) n.nvm_unix_close(fd);
+    throw new ShareError(
+      -r === ENOTCONN ? `${this.address}: the peer closed the connection (it exited or died)` : `${this.address}: receiving failed (${errnoName(-r)})`,
+      "server-gone",
+      this.address,
+    );
+  }
+
+  #ensureRx(): void {
+    if (this.#rx) return;
+    this.#rx = checkPtr(native().nvm_host_alloc(RECV_CHUNK + 4 * (MAX_FDS + 1)), "nvm_host_alloc");
+    this.#rxView = new Uint8Array(toArrayBuffer(this.#rx, 0, RECV_CHUNK));
+    this.#fdsPtr = (Number(this.#rx) + RECV_CHUNK) as Pointer;
+    this.#fds = new Int32Array(toArrayBuffer(this.#rx, RECV_CHUNK, 4 * (MAX_FDS + 1)));
+  }
+
   /**
    * Bytes that arrived, waiting at most `timeoutUs` (0: only look): a copy, empty when none.
    * ShareError "server-gone" when the peer closed the connection (or its process died).
    */
   recv(timeoutUs: number): Uint8Array {
     if (this.#closed) throw new ShareError(`${this.address}: the connection is closed`, "server-gone", this.address);
-    if (!this.#rx) {
-      this.#rx = checkPtr(native().nvm_host_alloc(RECV_CHUNK), "nvm_host_alloc");
-      this.#rxView = new Uint8Array(toArrayBuffer(this.#rx, 0, RECV_CHUNK));
-    }
-    const r = native().nvm_unix_recv(this.fd, this.#rx, RECV_CHUNK, Math.max(0, Math.floor(timeoutUs)));
+    this.#ensureRx();
+    const r = native().nvm_unix_recv(this.fd, this.#rx!, RECV_CHUNK, Math.max(0, Math.floor(timeoutUs)));
     if (r > 0) return this.#rxView!.slice(0, r);
     if (r === 0) return new Uint8Array(0);
     const errno = -r;
@@ -86,6 +126,8 @@ export class UnixConnection {
     if (this.#rx) native().nvm_host_free(this.#rx);
     this.#rx = undefined;
     this.#rxView = undefined;
+    this.#fdsPtr = undefined;
+    this.#fds = undefined;
   }
 }
 

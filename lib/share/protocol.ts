@@ -46,10 +46,13 @@ export const MSG_DELETE_QUEUE = 0x05;
 export const MSG_ABORT = 0x06;
 export const MSG_RESET = 0x07;
 export const MSG_BYE = 0x08;
+export const MSG_HOLD_MEMORY = 0x09;
+export const MSG_RELEASE_MEMORY = 0x0a;
 export const MSG_OK = 0x80;
 export const MSG_HELLO_OK = 0x81;
 export const MSG_ADMIN_OK = 0x82;
 export const MSG_QUEUE_IDS = 0x83;
+export const MSG_MEMORY = 0x84;
 export const MSG_ERROR = 0xff;
 
 /** Hello: the first request of a connection. */
@@ -131,6 +134,26 @@ export interface AbortRequest {
   readonly sqid: number;
   readonly cid: number;
 }
+/**
+ * Keep `bytes` of the client's DMA memory alive: the descriptor of the memfd that holds it travels
+ * with this message (SCM_RIGHTS on a Unix socket). The server keeps it until the client releases
+ * it, or, when the client is gone, until its queues are deleted: the controller can then never
+ * write into pages the kernel gave to someone else.
+ */
+export interface HoldMemory {
+  readonly type: "hold-memory";
+  readonly bytes: number;
+}
+/** The server's name for memory it holds. */
+export interface MemoryHandle {
+  readonly type: "memory";
+  readonly handle: number;
+}
+/** The client no longer points the controller at this memory: the server lets it go. */
+export interface ReleaseMemory {
+  readonly type: "release-memory";
+  readonly handle: number;
+}
 export interface ResetRequest {
   readonly type: "reset";
 }
@@ -148,8 +171,8 @@ export interface ErrorReply {
   readonly message: string;
 }
 
-export type Request = Hello | AdminRequest | ReserveQueue | CreateQueue | DeleteQueue | AbortRequest | ResetRequest | Bye;
-export type Reply = HelloOk | AdminOk | QueueIds | Ok | ErrorReply;
+export type Request = Hello | AdminRequest | ReserveQueue | CreateQueue | DeleteQueue | AbortRequest | ResetRequest | Bye | HoldMemory | ReleaseMemory;
+export type Reply = HelloOk | AdminOk | QueueIds | MemoryHandle | Ok | ErrorReply;
 export type Message = Request | Reply;
 
 /** One message with its header fields. */
@@ -178,6 +201,9 @@ const TYPE_OF: Record<Message["type"], number> = {
   abort: MSG_ABORT,
   reset: MSG_RESET,
   bye: MSG_BYE,
+  "hold-memory": MSG_HOLD_MEMORY,
+  "release-memory": MSG_RELEASE_MEMORY,
+  memory: MSG_MEMORY,
   ok: MSG_OK,
   "hello-ok": MSG_HELLO_OK,
   "admin-ok": MSG_ADMIN_OK,
@@ -186,7 +212,7 @@ const TYPE_OF: Record<Message["type"], number> = {
 };
 
 export function isRequestType(type: number): boolean {
-  return type >= MSG_HELLO && type <= MSG_BYE;
+  return type >= MSG_HELLO && type <= MSG_RELEASE_MEMORY;
 }
 
 export function typeName(type: number): string {
@@ -340,6 +366,11 @@ function encodeBody(m: Message): Uint8Array {
       return w.u16(m.sqid).u16(m.cqid).u32(m.entries).u64(m.sqBus).u64(m.cqBus).done();
     case "delete-queue":
       return w.u16(m.sqid).done();
+    case "hold-memory":
+      return w.u64(m.bytes).done();
+    case "release-memory":
+    case "memory":
+      return w.u32(m.handle).done();
     case "abort":
       return w.u16(m.sqid).u16(m.cid).done();
     case "reset":
@@ -460,6 +491,15 @@ export function decodeBody(raw: RawFrame): Message {
     case MSG_ABORT:
       m = { type: "abort", sqid: r.u16("SQID"), cid: r.u16("CID") };
       break;
+    case MSG_HOLD_MEMORY:
+      m = { type: "hold-memory", bytes: r.u64("bytes") };
+      break;
+    case MSG_RELEASE_MEMORY:
+      m = { type: "release-memory", handle: r.u32("handle") };
+      break;
+    case MSG_MEMORY:
+      m = { type: "memory", handle: r.u32("handle") };
+      break;
     case MSG_RESET:
       m = { type: "reset" };
       break;
@@ -511,6 +551,9 @@ function checkMessage(m: Message): void {
     case "delete-queue":
     case "abort":
       field(m.sqid >= 1, `SQID ${m.sqid}: I/O queues are 1 and up`);
+      break;
+    case "hold-memory":
+      field(m.bytes > 0 && m.bytes % 4096 === 0, `${m.bytes} bytes: whole pages, at least one`);
       break;
     default:
       break;

@@ -19,6 +19,7 @@ import { mkdirSync } from "node:fs";
 import { dirname } from "node:path";
 import type { Controller } from "../controller.ts";
 import { InvalidArgumentError, NvmeStatusError, NvmeTimeoutError, ShareProtocolError } from "../errors.ts";
+import { native } from "../native.ts";
 import * as cmd from "../spec/commands.ts";
 import type { ForeignQueueHost } from "../transports/types.ts";
 import { UnixListener, type PeerCred, type UnixConnection } from "./link.ts";
@@ -26,7 +27,9 @@ import {
   decodeBody,
   encode,
   FrameReader,
+  isRequestType,
   MSG_HELLO,
+  MSG_HOLD_MEMORY,
   RequestIds,
   typeName,
   type ErrorReason,
@@ -51,6 +54,8 @@ export interface ShareServerOptions {
   readonly uids?: readonly number[];
   /** I/O queues one client may hold at once. Defaults to 8. */
   readonly maxQueues?: number;
+  /** Bytes of DMA memory one client may have the server hold (hold-memory). Defaults to 64 GiB. */
+  readonly maxMemory?: number;
   /** How often the socket is looked at (ms). Defaults to 1. */
   readonly pollMs?: number;
   /** Where the server says what happens (clients arriving, leaving, queues reclaimed). Defaults to none. */
@@ -65,6 +70,8 @@ export interface ShareClientInfo {
   readonly label: string;
   /** Its I/O submission queue ids (created or reserved). */
   readonly sqids: readonly number[];
+  /** Bytes of its DMA memory the server holds (its memfds), so none is freed while its queues exist. */
+  readonly heldBytes: number;
 }
 
 interface ClientQueue {
@@ -79,6 +86,11 @@ interface Client {
   readonly reader: FrameReader;
   readonly ids: RequestIds;
   readonly queues: Map<number, ClientQueue>;
+  /** Descriptors that arrived and no hold-memory took yet. */
+  readonly fds: number[];
+  /** Memory held for it: handle → its memfd and size. */
+  readonly memory: Map<number, { fd: number; bytes: number }>;
+  nextHandle: number;
   label: string;
   greeted: boolean;
 }
@@ -122,6 +134,7 @@ export class ShareServer {
   readonly #allow: ReadonlySet<ShareGrant>;
   readonly #uids: ReadonlySet<number>;
   readonly #maxQueues: number;
+  readonly #maxMemory: number;
   readonly #log: (line: string) => void;
   readonly #clients = new Map<number, Client>();
   #nextClient = 1;
@@ -141,6 +154,7 @@ export class ShareServer {
     const maxQueues = opts.maxQueues ?? 8;
     if (!Number.isInteger(maxQueues) || maxQueues < 1 || maxQueues > 65535) throw new InvalidArgumentError(`maxQueues ${maxQueues}: 1 to 65535`);
     this.#maxQueues = maxQueues;
+    this.#maxMemory = opts.maxMemory ?? 64 * 2 ** 30;
     this.#log = opts.log ?? (() => {});
     this.path = opts.socket ?? defaultSocketPath(ctrl.name);
     this.address = `unix:${this.path}`;
@@ -165,7 +179,14 @@ export class ShareServer {
 
   /** The clients connected now. */
   clients(): ShareClientInfo[] {
-    return [...this.#clients.values()].map((c) => ({ id: c.id, pid: c.peer.pid, uid: c.peer.uid, label: c.label, sqids: [...c.queues.keys()] }));
+    return [...this.#clients.values()].map((c) => ({
+      id: c.id,
+      pid: c.peer.pid,
+      uid: c.peer.uid,
+      label: c.label,
+      sqids: [...c.queues.keys()],
+      heldBytes: [...c.memory.values()].reduce((n, m) => n + m.bytes, 0),
+    }));
   }
 
   // ---- the loop -----------------------------------------------------------------------------
@@ -196,21 +217,22 @@ export class ShareServer {
       conn.close();
       return;
     }
-    const c: Client = { id: this.#nextClient++, conn, peer, reader: new FrameReader(), ids: new RequestIds(), queues: new Map(), label: "", greeted: false };
+    const c: Client = { id: this.#nextClient++, conn, peer, reader: new FrameReader(), ids: new RequestIds(), queues: new Map(), fds: [], memory: new Map(), nextHandle: 1, label: "", greeted: false };
     this.#clients.set(c.id, c);
   }
 
   #serve(c: Client): void {
     for (let chunks = 0; chunks < 16; chunks++) {
-      let bytes: Uint8Array;
+      let got: { bytes: Uint8Array; fds: number[] };
       try {
-        bytes = c.conn.recv(0);
+        got = c.conn.recvWithFds();
       } catch {
         this.#drop(c, "disconnected");
         return;
       }
-      if (bytes.length === 0) break;
-      c.reader.push(bytes);
+      c.fds.push(...got.fds);
+      if (got.bytes.length === 0) break;
+      c.reader.push(got.bytes);
     }
     for (;;) {
       let raw: RawFrame | undefined;
@@ -227,17 +249,16 @@ export class ShareServer {
       let msg: Request;
       try {
         c.ids.accept(raw.id, raw.type);
-        const m = decodeBody(raw);
-        if (m.type === "ok" || m.type === "hello-ok" || m.type === "admin-ok" || m.type === "queue-ids" || m.type === "error") {
-          throw new ShareProtocolError(`${typeName(raw.type)} is a reply; the server takes requests`, "direction");
-        }
-        msg = m;
+        if (!isRequestType(raw.type)) throw new ShareProtocolError(`${typeName(raw.type)} is a reply; the server takes requests`, "direction");
+        msg = decodeBody(raw) as Request;
       } catch (e) {
         const reason: ErrorReason = e instanceof ShareProtocolError && e.violation === "replayed" ? "replayed" : "protocol";
+        this.#discardFd(c, raw.type);
         this.#reply(c, raw.id, { type: "error", reason, message: (e as Error).message });
         continue;
       }
       if (!c.greeted && raw.type !== MSG_HELLO) {
+        this.#discardFd(c, raw.type);
         this.#reply(c, raw.id, { type: "error", reason: "protocol", message: `${typeName(raw.type)} before hello` });
         continue;
       }
@@ -255,6 +276,13 @@ export class ShareServer {
         return;
       }
     }
+  }
+
+  /** A hold-memory refused before it ran: close the descriptor that came with it, so the next one gets its own. */
+  #discardFd(c: Client, type: number): void {
+    if (type !== MSG_HOLD_MEMORY) return;
+    const fd = c.fds.shift();
+    if (fd !== undefined) native().nvm_unix_close(fd);
   }
 
   #reply(c: Client, id: number, msg: Reply): void {
@@ -348,6 +376,25 @@ export class ShareServer {
         for (const q of c.queues.values()) q.created = false;
         return { type: "ok" };
       }
+      case "hold-memory": {
+        const fd = c.fds.shift();
+        if (fd === undefined) return { type: "error", reason: "protocol", message: "hold-memory came without its memfd (SCM_RIGHTS)" };
+        const held = [...c.memory.values()].reduce((n, x) => n + x.bytes, 0);
+        if (held + m.bytes > this.#maxMemory) {
+          native().nvm_unix_close(fd);
+          return { type: "error", reason: "quota", message: `the server holds ${held} bytes of this client's memory; ${m.bytes} more would pass its limit of ${this.#maxMemory}` };
+        }
+        const handle = c.nextHandle++;
+        c.memory.set(handle, { fd, bytes: m.bytes });
+        return { type: "memory", handle };
+      }
+      case "release-memory": {
+        const h = c.memory.get(m.handle);
+        if (!h) return { type: "error", reason: "not-owner", message: `memory ${m.handle} is not held for this client` };
+        c.memory.delete(m.handle);
+        native().nvm_unix_close(h.fd);
+        return { type: "ok" };
+      }
       case "bye":
         this.#reclaim(c);
         return { type: "ok" };
@@ -377,7 +424,17 @@ export class ShareServer {
     this.#reclaim(c);
     this.#clients.delete(c.id);
     c.conn.close();
-    this.#log(`client ${c.id} (pid ${c.peer.pid}) ${why}${n > 0 ? `: deleted its ${n} I/O queue${n === 1 ? "" : "s"}` : ""}`);
+    for (const fd of c.fds.splice(0)) native().nvm_unix_close(fd);
+    // Only now, with its queues deleted, may its memory go back to the kernel. A queue the
+    // controller would not delete keeps all of it held for as long as this server runs.
+    const bytes = [...c.memory.values()].reduce((s, m) => s + m.bytes, 0);
+    let memory = "";
+    if (c.queues.size === 0) {
+      for (const m of c.memory.values()) native().nvm_unix_close(m.fd);
+      if (bytes > 0) memory = `, then released the ${bytes >> 20} MiB of memory it had the server hold`;
+    } else if (bytes > 0) memory = `; keeps holding its ${bytes >> 20} MiB of memory (queues ${[...c.queues.keys()].join(", ")} could not be deleted)`;
+    c.memory.clear();
+    this.#log(`client ${c.id} (pid ${c.peer.pid}) ${why}${n > 0 ? `: deleted its ${n} I/O queue${n === 1 ? "" : "s"}` : ""}${memory}`);
   }
 
   /** Stop serving: every client's queues are deleted, connections closed, the socket removed. The controller stays open. */
@@ -398,7 +455,10 @@ export class ShareServer {
     if (this.#closed) return;
     this.#closed = true;
     if (this.#timer) clearInterval(this.#timer);
-    for (const c of this.#clients.values()) c.conn.close();
+    for (const c of this.#clients.values()) {
+      c.conn.close();
+      for (const fd of [...c.fds, ...[...c.memory.values()].map((m) => m.fd)]) native().nvm_unix_close(fd);
+    }
     this.#clients.clear();
     this.#listener.close();
   }

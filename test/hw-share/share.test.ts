@@ -6,6 +6,7 @@
  * killed with SIGKILL leaves its clients with ShareError on their next call, promptly.
  */
 import { afterEach, expect, test } from "bun:test";
+import { readdirSync, readlinkSync } from "node:fs";
 import { join } from "node:path";
 import { Controller, Namespace, ShareError, defaultSocketPath, parseBdf } from "../../lib/index.ts";
 import { ctrlAddress, REPO, requireExpected, waitForLine } from "../hw/common.ts";
@@ -109,6 +110,16 @@ test("SIGKILL of one client mid-I/O: the server deletes its queue; the other cli
   const other = client(path, nsid, 8192, 512, 8, 4);
   await waitForLine(victim.stdout, /^round 1$/, 60_000);
   await waitForLine(other.stdout, /^ready/, 60_000);
+  // The server holds the clients' DMA memory (their hugetlb memfds), so a killed client's pages
+  // are not freed before its queues are deleted.
+  const memfds = readdirSync(`/proc/${server.pid}/fd`).filter((f) => {
+    try {
+      return readlinkSync(`/proc/${server.pid}/fd/${f}`).includes("memfd:libnvm-dma");
+    } catch {
+      return false;
+    }
+  });
+  expect(memfds.length).toBeGreaterThanOrEqual(2);
   victim.kill("SIGKILL");
   await victim.exited;
   const code = await other.exited;
@@ -120,7 +131,7 @@ test("SIGKILL of one client mid-I/O: the server deletes its queue; the other cli
   server.kill("SIGTERM");
   await server.exited;
   const log = await rest(server.stderr);
-  expect(log).toMatch(new RegExp(`client \\d+ \\(pid ${victim.pid}\\) disconnected: deleted its 1 I/O queue`));
+  expect(log).toMatch(new RegExp(`client \\d+ \\(pid ${victim.pid}\\) disconnected: deleted its 1 I/O queue, then released the \\d+ MiB of memory`));
 });
 
 test("SIGKILL of the server: a client's next call fails with ShareError 'server-gone' well within its deadline; its close() is bounded; the controller opens again", async () => {

@@ -120,7 +120,7 @@ export interface ServerOptions {
 
 export interface ServerStats {
   readonly violations: string[];
-  readonly clients: { id: number; pid: number; uid: number; sqids: number[] }[];
+  readonly clients: { id: number; pid: number; uid: number; sqids: number[]; heldBytes: number }[];
   readonly reclaimed: number;
   /** I/O SQs the fake controller has now. */
   readonly sqs: number[];

@@ -53,13 +53,16 @@ const samples: Message[] = [
   { type: "create-queue", sqid: 3, cqid: 4, entries: 1024, sqBus: 0x1_2345_6000, cqBus: 0x1f_ffff_f000 },
   { type: "delete-queue", sqid: 3 },
   { type: "abort", sqid: 3, cid: 0xffff },
+  { type: "hold-memory", bytes: 4 << 20 },
+  { type: "release-memory", handle: 3 },
+  { type: "memory", handle: 3 },
   { type: "reset" },
   { type: "bye" },
   { type: "ok" },
   { type: "error", reason: "refused", message: "Format NVM(0x80): refused unless --allow=format" },
   { type: "error", reason: "server-gone", message: "ünïcode ✓" },
 ];
-const isRequest = (m: Message) => ["hello", "admin", "reserve-queue", "create-queue", "delete-queue", "abort", "reset", "bye"].includes(m.type);
+const isRequest = (m: Message) => ["hello", "admin", "reserve-queue", "create-queue", "delete-queue", "abort", "reset", "bye", "hold-memory", "release-memory"].includes(m.type);
 const frame = (m: Message, id = 1): Frame => ({ id, timeoutMs: isRequest(m) ? 5000 : 0, msg: m });
 
 function violation(f: () => unknown): string {
@@ -158,6 +161,7 @@ describe("encode / parse", () => {
     expect(violation(() => encode(frame({ type: "create-queue", sqid: 1, cqid: 1, entries: 2, sqBus: 4097, cqBus: 8192 })))).toBe("field");
     expect(violation(() => encode(frame({ type: "create-queue", sqid: 1, cqid: 1, entries: 1, sqBus: 4096, cqBus: 8192 })))).toBe("field");
     expect(violation(() => encode(frame({ type: "admin-ok", status: 0x8000, dw0: 0, dw1: 0 })))).toBe("field");
+    expect(violation(() => encode(frame({ type: "hold-memory", bytes: 4095 })))).toBe("field");
     const e = encode(frame({ type: "error", reason: "quota", message: "x" }));
     new DataView(e.buffer).setUint16(HEADER_SIZE, 99, true);
     expect(violation(() => parse(e))).toBe("field");

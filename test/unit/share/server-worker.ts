@@ -8,8 +8,8 @@ const { Controller } = await import("../../../lib/controller.ts");
 const { ShareServer } = await import("../../../lib/share/server.ts");
 
 let fake: FakeNvme | undefined;
-let ctrl: InstanceType<typeof Controller> | undefined;
-let server: InstanceType<typeof ShareServer> | undefined;
+let ctrl: ReturnType<typeof Controller.openBackend> | undefined;
+let server: ReturnType<typeof ShareServer.listen> | undefined;
 let pump: ReturnType<typeof setInterval> | undefined;
 const log: string[] = [];
 
@@ -39,7 +39,7 @@ function stats(): unknown {
   for (let q = 1; q <= 64; q++) if (f.hasSq(q)) sqs.push(q);
   return {
     violations: [...f.dmaViolations],
-    clients: server!.clients().map((c) => ({ id: c.id, pid: c.pid, uid: c.uid, sqids: [...c.sqids] })),
+    clients: server!.clients().map((c: { id: number; pid: number; uid: number; sqids: readonly number[]; heldBytes: number }) => ({ id: c.id, pid: c.pid, uid: c.uid, sqids: [...c.sqids], heldBytes: c.heldBytes })),
     reclaimed: server!.reclaimed,
     sqs,
     admin: f.fetched.filter((c) => c.sqid === 0).map((c) => [c.opcode, c.sqe[10]! & 0xffff]),

@@ -9,6 +9,7 @@ import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { ClosedError, NvmeStatusError, NvmeTimeoutError, ShareError } from "../../../lib/errors.ts";
+import { toArrayBuffer } from "bun:ffi";
 import { native } from "../../../lib/native.ts";
 import { connectUnix, UnixListener, type UnixConnection } from "../../../lib/share/link.ts";
 import { decodeBody, encode, FrameReader, HEADER_SIZE, type Reply, type Request } from "../../../lib/share/protocol.ts";
@@ -19,7 +20,7 @@ const dir = mkdtempSync(join(tmpdir(), "libnvm-share-"));
 process.env.LIBNVM_LOCK_DIR = dir;
 const { Controller } = await import("../../../lib/controller.ts");
 const { Namespace } = await import("../../../lib/namespace.ts");
-type Controller = InstanceType<typeof Controller>;
+type Controller = ReturnType<typeof Controller.open>;
 
 let n = 0;
 const sockPath = () => join(dir, `s${++n}.sock`);
@@ -327,6 +328,41 @@ describe("failures", () => {
     // Its ids are free again for the next client.
     const { c } = client(s, path);
     expect(c.createIoQueue({ entries: 4 }).qid).toBe(ids.sqid);
+  });
+
+  test("hold-memory: the server keeps the client's memfd (its pages outlive the client) until release, or until the client's queues are deleted", async () => {
+    const { s, path } = await server();
+    const raw = new RawClient(path);
+    expect(raw.request({ type: "hello", pid: 1, label: "holder" }).type).toBe("hello-ok");
+    const n = native();
+    const out = n.nvm_host_alloc(8)!;
+    const mem = n.nvm_dma_alloc_fd(1 << 20, 2, out)!;
+    const fd = new Int32Array(toArrayBuffer(out, 0, 4))[0]!;
+    n.nvm_host_free(out);
+    // Without its descriptor: refused, nothing held.
+    expect(raw.request({ type: "hold-memory", bytes: 1 << 20 })).toMatchObject({ type: "error", reason: "protocol" });
+    raw.conn.sendWithFd(encode({ id: ++raw.id, timeoutMs: 1000, msg: { type: "hold-memory", bytes: 1 << 20 } }), fd, 1000);
+    const h = raw.reply().msg;
+    expect(h).toMatchObject({ type: "memory" });
+    expect((await s.stats()).clients[0]!.heldBytes).toBe(1 << 20);
+    expect(raw.request({ type: "release-memory", handle: (h as { handle: number }).handle })).toMatchObject({ type: "ok" });
+    expect((await s.stats()).clients[0]!.heldBytes).toBe(0);
+    expect(raw.request({ type: "release-memory", handle: 99 })).toMatchObject({ type: "error", reason: "not-owner" });
+    // Held again, with a queue: on the disconnect the queue goes first, then the memory.
+    raw.conn.sendWithFd(encode({ id: ++raw.id, timeoutMs: 1000, msg: { type: "hold-memory", bytes: 1 << 20 } }), fd, 1000);
+    expect(raw.reply().msg).toMatchObject({ type: "memory" });
+    const ids = raw.request({ type: "reserve-queue", entries: 4 }) as { sqid: number; cqid: number };
+    const bus = (m: { iova: Uint32Array }) => m.iova[0]! + m.iova[1]! * 0x1_0000_0000;
+    const be = s.backend();
+    const sq = be.allocDma(4096);
+    const cq = be.allocDma(4096);
+    expect(raw.request({ type: "create-queue", sqid: ids.sqid, cqid: ids.cqid, entries: 4, sqBus: bus(sq), cqBus: bus(cq) }).type).toBe("ok");
+    raw.close();
+    await waitFor(async () => (await s.stats()).clients.length === 0);
+    expect((await s.stats()).log.at(-1)).toMatch(/deleted its 1 I\/O queue, then released the 1 MiB of memory/);
+    n.nvm_unix_close(fd);
+    n.nvm_dma_free(mem, 1 << 20, 2);
+    be.close();
   });
 
   test("a server that dies: the next call fails with ShareError 'server-gone' at once, not at the deadline; close() is bounded and keeps the memory", async () => {
