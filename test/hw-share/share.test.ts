@@ -205,3 +205,24 @@ test("the tools take --ctrl=unix:PATH: identify, write-blocks, read-blocks, roun
   expect({ code: cli.code, err: cli.err }).toMatchObject({ code: 0 });
   expect(JSON.parse(cli.out).sn.trim()).toBe(requireExpected().serial);
 });
+
+test("perf: a client's I/O path costs what the owner's does (same IoQueue code; figures printed, TCG timing)", async () => {
+  const ns1 = requireExpected().namespaces[0]!;
+  const perf = async (ctrl: string) => {
+    const p = spawn([join(REPO, "examples/perf.ts"), `--ctrl=${ctrl}`, `--ns=${ns1.nsid}`, "--qd=8", "--ios=4000", "--seed=1", "--json"]);
+    const code = await p.exited;
+    const out = await rest(p.stdout);
+    const err = await rest(p.stderr);
+    expect({ code, err }).toMatchObject({ code: 0 });
+    return JSON.parse(out).total as { iops: number };
+  };
+  const owner = await perf(ctrlAddress());
+  const { p: server, path } = await serve(join(tmp, "share-perf.sock"));
+  const client = await perf(`unix:${path}`);
+  server.kill("SIGTERM");
+  await server.exited;
+  console.log(`share: perf 4k rand read qd 8, 4000 IOs: owner ${Math.round(owner.iops)} IOPS, client through unix: ${Math.round(client.iops)} IOPS (ratio ${(client.iops / owner.iops).toFixed(2)})`);
+  // Same code on both sides; under TCG the emulated controller dominates. A loose bound catches a
+  // client path that went through the server by mistake (every command a socket round trip).
+  expect(client.iops).toBeGreaterThan(owner.iops * 0.3);
+});
