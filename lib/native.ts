@@ -82,7 +82,7 @@ const symbols = {
   nvm_unix_send: { args: [i32, P, u32, u32], returns: i32 },
   nvm_unix_recv: { args: [i32, P, u32, u32], returns: i32 },
   nvm_unix_send_fd: { args: [i32, P, u32, i32, u32], returns: i32 },
-  nvm_unix_recv_fds: { args: [i32, P, u32, P, u32], returns: i32 },
+  nvm_unix_recv_fds: { args: [i32, P, u32, P, u32, u32], returns: i32 },
   nvm_unix_close: { args: [i32], returns: i32 },
   nvm_crc32c: { args: [P, u32, u32], returns: u32 },
   nvm_crc32c_impl: { args: [], returns: u32 },
@@ -158,7 +158,7 @@ export interface NativeLib {
   nvm_unix_send(fd: number, buf: Pointer | number, len: number, timeoutMs: number): number;
   nvm_unix_recv(fd: number, buf: Pointer | number, len: number, timeoutUs: number): number;
   nvm_unix_send_fd(fd: number, buf: Pointer | number, len: number, passfd: number, timeoutMs: number): number;
-  nvm_unix_recv_fds(fd: number, buf: Pointer | number, len: number, fds: Pointer, maxFds: number): number;
+  nvm_unix_recv_fds(fd: number, buf: Pointer | number, len: number, fds: Pointer, maxFds: number, timeoutUs: number): number;
   nvm_unix_close(fd: number): number;
   nvm_crc32c(data: Pointer | number, len: number, prev: number): number;
   nvm_crc32c_impl(): number;

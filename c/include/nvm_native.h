@@ -219,10 +219,11 @@ NVM_API int32_t nvm_unix_recv(int32_t fd, void *buf, uint32_t len, uint32_t time
 /* Send `len` bytes with descriptor `passfd` attached (SCM_RIGHTS, with the first byte), within
  * timeout_ms: 0 or -errno, as nvm_unix_send. */
 NVM_API int32_t nvm_unix_send_fd(int32_t fd, const void *buf, uint32_t len, int32_t passfd, uint32_t timeout_ms);
-/* Receive up to `len` bytes without waiting, and the descriptors that came with them (close-on-exec):
- * fds[0] their count, fds[1..] the descriptors (at most max_fds <= 16; more are closed). The bytes
- * read (> 0), 0 when none, -ENOTCONN when the peer closed, -errno. */
-NVM_API int32_t nvm_unix_recv_fds(int32_t fd, void *buf, uint32_t len, int32_t *fds, uint32_t max_fds);
+/* Receive up to `len` bytes, waiting at most timeout_us (0: do not wait), and the descriptors that
+ * came with them (close-on-exec): fds[0] their count, fds[1..] the descriptors (at most
+ * max_fds <= 16; more are closed). The bytes read (> 0), 0 when none, -ENOTCONN when the peer
+ * closed, -errno. */
+NVM_API int32_t nvm_unix_recv_fds(int32_t fd, void *buf, uint32_t len, int32_t *fds, uint32_t max_fds, uint32_t timeout_us);
 NVM_API int32_t nvm_unix_close(int32_t fd);
 
 /* CRC-32C (Castagnoli) of len bytes, continuing from `prev` (a finished CRC; 0 to start):

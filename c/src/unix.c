@@ -243,10 +243,18 @@ int32_t nvm_unix_send_fd(int32_t fd, const void *buf, uint32_t len, int32_t pass
     }
 }
 
-int32_t nvm_unix_recv_fds(int32_t fd, void *buf, uint32_t len, int32_t *fds, uint32_t max_fds)
+int32_t nvm_unix_recv_fds(int32_t fd, void *buf, uint32_t len, int32_t *fds, uint32_t max_fds, uint32_t timeout_us)
 {
     if (len == 0 || max_fds == 0 || max_fds > 16)
         return nvm_fail(EINVAL);
+    fds[0] = 0;
+    if (timeout_us > 0) {
+        int w = wait_fd(fd, POLLIN, timeout_us);
+        if (w < 0)
+            return nvm_fail(-w);
+        if (w == 0)
+            return nvm_ok();
+    }
     union {
         struct cmsghdr h;
         char space[CMSG_SPACE(16 * sizeof(int))];
@@ -258,7 +266,6 @@ int32_t nvm_unix_recv_fds(int32_t fd, void *buf, uint32_t len, int32_t *fds, uin
     m.msg_iovlen = 1;
     m.msg_control = c.space;
     m.msg_controllen = CMSG_SPACE(max_fds * sizeof(int));
-    fds[0] = 0;
     ssize_t r = recvmsg(fd, &m, MSG_DONTWAIT | MSG_CMSG_CLOEXEC);
     if (r < 0) {
         if (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)

@@ -11,9 +11,10 @@
  * gone nobody can stop the controller's DMA into our memory: the commands settle with ShareError,
  * and the memory is given up (kept mapped, never reused) until this process exits.
  *
- * Backends: sysfs (this process maps BAR0 through sysfs and translates its own hugepages; root,
- * as the server). VFIO and disnvm servers are the next step: their memory belongs to the server's
- * container or file, and a client must hand its memory over first.
+ * Backends: sysfs (this process maps BAR0 through sysfs and translates its own hugepages, each a
+ * memfd the server holds too; root, as the server), VFIO (BAR0 through the device descriptor the
+ * server passes; each DMA allocation a memfd the server maps in its IOMMU container, at an IOVA it
+ * returns: remote-vfio.ts). disnvm servers are not offered to clients yet.
  */
 import type { Backend } from "../backends/types.ts";
 import { SysfsBackend } from "../backends/sysfs.ts";
@@ -21,11 +22,13 @@ import { DmaBuffer } from "../dma.ts";
 import { ClosedError, InvalidArgumentError, NvmeStatusError, NvmeTimeoutError, ShareError, ShareProtocolError, UnsupportedError } from "../errors.ts";
 import { IoCompletionQueue, IoQueue, type IoQueueContext, type IoQueueOptions, type PollingOptions } from "../io.ts";
 import type { Completion } from "../queue.ts";
+import { native } from "../native.ts";
 import * as cmd from "../spec/commands.ts";
 import { decodeCap, type Capabilities } from "../spec/registers.ts";
 import { readRegisters } from "../transports/pcie/transport.ts";
 import type { AdminAsyncOptions, AdminExecOptions, AdminResult, AdminTransfer, ControllerHooks, ControllerTransport, MapDmaBufOptions, NvmeIoQueue, RegisterSnapshot, TransportOptions } from "../transports/types.ts";
 import { connectUnix, type UnixConnection } from "./link.ts";
+import { RemoteVfioBackend } from "./remote-vfio.ts";
 import { decodeBody, encode, FrameReader, MAX_ADMIN_DATA, SHARE_VERSION, type ErrorReply, type HelloOk, type Reply, type Request } from "./protocol.ts";
 
 /** How long beyond a request's own deadline the server's answer may take to arrive (its "timeout" reply included). */
@@ -63,6 +66,8 @@ export class ShareClientTransport implements ControllerTransport {
   readonly backend: Backend;
   readonly #conn: UnixConnection;
   readonly #reader = new FrameReader();
+  /** Descriptors the server sent (the VFIO device, with its hello reply), in arrival order. */
+  readonly #fds: number[] = [];
   #nextId = 0;
   readonly #polling: PollingOptions | undefined;
   readonly #sqs = new Map<number, IoQueue>();
@@ -99,18 +104,23 @@ export class ShareClientTransport implements ControllerTransport {
     this.name = `${r.name} via ${this.address}`;
     this.cap = decodeCap(r.capLo, r.capHi);
     this.vs = r.vs;
+    const deviceFd = this.#fds.shift();
     if (opts.shareBackend) this.backend = opts.shareBackend(r);
     else if (r.backend === "sysfs") {
       // Every hugepage this process maps for DMA is a memfd the server holds too, so the kernel
       // frees none of it when this process dies, only once the server deleted its queues.
-      this.backend = new SysfsBackend(r.bdf, { holder: { hold: (fd, bytes) => this.#holdMemory(fd, bytes), release: (h) => this.#releaseMemory(h) } });
-    }
-    else {
+      this.backend = new SysfsBackend(r.bdf, { holder: { hold: (fd, bytes) => this.#holdMemory(fd, bytes).handle, release: (h) => this.#releaseMemory(h) } });
+    } else if (r.backend === "vfio" && deviceFd !== undefined) {
+      // The IOMMU container is the server's: it maps our memory and tells us where (IOVAs).
+      this.backend = new RemoteVfioBackend(r.bdf, deviceFd, r.bar0Offset, r.bar0Size, { hold: (fd, bytes) => this.#holdMemory(fd, bytes), release: (h) => this.#releaseMemory(h) });
+    } else {
+      if (deviceFd !== undefined) native().nvm_unix_close(deviceFd);
       this.#bye();
       throw new UnsupportedError(
-        `${this.address} serves ${r.name} through its ${r.backend} backend; clients of libnvm ${SHARE_VERSION} reach a served controller through sysfs only (VFIO and disnvm come next): serve it with the device unbound (sysfs), or open it in the server's process`,
+        `${this.address} serves ${r.name} through its ${r.backend} backend; clients of libnvm reach a served controller through sysfs or VFIO only: serve it through one of those, or open it in the server's process`,
       );
     }
+    if (opts.shareBackend && deviceFd !== undefined) native().nvm_unix_close(deviceFd);
   }
 
   // ---- requests -----------------------------------------------------------------------------
@@ -171,8 +181,9 @@ export class ShareClientTransport implements ControllerTransport {
         if (r) return this.#checked(r);
         const left = deadline - performance.now();
         if (left <= 0) break;
-        const chunk = this.#conn.recv(Math.min(left, 50) * 1000);
-        if (chunk.length > 0) this.#reader.push(chunk);
+        const got = this.#conn.recvWithFds(Math.min(left, 50) * 1000);
+        this.#fds.push(...got.fds);
+        if (got.bytes.length > 0) this.#reader.push(got.bytes);
       }
     } catch (e) {
       this.#lost(e);
@@ -202,8 +213,8 @@ export class ShareClientTransport implements ControllerTransport {
     }
   }
 
-  /** Hand the memfd `fd` over to the server; its handle. */
-  #holdMemory(fd: number, bytes: number): number {
+  /** Hand the memfd `fd` over to the server; its handle, and (VFIO) the IOVA it mapped it at. */
+  #holdMemory(fd: number, bytes: number): { handle: number; iova: number } {
     this.#checkLink();
     const id = ++this.#nextId;
     try {
@@ -213,7 +224,7 @@ export class ShareClientTransport implements ControllerTransport {
     }
     const r = this.#wait(id, { type: "hold-memory" } as Request, this.timeoutMs);
     if (r.type !== "memory") throw this.#unexpected(r, "hold-memory");
-    return r.handle;
+    return { handle: r.handle, iova: r.iova };
   }
 
   /** The memory of `handle` is unmapped: the server may let it go. Quiet: gone or closed, the server drops it anyway. */
@@ -511,6 +522,7 @@ export class ShareClientTransport implements ControllerTransport {
     this.#sqs.clear();
     if (!this.#gone) this.#bye();
     this.#conn.close();
+    for (const fd of this.#fds.splice(0)) native().nvm_unix_close(fd);
     if (!safe) this.#abandonDma();
     else for (const r of this.#deferred.splice(0)) r.free();
     this.backend.close();

@@ -68,14 +68,15 @@ export class UnixConnection {
   }
 
   /**
-   * What arrived, without waiting, and the descriptors that came with it (the caller owns them):
-   * empty bytes when nothing did. ShareError "server-gone" when the peer closed the connection.
+   * What arrived, waiting at most `timeoutUs` (0: only look), and the descriptors that came with it
+   * (the caller owns them): empty bytes when nothing did. ShareError "server-gone" when the peer
+   * closed the connection.
    */
-  recvWithFds(): { bytes: Uint8Array; fds: number[] } {
+  recvWithFds(timeoutUs = 0): { bytes: Uint8Array; fds: number[] } {
     if (this.#closed) throw new ShareError(`${this.address}: the connection is closed`, "server-gone", this.address);
     this.#ensureRx();
     const n = native();
-    const r = n.nvm_unix_recv_fds(this.fd, this.#rx!, RECV_CHUNK, this.#fdsPtr!, MAX_FDS);
+    const r = n.nvm_unix_recv_fds(this.fd, this.#rx!, RECV_CHUNK, this.#fdsPtr!, MAX_FDS, Math.max(0, Math.floor(timeoutUs)));
     const fds: number[] = [];
     for (let i = 0; i < this.#fds![0]!; i++) fds.push(this.#fds![1 + i]!);
     if (r > 0) return { bytes: this.#rxView!.slice(0, r), fds };

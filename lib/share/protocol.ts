@@ -84,6 +84,12 @@ export interface HelloOk {
   /** The server's name of the controller. */
   readonly name: string;
   readonly serverPid: number;
+  /**
+   * VFIO: where BAR0 lies in the device file whose descriptor comes with this reply, and its size
+   * (the client maps it from there). 0 for other backends.
+   */
+  readonly bar0Offset: number;
+  readonly bar0Size: number;
 }
 
 /** An admin command: its 16 dwords (the server sets CID and the data pointer), and its data. */
@@ -144,10 +150,11 @@ export interface HoldMemory {
   readonly type: "hold-memory";
   readonly bytes: number;
 }
-/** The server's name for memory it holds. */
+/** The server's name for memory it holds, and where the controller reaches it (VFIO: the IOVA the server mapped it at; 0 otherwise). */
 export interface MemoryHandle {
   readonly type: "memory";
   readonly handle: number;
+  readonly iova: number;
 }
 /** The client no longer points the controller at this memory: the server lets it go. */
 export interface ReleaseMemory {
@@ -350,7 +357,7 @@ function encodeBody(m: Message): Uint8Array {
     case "hello":
       return w.u32(m.pid).str(m.label).done();
     case "hello-ok":
-      return w.u32(m.clientId).u32(m.capLo).u32(m.capHi).u32(m.vs).u32(m.timeoutMs).u16(m.maxQueues).str(m.backend).str(m.bdf).str(m.name).u32(m.serverPid).done();
+      return w.u32(m.clientId).u32(m.capLo).u32(m.capHi).u32(m.vs).u32(m.timeoutMs).u16(m.maxQueues).str(m.backend).str(m.bdf).str(m.name).u32(m.serverPid).u64(m.bar0Offset).u32(m.bar0Size).done();
     case "admin": {
       if (m.sqe.length !== 16) throw bad(`admin: an SQE is 16 dwords, got ${m.sqe.length}`, "field");
       for (let i = 0; i < 16; i++) w.u32(m.sqe[i]!);
@@ -369,8 +376,9 @@ function encodeBody(m: Message): Uint8Array {
     case "hold-memory":
       return w.u64(m.bytes).done();
     case "release-memory":
-    case "memory":
       return w.u32(m.handle).done();
+    case "memory":
+      return w.u32(m.handle).u64(m.iova).done();
     case "abort":
       return w.u16(m.sqid).u16(m.cid).done();
     case "reset":
@@ -458,6 +466,8 @@ export function decodeBody(raw: RawFrame): Message {
         bdf: r.str("bdf"),
         name: r.str("name"),
         serverPid: r.u32("serverPid"),
+        bar0Offset: r.u64("BAR0 offset"),
+        bar0Size: r.u32("BAR0 size"),
       };
       break;
     case MSG_ADMIN: {
@@ -498,7 +508,7 @@ export function decodeBody(raw: RawFrame): Message {
       m = { type: "release-memory", handle: r.u32("handle") };
       break;
     case MSG_MEMORY:
-      m = { type: "memory", handle: r.u32("handle") };
+      m = { type: "memory", handle: r.u32("handle"), iova: r.u64("IOVA") };
       break;
     case MSG_RESET:
       m = { type: "reset" };

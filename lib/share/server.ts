@@ -20,6 +20,7 @@ import { dirname } from "node:path";
 import type { Controller } from "../controller.ts";
 import { InvalidArgumentError, NvmeStatusError, NvmeTimeoutError, ShareProtocolError } from "../errors.ts";
 import { native } from "../native.ts";
+import { VfioBackend } from "../backends/vfio.ts";
 import * as cmd from "../spec/commands.ts";
 import type { ForeignQueueHost } from "../transports/types.ts";
 import { UnixListener, type PeerCred, type UnixConnection } from "./link.ts";
@@ -94,8 +95,8 @@ interface Client {
   readonly queues: Map<number, ClientQueue>;
   /** Descriptors that arrived and no hold-memory took yet. */
   readonly fds: number[];
-  /** Memory held for it: handle → its memfd and size. */
-  readonly memory: Map<number, { fd: number; bytes: number }>;
+  /** Memory held for it: handle → its memfd, size, and (VFIO) its IOVA range and the IOMMU mapping's release. */
+  readonly memory: Map<number, { fd: number; bytes: number; iova: number; unmap?: () => void }>;
   nextHandle: number;
   label: string;
   greeted: boolean;
@@ -137,6 +138,8 @@ export class ShareServer {
   readonly address: string;
   readonly #listener: UnixListener;
   readonly #host: ForeignQueueHost;
+  /** The VFIO backend when the controller is reached through it: clients' memory is mapped in its IOMMU container. */
+  readonly #vfio: VfioBackend | undefined;
   readonly #allow: ReadonlySet<ShareGrant>;
   readonly #uids: ReadonlySet<number>;
   readonly #maxQueues: number;
@@ -158,6 +161,7 @@ export class ShareServer {
   private constructor(ctrl: Controller, opts: ShareServerOptions) {
     this.controller = ctrl;
     this.#host = ctrl.foreignQueues();
+    this.#vfio = ctrl.backend instanceof VfioBackend ? ctrl.backend : undefined;
     const allow = new Set(opts.allow ?? []);
     for (const g of allow) if (!SHARE_GRANTS.includes(g)) throw new InvalidArgumentError(`allow: unknown grant "${g}"; choose from ${SHARE_GRANTS.join(", ")}`);
     this.#allow = allow;
@@ -294,7 +298,8 @@ export class ShareServer {
         reply = errorReply(e);
       }
       if (!this.#clients.has(c.id)) return;
-      this.#reply(c, raw.id, reply);
+      // VFIO: the device's descriptor goes with the hello reply, so the client maps BAR0 itself.
+      this.#reply(c, raw.id, reply, reply.type === "hello-ok" && this.#vfio ? this.#vfio.deviceFd : undefined);
       if (msg.type === "bye") {
         this.#drop(c, "said goodbye");
         return;
@@ -309,9 +314,11 @@ export class ShareServer {
     if (fd !== undefined) native().nvm_unix_close(fd);
   }
 
-  #reply(c: Client, id: number, msg: Reply): void {
+  #reply(c: Client, id: number, msg: Reply, fd?: number): void {
     try {
-      c.conn.send(encode({ id, timeoutMs: 0, msg } as Frame), 1000);
+      const bytes = encode({ id, timeoutMs: 0, msg } as Frame);
+      if (fd !== undefined) c.conn.sendWithFd(bytes, fd, 1000);
+      else c.conn.send(bytes, 1000);
     } catch {
       this.#drop(c, "does not read its replies");
     }
@@ -344,6 +351,8 @@ export class ShareServer {
           bdf: ctrl.backend.bdf ?? ctrl.name,
           name: ctrl.name,
           serverPid: process.pid,
+          bar0Offset: this.#vfio?.bar0Offset ?? 0,
+          bar0Size: this.#vfio?.bar0Size ?? 0,
         };
       }
       case "admin": {
@@ -377,6 +386,10 @@ export class ShareServer {
       case "create-queue": {
         const q = c.queues.get(m.sqid);
         if (!q || q.cqid !== m.cqid) return notOwner(m.sqid);
+        // Through VFIO the server knows the client's memory: the rings must lie in it.
+        if (this.#vfio && !(this.#owns(c, m.sqBus, m.entries * 64) && this.#owns(c, m.cqBus, m.entries * 16))) {
+          return refuse(`the rings of queue ${m.sqid} (SQ at 0x${m.sqBus.toString(16)}, CQ at 0x${m.cqBus.toString(16)}) are not in memory this client had the server map`);
+        }
         this.#host.createForeignQueue(m.sqid, m.cqid, m.entries, m.sqBus, m.cqBus, { timeoutMs: this.#left(deadline, "Create I/O queue") });
         q.created = true;
         this.#log(`client ${c.id}: I/O queue ${m.sqid} (CQ ${m.cqid}, ${m.entries} entries)`);
@@ -409,13 +422,26 @@ export class ShareServer {
           return { type: "error", reason: "quota", message: `the server holds ${held} bytes of this client's memory; ${m.bytes} more would pass its limit of ${this.#maxMemory}` };
         }
         const handle = c.nextHandle++;
-        c.memory.set(handle, { fd, bytes: m.bytes });
-        return { type: "memory", handle };
+        if (this.#vfio) {
+          // The IOMMU maps the client's pages for the controller: the client learns the IOVA.
+          let mapped: { iova: number; release(): void };
+          try {
+            mapped = this.#vfio.mapForeign(fd, m.bytes);
+          } catch (e) {
+            native().nvm_unix_close(fd);
+            throw e;
+          }
+          c.memory.set(handle, { fd, bytes: m.bytes, iova: mapped.iova, unmap: mapped.release });
+          return { type: "memory", handle, iova: mapped.iova };
+        }
+        c.memory.set(handle, { fd, bytes: m.bytes, iova: 0 });
+        return { type: "memory", handle, iova: 0 };
       }
       case "release-memory": {
         const h = c.memory.get(m.handle);
         if (!h) return { type: "error", reason: "not-owner", message: `memory ${m.handle} is not held for this client` };
         c.memory.delete(m.handle);
+        h.unmap?.();
         native().nvm_unix_close(h.fd);
         return { type: "ok" };
       }
@@ -423,6 +449,12 @@ export class ShareServer {
         this.#reclaim(c);
         return { type: "ok" };
     }
+  }
+
+  /** [iova, iova + bytes) lies within one memory range held for `c`. */
+  #owns(c: Client, iova: number, bytes: number): boolean {
+    for (const m of c.memory.values()) if (iova >= m.iova && iova + bytes <= m.iova + m.bytes) return true;
+    return false;
   }
 
   /**
@@ -454,7 +486,10 @@ export class ShareServer {
     const bytes = [...c.memory.values()].reduce((s, m) => s + m.bytes, 0);
     let memory = "";
     if (c.queues.size === 0) {
-      for (const m of c.memory.values()) native().nvm_unix_close(m.fd);
+      for (const m of c.memory.values()) {
+        m.unmap?.();
+        native().nvm_unix_close(m.fd);
+      }
       if (bytes > 0) memory = `, then released the ${bytes >> 20} MiB of memory it had the server hold`;
     } else if (bytes > 0) memory = `; keeps holding its ${bytes >> 20} MiB of memory (queues ${[...c.queues.keys()].join(", ")} could not be deleted)`;
     c.memory.clear();

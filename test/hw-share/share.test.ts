@@ -1,5 +1,6 @@
 /**
- * One controller, several processes (lib/share/), through QEMU's controller and the sysfs backend:
+ * One controller, several processes (lib/share/), through QEMU's controller and the sysfs backend
+ * (suite "share") or VFIO (suite "share-vfio": LIBNVM_TEST_BACKEND=vfio):
  * examples/serve.ts owns it; clients (client.ts, and this test process) open unix:PATH, create
  * queues at their own memory and do verified I/O on disjoint LBA ranges at once; a client killed
  * with SIGKILL mid-I/O has its queues deleted by the server while the others carry on; a server
@@ -9,7 +10,7 @@ import { afterEach, expect, test } from "bun:test";
 import { readdirSync, readlinkSync } from "node:fs";
 import { join } from "node:path";
 import { Controller, Namespace, ShareError, defaultSocketPath, parseBdf } from "../../lib/index.ts";
-import { ctrlAddress, REPO, requireExpected, waitForLine } from "../hw/common.ts";
+import { ctrlAddress, expectedBackend, REPO, requireExpected, waitForLine } from "../hw/common.ts";
 import { fillShare } from "./pattern.ts";
 
 type Proc = ReturnType<typeof Bun.spawn<"ignore", "pipe", "pipe">>;
@@ -138,6 +139,8 @@ test("SIGKILL of the server: a client's next call fails with ShareError 'server-
   const nsid = requireExpected().namespaces[0]!.nsid;
   const { p: server, path } = await serve(join(tmp, "share-server-kill.sock"));
   const c = Controller.open(`unix:${path}`, { handleSignals: false, timeoutMs: 5000 });
+  // The client reaches the controller the way its server does (sysfs, or VFIO through the server's container).
+  expect(c.backend.kind).toBe((expectedBackend() ?? "sysfs") as never);
   const ns = new Namespace(c, nsid);
   const buf = c.allocBuffer(4096);
   await ns.read(0, 8, buf);

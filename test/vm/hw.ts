@@ -243,6 +243,15 @@ export const SUITES: readonly Suite[] = [
     env: { LIBNVM_TEST_BACKEND: "vfio" },
   },
   {
+    // The sharing suite again with the server on VFIO: clients map BAR0 through the device fd it
+    // passes, and their memory is mapped in its IOMMU container.
+    name: "share-vfio",
+    dir: "./test/hw-share",
+    config: IOMMU_CONFIG,
+    prelude: bindTo("vfio-pci", "modprobe -d $LIBNVM_VM_MODROOT vfio-pci"),
+    env: { LIBNVM_TEST_BACKEND: "vfio" },
+  },
+  {
     name: "smartio",
     dir: SMARTIO,
     config: IOMMU_CONFIG,

@@ -43,7 +43,7 @@ function mulberry32(seed: number): () => number {
 const sqe = Uint32Array.from({ length: 16 }, (_, i) => (i === 0 ? 0x06 : i === 10 ? 1 : i * 0x01010101));
 const samples: Message[] = [
   { type: "hello", pid: 4242, label: "bun examples/identify.ts" },
-  { type: "hello-ok", clientId: 7, capLo: 0x0f0103ff, capHi: 0x20, vs: 0x10400, timeoutMs: 10_000, maxQueues: 8, backend: "sysfs", bdf: "0000:05:00.0", name: "0000:05:00.0", serverPid: 1 },
+  { type: "hello-ok", clientId: 7, capLo: 0x0f0103ff, capHi: 0x20, vs: 0x10400, timeoutMs: 10_000, maxQueues: 8, backend: "sysfs", bdf: "0000:05:00.0", name: "0000:05:00.0", serverPid: 1, bar0Offset: 0x10_0000_0000, bar0Size: 16384 },
   { type: "admin", sqe, toHost: 4096 },
   { type: "admin", sqe, toHost: 0, toController: new Uint8Array([1, 2, 3, 4, 5, 6, 7, 8]) },
   { type: "admin-ok", status: 0, dw0: 0xdeadbeef, dw1: 1 },
@@ -55,7 +55,7 @@ const samples: Message[] = [
   { type: "abort", sqid: 3, cid: 0xffff },
   { type: "hold-memory", bytes: 4 << 20 },
   { type: "release-memory", handle: 3 },
-  { type: "memory", handle: 3 },
+  { type: "memory", handle: 3, iova: 0x1_0000_0000 },
   { type: "reset" },
   { type: "bye" },
   { type: "ok" },
