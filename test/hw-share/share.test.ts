@@ -11,6 +11,9 @@ import { readdirSync, readlinkSync } from "node:fs";
 import { join } from "node:path";
 import { Controller, Namespace, ShareError, defaultSocketPath, parseBdf } from "../../lib/index.ts";
 import { ctrlAddress, expectedBackend, REPO, requireExpected, waitForLine } from "../hw/common.ts";
+import { native } from "../../lib/native.ts";
+import { connectUnix } from "../../lib/share/link.ts";
+import { decodeBody, encode, FrameReader, type Reply, type Request } from "../../lib/share/protocol.ts";
 import { fillShare } from "./pattern.ts";
 
 type Proc = ReturnType<typeof Bun.spawn<"ignore", "pipe", "pipe">>;
@@ -228,4 +231,41 @@ test("perf: a client's I/O path costs what the owner's does (same IoQueue code; 
   // Same code on both sides; under TCG the emulated controller dominates. A loose bound catches a
   // client path that went through the server by mistake (every command a socket round trip).
   expect(client.iops).toBeGreaterThan(owner.iops * 0.3);
+});
+
+test("a client's rings must lie in its own memory: through VFIO the server refuses others (it maps every client's memory itself)", async () => {
+  const { path } = await serve(join(tmp, "share-rings.sock"));
+  const conn = connectUnix(path, 5000);
+  const reader = new FrameReader();
+  const fds: number[] = [];
+  let id = 0;
+  const request = (msg: Request): Reply => {
+    conn.send(encode({ id: ++id, timeoutMs: 5000, msg }), 1000);
+    const end = Date.now() + 10_000;
+    for (;;) {
+      const raw = reader.next();
+      if (raw) return decodeBody(raw) as Reply;
+      if (Date.now() > end) throw new Error(`no reply to ${msg.type}`);
+      const got = conn.recvWithFds(50_000);
+      fds.push(...got.fds);
+      if (got.bytes.length) reader.push(got.bytes);
+    }
+  };
+  try {
+    expect(request({ type: "hello", pid: process.pid, label: "rings" }).type).toBe("hello-ok");
+    const ids = request({ type: "reserve-queue", entries: 4 });
+    if (ids.type !== "queue-ids") throw new Error(JSON.stringify(ids));
+    if (expectedBackend() === "vfio") {
+      // IOVAs this client never had mapped (the server's own, or another client's, could be there).
+      const r = request({ type: "create-queue", sqid: ids.sqid, cqid: ids.cqid, entries: 4, sqBus: 0x1000_0000, cqBus: 0x1000_1000 });
+      expect(r).toMatchObject({ type: "error", reason: "refused" });
+      expect((r as { message: string }).message).toContain("not in memory this client had the server map");
+    }
+    // sysfs: the server cannot know what a client owns (physical addresses): nothing to refuse. Either
+    // way the reservation goes back.
+    expect(request({ type: "delete-queue", sqid: ids.sqid }).type).toBe("ok");
+  } finally {
+    conn.close();
+    for (const fd of fds) native().nvm_unix_close(fd);
+  }
 });
