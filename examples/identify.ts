@@ -13,7 +13,8 @@ import { discoveryJson, discoveryText } from "../cli/commands/discover.ts";
 import { intOption, parse, run, toJson, openController, UsageError } from "./common.ts";
 
 const usage = `usage: bun run examples/identify.ts --ctrl=CTRL [--ns=NSID] [--discover] [--json]
-  --ctrl=CTRL  controller's PCI address (05:00.0 or 0000:05:00.0), /dev/disnvmN, or nvme+tcp://HOST:PORT/SUBNQN
+  --ctrl=CTRL  controller's PCI address (05:00.0 or 0000:05:00.0), /dev/disnvmN, nvme+tcp://HOST:PORT/SUBNQN,
+               or unix:PATH (served by examples/serve.ts)
   --ns=NSID    show only this namespace (default: every active namespace)
   --discover   --ctrl=nvme+tcp://HOST[:PORT]: list the subsystems the target offers (its Discovery Log Page)
   --json       print one JSON object with the parsed structures

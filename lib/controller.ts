@@ -8,6 +8,7 @@
  *   Controller.open("05:00.0")                                        PCIe (sysfs, VFIO, disnvm)
  *   Controller.open("nvme+tcp://10.0.0.5:4420/nqn.2024-01.io.x:sub1")  NVMe/TCP
  *   Controller.discover("nvme+tcp://10.0.0.5:4420")                    the subsystems a target offers
+ *   Controller.open("unix:/run/libnvm/0000:05:00.0.sock")              served by another process (lib/share)
  */
 import { closeSync } from "node:fs";
 import { ClosedError, InvalidArgumentError, NvmeStatusError, UnsupportedError } from "./errors.ts";
@@ -25,14 +26,16 @@ import { PcieTransport, readRegisters, type PcieOptions } from "./transports/pci
 import { TcpTransport, discover, type DiscoveryResult, type TcpOptions } from "./transports/tcp/transport.ts";
 import type { TcpQueue } from "./transports/tcp/queue.ts";
 import { isTcpTarget } from "./transports/tcp/uri.ts";
-import type { AdminAsyncOptions, ControllerTransport, MapDmaBufOptions, NvmeIoQueue, RegisterSnapshot, TransportKind } from "./transports/types.ts";
+import { ShareClientTransport, type ShareClientOptions } from "./share/client.ts";
+import { unixPath } from "./share/link.ts";
+import type { AdminAsyncOptions, AdminExecOptions, AdminResult, AdminTransfer, ControllerTransport, ForeignQueueHost, MapDmaBufOptions, NvmeIoQueue, RegisterSnapshot, TransportKind } from "./transports/types.ts";
 
 const HOST_PAGE_SHIFT = 12;
 
 export type { AdminAsyncOptions, MapDmaBufOptions, RegisterSnapshot } from "./transports/types.ts";
 export { readRegisters } from "./transports/pcie/transport.ts";
 
-export interface ControllerOptions extends PcieOptions, TcpOptions {
+export interface ControllerOptions extends PcieOptions, TcpOptions, ShareClientOptions {
   /** Close this controller on SIGINT, SIGTERM and SIGHUP, then exit with 128+signal. Defaults to true. */
   readonly handleSignals?: boolean;
   /** Largest transfer per command when the controller sets no limit (MDTS = 0). Defaults to 2 MiB. */
@@ -135,10 +138,19 @@ export class Controller {
    *   the backend `opts.backend` picks (resolveController): disable, program AQA/ASQ/ACQ, enable;
    * - nvme+tcp://HOST[:PORT]/SUBNQN[?options] (or SPDK's "trtype:TCP traddr:... trsvcid:...
    *   subnqn:..."): NVMe/TCP: connect the admin queue (ICReq, Connect), properties, enable. Without
-   *   a SUBNQN it opens the target's discovery controller (Controller.discover() lists subsystems).
+   *   a SUBNQN it opens the target's discovery controller (Controller.discover() lists subsystems);
+   * - unix:PATH: a controller another process serves (examples/serve.ts, lib/share/server.ts): admin
+   *   commands go through that server, I/O queues live in this process's memory and are driven
+   *   from here as any PCIe queue.
    */
   static open(target: string, opts: ControllerOptions = {}): Controller {
-    const t: ControllerTransport = isTcpTarget(target) ? TcpTransport.connect(target, opts) : PcieTransport.open(pcieTarget(target, opts), pcieOptions(target, opts));
+    const socket = unixPath(target);
+    const t: ControllerTransport =
+      socket !== undefined
+        ? ShareClientTransport.connect(socket, opts)
+        : isTcpTarget(target)
+          ? TcpTransport.connect(target, opts)
+          : PcieTransport.open(pcieTarget(target, opts), pcieOptions(target, opts));
     return new Controller(t, opts);
   }
 
@@ -179,6 +191,7 @@ export class Controller {
 
   /** The PCIe backend (sysfs, VFIO, disnvm) reaching the controller. UnsupportedError over TCP. */
   get backend(): Backend {
+    if (this.#t instanceof ShareClientTransport) return this.#t.backend;
     return this.#pcie("backend").backend;
   }
 
@@ -237,6 +250,21 @@ export class Controller {
   adminCommand(c: cmd.Command, opts?: ExecOptions): Completion {
     this.#check();
     return this.#t.adminCommand(c, opts);
+  }
+
+  /**
+   * @internal Run an admin command with its data (to the host: a copy comes back; to the
+   * controller: at most 4096 bytes). A non-zero status throws NvmeStatusError. For layers that
+   * forward commands (lib/share/server.ts); applications use the named methods.
+   */
+  adminData(c: cmd.Command, data: AdminTransfer | undefined, opts?: AdminExecOptions): AdminResult {
+    this.#check();
+    return this.#t.adminData(c, data, opts);
+  }
+
+  /** @internal I/O queues other processes own, created through this controller (lib/share/server.ts). PCIe only. */
+  foreignQueues(): ForeignQueueHost {
+    return this.#pcie("queues in another process's memory");
   }
 
   #identify(cns: number, nsid: number): Uint8Array {

@@ -22,7 +22,9 @@ export type NvmeErrorCode =
   | "ERR_NVME_CONNECTION"
   | "ERR_NVME_PROTOCOL"
   | "ERR_NVME_DIGEST"
-  | "ERR_NVME_SMARTIO";
+  | "ERR_NVME_SMARTIO"
+  | "ERR_NVME_SHARE"
+  | "ERR_NVME_SHARE_PROTOCOL";
 
 export abstract class NvmeError extends Error {
   abstract readonly code: NvmeErrorCode;
@@ -332,5 +334,58 @@ export class SmartIoError extends NvmeError {
     this.sciError = opts.sciError;
     this.sciText = opts.sciText;
     this.errno = opts.errno;
+  }
+}
+
+/** Why a shared controller's server (lib/share/) refused a request, or could not be used. */
+export type ShareErrorReason =
+  /** The server's filter refuses the command for clients (reset, format, firmware, ...): its --allow grants it. */
+  | "refused"
+  /** The client holds as many I/O queues as the server grants one client (--queues). */
+  | "quota"
+  /** The server does not serve this client's uid (SO_PEERCRED): run as the server's user, or add the uid with --uid. */
+  | "peer"
+  /** The queue named is not one of this client's. */
+  | "not-owner"
+  /** No server listens at the path, the connection was refused, or the server closed it (it exited or died). */
+  | "server-gone"
+  /** The server did not answer within the request's deadline. */
+  | "timeout"
+  /** The server and the client speak different protocol versions. */
+  | "version"
+  /** The server could not carry the request out (the controller failed it without a status). */
+  | "failed";
+
+/**
+ * A shared controller (Controller.open("unix:PATH"), lib/share/): the server refused a request,
+ * is gone, or did not answer in time. `reason` says which; the message says what to do.
+ */
+export class ShareError extends NvmeError {
+  override readonly name = "ShareError";
+  readonly code = "ERR_NVME_SHARE" as const;
+  constructor(
+    message: string,
+    readonly reason: ShareErrorReason,
+    /** The socket (or other rendezvous) the client or server uses, e.g. "unix:/run/libnvm/0000:05:00.0.sock". */
+    readonly address: string,
+  ) {
+    super(message);
+  }
+}
+
+/**
+ * A message of the sharing protocol (lib/share/protocol.ts) broke its rules: bad magic or
+ * version, a length past the limit, a body shorter than its type needs, an unknown type, a request
+ * id replayed. `violation` is a short stable name of the rule ("magic", "truncated", "oversized",
+ * "replayed", ...).
+ */
+export class ShareProtocolError extends NvmeError {
+  override readonly name = "ShareProtocolError";
+  readonly code = "ERR_NVME_SHARE_PROTOCOL" as const;
+  constructor(
+    message: string,
+    readonly violation: string,
+  ) {
+    super(message);
   }
 }

@@ -49,3 +49,6 @@ export { IoQueue, IoCompletionQueue, STATUS_ABORTED_BY_HOST, STATUS_SQ_DELETION,
 export * as sgl from "./sgl.ts";
 export { exportIoQueue, exportBuffer, attachIoQueue, type SharedIoQueue, type SharedMapping, type AttachedIoQueue } from "./worker.ts";
 export * from "./gpu/index.ts";
+export { ShareServer, SHARE_GRANTS, defaultSocketPath, type ShareServerOptions, type ShareGrant, type ShareClientInfo } from "./share/server.ts";
+export type { ShareClientOptions } from "./share/client.ts";
+export * as shareProtocol from "./share/protocol.ts";

@@ -11,7 +11,7 @@ import { existsSync } from "node:fs";
 import { join } from "node:path";
 import { NativeError } from "./errors.ts";
 
-const ABI_VERSION = 5;
+const ABI_VERSION = 6;
 const LIB_FILE = "libnvm-native.so";
 const PKG_ROOT = join(import.meta.dir, "..");
 
@@ -31,6 +31,7 @@ const symbols = {
   nvm_fence_release: { args: [], returns: VOID },
   // DMA memory
   nvm_dma_alloc: { args: [u32, u32], returns: P },
+  nvm_dma_alloc_fd: { args: [u32, u32, P], returns: P },
   nvm_dma_free: { args: [P, u32, u32], returns: i32 },
   nvm_phys_addrs: { args: [P, u32, P], returns: i32 },
   nvm_host_alloc: { args: [u32], returns: P },
@@ -73,6 +74,16 @@ const symbols = {
   nvm_tcp_shutdown: { args: [i32], returns: i32 },
   nvm_tcp_close: { args: [i32], returns: i32 },
   nvm_tcp_peer: { args: [i32, P], returns: i32 },
+  // Unix sockets (sharing a controller: lib/share/): fds as i32
+  nvm_unix_connect: { args: [P, u32], returns: i32 },
+  nvm_unix_listen: { args: [P, u32, u32], returns: i32 },
+  nvm_unix_accept: { args: [i32, P], returns: i32 },
+  nvm_unix_peercred: { args: [i32, P], returns: i32 },
+  nvm_unix_send: { args: [i32, P, u32, u32], returns: i32 },
+  nvm_unix_recv: { args: [i32, P, u32, u32], returns: i32 },
+  nvm_unix_send_fd: { args: [i32, P, u32, i32, u32], returns: i32 },
+  nvm_unix_recv_fds: { args: [i32, P, u32, P, u32, u32], returns: i32 },
+  nvm_unix_close: { args: [i32], returns: i32 },
   nvm_crc32c: { args: [P, u32, u32], returns: u32 },
   nvm_crc32c_impl: { args: [], returns: u32 },
   nvm_crc32c_sw: { args: [P, u32, u32], returns: u32 },
@@ -98,6 +109,7 @@ export interface NativeLib {
   nvm_doorbell(base: Pointer, offset: number, value: number): void;
   nvm_fence_release(): void;
   nvm_dma_alloc(size: number, flags: number): Pointer | null;
+  nvm_dma_alloc_fd(size: number, flags: number, fdOut: Pointer): Pointer | null;
   nvm_dma_free(addr: Pointer, size: number, flags: number): number;
   nvm_phys_addrs(addr: Pointer, npages: number, out: Pointer): number;
   nvm_host_alloc(size: number): Pointer | null;
@@ -138,6 +150,16 @@ export interface NativeLib {
   nvm_tcp_shutdown(fd: number): number;
   nvm_tcp_close(fd: number): number;
   nvm_tcp_peer(fd: number, out: Pointer): number;
+  // Unix sockets (sharing a controller)
+  nvm_unix_connect(path: Buffer, timeoutMs: number): number;
+  nvm_unix_listen(path: Buffer, mode: number, backlog: number): number;
+  nvm_unix_accept(fd: number, cred: Pointer): number;
+  nvm_unix_peercred(fd: number, cred: Pointer): number;
+  nvm_unix_send(fd: number, buf: Pointer | number, len: number, timeoutMs: number): number;
+  nvm_unix_recv(fd: number, buf: Pointer | number, len: number, timeoutUs: number): number;
+  nvm_unix_send_fd(fd: number, buf: Pointer | number, len: number, passfd: number, timeoutMs: number): number;
+  nvm_unix_recv_fds(fd: number, buf: Pointer | number, len: number, fds: Pointer, maxFds: number, timeoutUs: number): number;
+  nvm_unix_close(fd: number): number;
   nvm_crc32c(data: Pointer | number, len: number, prev: number): number;
   nvm_crc32c_impl(): number;
   nvm_crc32c_sw(data: Pointer | number, len: number, prev: number): number;
@@ -237,7 +259,9 @@ const errnoNames: Record<number, string> = {
   19: "ENODEV",
   22: "EINVAL",
   25: "ENOTTY",
+  11: "EAGAIN",
   32: "EPIPE",
+  36: "ENAMETOOLONG",
   98: "EADDRINUSE",
   99: "EADDRNOTAVAIL",
   101: "ENETUNREACH",

@@ -25,7 +25,7 @@ extern "C" {
 #endif
 
 /* Version of this ABI; lib/native.ts refuses a library with another one. */
-#define NVM_NATIVE_ABI 5
+#define NVM_NATIVE_ABI 6
 NVM_API uint32_t nvm_abi_version(void);
 
 /* errno of the last failed call on this thread (0 after a success). */
@@ -59,6 +59,11 @@ NVM_API void nvm_fence_release(void);
  * nvm_last_error(): ENOMEM with NVM_DMA_HUGE when the 2 MiB pool (/sys/kernel/mm/hugepages/hugepages-2048kB)
  * has too few free pages. nvm_dma_free() of a 2 MiB-aligned part of a NVM_DMA_HUGE allocation frees that part. */
 NVM_API void *nvm_dma_alloc(uint32_t size, uint32_t flags);
+/* As nvm_dma_alloc, but the memory is a memfd's (hugetlb with NVM_DMA_HUGE), mapped shared: its
+ * descriptor in *fd_out (close-on-exec), to hand to another process that must keep the pages
+ * alive (a served controller's server: lib/share). The pages live while the mapping or any
+ * descriptor of the memfd does; nvm_dma_free unmaps, close() drops the descriptor. */
+NVM_API void *nvm_dma_alloc_fd(uint32_t size, uint32_t flags, int32_t *fd_out);
 NVM_API int32_t nvm_dma_free(void *addr, uint32_t size, uint32_t flags);
 
 /* Physical address of each 4 KiB page of [addr, addr + npages*4096) from /proc/self/pagemap, as
@@ -190,6 +195,36 @@ NVM_API int32_t nvm_tcp_shutdown(int32_t fd);
 NVM_API int32_t nvm_tcp_close(int32_t fd);
 /* out[2]: local and peer port of a connected socket. */
 NVM_API int32_t nvm_tcp_peer(int32_t fd, uint32_t *out);
+
+/* --- Unix sockets (sharing a controller: lib/share/) ------------------------------------------ */
+
+/* Connect a non-blocking, close-on-exec stream socket to the Unix socket at `path` (retrying while
+ * the server's backlog is full, at most timeout_ms): the fd, or -errno (-ENOENT: no socket there;
+ * -ECONNREFUSED: nobody listens; -EACCES; -ETIMEDOUT; -ENAMETOOLONG). */
+NVM_API int32_t nvm_unix_connect(const char *path, uint32_t timeout_ms);
+/* Bind and listen on a Unix socket at `path` with permissions `mode` (never wider, even during the
+ * bind): the non-blocking, close-on-exec fd, or -errno (-EADDRINUSE: the path exists). */
+NVM_API int32_t nvm_unix_listen(const char *path, uint32_t mode, uint32_t backlog);
+/* Accept one connection without waiting: its non-blocking, close-on-exec fd with the peer's pid,
+ * uid and gid (SO_PEERCRED) in cred[3], or -EAGAIN when none is pending, or -errno. */
+NVM_API int32_t nvm_unix_accept(int32_t fd, uint32_t *cred);
+/* SO_PEERCRED of a connected socket: pid, uid, gid into cred[3]. */
+NVM_API int32_t nvm_unix_peercred(int32_t fd, uint32_t *cred);
+/* Send all `len` bytes, waiting (poll) at most timeout_ms in all: 0, -ETIMEDOUT (part may have
+ * gone: close the socket), or -errno (-EPIPE, -ECONNRESET). No SIGPIPE. */
+NVM_API int32_t nvm_unix_send(int32_t fd, const void *buf, uint32_t len, uint32_t timeout_ms);
+/* Receive up to `len` bytes: the count (> 0); 0 when none arrived within timeout_us (0: do not
+ * wait); -ENOTCONN when the peer closed (or died); -errno. */
+NVM_API int32_t nvm_unix_recv(int32_t fd, void *buf, uint32_t len, uint32_t timeout_us);
+/* Send `len` bytes with descriptor `passfd` attached (SCM_RIGHTS, with the first byte), within
+ * timeout_ms: 0 or -errno, as nvm_unix_send. */
+NVM_API int32_t nvm_unix_send_fd(int32_t fd, const void *buf, uint32_t len, int32_t passfd, uint32_t timeout_ms);
+/* Receive up to `len` bytes, waiting at most timeout_us (0: do not wait), and the descriptors that
+ * came with them (close-on-exec): fds[0] their count, fds[1..] the descriptors (at most
+ * max_fds <= 16; more are closed). The bytes read (> 0), 0 when none, -ENOTCONN when the peer
+ * closed, -errno. */
+NVM_API int32_t nvm_unix_recv_fds(int32_t fd, void *buf, uint32_t len, int32_t *fds, uint32_t max_fds, uint32_t timeout_us);
+NVM_API int32_t nvm_unix_close(int32_t fd);
 
 /* CRC-32C (Castagnoli) of len bytes, continuing from `prev` (a finished CRC; 0 to start):
  * nvm_crc32c(b, nb, nvm_crc32c(a, na, 0)) is the CRC of a then b. SSE4.2 when the CPU has it. */

@@ -2,6 +2,7 @@
 #include <fcntl.h>
 #include <stdlib.h>
 #include <sys/mman.h>
+#include <linux/memfd.h>
 #include <sys/resource.h>
 #include <unistd.h>
 #include "common.h"
@@ -47,6 +48,43 @@ void *nvm_dma_alloc(uint32_t size, uint32_t flags)
     madvise(p, len, MADV_DONTFORK);
     nvm_errno_tls = 0;
     return p;
+}
+
+void *nvm_dma_alloc_fd(uint32_t size, uint32_t flags, int32_t *fd_out)
+{
+    uint32_t len = round_size(size, flags);
+    if (size == 0 || len == 0)
+        return nvm_fail_null(EINVAL);
+    unsigned int mfd = MFD_CLOEXEC;
+    if (flags & NVM_DMA_HUGE)
+        mfd |= MFD_HUGETLB | MFD_HUGE_2MB;
+    int fd = memfd_create("libnvm-dma", mfd);
+    if (fd < 0)
+        return nvm_fail_null(errno);
+    int err;
+    if (ftruncate(fd, len) != 0) {
+        err = errno;
+        goto fail_fd;
+    }
+    void *p = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_POPULATE, fd, 0);
+    if (p == MAP_FAILED) {
+        err = errno;
+        goto fail_fd;
+    }
+    if (!(flags & NVM_DMA_NOLOCK) && mlock(p, len) != 0) {
+        err = errno;
+        munmap(p, len);
+        goto fail_fd;
+    }
+    /* A shared mapping is not copied on write by a fork()ed child, but the child would hold the pages. */
+    madvise(p, len, MADV_DONTFORK);
+    *fd_out = fd;
+    nvm_errno_tls = 0;
+    return p;
+fail_fd:
+    close(fd);
+    /* A hugetlb memfd whose pages are not there fails the populate or the first touch with ENOMEM or EFAULT/SIGBUS: ENOMEM for the caller. */
+    return nvm_fail_null(err == EFAULT || err == EINVAL ? ENOMEM : err);
 }
 
 int32_t nvm_dma_free(void *addr, uint32_t size, uint32_t flags)

@@ -15,7 +15,8 @@ import { BAR0_MIN_SIZE, CSTS_RDY, REG_ALL_ONES, REG_CSTS } from "../spec/registe
 import { freeLive } from "./dma-common.ts";
 import { dmaBufUnsupported } from "./dmabuf.ts";
 import { HugepagePool } from "./hugepages.ts";
-import { HugetlbProvider } from "./hugetlb.ts";
+import { HugetlbProvider, type MemoryHolder } from "./hugetlb.ts";
+import { HugepageReservation } from "./hugepage-reserve.ts";
 import type { Backend, DmaMapping, DmaOptions } from "./types.ts";
 
 export class SysfsBackend implements Backend {
@@ -29,8 +30,12 @@ export class SysfsBackend implements Backend {
   readonly #pool: HugepagePool;
   #closed = false;
 
-  /** Open the controller at `bdf`; throws DeviceError/PermissionError with the command that fixes it. */
-  constructor(bdf: string) {
+  /**
+   * Open the controller at `bdf`; throws DeviceError/PermissionError with the command that fixes it.
+   * With `holder` (a client of a served controller, lib/share) every hugepage mapping is a memfd
+   * the holder keeps alive until this process's queues are gone.
+   */
+  constructor(bdf: string, opts: { readonly holder?: MemoryHolder } = {}) {
     this.name = parseBdf(bdf);
     this.device = findPciDevice(this.name);
     if (this.device.driver) {
@@ -65,7 +70,7 @@ export class SysfsBackend implements Backend {
       throw new DeviceError(`${this.name}: BAR0 is ${this.bar0Size} bytes, too small for NVMe registers (${BAR0_MIN_SIZE})`);
     }
     this.#commandBefore = enableBusMaster(this.device);
-    this.#pool = new HugepagePool(new HugetlbProvider());
+    this.#pool = new HugepagePool(new HugetlbProvider(new HugepageReservation(), opts.holder));
   }
 
   /** Hugepages this backend has mapped now (each holds up to 512 runs of 4 KiB pages). */

@@ -15,7 +15,7 @@ import type { Pointer } from "bun:ffi";
 import { toArrayBuffer } from "bun:ffi";
 import { existsSync, readdirSync, readlinkSync } from "node:fs";
 import { basename, join } from "node:path";
-import { DeviceError, NativeError, PermissionError } from "../errors.ts";
+import { DeviceError, InvalidArgumentError, NativeError, PermissionError } from "../errors.ts";
 import { IovaAllocator, iovaGranule, join64, type IovaRange } from "../iova.ts";
 import { check, checkPtr, cstr, errnoName, native } from "../native.ts";
 import { findPciDevice, parseBdf, PCI_COMMAND, PCI_COMMAND_MASTER, PCI_COMMAND_MEMORY, type PciDevice } from "../pci.ts";
@@ -115,6 +115,8 @@ export class VfioBackend implements Backend {
   readonly iommu: IommuInfo;
   /** COMMAND register as found at open, restored by close(). */
   readonly commandBefore: number;
+  /** Where BAR0 lies in the device file (the VFIO region offset), for a process handed the device fd. */
+  readonly bar0Offset: number;
   readonly #fds: { container: number; group: number; device: number };
   readonly #config: Region;
   readonly #iova: IovaAllocator;
@@ -206,6 +208,7 @@ export class VfioBackend implements Backend {
       }
       this.bar0 = bar0;
       this.bar0Size = bar0Size;
+      this.bar0Offset = bar.offset;
 
       this.#config = this.#region(VFIO_PCI_CONFIG_REGION_INDEX);
       // Memory Space Enable for BAR0, Bus Master Enable for DMA (through VFIO's virtualised COMMAND register).
@@ -420,6 +423,54 @@ export class VfioBackend implements Backend {
       check(rc, "VFIO_IOMMU_UNMAP_DMA", this.name);
       check(freed, "nvm_dma_free");
     });
+  }
+
+  /** The VFIO device's descriptor (for a client of a served controller: its BAR0 mapping). Owned here. */
+  get deviceFd(): number {
+    this.#check();
+    return this.#fds.device;
+  }
+
+  /**
+   * Map `bytes` of another process's memory, the memfd `fd` (lib/share: a client's DMA memory),
+   * for the device at a fresh IOVA range: the IOMMU pins its pages. release() unmaps it from the
+   * IOMMU (the controller can no longer reach it) and from this process; it does not close `fd`.
+   */
+  mapForeign(fd: number, bytes: number): { iova: number; release(): void } {
+    this.#check();
+    const granule = this.#iova.granule;
+    if (!Number.isSafeInteger(bytes) || bytes <= 0 || bytes % granule !== 0 || bytes > 0xffff_f000) {
+      throw new InvalidArgumentError(`foreign DMA memory of ${bytes} bytes: whole IOMMU pages of ${granule} bytes, at most 4 GiB - 4 KiB`);
+    }
+    const n = native();
+    const path = `/proc/self/fd/${fd}`;
+    const vaddr = n.nvm_map_file(cstr(path), 0, bytes, null);
+    if (vaddr === null) throw new NativeError(`cannot map the client's memory (${path}): ${errnoName(n.nvm_last_error())}`, n.nvm_last_error(), "mmap", path);
+    let iova: number;
+    try {
+      iova = this.#iova.alloc(bytes);
+    } catch (e) {
+      n.nvm_unmap(vaddr, bytes);
+      throw e;
+    }
+    const rc = n.nvm_vfio_dma_map(this.#fds.container, vaddr, iova % TWO32, Math.floor(iova / TWO32), bytes, MAP_READ | MAP_WRITE);
+    if (rc < 0) {
+      this.#iova.free(iova);
+      n.nvm_unmap(vaddr, bytes);
+      throw new NativeError(`VFIO_IOMMU_MAP_DMA of a client's ${bytes} bytes at IOVA ${hex(iova)} failed: ${errnoName(-rc)}`, -rc, "VFIO_IOMMU_MAP_DMA", this.name);
+    }
+    let released = false;
+    return {
+      iova,
+      release: () => {
+        if (released || this.#closed) return;
+        released = true;
+        const u = n.nvm_vfio_dma_unmap(this.#fds.container, iova % TWO32, Math.floor(iova / TWO32), bytes);
+        // Never reuse an IOVA the IOMMU may still map.
+        if (u === 0) this.#iova.free(iova);
+        n.nvm_unmap(vaddr, bytes);
+      },
+    };
   }
 
   setBusMaster(enabled: boolean): void {

@@ -173,6 +173,26 @@ export interface PollingOptions {
 }
 
 /**
+ * I/O queues whose rings another process owns (a client of lib/share/server.ts): created and
+ * deleted through this controller's admin queue, with ids this controller's own queues never take.
+ * Only transports with memory rings have it (PCIe).
+ */
+export interface ForeignQueueHost {
+  /** Reserve a free SQ id and CQ id (none of ours, none reserved before). InvalidArgumentError when none is left. */
+  reserveForeignQueue(): { sqid: number; cqid: number };
+  /** Give back ids reserveForeignQueue() returned that createForeignQueue() did not use (or whose queue is deleted). */
+  releaseForeignQueue(sqid: number, cqid: number): void;
+  /** Create I/O CQ `cqid` at `cqBus`, then I/O SQ `sqid` at `sqBus` bound to it (ids reserved first). */
+  createForeignQueue(sqid: number, cqid: number, entries: number, sqBus: number, cqBus: number, opts?: AdminExecOptions): void;
+  /**
+   * Delete I/O SQ `sqid` (the controller ends what is outstanding on it first), then CQ `cqid`, and
+   * release both ids. Once it returns the controller no longer reaches the rings or any command's
+   * data. A status error (the queue was lost to a controller reset) still releases the ids.
+   */
+  deleteForeignQueue(sqid: number, cqid: number, opts?: AdminExecOptions): void;
+}
+
+/**
  * A controller reached through one transport, brought to CSTS.RDY = 1 by its open: what the
  * Controller's NVMe logic runs on. Each transport keeps its own recovery (PCIe: Abort, then a
  * controller reset; TCP: the connection closed, then a reconnect).

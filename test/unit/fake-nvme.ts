@@ -136,6 +136,11 @@ export class FakeNvme {
   gone = false;
   /** Doorbell writes for queues that do not exist (ignored, as a controller does). */
   invalidDoorbells = 0;
+  /**
+   * Memory of other processes (or threads) the controller may reach: the host address of the page
+   * at bus address `page`, or undefined. For clients of a shared controller (test/unit/share).
+   */
+  foreign: ((page: number) => number | undefined) | null = null;
   /** Times CC.EN went from 1 to 0 with the controller obeying. */
   disables = 0;
   readonly media = new Map<number, Uint8Array>();
@@ -286,6 +291,8 @@ export class FakeNvme {
         }
       }
     }
+    const other = this.foreign?.(page);
+    if (other !== undefined) return new Uint8Array(toArrayBuffer(other as Pointer, inPage, len));
     this.dmaViolations.push(`${why}: bus 0x${bus.toString(16)} is not mapped`);
     return undefined;
   }

@@ -229,6 +229,8 @@ export const SUITES: readonly Suite[] = [
     prelude: `tcpenv="$(bash test/hw-tcp/target.sh)" || { echo "the nvmet target did not come up"; exit 95; }; set -a; eval "$tcpenv"; set +a`,
   },
   { name: "faults", dir: "./test/hw-faults", config: FAULT_CONFIG },
+  // One controller, several processes (lib/share): examples/serve.ts owns it through sysfs, clients use unix:PATH.
+  { name: "share", dir: "./test/hw-share", config: TEST_CONFIG },
   { name: "vfio", dir: "./test/hw-vfio", config: IOMMU_CONFIG },
   {
     name: "vfio-io",
@@ -236,6 +238,15 @@ export const SUITES: readonly Suite[] = [
     // The SmartIO backend through the fake SISCI lends this same vfio-pci-bound controller: its
     // file rides on this boot rather than paying for one of its own (--suite smartio runs it alone).
     more: [...COMMON, SMARTIO],
+    config: IOMMU_CONFIG,
+    prelude: bindTo("vfio-pci", "modprobe -d $LIBNVM_VM_MODROOT vfio-pci"),
+    env: { LIBNVM_TEST_BACKEND: "vfio" },
+  },
+  {
+    // The sharing suite again with the server on VFIO: clients map BAR0 through the device fd it
+    // passes, and their memory is mapped in its IOMMU container.
+    name: "share-vfio",
+    dir: "./test/hw-share",
     config: IOMMU_CONFIG,
     prelude: bindTo("vfio-pci", "modprobe -d $LIBNVM_VM_MODROOT vfio-pci"),
     env: { LIBNVM_TEST_BACKEND: "vfio" },

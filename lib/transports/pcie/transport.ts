@@ -39,7 +39,7 @@ import {
   type Capabilities,
 } from "../../spec/registers.ts";
 import { SC_ABORT_REQUESTED, SCT_GENERIC } from "../../spec/status.ts";
-import type { AdminAsyncOptions, AdminResult, AdminTransfer, ControllerHooks, ControllerTransport, MapDmaBufOptions, RegisterSnapshot, TransportOptions } from "../types.ts";
+import type { AdminAsyncOptions, AdminExecOptions, AdminResult, AdminTransfer, ControllerHooks, ControllerTransport, ForeignQueueHost, MapDmaBufOptions, RegisterSnapshot, TransportOptions } from "../types.ts";
 
 const HOST_PAGE_SHIFT = 12;
 
@@ -69,7 +69,7 @@ export interface PcieOptions extends TransportOptions {
   readonly polling?: PollingOptions;
 }
 
-export class PcieTransport implements ControllerTransport {
+export class PcieTransport implements ControllerTransport, ForeignQueueHost {
   readonly kind = "pcie" as const;
   readonly backend: Backend;
   readonly cap: Capabilities;
@@ -83,6 +83,9 @@ export class PcieTransport implements ControllerTransport {
   #scratch: DmaBuffer;
   readonly #sqs = new Map<number, IoQueue>();
   readonly #cqs = new Map<number, IoCompletionQueue>();
+  /** Queue ids held for other processes' queues (lib/share/server.ts), SQ id → CQ id, and whether created. */
+  readonly #foreign = new Map<number, { cqid: number; created: boolean }>();
+  readonly #foreignCqs = new Set<number>();
   #granted: { sqs: number; cqs: number } | undefined;
   /** Memory a failed command may still point the controller at: freed only once it is disabled. */
   readonly #deferred: { free(): void }[] = [];
@@ -477,14 +480,16 @@ export class PcieTransport implements ControllerTransport {
   }
 
   #pickQid(used: Map<number, unknown>, max: number, wanted: number | undefined, what: string): number {
+    const foreign: { has(q: number): boolean } = used === this.#sqs ? this.#foreign : used === this.#cqs ? this.#foreignCqs : new Set<number>();
     if (wanted !== undefined) {
       if (!Number.isInteger(wanted) || wanted < 1 || wanted > max) {
         throw new InvalidArgumentError(`${what} id ${wanted}: the controller granted ids 1 to ${max} (Number of Queues)`);
       }
       if (used.has(wanted)) throw new InvalidArgumentError(`${what} ${wanted} already exists on ${this.backend.name}`);
+      if (foreign.has(wanted)) throw new InvalidArgumentError(`${what} ${wanted} is held by a client this process serves (lib/share)`);
       return wanted;
     }
-    for (let q = 1; q <= max; q++) if (!used.has(q)) return q;
+    for (let q = 1; q <= max; q++) if (!used.has(q) && !foreign.has(q)) return q;
     throw new InvalidArgumentError(`all ${max} ${what}s the controller granted are in use: delete one first`);
   }
 
@@ -593,6 +598,63 @@ export class PcieTransport implements ControllerTransport {
     cq.free();
   }
 
+
+  // ---- queues other processes own (lib/share/server.ts) -------------------------------------
+
+  reserveForeignQueue(): { sqid: number; cqid: number } {
+    this.check();
+    const granted = this.ioQueuesGranted();
+    const sqid = this.#pickQid(this.#sqs, granted.sqs, undefined, "I/O submission queue");
+    const cqid = this.#pickQid(this.#cqs, granted.cqs, undefined, "I/O completion queue");
+    this.#foreign.set(sqid, { cqid, created: false });
+    this.#foreignCqs.add(cqid);
+    return { sqid, cqid };
+  }
+
+  releaseForeignQueue(sqid: number, cqid: number): void {
+    const f = this.#foreign.get(sqid);
+    if (!f || f.cqid !== cqid) return;
+    this.#foreign.delete(sqid);
+    this.#foreignCqs.delete(cqid);
+  }
+
+  createForeignQueue(sqid: number, cqid: number, entries: number, sqBus: number, cqBus: number, opts: AdminExecOptions = {}): void {
+    this.check();
+    const f = this.#foreign.get(sqid);
+    if (!f || f.cqid !== cqid || f.created) throw new InvalidArgumentError(`SQ ${sqid} / CQ ${cqid} were not reserved for a client, or already created`);
+    this.#checkEntries(entries);
+    this.admin.execute(cmd.createIoCq(cqid, entries, cqBus), { ...opts, detail: `QID ${cqid}, ${entries} entries, for a client` });
+    try {
+      this.admin.execute(cmd.createIoSq(sqid, entries, cqid, sqBus), { ...opts, detail: `QID ${sqid}, CQID ${cqid}, ${entries} entries, for a client` });
+    } catch (e) {
+      try {
+        this.admin.execute(cmd.deleteIoCq(cqid), opts);
+      } catch {
+        // The controller failed both: the reset that follows drops the CQ with everything else.
+      }
+      throw e;
+    }
+    f.created = true;
+  }
+
+  deleteForeignQueue(sqid: number, cqid: number, opts: AdminExecOptions = {}): void {
+    const f = this.#foreign.get(sqid);
+    if (!f || f.cqid !== cqid) return;
+    if (f.created && !this.#closed && !this.#failed) {
+      // Submission queue first: the controller ends every command of it (Base 2.0, 5.7) before it
+      // completes the deletion, so afterwards no data of the client moves; then the CQ.
+      for (const c of [cmd.deleteIoSq(sqid), cmd.deleteIoCq(cqid)]) {
+        try {
+          this.admin.execute(c, opts);
+        } catch (e) {
+          // A status: the controller has no such queue (a reset dropped it). Anything else: it may
+          // still reach the rings, so the ids stay held and the caller learns why.
+          if (!(e instanceof NvmeStatusError)) throw e;
+        }
+      }
+    }
+    this.releaseForeignQueue(sqid, cqid);
+  }
 
   /** Every live I/O queue (for the Controller's checks and namespace format bookkeeping). */
   ioQueues(): IterableIterator<IoQueue> {
@@ -717,6 +779,9 @@ export class PcieTransport implements ControllerTransport {
       for (const q of this.#sqs.values()) if (!lent.has(q.qid) && !this.#leases.get(q.qid)?.abandoned) q.resetAfterDisable(fail);
       for (const cq of this.#cqs.values()) if (!lentCqs.has(cq)) cq.reset();
       this.admin.reset(fail);
+      // Queues of other processes (lib/share) are gone with the disable; their owners re-create
+      // them (createForeignQueue) or delete them (deleteForeignQueue then sends nothing).
+      for (const f of this.#foreign.values()) f.created = false;
       try {
         if (this.#masterCleared) {
           this.backend.setBusMaster(true);
@@ -961,6 +1026,19 @@ export class PcieTransport implements ControllerTransport {
       return csts !== REG_ALL_ONES && (csts & CSTS_RDY) !== 0;
     };
     const gone = (qid: number) => this.#leases.get(qid)?.abandoned === true;
+    // Queues other processes own (lib/share) first: their SQs, then their CQs.
+    for (const [sqid, f] of this.#foreign) {
+      step(() => {
+        if (f.created && ready() && !this.#failed) this.admin.execute(cmd.deleteIoSq(sqid));
+      });
+    }
+    for (const [, f] of this.#foreign) {
+      step(() => {
+        if (f.created && ready() && !this.#failed) this.admin.execute(cmd.deleteIoCq(f.cqid));
+      });
+    }
+    this.#foreign.clear();
+    this.#foreignCqs.clear();
     // Submission queues first: a completion queue may not be deleted while an SQ uses it. Skipped
     // after a failed reset: the controller is then disabled or cut off the bus.
     for (const q of [...this.#sqs.values()].reverse()) {

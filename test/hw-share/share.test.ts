@@ -1,0 +1,271 @@
+/**
+ * One controller, several processes (lib/share/), through QEMU's controller and the sysfs backend
+ * (suite "share") or VFIO (suite "share-vfio": LIBNVM_TEST_BACKEND=vfio):
+ * examples/serve.ts owns it; clients (client.ts, and this test process) open unix:PATH, create
+ * queues at their own memory and do verified I/O on disjoint LBA ranges at once; a client killed
+ * with SIGKILL mid-I/O has its queues deleted by the server while the others carry on; a server
+ * killed with SIGKILL leaves its clients with ShareError on their next call, promptly.
+ */
+import { afterEach, expect, test } from "bun:test";
+import { readdirSync, readlinkSync } from "node:fs";
+import { join } from "node:path";
+import { Controller, Namespace, ShareError, defaultSocketPath, parseBdf } from "../../lib/index.ts";
+import { ctrlAddress, expectedBackend, REPO, requireExpected, waitForLine } from "../hw/common.ts";
+import { native } from "../../lib/native.ts";
+import { connectUnix } from "../../lib/share/link.ts";
+import { decodeBody, encode, FrameReader, type Reply, type Request } from "../../lib/share/protocol.ts";
+import { fillShare } from "./pattern.ts";
+
+type Proc = ReturnType<typeof Bun.spawn<"ignore", "pipe", "pipe">>;
+const procs: Proc[] = [];
+afterEach(async () => {
+  for (const p of procs.splice(0)) {
+    p.kill("SIGKILL");
+    await p.exited;
+  }
+});
+
+// Not LIBNVM_VM_XCHG: that is a 9p mount, where a Unix socket cannot be created.
+const tmp = "/run/libnvm";
+
+function spawn(args: string[]): Proc {
+  const p = Bun.spawn(["bun", ...args], { cwd: REPO, stdin: "ignore", stdout: "pipe", stderr: "pipe" });
+  procs.push(p);
+  return p;
+}
+
+/** Everything a stream still holds, read until it ends (the process exited) or `ms` pass. */
+async function rest(s: ReadableStream<Uint8Array>, ms = 10_000): Promise<string> {
+  const reader = s.getReader();
+  const dec = new TextDecoder();
+  let out = "";
+  const end = Date.now() + ms;
+  try {
+    while (Date.now() < end) {
+      const r = await Promise.race([reader.read(), Bun.sleep(Math.max(1, end - Date.now())).then(() => undefined)]);
+      if (!r || r.done) break;
+      out += dec.decode(r.value, { stream: true });
+    }
+  } finally {
+    reader.releaseLock();
+  }
+  return out;
+}
+
+async function serve(socket?: string, more: string[] = []): Promise<{ p: Proc; path: string }> {
+  const args = [join(REPO, "examples/serve.ts"), `--ctrl=${ctrlAddress()}`, ...(socket ? [`--socket=${socket}`] : []), ...more];
+  const p = spawn(args);
+  let line: string;
+  try {
+    line = await waitForLine(p.stdout, /^serving /, 60_000);
+  } catch (e) {
+    p.kill("SIGKILL");
+    throw new Error(`${(e as Error).message}; the server's stderr: ${await rest(p.stderr, 2000)}`);
+  }
+  const path = /at unix:(\S+)/.exec(line)![1]!;
+  return { p, path };
+}
+
+function client(path: string, nsid: number, first: number, blocks: number, seconds: number, seed: number): Proc {
+  return spawn([join(import.meta.dir, "client.ts"), `unix:${path}`, String(nsid), String(first), String(blocks), String(seconds), String(seed)]);
+}
+
+/** Check the last round a client reported against the media, from this process (through the server). */
+async function verifyRange(path: string, nsid: number, first: number, blocks: number, seed: number, round: number): Promise<void> {
+  using c = Controller.open(`unix:${path}`, { handleSignals: false });
+  const ns = new Namespace(c, nsid);
+  const per = Math.min(blocks, 64);
+  const buf = c.allocBuffer(per * ns.lbaSize);
+  const want = new Uint8Array(per * ns.lbaSize);
+  for (let lba = first; lba < first + blocks; lba += per) {
+    const n = Math.min(per, first + blocks - lba);
+    await ns.read(lba, n, buf);
+    fillShare(want, seed, round * 100_000 + lba);
+    expect(Buffer.compare(buf.bytes.subarray(0, n * ns.lbaSize), want.subarray(0, n * ns.lbaSize))).toBe(0);
+  }
+}
+
+test("two client processes do verified I/O on disjoint ranges at once, each through its own queue; the default socket is under /run/libnvm", async () => {
+  const nsid = requireExpected().namespaces[0]!.nsid;
+  const { path } = await serve();
+  expect(path).toBe(defaultSocketPath(parseBdf(ctrlAddress())));
+  const a = client(path, nsid, 0, 512, 4, 1);
+  const b = client(path, nsid, 1024, 512, 4, 2);
+  const qa = await waitForLine(a.stdout, /^ready qid \d+/, 60_000);
+  const qb = await waitForLine(b.stdout, /^ready qid \d+/, 60_000);
+  expect(qa).not.toBe(qb);
+  const [ca, cb] = [await a.exited, await b.exited];
+  const outA = await rest(a.stdout);
+  const outB = await rest(b.stdout);
+  expect({ ca, outA }).toMatchObject({ ca: 0 });
+  expect({ cb, outB }).toMatchObject({ cb: 0 });
+  const ra = Number(/^done (\d+)/m.exec(outA)![1]);
+  const rb = Number(/^done (\d+)/m.exec(outB)![1]);
+  expect(ra).toBeGreaterThan(0);
+  expect(rb).toBeGreaterThan(0);
+  await verifyRange(path, nsid, 0, 512, 1, ra);
+  await verifyRange(path, nsid, 1024, 512, 2, rb);
+});
+
+test("SIGKILL of one client mid-I/O: the server deletes its queue; the other client's I/O and data are unaffected", async () => {
+  const nsid = requireExpected().namespaces[0]!.nsid;
+  const { p: server, path } = await serve(join(tmp, "share-kill.sock"));
+  const victim = client(path, nsid, 4096, 1024, 30, 3);
+  const other = client(path, nsid, 8192, 512, 8, 4);
+  await waitForLine(victim.stdout, /^round 1$/, 60_000);
+  await waitForLine(other.stdout, /^ready/, 60_000);
+  // The server holds the clients' DMA memory (their hugetlb memfds), so a killed client's pages
+  // are not freed before its queues are deleted.
+  const memfds = readdirSync(`/proc/${server.pid}/fd`).filter((f) => {
+    try {
+      return readlinkSync(`/proc/${server.pid}/fd/${f}`).includes("memfd:libnvm-dma");
+    } catch {
+      return false;
+    }
+  });
+  expect(memfds.length).toBeGreaterThanOrEqual(2);
+  victim.kill("SIGKILL");
+  await victim.exited;
+  const code = await other.exited;
+  const out = await rest(other.stdout);
+  expect({ code, out }).toMatchObject({ code: 0 });
+  const round = Number(/^done (\d+)/m.exec(out)![1]);
+  await verifyRange(path, nsid, 8192, 512, 4, round);
+  // The server said it reclaimed the victim's queue (its log is on stderr).
+  server.kill("SIGTERM");
+  await server.exited;
+  const log = await rest(server.stderr);
+  expect(log).toMatch(new RegExp(`client \\d+ \\(pid ${victim.pid}\\) disconnected: deleted its 1 I/O queue, then released the \\d+ MiB of memory`));
+});
+
+test("SIGKILL of the server: a client's next call fails with ShareError 'server-gone' well within its deadline; its close() is bounded; the controller opens again", async () => {
+  const nsid = requireExpected().namespaces[0]!.nsid;
+  const { p: server, path } = await serve(join(tmp, "share-server-kill.sock"));
+  const c = Controller.open(`unix:${path}`, { handleSignals: false, timeoutMs: 5000 });
+  // The client reaches the controller the way its server does (sysfs, or VFIO through the server's container).
+  expect(c.backend.kind).toBe((expectedBackend() ?? "sysfs") as never);
+  const ns = new Namespace(c, nsid);
+  const buf = c.allocBuffer(4096);
+  await ns.read(0, 8, buf);
+  server.kill("SIGKILL");
+  await server.exited;
+  const t0 = performance.now();
+  let e: unknown;
+  try {
+    c.activeNamespaces();
+  } catch (x) {
+    e = x;
+  }
+  expect(e).toBeInstanceOf(ShareError);
+  expect((e as ShareError).reason).toBe("server-gone");
+  expect(performance.now() - t0).toBeLessThan(2000);
+  expect(() => c.createIoQueue()).toThrow(ShareError);
+  const t1 = performance.now();
+  c.close();
+  expect(performance.now() - t1).toBeLessThan(5000);
+  // The owner lock went with the server; a new owner resets the controller and works.
+  using again = Controller.open(ctrlAddress(), { handleSignals: false });
+  expect(again.activeNamespaces()).toContain(nsid);
+});
+
+test("a controller served with the default filter refuses a client's reset and Format NVM, and serves identify", async () => {
+  const { path } = await serve(join(tmp, "share-filter.sock"));
+  using c = Controller.open(`unix:${path}`, { handleSignals: false });
+  expect(c.info.sn.trim()).toBe(requireExpected().serial);
+  expect(() => c.reset()).toThrow(/--allow=reset/);
+  const e = await c.formatNvm(1, { lbaf: 0 }).catch((x: unknown) => x);
+  expect(e).toBeInstanceOf(ShareError);
+  expect((e as ShareError).reason).toBe("refused");
+});
+
+test("the tools take --ctrl=unix:PATH: identify, write-blocks, read-blocks, roundtrip, perf, and the libnvm command", async () => {
+  const ns1 = requireExpected().namespaces[0]!;
+  const { path } = await serve(join(tmp, "share-tools.sock"));
+  const ctrl = `--ctrl=unix:${path}`;
+  const run = async (args: string[]) => {
+    const p = spawn(args);
+    const code = await p.exited;
+    const out = await rest(p.stdout);
+    const err = await rest(p.stderr);
+    return { code, out, err };
+  };
+  const id = await run([join(REPO, "examples/identify.ts"), ctrl, "--json"]);
+  expect({ code: id.code, err: id.err }).toMatchObject({ code: 0 });
+  expect(id.out).toContain(requireExpected().serial);
+  const file = join(tmp, "share-tools.bin");
+  const data = new Uint8Array(16 * ns1.lbaSize);
+  crypto.getRandomValues(data);
+  await Bun.write(file, data);
+  const w = await run([join(REPO, "examples/write-blocks.ts"), ctrl, `--ns=${ns1.nsid}`, "--lba=30000", `--input=${file}`]);
+  expect({ code: w.code, err: w.err }).toMatchObject({ code: 0 });
+  const back = join(tmp, "share-tools.out");
+  const r = await run([join(REPO, "examples/read-blocks.ts"), ctrl, `--ns=${ns1.nsid}`, "--lba=30000", "--count=16", `--output=${back}`]);
+  expect({ code: r.code, err: r.err }).toMatchObject({ code: 0 });
+  expect(Buffer.compare(new Uint8Array(await Bun.file(back).arrayBuffer()), data)).toBe(0);
+  const rt = await run([join(REPO, "examples/roundtrip.ts"), ctrl, `--ns=${ns1.nsid}`, "--lba=31000", "--count=8", "--json"]);
+  expect({ code: rt.code, err: rt.err }).toMatchObject({ code: 0 });
+  const perf = await run([join(REPO, "examples/perf.ts"), ctrl, `--ns=${ns1.nsid}`, "--qd=4", "--ios=2000", "--json"]);
+  expect({ code: perf.code, err: perf.err }).toMatchObject({ code: 0 });
+  expect(JSON.parse(perf.out)).toBeDefined();
+  const cli = await run([join(REPO, "bin/libnvm.ts"), "id-ctrl", `unix:${path}`, "-o", "json"]);
+  expect({ code: cli.code, err: cli.err }).toMatchObject({ code: 0 });
+  expect(JSON.parse(cli.out).sn.trim()).toBe(requireExpected().serial);
+});
+
+test("perf: a client's I/O path costs what the owner's does (same IoQueue code; figures printed, TCG timing)", async () => {
+  const ns1 = requireExpected().namespaces[0]!;
+  const perf = async (ctrl: string) => {
+    const p = spawn([join(REPO, "examples/perf.ts"), `--ctrl=${ctrl}`, `--ns=${ns1.nsid}`, "--qd=8", "--ios=4000", "--seed=1", "--json"]);
+    const code = await p.exited;
+    const out = await rest(p.stdout);
+    const err = await rest(p.stderr);
+    expect({ code, err }).toMatchObject({ code: 0 });
+    return JSON.parse(out).total as { iops: number };
+  };
+  const owner = await perf(ctrlAddress());
+  const { p: server, path } = await serve(join(tmp, "share-perf.sock"));
+  const client = await perf(`unix:${path}`);
+  server.kill("SIGTERM");
+  await server.exited;
+  console.log(`share: perf 4k rand read qd 8, 4000 IOs: owner ${Math.round(owner.iops)} IOPS, client through unix: ${Math.round(client.iops)} IOPS (ratio ${(client.iops / owner.iops).toFixed(2)})`);
+  // Same code on both sides; under TCG the emulated controller dominates. A loose bound catches a
+  // client path that went through the server by mistake (every command a socket round trip).
+  expect(client.iops).toBeGreaterThan(owner.iops * 0.3);
+});
+
+test("a client's rings must lie in its own memory: through VFIO the server refuses others (it maps every client's memory itself)", async () => {
+  const { path } = await serve(join(tmp, "share-rings.sock"));
+  const conn = connectUnix(path, 5000);
+  const reader = new FrameReader();
+  const fds: number[] = [];
+  let id = 0;
+  const request = (msg: Request): Reply => {
+    conn.send(encode({ id: ++id, timeoutMs: 5000, msg }), 1000);
+    const end = Date.now() + 10_000;
+    for (;;) {
+      const raw = reader.next();
+      if (raw) return decodeBody(raw) as Reply;
+      if (Date.now() > end) throw new Error(`no reply to ${msg.type}`);
+      const got = conn.recvWithFds(50_000);
+      fds.push(...got.fds);
+      if (got.bytes.length) reader.push(got.bytes);
+    }
+  };
+  try {
+    expect(request({ type: "hello", pid: process.pid, label: "rings" }).type).toBe("hello-ok");
+    const ids = request({ type: "reserve-queue", entries: 4 });
+    if (ids.type !== "queue-ids") throw new Error(JSON.stringify(ids));
+    if (expectedBackend() === "vfio") {
+      // IOVAs this client never had mapped (the server's own, or another client's, could be there).
+      const r = request({ type: "create-queue", sqid: ids.sqid, cqid: ids.cqid, entries: 4, sqBus: 0x1000_0000, cqBus: 0x1000_1000 });
+      expect(r).toMatchObject({ type: "error", reason: "refused" });
+      expect((r as { message: string }).message).toContain("not in memory this client had the server map");
+    }
+    // sysfs: the server cannot know what a client owns (physical addresses): nothing to refuse. Either
+    // way the reservation goes back.
+    expect(request({ type: "delete-queue", sqid: ids.sqid }).type).toBe("ok");
+  } finally {
+    conn.close();
+    for (const fd of fds) native().nvm_unix_close(fd);
+  }
+});

@@ -1,0 +1,84 @@
+/** The Worker side of fixture.ts: a fake controller, a Controller on it, and a ShareServer. */
+import { parentPort } from "node:worker_threads";
+import { FakeNvme } from "../fake-nvme.ts";
+import { TABLE_ENTRIES } from "./fixture.ts";
+
+process.env.LIBNVM_LOCK_DIR ??= "/tmp";
+const { Controller } = await import("../../../lib/controller.ts");
+const { ShareServer } = await import("../../../lib/share/server.ts");
+
+let fake: FakeNvme | undefined;
+let ctrl: ReturnType<typeof Controller.openBackend> | undefined;
+let server: ReturnType<typeof ShareServer.listen> | undefined;
+let pump: ReturnType<typeof setInterval> | undefined;
+const log: string[] = [];
+
+function start(a: { socket: string; allow?: string[]; uids?: number[]; maxQueues?: number; timeoutMs?: number; table: Float64Array }): unknown {
+  const t = a.table;
+  fake = new FakeNvme({ namespaces: [{ nsid: 1, blocks: 4096, lbads: 9 }] }).install();
+  fake.foreign = (page) => {
+    for (let i = 0; i < TABLE_ENTRIES; i++) if (t[2 * i] === page) return t[2 * i + 1];
+    return undefined;
+  };
+  ctrl = Controller.openBackend(fake.backend, { handleSignals: false, timeoutMs: a.timeoutMs ?? 500, abortGraceMs: 200 });
+  server = ShareServer.listen(ctrl, {
+    socket: a.socket,
+    ...(a.allow ? { allow: a.allow as never } : {}),
+    ...(a.uids ? { uids: a.uids } : {}),
+    ...(a.maxQueues ? { maxQueues: a.maxQueues } : {}),
+    log: (l) => log.push(l),
+  });
+  const f = fake;
+  pump = setInterval(() => f.pump(), 1);
+  return { bar0: Number(fake.backend.bar0) };
+}
+
+function stats(): unknown {
+  const f = fake!;
+  const sqs: number[] = [];
+  for (let q = 1; q <= 64; q++) if (f.hasSq(q)) sqs.push(q);
+  return {
+    violations: [...f.dmaViolations],
+    clients: server!.clients().map((c: { id: number; pid: number; uid: number; sqids: readonly number[]; heldBytes: number }) => ({ id: c.id, pid: c.pid, uid: c.uid, sqids: [...c.sqids], heldBytes: c.heldBytes })),
+    reclaimed: server!.reclaimed,
+    sqs,
+    admin: f.fetched.filter((c) => c.sqid === 0).map((c) => [c.opcode, c.sqe[10]! & 0xffff]),
+    held: f.held.length,
+    log: [...log],
+  };
+}
+
+parentPort!.on("message", (m: { seq: number; op: string; args: Record<string, unknown> }) => {
+  let value: unknown;
+  try {
+    switch (m.op) {
+      case "start":
+        value = start(m.args as never);
+        break;
+      case "stats":
+        value = stats();
+        break;
+      case "hold-reads":
+        // Hold every Read of SQ `sqid`: no completion, no data moved, until the SQ is deleted.
+        fake!.hold = (c) => c.sqid === (m.args.sqid as number) && c.opcode === 0x02;
+        value = true;
+        break;
+      case "abandon":
+        server!.abandonForTests();
+        value = true;
+        break;
+      case "stop":
+        if (pump) clearInterval(pump);
+        server?.close();
+        ctrl?.close();
+        fake?.uninstall();
+        value = true;
+        break;
+      default:
+        value = { error: `unknown op ${m.op}` };
+    }
+  } catch (e) {
+    value = { error: String((e as Error)?.stack ?? e) };
+  }
+  parentPort!.postMessage({ seq: m.seq, value });
+});
