@@ -90,7 +90,7 @@ describe("libnvm over nvme+tcp://", () => {
     expect(Buffer.compare(readFileSync(join(dir, "r.bin")), data)).toBe(0);
     ok(libnvm(["write-zeroes", URI1, "-n", "2", "-s", "100", "-c", "7"]));
     expect(ok(libnvm(["read", URI1, "-n", "2", "-s", "100", "-c", "7"])).bytes.every((x) => x === 0)).toBe(true);
-    expect(ok(libnvm(["dsm", URI1, "-n", "2", "--ad", "-s", "200", "-b", "8"])).out).toBe("dsm: Success, 1 ranges deallocated\n");
+    expect(ok(libnvm(["dsm", URI1, "-n", "2", "--ad", "-s", "200", "-b", "8"])).out).toBe("dsm: Success, 1 range deallocated\n");
     expect(ok(libnvm(["flush", URI1, "-n", "2"])).out).toBe("flush: Success, namespace 2\n");
   });
 
