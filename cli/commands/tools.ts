@@ -3,6 +3,8 @@ import { join } from "node:path";
 import { diagnose, type Diagnosis } from "../../lib/diagnose.ts";
 import { diagnoseGpu, type GpuDiagnosis } from "../../lib/cuda/diagnose.ts";
 import { SYSFS_PCI_DEVICES } from "../../lib/pci.ts";
+import { unixPath } from "../../lib/share/link.ts";
+import { isTcpTarget } from "../../lib/transports/tcp/uri.ts";
 import { DEVICE_OPTIONS, OUTPUT_OPTIONS, type Command } from "../cli.ts";
 import { toJson } from "../common.ts";
 import { printJson } from "../json.ts";
@@ -75,16 +77,44 @@ export const doctor: Command = {
     "Changes nothing.\n" +
     "Then the GPU side (NVMe DMA into GPU memory): the CUDA driver, its GPUs and their dma-buf export, the module's\n" +
     "dma-buf import, the IOMMU; --skip-gpu leaves the CUDA driver unloaded.\n" +
+    "For nvme+tcp://... or unix:PATH it opens the controller once through the target or the sharing server and\n" +
+    "says what answered, or why not.\n" +
     "Exit 0 when at least one path works now, 3 when none does.",
   device: true,
   options: { ...OUTPUT_OPTIONS, "skip-gpu": { type: "boolean", help: "do not load the CUDA driver (no GPU section)" } },
   async run(ctx) {
+    if (isTcpTarget(ctx.device) || unixPath(ctx.device) !== undefined) return remoteDoctor(ctx);
     const d = doctorReport(ctx.device, ctx.values["skip-gpu"] === true);
     if (ctx.output === "json") process.stdout.write(toJson(d) + "\n");
     else process.stdout.write(doctorText(d));
     if (!d.paths.some((p) => p.possible)) process.exitCode = 3;
   },
 };
+
+/**
+ * doctor for a controller reached through another party (an NVMe/TCP target, a sharing server):
+ * no local path to check, so open it once and say what answered, or the typed error and its next step.
+ */
+async function remoteDoctor(ctx: Parameters<Command["run"]>[0]): Promise<void> {
+  const via = unixPath(ctx.device) !== undefined ? "unix" : "tcp";
+  const what = via === "unix" ? "sharing server" : "NVMe/TCP target";
+  let report: { ctrl: string; via: string; reachable: boolean; transport?: string; model?: string; sn?: string; namespaces?: number; error?: { name: string; message: string } };
+  try {
+    using ctrl = await ctx.open();
+    const info = ctrl.info;
+    report = { ctrl: ctx.device, via, reachable: true, transport: ctrl.transport, model: info.mn.trim(), sn: info.sn.trim(), namespaces: info.nn };
+  } catch (e) {
+    const err = e instanceof Error ? e : new Error(String(e));
+    report = { ctrl: ctx.device, via, reachable: false, error: { name: err.name, message: err.message } };
+  }
+  if (ctx.output === "json") printJson(report);
+  else if (report.reachable) {
+    process.stdout.write(`libnvm doctor: ${report.ctrl}: the ${what} answered: ${report.model} (sn ${report.sn}), ${report.namespaces} namespace ids, reached over ${report.transport}\n  use:    libnvm id-ctrl ${report.ctrl}\n`);
+  } else {
+    process.stdout.write(`libnvm doctor: ${report.ctrl}: the ${what} did not answer: ${report.error!.name}: ${report.error!.message}\n`);
+  }
+  if (!report.reachable) process.exitCode = 3;
+}
 
 export const reset: Command = {
   name: "reset",

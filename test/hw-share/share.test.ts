@@ -210,6 +210,9 @@ test("the tools take --ctrl=unix:PATH: identify, write-blocks, read-blocks, roun
   const cli = await run([join(REPO, "bin/libnvm.ts"), "id-ctrl", `unix:${path}`, "-o", "json"]);
   expect({ code: cli.code, err: cli.err }).toMatchObject({ code: 0 });
   expect(JSON.parse(cli.out).sn.trim()).toBe(requireExpected().serial);
+  const doc = await run([join(REPO, "bin/libnvm.ts"), "doctor", `unix:${path}`, "-o", "json"]);
+  expect({ code: doc.code, err: doc.err }).toMatchObject({ code: 0 });
+  expect(JSON.parse(doc.out)).toMatchObject({ via: "unix", reachable: true, transport: "pcie", sn: requireExpected().serial });
 });
 
 test("perf: a client's I/O path costs what the owner's does (same IoQueue code; figures printed, TCG timing)", async () => {

@@ -140,3 +140,20 @@ describe("completion", () => {
     for (const c of COMMANDS) expect(script).toContain(`    '${c.name}:`);
   });
 });
+
+describe("doctor for a controller behind a target or a sharing server", () => {
+  test("nobody serving the socket: exit 3, the ShareError and how to start the server", () => {
+    const r = libnvm(["doctor", "unix:/nonexistent/libnvm-test.sock"]);
+    expect(r.code).toBe(3);
+    expect(r.out).toContain("the sharing server did not answer: ShareError:");
+    expect(r.out).toContain("examples/serve.ts");
+  });
+
+  test("nobody listening on the NVMe/TCP port: exit 3, the ConnectionError, as JSON too", () => {
+    // Port 9 (discard) on loopback: nothing listens there on a test machine.
+    const r = libnvm(["doctor", "nvme+tcp://127.0.0.1:9/nqn.2024-01.io.libnvm:none", "-o", "json"]);
+    expect(r.code).toBe(3);
+    const j = JSON.parse(r.out);
+    expect(j).toMatchObject({ via: "tcp", reachable: false, error: { name: "ConnectionError" } });
+  });
+});
