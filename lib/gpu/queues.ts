@@ -622,7 +622,40 @@ export class GpuQueues implements LocalBorrower {
     const stopped = this.#stopExecutors(a, ms);
     if (!stopped) return false;
     a.interruptedBy ??= why;
+    if (why === "reset") this.#awaitPosted(Math.min(this.timeoutMs, 2000));
     return true;
+  }
+
+  /**
+   * After the executors stopped, their commands are still with the controller: wait (bounded) until
+   * it has posted a completion for each, so a reset disables a controller with nothing in flight
+   * where it can (QEMU 7.2's controller crashed, SIGSEGV in nvme_rw_complete_cb, on a disable with
+   * this set's commands in flight). A controller that does not complete them is disabled anyway.
+   * Reads the rings only: the completions are dropped with the rings after the disable.
+   */
+  #awaitPosted(ms: number): void {
+    if (this.device === "cuda") this.#states.download(this.count * this.#stateStride);
+    const st = this.#states.host;
+    const deadline = performance.now() + ms;
+    this.#slots.forEach((slot, i) => {
+      const o = i * this.#stateStride;
+      const offBusy = st.u32(o + Q.offBusy);
+      let busy = 0;
+      for (let k = 0; k < this.entries; k++) busy += st.u32(o + offBusy + 4 * k) !== 0 ? 1 : 0;
+      const cqe = slot.queue.ioCq.cq.cqe;
+      let head = st.u32(o + Q.cqHead);
+      let phase = st.u32(o + Q.cqPhase);
+      while (busy > 0) {
+        // Phase Tag: bit 16 of DW3 (Status Field bit 0); Atomics.load so the loop reads memory.
+        if (((Atomics.load(cqe, head * 4 + 3) >>> 16) & 1) === phase) {
+          busy--;
+          if (++head === this.entries) {
+            head = 0;
+            phase ^= 1;
+          }
+        } else if (performance.now() > deadline) return;
+      }
+    });
   }
 
   /** LocalBorrower: disabled, so every command ended; the re-created queues start empty, so do their rings here. */
