@@ -7,7 +7,7 @@
  * killed with SIGKILL leaves its clients with ShareError on their next call, promptly.
  */
 import { afterEach, expect, test } from "bun:test";
-import { readdirSync, readlinkSync } from "node:fs";
+import { chmodSync, readdirSync, readlinkSync } from "node:fs";
 import { join } from "node:path";
 import { Controller, Namespace, ShareError, defaultSocketPath, parseBdf } from "../../lib/index.ts";
 import { ctrlAddress, expectedBackend, REPO, requireExpected, waitForLine } from "../hw/common.ts";
@@ -178,6 +178,24 @@ test("a controller served with the default filter refuses a client's reset and F
   expect((e as ShareError).reason).toBe("refused");
 });
 
+test("a client of another uid is refused by the server (SO_PEERCRED), which names the uid and the fix and keeps serving", async () => {
+  // The socket is opened to everyone here (chmod) so that the server's own check is what refuses.
+  const { path } = await serve(join(tmp, "share-uid.sock"));
+  const probe = join(tmp, "peer-probe");
+  const cc = Bun.spawnSync(["gcc", "-O1", "-Wall", "-Werror", "-o", probe, join(import.meta.dir, "peer-probe.c")], { stdout: "pipe", stderr: "pipe" });
+  expect({ code: cc.exitCode, err: cc.stderr.toString() }).toMatchObject({ code: 0 });
+  chmodSync(tmp, 0o755);
+  chmodSync(path, 0o666);
+  const p = Bun.spawnSync(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", probe, path], { stdout: "pipe", stderr: "pipe", timeout: 20_000 });
+  expect({ code: p.exitCode, err: p.stderr.toString() }).toMatchObject({ code: 0, err: "" });
+  const reply = p.stdout.toString("latin1");
+  expect(reply).toContain("uid 65534 may not use");
+  expect(reply).toContain("--uid=65534");
+  // Still serving its own uid.
+  using c = Controller.open(`unix:${path}`, { handleSignals: false });
+  expect(c.info.sn.trim()).toBe(requireExpected().serial);
+});
+
 test("the tools take --ctrl=unix:PATH: identify, write-blocks, read-blocks, roundtrip, perf, and the libnvm command", async () => {
   const ns1 = requireExpected().namespaces[0]!;
   const { path } = await serve(join(tmp, "share-tools.sock"));
@@ -228,9 +246,13 @@ test("perf: a client's I/O path costs what the owner's does (same IoQueue code; 
   const owner = await perf(ctrlAddress());
   const { p: server, path } = await serve(join(tmp, "share-perf.sock"));
   const client = await perf(`unix:${path}`);
+  // Two client processes at once, each with its own queue: they share the controller's time.
+  const [c1, c2] = await Promise.all([perf(`unix:${path}`), perf(`unix:${path}`)]);
   server.kill("SIGTERM");
   await server.exited;
   console.log(`share: perf 4k rand read qd 8, 4000 IOs: owner ${Math.round(owner.iops)} IOPS, client through unix: ${Math.round(client.iops)} IOPS (ratio ${(client.iops / owner.iops).toFixed(2)})`);
+  console.log(`share: two clients at once: ${Math.round(c1.iops)} + ${Math.round(c2.iops)} = ${Math.round(c1.iops + c2.iops)} IOPS (ratio to the owner alone ${((c1.iops + c2.iops) / owner.iops).toFixed(2)})`);
+  expect(c1.iops + c2.iops).toBeGreaterThan(owner.iops * 0.3);
   // Same code on both sides; under TCG the emulated controller dominates. A loose bound catches a
   // client path that went through the server by mistake (every command a socket round trip).
   expect(client.iops).toBeGreaterThan(owner.iops * 0.3);
