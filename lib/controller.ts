@@ -42,6 +42,21 @@ export interface ControllerOptions extends PcieOptions, TcpOptions, ShareClientO
   readonly maxTransferBytes?: number;
 }
 
+/** What Controller.serve() returns: a ShareServer, seen here without importing its layer. */
+export interface Serving {
+  /** unix:PATH, what clients open. */
+  readonly address: string;
+  close(): void;
+}
+
+/** Set by lib/share/server.ts when it loads: the serving layer sits above this module. */
+let serveImpl: ((ctrl: Controller, opts: object) => Serving) | undefined;
+
+/** For lib/share/server.ts: how Controller.serve() starts a server. */
+export function registerServe(f: (ctrl: Controller, opts: object) => Serving): void {
+  serveImpl = f;
+}
+
 /** An I/O queue of either transport: PCIe's IoQueue (rings, doorbells) or TCP's TcpQueue (a connection). */
 export type AnyIoQueue = IoQueue | TcpQueue;
 
@@ -213,6 +228,17 @@ export class Controller {
 
   get closed(): boolean {
     return this.#t.closed;
+  }
+
+  /**
+   * Own this controller and serve it to other processes too (lib/share/server.ts): the admin queue
+   * over a Unix socket, each client's I/O queues at its own memory. Returns the ShareServer
+   * (ShareServer.listen(ctrl, opts) is the same call); close it before the controller. Options are
+   * ShareServerOptions (socket, uids, allow, queues).
+   */
+  serve(opts: object = {}): Serving {
+    if (!serveImpl) throw new UnsupportedError("serving is lib/share/server.ts's: import libnvm (its index), or that module, before calling serve()");
+    return serveImpl(this, opts);
   }
 
   /**

@@ -17,7 +17,7 @@
  */
 import { mkdirSync } from "node:fs";
 import { dirname } from "node:path";
-import type { Controller } from "../controller.ts";
+import { registerServe, type Controller } from "../controller.ts";
 import { InvalidArgumentError, NvmeStatusError, NvmeTimeoutError, ShareProtocolError } from "../errors.ts";
 import { native } from "../native.ts";
 import { VfioBackend } from "../backends/vfio.ts";
@@ -556,3 +556,6 @@ function errorReply(e: unknown): Reply {
   if (e instanceof InvalidArgumentError) return { type: "error", reason: "refused", message };
   return { type: "error", reason: "failed", message: `${e instanceof Error ? e.name : "Error"}: ${message}` };
 }
+
+// Controller.serve() starts one of these (controller.ts cannot import this layer).
+registerServe((ctrl, opts) => ShareServer.listen(ctrl, opts as ShareServerOptions));

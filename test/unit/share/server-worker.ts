@@ -21,13 +21,16 @@ function start(a: { socket: string; allow?: string[]; uids?: number[]; maxQueues
     return undefined;
   };
   ctrl = Controller.openBackend(fake.backend, { handleSignals: false, timeoutMs: a.timeoutMs ?? 500, abortGraceMs: 200 });
-  server = ShareServer.listen(ctrl, {
+  // Controller.serve() is ShareServer.listen() (registered by lib/share/server.ts when it loads).
+  const served = ctrl.serve({
     socket: a.socket,
     ...(a.allow ? { allow: a.allow as never } : {}),
     ...(a.uids ? { uids: a.uids } : {}),
     ...(a.maxQueues ? { maxQueues: a.maxQueues } : {}),
-    log: (l) => log.push(l),
+    log: (l: string) => log.push(l),
   });
+  if (!(served instanceof ShareServer)) throw new Error("Controller.serve() did not return a ShareServer");
+  server = served;
   const f = fake;
   pump = setInterval(() => f.pump(), 1);
   return { bar0: Number(fake.backend.bar0) };
