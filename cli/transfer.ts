@@ -216,6 +216,18 @@ export interface WriteRangeOptions {
   readonly progress: string | undefined;
 }
 
+/** Fill `chunk` from the input at byte `at`, zeros past its end; the bytes the input gave. */
+function fillFromInput(input: Input, chunk: Uint8Array, at: number): number {
+  let got: number;
+  try {
+    got = readInput(input, chunk, at);
+  } catch (e) {
+    throw new InputError(`reading ${input.name} at byte ${at}: ${(e as Error).message}`);
+  }
+  if (got < chunk.length) chunk.fill(0, got);
+  return got;
+}
+
 /**
  * Write `count` blocks at `lba` from the input, read straight into DMA memory; past its end the
  * blocks are zeros. Flush once every write completed. Returns the bytes taken from the input.
@@ -233,14 +245,7 @@ export async function writeRange(ctrl: Controller, ns: Namespace, o: WriteRangeO
     for (let done = 0; done < o.count; ) {
       const n = Math.min(chunkBlocks, o.count - done);
       const chunk = buf.bytes.subarray(0, n * ns.lbaSize);
-      let got = 0;
-      try {
-        got = readInput(o.input, chunk, fromFile);
-      } catch (e) {
-        throw new InputError(`reading ${o.input.name} at byte ${fromFile}: ${(e as Error).message}`);
-      }
-      if (got < chunk.length) chunk.fill(0, got);
-      fromFile += got;
+      fromFile += fillFromInput(o.input, chunk, fromFile);
       await ns.write(o.lba + done, n, buf, { queue, fua: o.fua ?? false });
       commands++;
       done += n;
@@ -280,14 +285,7 @@ export async function compareRange(ctrl: Controller, ns: Namespace, o: CompareRa
     for (let done = 0; done < o.count; ) {
       const n = Math.min(chunkBlocks, o.count - done);
       const chunk = buf.bytes.subarray(0, n * ns.lbaSize);
-      let got = 0;
-      try {
-        got = readInput(o.input, chunk, fromFile);
-      } catch (e) {
-        throw new InputError(`reading ${o.input.name} at byte ${fromFile}: ${(e as Error).message}`);
-      }
-      if (got < chunk.length) chunk.fill(0, got);
-      fromFile += got;
+      fromFile += fillFromInput(o.input, chunk, fromFile);
       commands++;
       if (!(await ns.compare(o.lba + done, n, buf, { queue }))) {
         return { commands, chunkBlocks, seconds: (performance.now() - t0) / 1000, mismatch: [o.lba + done, n] };

@@ -22,27 +22,7 @@
 #include <time.h>
 #include <unistd.h>
 #include "common.h"
-
-static int64_t now_us(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
-}
-
-/* poll() one descriptor for `events` at most `timeout_us` (0: just look). 1 ready, 0 not, -errno. */
-static int wait_fd(int fd, short events, int64_t timeout_us)
-{
-    struct pollfd p = { .fd = fd, .events = events };
-    struct timespec ts = { .tv_sec = timeout_us / 1000000, .tv_nsec = (timeout_us % 1000000) * 1000 };
-    int r = ppoll(&p, 1, &ts, NULL);
-    if (r < 0)
-        return errno == EINTR ? 0 : -errno;
-    if (r == 0)
-        return 0;
-    /* POLLERR/POLLHUP: let the following call report what went wrong. */
-    return 1;
-}
+#include "wait.h"
 
 int32_t nvm_tcp_connect(const char *host, uint32_t port, uint32_t timeout_ms)
 {
@@ -62,7 +42,7 @@ int32_t nvm_tcp_connect(const char *host, uint32_t port, uint32_t timeout_ms)
         return nvm_fail(gai == EAI_AGAIN ? EAGAIN : ENOENT);
     }
     int err = ECONNREFUSED;
-    int64_t deadline = now_us() + (int64_t)timeout_ms * 1000;
+    int64_t deadline = nvm_now_us() + (int64_t)timeout_ms * 1000;
     for (struct addrinfo *ai = res; ai != NULL; ai = ai->ai_next) {
         int fd = socket(ai->ai_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
         if (fd < 0) {
@@ -71,8 +51,8 @@ int32_t nvm_tcp_connect(const char *host, uint32_t port, uint32_t timeout_ms)
         }
         int r = connect(fd, ai->ai_addr, ai->ai_addrlen);
         if (r != 0 && errno == EINPROGRESS) {
-            int64_t left = deadline - now_us();
-            int w = left > 0 ? wait_fd(fd, POLLOUT, left) : 0;
+            int64_t left = deadline - nvm_now_us();
+            int w = left > 0 ? nvm_wait_fd(fd, POLLOUT, left) : 0;
             if (w <= 0) {
                 err = w < 0 ? -w : ETIMEDOUT;
                 close(fd);
@@ -120,7 +100,7 @@ int32_t nvm_tcp_sendv(int32_t fd, const uint32_t *iov, uint32_t count, uint32_t 
         v[n].iov_len = e[2];
         n++;
     }
-    int64_t deadline = now_us() + (int64_t)timeout_ms * 1000;
+    int64_t deadline = nvm_now_us() + (int64_t)timeout_ms * 1000;
     struct iovec *cur = v;
     while (n > 0) {
         struct msghdr msg;
@@ -134,10 +114,10 @@ int32_t nvm_tcp_sendv(int32_t fd, const uint32_t *iov, uint32_t count, uint32_t 
                 continue;
             if (errno != EAGAIN && errno != EWOULDBLOCK)
                 return nvm_fail(errno);
-            int64_t left = deadline - now_us();
+            int64_t left = deadline - nvm_now_us();
             if (left <= 0)
                 return nvm_fail(ETIMEDOUT);
-            int w = wait_fd(fd, POLLOUT, left);
+            int w = nvm_wait_fd(fd, POLLOUT, left);
             if (w < 0)
                 return nvm_fail(-w);
             continue;
@@ -180,7 +160,7 @@ int32_t nvm_tcp_recv3(int32_t fd, void *p1, uint32_t n1, void *p2, uint32_t n2, 
             return nvm_fail(errno);
         if (timeout_us == 0 || tries == 1)
             break;
-        int w = wait_fd(fd, POLLIN, timeout_us);
+        int w = nvm_wait_fd(fd, POLLIN, timeout_us);
         if (w < 0)
             return nvm_fail(-w);
         if (w == 0)

@@ -18,24 +18,7 @@
 #include <time.h>
 #include <unistd.h>
 #include "common.h"
-
-static int64_t now_us(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
-}
-
-/* poll() one descriptor for `events` at most `timeout_us`. 1 ready (or an error to report), 0 not, -errno. */
-static int wait_fd(int fd, short events, int64_t timeout_us)
-{
-    struct pollfd p = { .fd = fd, .events = events };
-    struct timespec ts = { .tv_sec = timeout_us / 1000000, .tv_nsec = (timeout_us % 1000000) * 1000 };
-    int r = ppoll(&p, 1, &ts, NULL);
-    if (r < 0)
-        return errno == EINTR ? 0 : -errno;
-    return r == 0 ? 0 : 1;
-}
+#include "wait.h"
 
 static int fill_addr(const char *path, struct sockaddr_un *a)
 {
@@ -54,7 +37,7 @@ int32_t nvm_unix_connect(const char *path, uint32_t timeout_ms)
     int r = fill_addr(path, &a);
     if (r < 0)
         return nvm_fail(-r);
-    int64_t deadline = now_us() + (int64_t)timeout_ms * 1000;
+    int64_t deadline = nvm_now_us() + (int64_t)timeout_ms * 1000;
     for (;;) {
         int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
         if (fd < 0)
@@ -68,7 +51,7 @@ int32_t nvm_unix_connect(const char *path, uint32_t timeout_ms)
         /* EAGAIN: the server's backlog is full; try again until the deadline. */
         if (err != EAGAIN && err != EINTR)
             return nvm_fail(err);
-        if (now_us() >= deadline)
+        if (nvm_now_us() >= deadline)
             return nvm_fail(ETIMEDOUT);
         usleep(1000);
     }
@@ -147,7 +130,7 @@ int32_t nvm_unix_peercred(int32_t fd, uint32_t *cred)
 int32_t nvm_unix_send(int32_t fd, const void *buf, uint32_t len, uint32_t timeout_ms)
 {
     const char *p = buf;
-    int64_t deadline = now_us() + (int64_t)timeout_ms * 1000;
+    int64_t deadline = nvm_now_us() + (int64_t)timeout_ms * 1000;
     while (len > 0) {
         /* MSG_NOSIGNAL: a peer that went away is an error to report, not SIGPIPE. */
         ssize_t s = send(fd, p, len, MSG_NOSIGNAL | MSG_DONTWAIT);
@@ -156,10 +139,10 @@ int32_t nvm_unix_send(int32_t fd, const void *buf, uint32_t len, uint32_t timeou
                 continue;
             if (errno != EAGAIN && errno != EWOULDBLOCK)
                 return nvm_fail(errno);
-            int64_t left = deadline - now_us();
+            int64_t left = deadline - nvm_now_us();
             if (left <= 0)
                 return nvm_fail(ETIMEDOUT);
-            int w = wait_fd(fd, POLLOUT, left);
+            int w = nvm_wait_fd(fd, POLLOUT, left);
             if (w < 0)
                 return nvm_fail(-w);
             continue;
@@ -189,7 +172,7 @@ int32_t nvm_unix_recv(int32_t fd, void *buf, uint32_t len, uint32_t timeout_us)
             return nvm_fail(errno);
         if (timeout_us == 0 || tries == 1)
             break;
-        int w = wait_fd(fd, POLLIN, timeout_us);
+        int w = nvm_wait_fd(fd, POLLIN, timeout_us);
         if (w < 0)
             return nvm_fail(-w);
         if (w == 0)
@@ -220,7 +203,7 @@ int32_t nvm_unix_send_fd(int32_t fd, const void *buf, uint32_t len, int32_t pass
     h->cmsg_type = SCM_RIGHTS;
     h->cmsg_len = CMSG_LEN(sizeof(int));
     memcpy(CMSG_DATA(h), &passfd, sizeof(int));
-    int64_t deadline = now_us() + (int64_t)timeout_ms * 1000;
+    int64_t deadline = nvm_now_us() + (int64_t)timeout_ms * 1000;
     for (;;) {
         /* The descriptor goes with the first byte: the rest, if the socket took only part, follows plainly. */
         ssize_t s = sendmsg(fd, &m, MSG_NOSIGNAL | MSG_DONTWAIT);
@@ -234,10 +217,10 @@ int32_t nvm_unix_send_fd(int32_t fd, const void *buf, uint32_t len, int32_t pass
             continue;
         if (errno != EAGAIN && errno != EWOULDBLOCK)
             return nvm_fail(errno);
-        int64_t left = deadline - now_us();
+        int64_t left = deadline - nvm_now_us();
         if (left <= 0)
             return nvm_fail(ETIMEDOUT);
-        int w = wait_fd(fd, POLLOUT, left);
+        int w = nvm_wait_fd(fd, POLLOUT, left);
         if (w < 0)
             return nvm_fail(-w);
     }
@@ -249,7 +232,7 @@ int32_t nvm_unix_recv_fds(int32_t fd, void *buf, uint32_t len, int32_t *fds, uin
         return nvm_fail(EINVAL);
     fds[0] = 0;
     if (timeout_us > 0) {
-        int w = wait_fd(fd, POLLIN, timeout_us);
+        int w = nvm_wait_fd(fd, POLLIN, timeout_us);
         if (w < 0)
             return nvm_fail(-w);
         if (w == 0)
