@@ -334,6 +334,15 @@ export class IoQueue implements DmaUser, NvmeIoQueue {
   readonly #poll: { spin: boolean; spinMs: number; sleepMs: number };
   /** performance.now() of the last completion reaped or command submitted by the async API. */
   #lastActive = 0;
+  /** A command was posted since the poller's last turn (its spin window starts again). */
+  #fresh = false;
+  /** The shared Promise executor leaves the new promise's resolving functions here. */
+  #captured: ((dw0: number) => void) | undefined;
+  #capturedReject: ((e: Error) => void) | undefined;
+  readonly #capture = (resolve: (dw0: number) => void, reject: (e: Error) => void): void => {
+    this.#captured = resolve;
+    this.#capturedReject = reject;
+  };
   /** The poller's sleep timer, while it sleeps; a new command wakes it at once. */
   #sleep: ReturnType<typeof setTimeout> | undefined;
   #turns = 0;
@@ -945,6 +954,26 @@ export class IoQueue implements DmaUser, NvmeIoQueue {
 
   /** Read/Write/Compare; resolves with DW0, rejects with NvmeStatusError / NvmeTimeoutError. */
   rwAsync(opcode: number, nsid: number, slba: number, blocks: number, buf: DmaBuffer, offset: number, bytes: number, cdw12Flags = 0): Promise<number> {
+    // A free CID and nobody queued before us: post now, with no closure, clock read or waiter
+    // object per command (the executor is shared, rw() does every check); else the general path.
+    if (this.freeTop > 0 && this.ioCq.credits > 0 && this.#waiting.length === 0 && !this.isClosed && this.fatal === undefined) {
+      const cid = this.acquire();
+      try {
+        this.rw(cid, opcode, nsid, slba, blocks, buf, offset, bytes, cdw12Flags);
+      } catch (e) {
+        this.release(cid);
+        return Promise.reject(e as Error);
+      }
+      const p = new Promise<number>(this.#capture);
+      this.cidMode[cid] = Mode.PROMISE;
+      this.#resolve[cid] = this.#captured;
+      this.#reject[cid] = this.#capturedReject;
+      this.#captured = undefined;
+      this.#capturedReject = undefined;
+      this.#scheduleRing();
+      this.#posted();
+      return p;
+    }
     try {
       // Checked now, not when a CID frees up: a bad buffer fails at once, in order.
       this.#checkBuffer(buf, offset, bytes);
@@ -1003,7 +1032,7 @@ export class IoQueue implements DmaUser, NvmeIoQueue {
         this.#resolve[cid] = resolve;
         this.#reject[cid] = reject;
         this.#scheduleRing();
-        this.#startPolling();
+        this.#posted();
       };
       if (this.freeTop === 0 || this.ioCq.credits === 0 || this.#waiting.length > 0) {
         this.#waiting.push({ start, reject, since });
@@ -1023,6 +1052,15 @@ export class IoQueue implements DmaUser, NvmeIoQueue {
     queueMicrotask(() => {
       if (this.#ringPending && !this.isClosed) this.submit();
     });
+  }
+
+  /**
+   * A command was posted: a running poller counts it as activity at its next turn (no clock read
+   * per command); a sleeping or stopped one starts now.
+   */
+  #posted(): void {
+    if (this.#polling && this.#sleep === undefined) this.#fresh = true;
+    else this.#startPolling();
   }
 
   #startPolling(): void {
@@ -1062,7 +1100,8 @@ export class IoQueue implements DmaUser, NvmeIoQueue {
       return;
     }
     const now = performance.now();
-    if (got > 0) this.#lastActive = now;
+    if (got > 0 || this.#fresh) this.#lastActive = now;
+    this.#fresh = false;
     const p = this.#poll;
     // Within the spin window (or spinning by choice): yield to the event loop and poll again.
     // Past it: a timer tick per poll, so a slow command costs little CPU; the deadline checks

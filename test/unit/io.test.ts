@@ -886,6 +886,26 @@ describe("async", () => {
     expect(q.ioCq.credits).toBe(7);
   });
 
+  test("rwAsync with a free CID posts before it returns; one that fails rw()'s checks gives its CID back", async () => {
+    const { q, ctrl } = setup({ entries: 4 }); // depth 3
+    const buf = alloc(PAGE);
+    ctrl.responder = (c) => ({ dw0: c.sqe[10]! });
+    const a = q.rwAsync(NVM_READ, 1, 1, 1, buf, 0, 512);
+    expect(q.outstanding).toBe(1); // posted now, rung in the microtask
+    const bad = await failure(() => q.rwAsync(NVM_READ, 1, 2, 1, buf, PAGE - 256, 512));
+    expect(bad).toBeInstanceOf(InvalidArgumentError);
+    expect((bad as Error).message).toContain("buffer too small");
+    expect(await failure(() => q.rwAsync(NVM_READ, 1, 2, 2, buf, 0, 512))).toBeInstanceOf(InvalidArgumentError); // 2 blocks are 1024 bytes
+    expect(q.outstanding).toBe(1);
+    // Both failed CIDs are free again: two more fit beside the first (depth 3), in order.
+    const b = q.rwAsync(NVM_READ, 1, 3, 1, buf, 0, 512);
+    const c = q.rwAsync(NVM_READ, 1, 4, 1, buf, 0, 512);
+    expect(q.outstanding).toBe(3);
+    expect(await Promise.all([a, b, c])).toEqual([1, 3, 4]);
+    expect(ctrl.seen.map((x) => x.sqe[10])).toEqual([1, 3, 4]);
+    expect(q.ioCq.credits).toBe(3);
+  });
+
   test("a non-zero status rejects with NvmeStatusError, SCT/SC decoded", async () => {
     const { q, ctrl } = setup({ entries: 8 });
     const buf = alloc(PAGE);
