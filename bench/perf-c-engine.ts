@@ -14,7 +14,7 @@ import { InvalidArgumentError, NvmeStatusError, NvmeTimeoutError, UnsupportedErr
 import type { IoQueue } from "../lib/io.ts";
 import type { NvmeIoQueue } from "../lib/transports/types.ts";
 import { commandName, NVM_READ } from "../lib/spec/commands.ts";
-import { HIST_BUCKETS, type JobResult, type Workload } from "../examples/perf-engine.ts";
+import { HIST_BUCKETS, markMeasuring, type JobResult, type Workload } from "../examples/perf-engine.ts";
 import { benchNative } from "./bench-native.ts";
 
 /** Parameter slots: c/src/bench_perf.c's P_* enum, in the same order. */
@@ -141,6 +141,8 @@ export function runJobC(ctrl: Pick<Controller, "backend" | "knownLbaSizes">, que
   };
   const params = new Float64Array(PERF_PARAMS.map((k) => v[k]));
   const out = new Float64Array(R.HIST + HIST_BUCKETS);
+  // C measures after exactly `warmup` seconds (no JIT to wait for).
+  markMeasuring(w, index, Date.now() + w.warmupSeconds * 1000);
   const rc = lib.nvm_bench_perf_run(address(params) as unknown as Pointer, address(out) as unknown as Pointer);
   // Hand the rings back in the state the controller left them in.
   q.sq.tail = out[R.SQ_TAIL]!;

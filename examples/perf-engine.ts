@@ -15,7 +15,7 @@
  * compiler threads have been idle for a second (at most 3x the warm-up): under emulation the JIT
  * compiles for seconds, and its threads take CPU from the poller (pinned, from the same CPU).
  */
-import { readdirSync, readFileSync } from "node:fs";
+import { readdirSync, readFileSync, writeFileSync } from "node:fs";
 import type { DmaBuffer } from "../lib/dma.ts";
 import type { NvmeIoQueue } from "../lib/transports/types.ts";
 import { NvmeStatusError, NvmeTimeoutError } from "../lib/errors.ts";
@@ -139,6 +139,16 @@ export interface Workload {
    * free CPUs (or, in an emulator, when the device model needs the host CPU the poller spins on).
    */
   readonly idleSleepUs?: number;
+  /**
+   * For a profiler outside the process (test/vm/profile-guest.ts): the first job writes this file,
+   * {"at": epoch ms, "seconds": S}, when its measured window starts (`at` may lie ahead).
+   */
+  readonly markFile?: string;
+}
+
+/** Tell an outside profiler when job `index`'s measured window starts (the first job only). */
+export function markMeasuring(w: Workload, index: number, at: number): void {
+  if (w.markFile !== undefined && index === 0) writeFileSync(w.markFile, JSON.stringify({ at, seconds: w.seconds ?? null }));
 }
 
 export interface JobResult {
@@ -296,8 +306,12 @@ export async function runJob(q: NvmeIoQueue, buf: DmaBuffer, w: Workload, progre
     tMeasure = t;
     if (w.seconds !== undefined) tEnd = t + w.seconds * 1000;
     progress[base + 2] = 1;
+    markMeasuring(w, index, Date.now());
   };
-  if (measuring) progress[base + 2] = 1;
+  if (measuring) {
+    progress[base + 2] = 1;
+    markMeasuring(w, index, Date.now());
+  }
 
   if (w.api === "async") {
     let stopping = false;

@@ -22,7 +22,7 @@ import type { PerfWorkerData, PerfWorkerMessage } from "./perf-worker.ts";
 const usage = `usage: bun run examples/perf.ts --ctrl=CTRL [--ns=NSID] [--qd=N] [--bs=SIZE] [--pattern=rand|seq]
                  [--rw=read|write|mix] [--rwmix=PCT] [--seconds=S | --ios=N] [--warmup=S] [--queues=N]
                  [--workers] [--api=low|async] [--idle-sleep=US] [--cpu=LIST] [--offset=SIZE] [--size=SIZE] [--seed=N]
-                 [--plot=FILE] [--json]
+                 [--plot=FILE] [--mark=FILE] [--json]
   Keeps QD commands outstanding per queue pair and reports IOPS, MiB/s and completion latency
   (min, mean, max, p1 p5 p25 p50 p75 p90 p95 p99 p99.9) per queue pair and in total.
   WRITES OVERWRITE THE NAMESPACE (--rw=write or mix).
@@ -48,6 +48,8 @@ const usage = `usage: bun run examples/perf.ts --ctrl=CTRL [--ns=NSID] [--qd=N] 
   --size=SIZE       length of the region (default: to the end of the namespace); seq splits it among queues
   --seed=N          random LBA seed (default: from the clock)
   --plot=FILE       write the latency histogram as an SVG
+  --mark=FILE       write FILE ({"at": epoch ms, "seconds": S}) when the measured window starts, for a
+                    profiler outside the process (test/vm/profile-guest.ts)
   --json            print one JSON object on stdout
   -h, --help        this text
 `;
@@ -234,6 +236,7 @@ export async function perf(argv: string[], engine?: PerfEngine): Promise<void> {
     size: { type: "string" },
     seed: { type: "string" },
     plot: { type: "string" },
+    mark: { type: "string" },
     workers: { type: "boolean", default: false },
     "idle-sleep": { type: "string" },
     cpu: { type: "string" },
@@ -329,6 +332,7 @@ export async function perf(argv: string[], engine?: PerfEngine): Promise<void> {
       api,
       seed: (seed + i * 0x9e3779b9) >>> 0,
       idleSleepUs,
+      ...(typeof args.mark === "string" && args.mark !== "" ? { markFile: args.mark } : {}),
     });
   }
 

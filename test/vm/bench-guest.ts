@@ -32,7 +32,7 @@ import { join } from "node:path";
 import { parseArgs } from "node:util";
 import { describeMachine, machineInfo, qemuVersion, table, type MachineInfo } from "../../bench/machine.ts";
 import { benchNative } from "../../bench/bench-native.ts";
-import { cleanup, parseSize, REPO_ROOT, runInGuest } from "./run.ts";
+import { cleanup, clocksourceArgs, parseSize, REPO_ROOT, runInGuest } from "./run.ts";
 
 const { values: opts } = parseArgs({
   args: Bun.argv.slice(2),
@@ -58,6 +58,7 @@ const { values: opts } = parseArgs({
     json: { type: "boolean", default: false },
     out: { type: "string" },
     timeout: { type: "string" },
+    clocksource: { type: "string", default: "tsc" },
     help: { type: "boolean", short: "h", default: false },
   },
   strict: true,
@@ -66,7 +67,7 @@ const { values: opts } = parseArgs({
 const USAGE = `usage: bun test/vm/bench-guest.ts [--seconds S] [--warmup S] [--repeat N] [--ns-size 1G] [--only NAME,...]
                                  [--pairs N] [--boots N] [--cpu N] [--c-only | --skip-c]
                                  [--skip-growth] [--skip-kernel] [--skip-core | --only-core] [--skip-tcp | --tcp-only]
-                                 [--tcp-ns-size 512M] [--json] [--out FILE] [--timeout SEC]
+                                 [--tcp-ns-size 512M] [--clocksource tsc|hpet] [--json] [--out FILE] [--timeout SEC]
   Boots the QEMU guest once and runs examples/perf.ts against the C reference driver (bench/perf-c.ts),
   then against fio through the kernel's nvme driver, on the same emulated controller; prints
   ours / C and ours / kernel per workload, the growth tables, the queue core against perf.ts and
@@ -84,6 +85,8 @@ const USAGE = `usage: bun test/vm/bench-guest.ts [--seconds S] [--warmup S] [--r
   --skip-core    leave that comparison out
   --skip-tcp     leave out the NVMe/TCP section; --tcp-only: only it
   --tcp-ns-size  the brd namespace nvmet serves for the NVMe/TCP section (default 512M)
+  --clocksource  the guest kernel's: tsc (default, tsc=reliable; a clock read costs ~0.5 µs under TCG)
+                 or hpet (the kernel's own choice under TCG, ~2 µs a read, as in figures before 2026-12-06)
   --json         print the JSON document instead of the tables; --out FILE also writes it
 `;
 if (opts.help) {
@@ -162,6 +165,8 @@ interface Results {
   machine: MachineInfo & {
     fio?: string;
     guestKernel?: string;
+    /** The guest kernel's clocksource (--clocksource). */
+    clocksource?: string;
     hostKernel?: string;
     hostCpu?: string;
     hostNproc?: number;
@@ -459,6 +464,7 @@ async function inside(): Promise<Results> {
       ...machineInfo({ guest: true, ...(host.qemu ? { qemu: host.qemu } : {}) }),
       fio: fioVersion,
       guestKernel: sh(["uname", "-r"]).out.trim(),
+      clocksource: readFileSync("/sys/devices/system/clocksource/clocksource0/current_clocksource", "utf8").trim(),
       hostKernel: host.kernel,
       hostCpu: host.cpu,
       hostNproc: host.nproc,
@@ -678,7 +684,7 @@ export function renderResults(res: Results): string {
   out.push(
     `date    ${m.date}`,
     `host    ${m.hostNproc ?? "?"} CPUs, ${m.hostCpu ?? "?"}; kernel ${m.hostKernel ?? "?"}; ${m.qemu ?? "QEMU ?"} (TCG)`,
-    `guest   ${m.nproc} vCPUs; kernel ${m.guestKernel}; bun ${m.bun}; ${m.fio}`,
+    `guest   ${m.nproc} vCPUs; kernel ${m.guestKernel}${m.clocksource ? `, clocksource ${m.clocksource}` : ""}; bun ${m.bun}; ${m.fio}`,
     ...(m.hostLoad ? [`load    host 1/5/15-min load ${m.hostLoad.start.join(" ")} before the boot, ${m.hostLoad.end.join(" ")} after (other guests on the host skew every figure)`] : []),
     `setup   namespace ${res.config.nsSize} bytes of ${res.config.lbaSize}-byte blocks, written once; ${res.config.seconds} s per run after ${res.config.warmup} s warm-up; median of ${res.config.repeat}`,
     "",
@@ -874,7 +880,7 @@ async function host(): Promise<number> {
 async function oneBoot(args: string[], nsSize: number, hostInfo: MachineInfo, timeoutSec: number): Promise<Results | undefined> {
   const r = await runInGuest(
     `bun test/vm/bench-guest.ts ${args.join(" ")} --out=/run/xchg/bench-guest.json`,
-    { serial: "LIBNVM-BENCH", namespaces: [{ nsid: 1, sizeBytes: nsSize, lbaSize: 4096 }] },
+    { serial: "LIBNVM-BENCH", namespaces: [{ nsid: 1, sizeBytes: nsSize, lbaSize: 4096 }], kernelArgs: clocksourceArgs(opts.clocksource) },
     // The console shows the guest's progress lines (and kernel messages) on stderr.
     { timeoutSec, echo: !opts.json, env: { BENCH_HOST: JSON.stringify(hostInfo) } },
   );
