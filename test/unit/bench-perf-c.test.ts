@@ -12,6 +12,9 @@
  * stall for scheduler time slices, so these tests get a longer limit than bun's 5 s.
  */
 import { afterAll, describe, expect, test } from "bun:test";
+import { existsSync, mkdtempSync, readFileSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
 import { DmaBuffer } from "../../lib/dma.ts";
 import { InvalidArgumentError, UnsupportedError } from "../../lib/errors.ts";
 import { IoCompletionQueue, IoQueue, type IoQueueContext } from "../../lib/io.ts";
@@ -264,6 +267,32 @@ describe("the C reference's queue handling", () => {
       expect(now.jitQuiet).toBeUndefined();
     } finally {
       r.close();
+    }
+  }, TEST_MS);
+
+  test("--mark: both engines write when the measured window starts (C's lies a warm-up ahead); only the first job writes", async () => {
+    const dir = mkdtempSync(join(tmpdir(), "libnvm-mark-"));
+    const r = rig(4096, 0);
+    try {
+      const file = join(dir, "ts");
+      const before = Date.now();
+      const res = await runJob(r.q, r.buf, workload({ ios: undefined, seconds: 0.1, warmupSeconds: 0.2, qd: 2, markFile: file }), progress(), 0);
+      const ts = JSON.parse(readFileSync(file, "utf8")) as { at: number; seconds: number };
+      expect(ts.seconds).toBe(0.1);
+      // Written when measuring began: after the warm-up the job reports, before the job ended.
+      expect(ts.at).toBeGreaterThanOrEqual(before + res.warmupSeconds * 1000 - 50);
+      expect(ts.at).toBeLessThanOrEqual(Date.now());
+      const cFile = join(dir, "c");
+      const t0 = Date.now();
+      runJobC(ctrl, r.q, r.buf, workload({ ios: undefined, seconds: 0.1, warmupSeconds: 0.3, qd: 2, markFile: cFile }), progress(), 0);
+      const c = JSON.parse(readFileSync(cFile, "utf8")) as { at: number };
+      expect(c.at).toBeGreaterThanOrEqual(t0 + 300);
+      const other = join(dir, "second");
+      await runJob(r.q, r.buf, workload({ ios: 10, markFile: other }), progress(), 1);
+      expect(existsSync(other)).toBe(false);
+    } finally {
+      r.close();
+      rmSync(dir, { recursive: true, force: true });
     }
   }, TEST_MS);
 
