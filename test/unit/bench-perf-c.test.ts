@@ -24,6 +24,8 @@ import { benchNative } from "../../bench/bench-native.ts";
 import { MemoryBackend } from "../../bench/memory-backend.ts";
 import { runJobC } from "../../bench/perf-c-engine.ts";
 import { C_ENGINE } from "../../bench/perf-c.ts";
+import { alternateEngine, type SliceFigure } from "../../bench/perf-alternate.ts";
+import type { Controller } from "../../lib/controller.ts";
 import { HIST_BUCKETS, jitCpuTicks, LatencyHistogram, progressSlots, runJob, type JobResult, type Workload } from "../../examples/perf-engine.ts";
 
 const lib = benchNative();
@@ -293,6 +295,29 @@ describe("the C reference's queue handling", () => {
     } finally {
       r.close();
       rmSync(dir, { recursive: true, force: true });
+    }
+  }, TEST_MS);
+
+  test("perf-alternate: TS and C take turns on one queue pair in slices; each slice pair has both figures; the queue is left empty", async () => {
+    const r = rig(4096, 0);
+    try {
+      const out = { slices: [] as { ts: SliceFigure; c: SliceFigure }[] };
+      const engine = alternateEngine(0.2, out);
+      expect(engine.refuse({ api: "async", queues: 1, workers: false })).toContain("low-level API only");
+      const res = await engine.run(ctrl as unknown as Controller, r.q, r.buf, workload({ ios: undefined, seconds: 1.2, qd: 4 }), progress(), 0);
+      expect(out.slices.length).toBe(3); // 1.2 s in turns of 0.2 s each side
+      for (const s of out.slices) {
+        expect(s.ts.iops).toBeGreaterThan(0);
+        expect(s.c.iops).toBeGreaterThan(0);
+        expect(s.ts.p50Us).toBeGreaterThan(0);
+        expect(s.ts.errors + s.c.errors).toBe(0);
+      }
+      // The TypeScript slices together: as many commands as their histograms hold.
+      expect(res.ios).toBe(res.hist.count);
+      expect(res.seconds).toBeGreaterThan(0.5);
+      expect(r.q.outstanding).toBe(0);
+    } finally {
+      r.close();
     }
   }, TEST_MS);
 

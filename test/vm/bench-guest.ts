@@ -32,6 +32,7 @@ import { join } from "node:path";
 import { parseArgs } from "node:util";
 import { describeMachine, machineInfo, qemuVersion, table, type MachineInfo } from "../../bench/machine.ts";
 import { benchNative } from "../../bench/bench-native.ts";
+import type { SliceFigure } from "../../bench/perf-alternate.ts";
 import { cleanup, clocksourceArgs, parseSize, REPO_ROOT, runInGuest } from "./run.ts";
 
 const { values: opts } = parseArgs({
@@ -47,6 +48,8 @@ const { values: opts } = parseArgs({
     "skip-c": { type: "boolean", default: false },
     "c-only": { type: "boolean", default: false },
     pairs: { type: "string", default: "3" },
+    separate: { type: "boolean", default: false },
+    slices: { type: "string", default: "10" },
     boots: { type: "string", default: "1" },
     cpu: { type: "string", default: "1" },
     "skip-tcp": { type: "boolean", default: false },
@@ -65,7 +68,7 @@ const { values: opts } = parseArgs({
 });
 
 const USAGE = `usage: bun test/vm/bench-guest.ts [--seconds S] [--warmup S] [--repeat N] [--ns-size 1G] [--only NAME,...]
-                                 [--pairs N] [--boots N] [--cpu N] [--c-only | --skip-c]
+                                 [--slices N | --separate [--pairs N]] [--boots N] [--cpu N] [--c-only | --skip-c]
                                  [--skip-growth] [--skip-kernel] [--skip-core | --only-core] [--skip-tcp | --tcp-only]
                                  [--tcp-ns-size 512M] [--clocksource tsc|hpet] [--json] [--out FILE] [--timeout SEC]
   Boots the QEMU guest once and runs examples/perf.ts against the C reference driver (bench/perf-c.ts),
@@ -75,7 +78,10 @@ const USAGE = `usage: bun test/vm/bench-guest.ts [--seconds S] [--warmup S] [--r
   --seconds S    measured seconds per run (default 5); --warmup S before each (default 5: the JIT
                  tiers up slowly under TCG; fio gets the same ramp_time)
   --repeat N     runs per figure, the median is reported (default 1)
-  --pairs N      TS/C section: runs of each driver per workload, taking turns (default 3)
+  --slices N     TS/C section: per workload one process (bench/perf-alternate.ts) in which TS and C take
+                 turns on the queue pair in 1 s slices, N slices each (default 10): adjacent slices see the
+                 same host load, so the ratio holds on a shared machine
+  --separate     instead, separate runs of each driver, --pairs N per workload (default 3), taking turns
   --boots N      boot the guest N times; the TS/C table is then the median of the boots' medians
   --cpu N        the vCPU both drivers of the TS/C section are pinned to (default 1)
   --c-only       only the TS/C section; --skip-c leaves it out
@@ -98,6 +104,7 @@ const SECONDS = Number(opts.seconds);
 const WARMUP = Number(opts.warmup);
 const REPEAT = Math.max(1, Math.floor(Number(opts.repeat)));
 const PAIRS = Math.max(1, Math.floor(Number(opts.pairs)));
+const SLICES = Math.max(1, Math.floor(Number(opts.slices)));
 const BOOTS = Math.max(1, Math.floor(Number(opts.boots)));
 const PIN_CPU = Math.floor(Number(opts.cpu));
 if (!(SECONDS > 0) || !(WARMUP >= 0) || !Number.isFinite(REPEAT) || !Number.isFinite(PAIRS) || !Number.isFinite(BOOTS) || !(PIN_CPU >= 0) ||
@@ -192,6 +199,9 @@ interface Results {
 }
 
 interface CRef {
+  /** separate: one process per run, in pairs; alternate: TS and C take turns in 1 s slices in one process. */
+  method?: "separate" | "alternate";
+  /** Pairs of runs, or of slices. */
   pairs: number;
   cpu: number;
   /** Per workload, the runs in the order they ran (ts[i] and c[i] are pair i). */
@@ -361,6 +371,31 @@ function unloadNvme(ctrl: string, notes: string[]): void {
 function cReference(ctrl: string, workloads: Workload[]): CRef {
   const rows: CRef["rows"] = {};
   for (const w of workloads) rows[w.name] = { ts: [], c: [] };
+  if (!opts.separate) {
+    for (const w of workloads) {
+      log(`TS/C ${w.name}: bench/perf-alternate.ts on vCPU ${PIN_CPU}, ${SLICES} slice pairs of 1 s`);
+      const r = sh([
+        "bun", "bench/perf-alternate.ts", `--ctrl=${ctrl}`, "--ns=1", `--qd=${w.qd}`, `--bs=${w.bs}`, `--pattern=${w.pattern}`, `--rw=${w.rw}`,
+        `--seconds=${2 * SLICES}`, `--warmup=${WARMUP}`, `--cpu=${PIN_CPU}`, "--seed=1000", "--slice=1", "--json",
+      ]);
+      const line = r.err.split("\n").find((l) => l.startsWith("alternate: "));
+      if (r.code !== 0 || !line) {
+        const error = `perf-alternate exited ${r.code}: ${r.err.trim().split("\n").slice(-2).join(" ")}`;
+        rows[w.name] = { ts: [{ ...NO_FIGURE, error }], c: [{ ...NO_FIGURE, error }] };
+        continue;
+      }
+      const slices = (JSON.parse(line.slice("alternate: ".length)) as { slices: { ts: SliceFigure; c: SliceFigure }[] }).slices;
+      const fig = (f: SliceFigure): Figure => ({
+        iops: f.iops,
+        mibPerSec: (f.iops * w.bs) / 2 ** 20,
+        latUs: { mean: 0, p50: f.p50Us, p99: 0, p999: 0, max: 0 },
+        runs: [f.iops],
+        ...(f.errors > 0 ? { error: `${f.errors} commands failed` } : {}),
+      });
+      rows[w.name] = { ts: slices.map((x) => fig(x.ts)), c: slices.map((x) => fig(x.c)) };
+    }
+    return { pairs: SLICES, cpu: PIN_CPU, method: "alternate", rows };
+  }
   for (let pair = 0; pair < PAIRS; pair++) {
     const seed = 1000 + pair;
     for (const w of workloads) {
@@ -372,7 +407,7 @@ function cReference(ctrl: string, workloads: Workload[]): CRef {
       }
     }
   }
-  return { pairs: PAIRS, cpu: PIN_CPU, rows };
+  return { pairs: PAIRS, cpu: PIN_CPU, method: "separate", rows };
 }
 
 // ---- NVMe/TCP ------------------------------------------------------------------------------------
@@ -690,7 +725,15 @@ export function renderResults(res: Results): string {
     "",
   );
   if (res.cref) {
-    out.push(renderCRef(summarizeCRef(res.cref), `vCPU ${res.cref.cpu}, median of ${res.cref.pairs} pairs in this boot`, "TS/C per pair"), "");
+    const alt = res.cref.method === "alternate";
+    out.push(
+      renderCRef(
+        summarizeCRef(res.cref),
+        alt ? `vCPU ${res.cref.cpu}, one process per workload taking turns in 1 s slices, median of ${res.cref.pairs} slice pairs` : `vCPU ${res.cref.cpu}, median of ${res.cref.pairs} pairs in this boot`,
+        alt ? "TS/C per slice pair" : "TS/C per pair",
+      ),
+      "",
+    );
   }
   const k = res.kernel;
   const rows = Object.keys(res.ours).map((name) => {
@@ -837,7 +880,7 @@ async function host(): Promise<number> {
   // against the kernel, the queue core, the growth tables.
   const estimate = opts["tcp-only"]
     ? 60
-    : 60 + nsSize / 20e6 + switches + perRun * 2 * PAIRS * nC +
+    : 60 + nsSize / 20e6 + switches + (opts.separate ? perRun * 2 * PAIRS * nC : (2 * SLICES + 3 * WARMUP + 10) * nC) +
       perRun * REPEAT * (coreRuns + nWork * (opts["skip-kernel"] ? 1 : 4) + (RUN.growth ? GROWTH_QD.length + GROWTH_QUEUES.length * (opts["skip-kernel"] ? 2 : 3) : 0));
   // NVMe/TCP: the target, preconditioning over loopback, and per workload ours and the kernel's host (connect, fio, disconnect).
   const tcpEstimate = RUN.tcp ? 30 + parseSize(opts["tcp-ns-size"]!) / 10e6 + REPEAT * TCP_WORKLOADS.length * (perRun * (opts["skip-kernel"] ? 1 : 2) + 10) : 0;
@@ -849,6 +892,7 @@ async function host(): Promise<number> {
   }
   const args = [
     "--inside", `--seconds=${SECONDS}`, `--warmup=${WARMUP}`, `--repeat=${REPEAT}`, `--ns-size=${opts["ns-size"]}`, `--pairs=${PAIRS}`, `--cpu=${PIN_CPU}`,
+    `--slices=${SLICES}`, ...(opts.separate ? ["--separate"] : []),
     ...(opts.only ? [`--only=${opts.only}`] : []), ...(opts["skip-growth"] ? ["--skip-growth"] : []), ...(opts["skip-kernel"] ? ["--skip-kernel"] : []),
     ...(opts["c-only"] ? ["--c-only"] : []), ...(opts["skip-c"] ? ["--skip-c"] : []),
     ...(opts["skip-core"] ? ["--skip-core"] : []), ...(opts["only-core"] ? ["--only-core"] : []),
@@ -871,7 +915,7 @@ async function host(): Promise<number> {
   if (opts.json) process.stdout.write(text);
   else if (combined) {
     const loads = boots.map((b) => `${b.machine.hostLoad!.start[0]}-${b.machine.hostLoad!.end[0]}`).join(", ");
-    process.stdout.write(`\n==== ${BOOTS} boots (host 1-min load before-after each boot: ${loads})\n${renderCRef(combined, `vCPU ${PIN_CPU}, median of ${BOOTS} boots (each the median of ${PAIRS} pairs)`, "TS/C per boot")}\n`);
+    process.stdout.write(`\n==== ${BOOTS} boots (host 1-min load before-after each boot: ${loads})\n${renderCRef(combined, `vCPU ${PIN_CPU}, median of ${BOOTS} boots (each the median of ${opts.separate ? `${PAIRS} pairs` : `${SLICES} slice pairs`})`, "TS/C per boot")}\n`);
   }
   return 0;
 }
