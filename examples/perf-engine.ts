@@ -11,9 +11,10 @@
  * controller works on the new commands.
  * Async API: `qd` loops each awaiting rwAsync() (a promise per command, by design).
  *
- * Warm-up: the measured window starts once the warm-up time has passed AND the runtime's JIT
+ * Warm-up: the measured job starts once the warm-up time has passed AND the runtime's JIT
  * compiler threads have been idle for a second (at most 3x the warm-up): under emulation the JIT
- * compiles for seconds, and its threads take CPU from the poller (pinned, from the same CPU).
+ * compiles for seconds, and its threads take CPU from the poller (pinned, from the same CPU). The
+ * warm-up runs the job itself, whole, in one-second jobs (runJob()).
  */
 import { readdirSync, readFileSync, writeFileSync } from "node:fs";
 import type { DmaBuffer } from "../lib/dma.ts";
@@ -177,6 +178,8 @@ export interface JobResult {
 export const progressSlots = (jobs: number): number => 1 + 3 * jobs;
 
 const YIELD_MS = 50;
+/** Warm-up jobs last this long: one with no JIT CPU time is a quiet second. */
+const WARMUP_SLICE_MS = 1000;
 
 function yieldToEventLoop(): Promise<void> {
   return new Promise((resolve) => setImmediate(resolve));
@@ -215,43 +218,46 @@ export function jitCpuTicks(): number {
   return ticks;
 }
 
+
 /**
- * When the measured window may start: not before `from` (the end of the warm-up), then once the
- * JIT threads used no CPU for JIT_QUIET_MS, and at `latest` whatever the JIT does. Sampled at
- * the job's yields (every YIELD_MS), not per poll: each look reads /proc.
+ * Keep `w.qd` commands outstanding on `q` over `buf` (at least qd × bs bytes) until done. With a
+ * warm-up, the job first runs as jobs of WARMUP_SLICE_MS each (counted, then thrown away) until
+ * the warm-up time has passed and the JIT's threads used no CPU during the last of them (at most
+ * 3x the warm-up), then the measured job: the same function with the same branches taken, so the
+ * code the JIT compiled during the warm-up is the code that runs measured. (A warm-up inside one
+ * job, with bookkeeping only once measuring, left the measured branches cold: the first measured
+ * completion sent the optimised loop back to the baseline tier and the JIT compiled it again
+ * inside the window, 16 % of the pinned CPU at QD 32 in the guest profile.)
  */
-class WarmUp {
-  #ticks = -2;
-  #busyAt: number;
-  /** Set once the window may start; `quiet` tells whether the JIT had gone quiet by then. */
-  done = false;
-  quiet = false;
-
-  constructor(
-    private readonly from: number,
-    private readonly latest: number,
-    now: number,
-  ) {
-    this.#busyAt = now;
+export async function runJob(q: NvmeIoQueue, buf: DmaBuffer, w: Workload, progress: Float64Array, index: number, onTick?: () => void): Promise<JobResult> {
+  if (w.warmupSeconds <= 0) return runMeasured(q, buf, w, progress, index, onTick);
+  const t0 = performance.now();
+  const from = t0 + w.warmupSeconds * 1000;
+  const latest = t0 + WARMUP_MAX_FACTOR * w.warmupSeconds * 1000;
+  const slice: Workload = { ...w, warmupSeconds: 0, seconds: WARMUP_SLICE_MS / 1000, ios: undefined, markFile: undefined };
+  const base = 1 + 3 * index;
+  let ticks = jitCpuTicks();
+  let quiet = false;
+  for (;;) {
+    const r = await runMeasured(q, buf, slice, progress, index, onTick);
+    // Nothing of the warm-up is reported as measured.
+    progress[base] = 0;
+    progress[base + 1] = 0;
+    progress[base + 2] = 0;
+    const now = performance.now();
+    if (r.interrupted || r.errors > 0) return { ...r, ios: 0, reads: 0, writes: 0, bytes: 0, seconds: 0, warmupSeconds: (now - t0) / 1000, jitQuiet: false, hist: new LatencyHistogram().toJSON() };
+    const t = jitCpuTicks();
+    quiet = t < 0 || t === ticks;
+    ticks = t;
+    if (now >= from && (quiet || now >= latest)) break;
   }
-
-  check(t: number): void {
-    if (this.done) return;
-    const ticks = jitCpuTicks();
-    if (ticks !== this.#ticks) {
-      this.#ticks = ticks;
-      this.#busyAt = t;
-    }
-    const quiet = ticks < 0 || t - this.#busyAt >= JIT_QUIET_MS;
-    if (t >= this.from && (quiet || t >= this.latest)) {
-      this.done = true;
-      this.quiet = quiet;
-    }
-  }
+  const tw = performance.now();
+  const res = await runMeasured(q, buf, { ...w, warmupSeconds: 0 }, progress, index, onTick);
+  return { ...res, warmupSeconds: (tw - t0) / 1000, jitQuiet: quiet };
 }
 
-/** Keep `w.qd` commands outstanding on `q` over `buf` (at least qd × bs bytes) until done. */
-export async function runJob(q: NvmeIoQueue, buf: DmaBuffer, w: Workload, progress: Float64Array, index: number, onTick?: () => void): Promise<JobResult> {
+/** One job measured from its first command. */
+async function runMeasured(q: NvmeIoQueue, buf: DmaBuffer, w: Workload, progress: Float64Array, index: number, onTick?: () => void): Promise<JobResult> {
   if (w.qd > q.depth) throw new Error(`queue depth ${w.qd} exceeds the queue's ${q.depth} command slots`);
   if (buf.size < w.qd * w.bs && w.api === "async") throw new Error(`buffer of ${buf.size} bytes is too small for ${w.qd} x ${w.bs}`);
   if (buf.size < q.depth * w.bs && w.api === "low") throw new Error(`buffer of ${buf.size} bytes is too small for ${q.depth} x ${w.bs}`);
@@ -294,32 +300,17 @@ export async function runJob(q: NvmeIoQueue, buf: DmaBuffer, w: Workload, progre
   let interrupted = false;
 
   const t0 = performance.now();
-  let measuring = w.warmupSeconds <= 0;
-  let tMeasure = measuring ? t0 : t0 + w.warmupSeconds * 1000;
-  // Without a warm-up the window starts at once, JIT or not.
-  const warm = measuring ? undefined : new WarmUp(tMeasure, t0 + WARMUP_MAX_FACTOR * w.warmupSeconds * 1000, t0);
-  // Set when measuring starts (the warm-up may run longer than asked for).
-  let tEnd = w.seconds !== undefined && measuring ? tMeasure + w.seconds * 1000 : Infinity;
+  const tEnd = w.seconds !== undefined ? t0 + w.seconds * 1000 : Infinity;
   let tLast = t0;
-  const startMeasuring = (t: number) => {
-    measuring = true;
-    tMeasure = t;
-    if (w.seconds !== undefined) tEnd = t + w.seconds * 1000;
-    progress[base + 2] = 1;
-    markMeasuring(w, index, Date.now());
-  };
-  if (measuring) {
-    progress[base + 2] = 1;
-    markMeasuring(w, index, Date.now());
-  }
+  progress[base + 2] = 1;
+  markMeasuring(w, index, Date.now());
 
   if (w.api === "async") {
     let stopping = false;
     let inflight = 0;
-    let lastCheck = t0;
     const loop = async (slot: number) => {
       const offset = slot * w.bs;
-      while (!stopping && !(measuring && ios + inflight >= limit)) {
+      while (!stopping && ios + inflight < limit) {
         const write = isWrite();
         const lba = nextLba();
         inflight++;
@@ -334,18 +325,12 @@ export async function runJob(q: NvmeIoQueue, buf: DmaBuffer, w: Workload, progre
         inflight--;
         const t = performance.now();
         tLast = t;
-        if (measuring) {
-          hist.record((t - start) * 1e6);
-          ios++;
-          if (write) writes++;
-          else reads++;
-          progress[base] = ios;
-          progress[base + 1] = ios * w.bs;
-        } else if (t - lastCheck > YIELD_MS) {
-          lastCheck = t;
-          warm!.check(t);
-          if (warm!.done) startMeasuring(t);
-        }
+        hist.record((t - start) * 1e6);
+        ios++;
+        if (write) writes++;
+        else reads++;
+        progress[base] = ios;
+        progress[base + 1] = ios * w.bs;
         if (t >= tEnd) stopping = true;
         if (progress[0] !== 0) {
           stopping = true;
@@ -383,7 +368,7 @@ export async function runJob(q: NvmeIoQueue, buf: DmaBuffer, w: Workload, progre
     const nsid = w.nsid;
     const refill = (t: number): void => {
       let posted = 0;
-      while (q.outstanding < qd && !(measuring && ios + q.outstanding >= limit)) {
+      while (q.outstanding < qd && ios + q.outstanding < limit) {
         const cid = q.acquire();
         if (cid < 0) break;
         // The clock was just read: the batch's deadlines count from it (no clock read of the queue's own).
@@ -426,14 +411,11 @@ export async function runJob(q: NvmeIoQueue, buf: DmaBuffer, w: Workload, progre
         lastActivity = t;
         tLast = t;
         // Counted now, so that the refill of a counted run (--ios) posts no more than it needs.
-        if (measuring) {
-          ios += nDone;
-          toRecord = nDone;
-        }
+        ios += nDone;
+        toRecord = nDone;
         nDone = 0;
       }
-      if (!measuring && warm!.done) startMeasuring(t);
-      if (errors > 0 || t >= tEnd || (measuring && ios >= limit)) stopping = true;
+      if (errors > 0 || t >= tEnd || ios >= limit) stopping = true;
       if (!stopping) refill(t);
       if (toRecord > 0) {
         // After the doorbell: the controller is already working on the new commands.
@@ -451,7 +433,6 @@ export async function runJob(q: NvmeIoQueue, buf: DmaBuffer, w: Workload, progre
         // Signals (and the main thread's stop flag) are seen between turns of the event loop.
         await yieldToEventLoop();
         lastYield = performance.now();
-        if (!measuring) warm!.check(lastYield);
         if (progress[0] !== 0 && !stopping) {
           stopping = true;
           interrupted = true;
@@ -471,9 +452,8 @@ export async function runJob(q: NvmeIoQueue, buf: DmaBuffer, w: Workload, progre
     reads,
     writes,
     bytes: ios * w.bs,
-    seconds: Math.max(tLast - tMeasure, 0) / 1000,
-    warmupSeconds: (tMeasure - t0) / 1000,
-    ...(warm ? { jitQuiet: warm.quiet } : {}),
+    seconds: Math.max(tLast - t0, 0) / 1000,
+    warmupSeconds: 0,
     errors,
     ...(firstError !== undefined ? { firstError } : {}),
     interrupted,
