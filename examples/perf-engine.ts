@@ -178,15 +178,13 @@ export interface JobResult {
 export const progressSlots = (jobs: number): number => 1 + 3 * jobs;
 
 const YIELD_MS = 50;
-/** Warm-up jobs last this long: one with no JIT CPU time is a quiet second. */
+/** Warm-up jobs last this long; the JIT counts as quiet after one in which its threads used no CPU. */
 const WARMUP_SLICE_MS = 1000;
 
 function yieldToEventLoop(): Promise<void> {
   return new Promise((resolve) => setImmediate(resolve));
 }
 
-/** The JIT counts as quiet after this long without CPU time in its threads. */
-const JIT_QUIET_MS = 1000;
 /** The warm-up waits for the JIT at most this many times its own length. */
 const WARMUP_MAX_FACTOR = 3;
 
@@ -217,7 +215,6 @@ export function jitCpuTicks(): number {
   }
   return ticks;
 }
-
 
 /**
  * Keep `w.qd` commands outstanding on `q` over `buf` (at least qd × bs bytes) until done. With a
