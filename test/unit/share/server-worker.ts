@@ -42,7 +42,7 @@ function stats(): unknown {
   for (let q = 1; q <= 64; q++) if (f.hasSq(q)) sqs.push(q);
   return {
     violations: [...f.dmaViolations],
-    clients: server!.clients().map((c: { id: number; pid: number; uid: number; sqids: readonly number[]; heldBytes: number }) => ({ id: c.id, pid: c.pid, uid: c.uid, sqids: [...c.sqids], heldBytes: c.heldBytes })),
+    clients: server!.clients().map((c: { id: number; pid: number; uid: number | undefined; sqids: readonly number[]; heldBytes: number }) => ({ id: c.id, pid: c.pid, uid: c.uid, sqids: [...c.sqids], heldBytes: c.heldBytes })),
     reclaimed: server!.reclaimed,
     sqs,
     admin: f.fetched.filter((c) => c.sqid === 0).map((c) => [c.opcode, c.sqe[10]! & 0xffff]),
