@@ -20,6 +20,7 @@ import {
   sisciRpcFdid,
   SisciListener,
 } from "../../../lib/share/sisci-link.ts";
+import type { ShareConnection } from "../../../lib/share/carrier.ts";
 import { fabricDir, fake, fakeEnv, NOTHING_LIVE, removeFabric, useFakeSmartIo } from "../../smartio/fake.ts";
 
 const REPO = join(import.meta.dir, "..", "..", "..");
@@ -117,6 +118,19 @@ describe("finding the server", () => {
     expect(e).toBeInstanceOf(ShareError);
     expect((e as ShareError).reason).toBe("server-gone");
     expect((e as ShareError).message).toContain("examples/serve.ts --ctrl=smartio:80200 --sisci");
+  });
+
+  test("libnvm doctor smartio-rpc:<fdid> with nobody serving: exit 3, the ShareError and how to start the server", () => {
+    const r = Bun.spawnSync(["bun", join(REPO, "bin", "libnvm.ts"), "doctor", "smartio-rpc:80200", "-o", "json"], {
+      cwd: REPO,
+      env: { ...process.env, ...fakeEnv(dir, DEVICES, PEER_NODE) },
+      stdout: "pipe",
+      stderr: "pipe",
+    });
+    expect(r.exitCode).toBe(3);
+    const j = JSON.parse(r.stdout.toString());
+    expect(j).toMatchObject({ ctrl: "smartio-rpc:80200", via: "sisci", reachable: false, error: { name: "ShareError" } });
+    expect(j.error.message).toContain("examples/serve.ts --ctrl=smartio:80200 --sisci");
   });
 
   test("a second server for the same device is refused while the first lives; a stopped one leaves no server published", async () => {
@@ -226,7 +240,7 @@ describe("the server's side", () => {
   test("a client killed: its connection fails with 'server-gone' on the server within a few pings; another client is unaffected", async () => {
     const l = SisciListener.listen(0x80100, { pingMs: 100 });
     cleanups.push(() => l.close());
-    const conns = [];
+    const conns: ShareConnection[] = [];
     const kids = [];
     for (let i = 0; i < 2; i++) {
       const kid = Bun.spawn(["bun", PEER, "client", "80100"], { cwd: REPO, env: { ...process.env, ...fakeEnv(dir, DEVICES, PEER_NODE + i) }, stdout: "pipe", stderr: "pipe" });
