@@ -10,7 +10,7 @@ import { afterEach, expect, test } from "bun:test";
 import { chmodSync, readdirSync, readlinkSync } from "node:fs";
 import { join } from "node:path";
 import { Controller, Namespace, ShareError, defaultSocketPath, parseBdf } from "../../lib/index.ts";
-import { ctrlAddress, expectedBackend, REPO, requireExpected, waitForLine } from "../hw/common.ts";
+import { ctrlAddress, expectedBackend, REPO, requireExpected, rest, waitForLine } from "../hw/common.ts";
 import { native } from "../../lib/native.ts";
 import { connectUnix } from "../../lib/share/link.ts";
 import { decodeBody, encode, FrameReader, type Reply, type Request } from "../../lib/share/protocol.ts";
@@ -32,24 +32,6 @@ function spawn(args: string[]): Proc {
   const p = Bun.spawn(["bun", ...args], { cwd: REPO, stdin: "ignore", stdout: "pipe", stderr: "pipe" });
   procs.push(p);
   return p;
-}
-
-/** Everything a stream still holds, read until it ends (the process exited) or `ms` pass. */
-async function rest(s: ReadableStream<Uint8Array>, ms = 10_000): Promise<string> {
-  const reader = s.getReader();
-  const dec = new TextDecoder();
-  let out = "";
-  const end = Date.now() + ms;
-  try {
-    while (Date.now() < end) {
-      const r = await Promise.race([reader.read(), Bun.sleep(Math.max(1, end - Date.now())).then(() => undefined)]);
-      if (!r || r.done) break;
-      out += dec.decode(r.value, { stream: true });
-    }
-  } finally {
-    reader.releaseLock();
-  }
-  return out;
 }
 
 async function serve(socket?: string, more: string[] = []): Promise<{ p: Proc; path: string }> {

@@ -22,7 +22,7 @@ import { afterAll, afterEach, beforeAll, expect, test } from "bun:test";
 import { readlinkSync } from "node:fs";
 import { basename, join } from "node:path";
 import { Controller, Namespace, ShareError } from "../../lib/index.ts";
-import { ctrlAddress, REPO, requireExpected, waitForLine } from "../hw/common.ts";
+import { ctrlAddress, REPO, requireExpected, rest, waitForLine } from "../hw/common.ts";
 import { fillShare } from "../hw-share/pattern.ts";
 import { fabricDir, fake, fakeEnv, NOTHING_LIVE, removeFabric, useFakeSmartIo } from "../smartio/fake.ts";
 
@@ -65,24 +65,6 @@ function spawn(args: string[], node: number): Proc {
   const p = Bun.spawn(["bun", ...args], { cwd: REPO, env: { ...process.env, ...fakeEnv(dir, devices, node) }, stdin: "pipe", stdout: "pipe", stderr: "pipe" });
   procs.push(p);
   return p;
-}
-
-/** Everything a stream still holds, read until it ends or `ms` pass. */
-async function rest(s: ReadableStream<Uint8Array>, ms = 10_000): Promise<string> {
-  const reader = s.getReader();
-  const dec = new TextDecoder();
-  let out = "";
-  const end = Date.now() + ms;
-  try {
-    while (Date.now() < end) {
-      const r = await Promise.race([reader.read(), Bun.sleep(Math.max(1, end - Date.now())).then(() => undefined)]);
-      if (!r || r.done) break;
-      out += dec.decode(r.value, { stream: true });
-    }
-  } finally {
-    reader.releaseLock();
-  }
-  return out;
 }
 
 async function serve(): Promise<Proc> {
