@@ -203,3 +203,24 @@ test("SIGKILL of the server: the client's next call fails with ShareError 'serve
   // The server's borrow and VFIO container went with it, the client's with its exit.
   expectNothingBorrowed();
 });
+
+test("perf: a client through the SmartIO RPC beside the owner through SmartIO (same IoQueue code; figures printed, TCG timing)", async () => {
+  const ns1 = requireExpected().namespaces[0]!;
+  const perf = async (ctrl: string, node: number) => {
+    const p = spawn([join(REPO, "examples/perf.ts"), `--ctrl=${ctrl}`, `--ns=${ns1.nsid}`, "--qd=8", "--ios=4000", "--seed=1", "--json"], node);
+    const code = await p.exited;
+    const out = await rest(p.stdout);
+    const err = await rest(p.stderr);
+    expect({ code, err }).toMatchObject({ code: 0 });
+    return JSON.parse(out).total as { iops: number };
+  };
+  const owner = await perf("smartio:80000", SERVER_NODE);
+  const server = await serve();
+  const client = await perf(TARGET, 8);
+  server.kill("SIGTERM");
+  await server.exited;
+  console.log(`smartio-rpc: perf 4k rand read qd 8, 4000 IOs: owner (smartio:80000) ${Math.round(owner.iops)} IOPS, client on another node (${TARGET}) ${Math.round(client.iops)} IOPS (ratio ${(client.iops / owner.iops).toFixed(2)})`);
+  // A loose bound: it catches a client path that went through the server (every command a round trip of interrupts).
+  expect(client.iops).toBeGreaterThan(owner.iops * 0.3);
+  expectNothingBorrowed();
+});
