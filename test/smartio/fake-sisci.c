@@ -679,6 +679,7 @@ static sci_error_t borrow_from_lender(struct fabric_dev *d)
     }
     struct timeval tv = { LEND_REPLY_MS / 1000, 0 };
     setsockopt(s, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+    setsockopt(s, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv));
     d->lender_conn = s;
     struct lend_msg m = { .op = LEND_DEVICE };
     int dev = -1;
