@@ -14,7 +14,7 @@ import { ctrlAddress, expectedBackend, REPO, requireExpected, rest, waitForLine 
 import { native } from "../../lib/native.ts";
 import { connectUnix } from "../../lib/share/link.ts";
 import { decodeBody, encode, FrameReader, type Reply, type Request } from "../../lib/share/protocol.ts";
-import { fillShare } from "./pattern.ts";
+import { expectPattern } from "./verify.ts";
 
 type Proc = ReturnType<typeof Bun.spawn<"ignore", "pipe", "pipe">>;
 const procs: Proc[] = [];
@@ -55,16 +55,7 @@ function client(path: string, nsid: number, first: number, blocks: number, secon
 /** Check the last round a client reported against the media, from this process (through the server). */
 async function verifyRange(path: string, nsid: number, first: number, blocks: number, seed: number, round: number): Promise<void> {
   using c = Controller.open(`unix:${path}`, { handleSignals: false });
-  const ns = new Namespace(c, nsid);
-  const per = Math.min(blocks, 64);
-  const buf = c.allocBuffer(per * ns.lbaSize);
-  const want = new Uint8Array(per * ns.lbaSize);
-  for (let lba = first; lba < first + blocks; lba += per) {
-    const n = Math.min(per, first + blocks - lba);
-    await ns.read(lba, n, buf);
-    fillShare(want, seed, round * 100_000 + lba);
-    expect(Buffer.compare(buf.bytes.subarray(0, n * ns.lbaSize), want.subarray(0, n * ns.lbaSize))).toBe(0);
-  }
+  await expectPattern(c, nsid, first, blocks, seed, round);
 }
 
 test("two client processes do verified I/O on disjoint ranges at once, each through its own queue; the default socket is under /run/libnvm", async () => {

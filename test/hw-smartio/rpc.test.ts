@@ -21,9 +21,9 @@
 import { afterAll, afterEach, beforeAll, expect, test } from "bun:test";
 import { readlinkSync } from "node:fs";
 import { basename, join } from "node:path";
-import { Controller, Namespace, ShareError } from "../../lib/index.ts";
+import { Controller, ShareError } from "../../lib/index.ts";
 import { ctrlAddress, REPO, requireExpected, rest, waitForLine } from "../hw/common.ts";
-import { fillShare } from "../hw-share/pattern.ts";
+import { expectPattern } from "../hw-share/verify.ts";
 import { fabricDir, fake, fakeEnv, NOTHING_LIVE, removeFabric, useFakeSmartIo } from "../smartio/fake.ts";
 
 const TARGET = "smartio-rpc:80000";
@@ -89,16 +89,7 @@ async function verifyRange(nsid: number, first: number, blocks: number, seed: nu
   const c = Controller.open(TARGET, { handleSignals: false, timeoutMs: 5000 });
   try {
     expect(c.backend.kind).toBe("smartio");
-    const ns = new Namespace(c, nsid);
-    const per = Math.min(blocks, 64);
-    const buf = c.allocBuffer(per * ns.lbaSize);
-    const want = new Uint8Array(per * ns.lbaSize);
-    for (let lba = first; lba < first + blocks; lba += per) {
-      const n = Math.min(per, first + blocks - lba);
-      await ns.read(lba, n, buf);
-      fillShare(want, seed, round * 100_000 + lba);
-      expect(Buffer.compare(buf.bytes.subarray(0, n * ns.lbaSize), want.subarray(0, n * ns.lbaSize))).toBe(0);
-    }
+    await expectPattern(c, nsid, first, blocks, seed, round);
   } finally {
     c.close();
   }
