@@ -148,7 +148,7 @@ export function commandHelp(c: Command): string {
   });
   const width = Math.max(...rows.map(([l]) => l.length)) + 2;
   const device = c.device
-    ? "\n<device> is the controller: its PCI address (0000:05:00.0 or 05:00.0), /dev/disnvmN, smartio:<fdid> for one\nborrowed across a Dolphin SmartIO cluster (the fabric device id in hex, as `smartio_tool list` prints it), an\nNVMe/TCP address nvme+tcp://HOST[:PORT]/SUBNQN[?hdr-digest=1&data-digest=1&queue-size=N...], or unix:PATH for one\nanother process serves (examples/serve.ts).\n"
+    ? "\n<device> is the controller: its PCI address (0000:05:00.0 or 05:00.0), /dev/disnvmN, smartio:<fdid> for one\nborrowed across a Dolphin SmartIO cluster (the fabric device id in hex, as `smartio_tool list` prints it), an\nNVMe/TCP address nvme+tcp://HOST[:PORT]/SUBNQN[?hdr-digest=1&data-digest=1&queue-size=N...], or unix:PATH for one\nanother process serves (examples/serve.ts), or smartio-rpc:<fdid> for one a process of a SmartIO cluster\nserves (examples/serve.ts --sisci).\n"
     : "";
   return `Usage: ${usageLine(c)}\n\n${c.description}\n${device}\nOptions:\n${rows.map(([l, h]) => `  ${l.padEnd(width)}${h}`).join("\n")}\n`;
 }

@@ -22,7 +22,8 @@ export const commonOptions = {
 /** Lines every example's usage ends with. */
 export const commonUsage = `  --ctrl=C       a PCI address (05:00.0), /dev/disnvmN, or smartio:<fdid> (a controller borrowed across a
                  Dolphin SmartIO cluster; the fabric device id in hex, as \`smartio_tool list\` prints it), or
-                 unix:PATH (a controller another process serves: examples/serve.ts)
+                 unix:PATH (a controller another process serves: examples/serve.ts), or smartio-rpc:<fdid>
+                 (one a process of the SmartIO cluster serves: examples/serve.ts --sisci)
   --backend=B    auto (default: by the bound driver, or smartio for smartio:<fdid>), sysfs, vfio, disnvm or smartio
   --force        open even if another process owns the controller (it is reset under that process)
 `;

@@ -14,7 +14,7 @@ import { intOption, parse, run, toJson, openController, UsageError } from "./com
 
 const usage = `usage: bun run examples/identify.ts --ctrl=CTRL [--ns=NSID] [--discover] [--json]
   --ctrl=CTRL  controller's PCI address (05:00.0 or 0000:05:00.0), /dev/disnvmN, nvme+tcp://HOST:PORT/SUBNQN,
-               or unix:PATH (served by examples/serve.ts)
+               or unix:PATH / smartio-rpc:<fdid> (served by examples/serve.ts)
   --ns=NSID    show only this namespace (default: every active namespace)
   --discover   --ctrl=nvme+tcp://HOST[:PORT]: list the subsystems the target offers (its Discovery Log Page)
   --json       print one JSON object with the parsed structures

@@ -26,7 +26,7 @@ const usage = `usage: bun run examples/perf.ts --ctrl=CTRL [--ns=NSID] [--qd=N] 
   Keeps QD commands outstanding per queue pair and reports IOPS, MiB/s and completion latency
   (min, mean, max, p1 p5 p25 p50 p75 p90 p95 p99 p99.9) per queue pair and in total.
   WRITES OVERWRITE THE NAMESPACE (--rw=write or mix).
-  --ctrl=CTRL       controller: PCI address (unbound from the kernel's nvme driver), /dev/disnvmN, nvme+tcp://HOST:PORT/SUBNQN, or unix:PATH (served)
+  --ctrl=CTRL       controller: PCI address (unbound from the kernel's nvme driver), /dev/disnvmN, nvme+tcp://HOST:PORT/SUBNQN, unix:PATH or smartio-rpc:<fdid> (served)
   --ns=NSID         namespace (default 1)
   --qd=N            commands outstanding per queue pair (default 1)
   --bs=SIZE         bytes per command: a multiple of the LBA size, at most MDTS (default 4k; k, m suffixes)

@@ -11,7 +11,7 @@ import { intOption, parse, printTransferSummary, run, UsageError, openController
 
 const usage = `usage: bun run examples/read-blocks.ts --ctrl=CTRL --ns=NSID --lba=N --count=N [--output=FILE] [--json]
   Reads COUNT blocks starting at LBA into FILE, or to stdout when it is not a terminal.
-  --ctrl=CTRL    controller: PCI address (05:00.0), /dev/disnvmN, nvme+tcp://HOST:PORT/SUBNQN, or unix:PATH (served)
+  --ctrl=CTRL    controller: PCI address (05:00.0), /dev/disnvmN, nvme+tcp://HOST:PORT/SUBNQN, unix:PATH or smartio-rpc:<fdid> (served)
   --ns=NSID      namespace
   --lba=N        first block
   --count=N      blocks to read (1 or more; split into commands of at most MDTS)

@@ -9,7 +9,7 @@ import { intOption, parse, run, toJson, openController } from "./common.ts";
 
 const usage = `usage: bun run examples/roundtrip.ts --ctrl=CTRL --ns=NSID [--lba=N] [--count=N] [--json]
   Writes a random pattern to COUNT blocks at LBA (their data is lost), reads them back, compares.
-  --ctrl=CTRL  controller: PCI address (05:00.0), /dev/disnvmN, nvme+tcp://HOST:PORT/SUBNQN, or unix:PATH (served)
+  --ctrl=CTRL  controller: PCI address (05:00.0), /dev/disnvmN, nvme+tcp://HOST:PORT/SUBNQN, unix:PATH or smartio-rpc:<fdid> (served)
   --ns=NSID    namespace (default 1)
   --lba=N      first block (default 0)
   --count=N    blocks (default 8)

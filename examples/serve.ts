@@ -5,12 +5,21 @@
  * deletes every client's queues and shuts the controller down.
  *
  *   bun run examples/serve.ts --ctrl=05:00.0 [--socket=/run/libnvm/0000:05:00.0.sock] [--allow=features,format]
+ *
+ * Across a Dolphin SmartIO cluster (lib/share/sisci-link.ts): --ctrl=smartio:<fdid> --sisci borrows
+ * the controller shared, publishes this process in the device's rendezvous segment and serves
+ * clients of any host of the cluster, which open smartio-rpc:<fdid>.
  */
+import { Controller } from "../lib/controller.ts";
+import { parseSmartIoAddress, SmartIoBackend } from "../lib/backends/smartio.ts";
 import { SHARE_GRANTS, ShareServer, type ShareGrant } from "../lib/share/server.ts";
+import { SisciListener } from "../lib/share/sisci-link.ts";
 import { intOption, parse, run, UsageError, openController } from "./common.ts";
 
-const usage = `usage: bun run examples/serve.ts --ctrl=CTRL [--socket=PATH] [--allow=GRANT,...] [--uid=UID,...] [--queues=N] [--mode=OCTAL]
-  --ctrl=CTRL      the controller to own: PCI address (05:00.0, unbound: sysfs), /dev/disnvmN, ...
+const usage = `usage: bun run examples/serve.ts --ctrl=CTRL [--socket=PATH | --sisci] [--allow=GRANT,...] [--uid=UID,...] [--queues=N] [--mode=OCTAL]
+  --ctrl=CTRL      the controller to own: PCI address (05:00.0, unbound: sysfs), /dev/disnvmN, smartio:<fdid>, ...
+  --sisci          serve across the SmartIO cluster (with --ctrl=smartio:<fdid>) instead of a Unix socket:
+                   the controller is borrowed shared, clients on any host open smartio-rpc:<fdid>
   --socket=PATH    where clients connect (default /run/libnvm/<PCI address>.sock)
   --allow=GRANTS   what clients may do beyond Identify, Get Log Page and Get Features, comma separated:
                    ${SHARE_GRANTS.join(", ")} (default: none)
@@ -28,6 +37,7 @@ await run(async () => {
     queues: { type: "string" },
     mode: { type: "string" },
     timeout: { type: "string" },
+    sisci: { type: "boolean" },
   });
   const allow = (args.allow ?? "").split(",").filter(Boolean) as ShareGrant[];
   for (const g of allow) if (!SHARE_GRANTS.includes(g)) throw new UsageError(`--allow=${g}: choose from ${SHARE_GRANTS.join(", ")}\n${usage}`);
@@ -40,12 +50,19 @@ await run(async () => {
     mode = parseInt(args.mode, 8);
   }
   if (args.ctrl.startsWith("unix:")) throw new UsageError(`--ctrl=${args.ctrl}: a server owns its controller; give the PCI address\n${usage}`);
+  const sisci = args.sisci === true;
+  if (sisci && (!/^smartio:/i.test(args.ctrl) || args.socket !== undefined)) {
+    throw new UsageError(`--sisci serves a controller borrowed through SmartIO over SISCI: give --ctrl=smartio:<fdid>, and no --socket\n${usage}`);
+  }
   // Signals: stop serving (deleting the clients' queues) before the controller closes.
-  const ctrl = openController(args, { handleSignals: false, ...(timeoutMs !== undefined ? { timeoutMs } : {}) });
+  const copts = { handleSignals: false, ...(timeoutMs !== undefined ? { timeoutMs } : {}) };
+  // SISCI clients borrow the device too: the server's borrow must be shared, not exclusive.
+  const ctrl = sisci ? Controller.openBackend(new SmartIoBackend(parseSmartIoAddress(args.ctrl), { exclusive: false }), copts) : openController(args, copts);
   const log = (line: string) => process.stderr.write(`serve: ${line}\n`);
   let server: ShareServer;
   try {
     server = ShareServer.listen(ctrl, {
+      ...(sisci ? { listener: SisciListener.listen(parseSmartIoAddress(args.ctrl)) } : {}),
       ...(args.socket !== undefined ? { socket: args.socket } : {}),
       allow,
       ...(uids ? { uids } : {}),

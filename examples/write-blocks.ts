@@ -11,7 +11,7 @@ import { intOption, parse, printTransferSummary, run, UsageError, openController
 
 const usage = `usage: bun run examples/write-blocks.ts --ctrl=CTRL --ns=NSID --lba=N --input=FILE [--count=N] [--json]
   Writes FILE to the namespace starting at LBA (the blocks' data is lost), then sends Flush.
-  --ctrl=CTRL    controller: PCI address (05:00.0), /dev/disnvmN, nvme+tcp://HOST:PORT/SUBNQN, or unix:PATH (served)
+  --ctrl=CTRL    controller: PCI address (05:00.0), /dev/disnvmN, nvme+tcp://HOST:PORT/SUBNQN, unix:PATH or smartio-rpc:<fdid> (served)
   --ns=NSID      namespace
   --lba=N        first block
   --input=FILE   data to write (- for stdin, with --count); the last partial block is padded with zeros

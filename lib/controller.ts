@@ -9,6 +9,7 @@
  *   Controller.open("nvme+tcp://10.0.0.5:4420/nqn.2024-01.io.x:sub1")  NVMe/TCP
  *   Controller.discover("nvme+tcp://10.0.0.5:4420")                    the subsystems a target offers
  *   Controller.open("unix:/run/libnvm/0000:05:00.0.sock")              served by another process (lib/share)
+ *   Controller.open("smartio-rpc:80000")                               served by a process of a SmartIO cluster
  */
 import { closeSync } from "node:fs";
 import { ClosedError, InvalidArgumentError, NvmeStatusError, UnsupportedError } from "./errors.ts";
@@ -28,6 +29,7 @@ import type { TcpQueue } from "./transports/tcp/queue.ts";
 import { isTcpTarget } from "./transports/tcp/uri.ts";
 import { ShareClientTransport, type ShareClientOptions } from "./share/client.ts";
 import { unixPath } from "./share/link.ts";
+import { connectSisci, sisciRpcFdid } from "./share/sisci-link.ts";
 import type { AdminAsyncOptions, AdminExecOptions, AdminResult, AdminTransfer, ControllerTransport, ForeignQueueHost, MapDmaBufOptions, NvmeIoQueue, RegisterSnapshot, TransportKind } from "./transports/types.ts";
 
 const HOST_PAGE_SHIFT = 12;
@@ -156,14 +158,21 @@ export class Controller {
    *   a SUBNQN it opens the target's discovery controller (Controller.discover() lists subsystems);
    * - unix:PATH: a controller another process serves (examples/serve.ts, lib/share/server.ts): admin
    *   commands go through that server, I/O queues live in this process's memory and are driven
-   *   from here as any PCIe queue.
+   *   from here as any PCIe queue;
+   * - smartio-rpc:<fdid>: the same across a Dolphin SmartIO cluster: the controller borrowed as
+   *   fabric device <fdid> (hex) is served by a process on any host of it (examples/serve.ts
+   *   --ctrl=smartio:<fdid> --sisci), requests travel as SISCI data interrupts, and this process's
+   *   queues and data are SISCI segments mapped for the device.
    */
   static open(target: string, opts: ControllerOptions = {}): Controller {
     const socket = unixPath(target);
+    const fdid = socket === undefined ? sisciRpcFdid(target) : undefined;
     const t: ControllerTransport =
       socket !== undefined
         ? ShareClientTransport.connect(socket, opts)
-        : isTcpTarget(target)
+        : fdid !== undefined
+          ? ShareClientTransport.over(connectSisci(fdid, opts.connectTimeoutMs ?? opts.timeoutMs ?? 10_000), opts)
+          : isTcpTarget(target)
           ? TcpTransport.connect(target, opts)
           : PcieTransport.open(pcieTarget(target, opts), pcieOptions(target, opts));
     return new Controller(t, opts);

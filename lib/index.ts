@@ -51,4 +51,6 @@ export { exportIoQueue, exportBuffer, attachIoQueue, type SharedIoQueue, type Sh
 export * from "./gpu/index.ts";
 export { ShareServer, SHARE_GRANTS, defaultSocketPath, type ShareServerOptions, type ShareGrant, type ShareClientInfo } from "./share/server.ts";
 export type { ShareClientOptions } from "./share/client.ts";
+export { SisciListener, connectSisci, sisciRpcAddress, type SisciLinkOptions, type SisciListenerOptions } from "./share/sisci-link.ts";
+export type { ShareConnection, ShareListener, PeerInfo } from "./share/carrier.ts";
 export * as shareProtocol from "./share/protocol.ts";

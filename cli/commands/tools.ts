@@ -4,6 +4,7 @@ import { diagnose, type Diagnosis } from "../../lib/diagnose.ts";
 import { diagnoseGpu, type GpuDiagnosis } from "../../lib/cuda/diagnose.ts";
 import { SYSFS_PCI_DEVICES } from "../../lib/pci.ts";
 import { unixPath } from "../../lib/share/link.ts";
+import { sisciRpcFdid } from "../../lib/share/sisci-link.ts";
 import { isTcpTarget } from "../../lib/transports/tcp/uri.ts";
 import { DEVICE_OPTIONS, OUTPUT_OPTIONS, type Command } from "../cli.ts";
 import { toJson } from "../common.ts";
@@ -77,13 +78,14 @@ export const doctor: Command = {
     "Changes nothing.\n" +
     "Then the GPU side (NVMe DMA into GPU memory): the CUDA driver, its GPUs and their dma-buf export, the module's\n" +
     "dma-buf import, the IOMMU; --skip-gpu leaves the CUDA driver unloaded.\n" +
-    "For nvme+tcp://... or unix:PATH it opens the controller once through the target or the sharing server and\n" +
-    "says what answered, or why not.\n" +
+    "For nvme+tcp://..., unix:PATH or smartio-rpc:<fdid> it opens the controller once through the target or the\n" +
+    "sharing server and" +
+    " says what answered, or why not.\n" +
     "Exit 0 when at least one path works now, 3 when none does.",
   device: true,
   options: { ...OUTPUT_OPTIONS, "skip-gpu": { type: "boolean", help: "do not load the CUDA driver (no GPU section)" } },
   async run(ctx) {
-    if (isTcpTarget(ctx.device) || unixPath(ctx.device) !== undefined) return remoteDoctor(ctx);
+    if (isTcpTarget(ctx.device) || unixPath(ctx.device) !== undefined || sisciRpcFdid(ctx.device) !== undefined) return remoteDoctor(ctx);
     const d = doctorReport(ctx.device, ctx.values["skip-gpu"] === true);
     if (ctx.output === "json") process.stdout.write(toJson(d) + "\n");
     else process.stdout.write(doctorText(d));
@@ -96,8 +98,8 @@ export const doctor: Command = {
  * no local path to check, so open it once and say what answered, or the typed error and its next step.
  */
 async function remoteDoctor(ctx: Parameters<Command["run"]>[0]): Promise<void> {
-  const via = unixPath(ctx.device) !== undefined ? "unix" : "tcp";
-  const what = via === "unix" ? "sharing server" : "NVMe/TCP target";
+  const via = unixPath(ctx.device) !== undefined ? "unix" : sisciRpcFdid(ctx.device) !== undefined ? "sisci" : "tcp";
+  const what = via === "unix" ? "sharing server" : via === "sisci" ? "sharing server across the SmartIO cluster" : "NVMe/TCP target";
   let report: { ctrl: string; via: string; reachable: boolean; transport?: string; model?: string; sn?: string; namespaces?: number; error?: { name: string; message: string } };
   try {
     using ctrl = await ctx.open();

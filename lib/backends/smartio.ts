@@ -100,6 +100,8 @@ export class SmartIoBackend implements Backend {
   /** Segments whose teardown failed (SISCI still busy at the deadline): close() tries them again. */
   readonly #stuck = new Set<Pointer>();
   #closed = false;
+  /** abandonDma() was called: segments the controller may still reach stay mapped for it, so the borrow stays too. */
+  #abandoned = false;
 
   /** Borrow fabric device `fdid` and map its BAR0; SmartIoError says what is missing or refused. */
   constructor(fdid: number, opts: SmartIoBackendOptions = {}) {
@@ -273,6 +275,7 @@ export class SmartIoBackend implements Backend {
   /** The segments stay mapped for the device until the process exits; SISCI's driver has them then. */
   abandonDma(): void {
     this.#live.clear();
+    this.#abandoned = true;
   }
 
   /** Segments whose teardown failed and that close() will try again. */
@@ -331,6 +334,12 @@ export class SmartIoBackend implements Backend {
     step(() => {
       if (shim.nvm_sisci_disconnect(this.#bar, this.#busyMs) < 0) throw sisciError(`SmartIO: disconnecting BAR0 of ${this.name}`);
     });
+    // Segments given up (abandonDma) are still mapped for the device, which SISCI does not return
+    // while they are: the borrow ends with the process, and SISCI's driver releases it all then.
+    if (this.#abandoned) {
+      if (first !== undefined) throw first;
+      return;
+    }
     step(() => {
       if (shim.nvm_sisci_device_return(this.#dev, this.#busyMs) < 0) throw sisciError(`SmartIO: returning ${this.name}`);
     });

@@ -14,9 +14,13 @@
  * Backends: sysfs (this process maps BAR0 through sysfs and translates its own hugepages, each a
  * memfd the server holds too; root, as the server), VFIO (BAR0 through the device descriptor the
  * server passes; each DMA allocation a memfd the server maps in its IOMMU container, at an IOVA it
- * returns: remote-vfio.ts). disnvm servers are not offered to clients yet.
+ * returns: remote-vfio.ts), SmartIO (opened as smartio-rpc:<fdid> across a cluster, the frames
+ * carried by SISCI data interrupts, sisci-link.ts: this process borrows the device shared, maps
+ * BAR0 through SISCI and allocates its memory as segments mapped for the device). disnvm servers
+ * are not offered to clients yet.
  */
 import type { Backend } from "../backends/types.ts";
+import { parseSmartIoAddress, SmartIoBackend } from "../backends/smartio.ts";
 import { SysfsBackend } from "../backends/sysfs.ts";
 import { DmaBuffer } from "../dma.ts";
 import { ClosedError, InvalidArgumentError, NvmeStatusError, NvmeTimeoutError, ShareError, ShareProtocolError, UnsupportedError } from "../errors.ts";
@@ -27,7 +31,8 @@ import * as cmd from "../spec/commands.ts";
 import { decodeCap, type Capabilities } from "../spec/registers.ts";
 import { readRegisters } from "../transports/pcie/transport.ts";
 import type { AdminAsyncOptions, AdminExecOptions, AdminResult, AdminTransfer, ControllerHooks, ControllerTransport, MapDmaBufOptions, NvmeIoQueue, RegisterSnapshot, TransportOptions } from "../transports/types.ts";
-import { connectUnix, type UnixConnection } from "./link.ts";
+import type { ShareConnection } from "./carrier.ts";
+import { connectUnix } from "./link.ts";
 import { RemoteVfioBackend } from "./remote-vfio.ts";
 import { decodeBody, encode, FrameReader, MAX_ADMIN_DATA, SHARE_VERSION, type ErrorReply, type HelloOk, type Reply, type Request } from "./protocol.ts";
 
@@ -64,7 +69,7 @@ export class ShareClientTransport implements ControllerTransport {
   /** What the server said about itself and this client. */
   readonly hello: HelloOk;
   readonly backend: Backend;
-  readonly #conn: UnixConnection;
+  readonly #conn: ShareConnection;
   readonly #reader = new FrameReader();
   /** Descriptors the server sent (the VFIO device, with its hello reply), in arrival order. */
   readonly #fds: number[] = [];
@@ -83,16 +88,23 @@ export class ShareClientTransport implements ControllerTransport {
   /** Connect to the server at `path`, say hello, and map what the server's backend lets a client map. */
   static connect(path: string, opts: ShareClientOptions = {}): ShareClientTransport {
     const timeoutMs = opts.timeoutMs ?? 10_000;
-    const conn = connectUnix(path, opts.connectTimeoutMs ?? timeoutMs);
+    return ShareClientTransport.over(connectUnix(path, opts.connectTimeoutMs ?? timeoutMs), opts);
+  }
+
+  /**
+   * Say hello over a connection a carrier made (connectUnix, connectSisci), and map what the
+   * server's backend lets a client map. The transport owns the connection from here on.
+   */
+  static over(conn: ShareConnection, opts: ShareClientOptions = {}): ShareClientTransport {
     try {
-      return new ShareClientTransport(conn, opts, timeoutMs);
+      return new ShareClientTransport(conn, opts, opts.timeoutMs ?? 10_000);
     } catch (e) {
       conn.close();
       throw e;
     }
   }
 
-  private constructor(conn: UnixConnection, opts: ShareClientOptions, timeoutMs: number) {
+  private constructor(conn: ShareConnection, opts: ShareClientOptions, timeoutMs: number) {
     this.#conn = conn;
     this.address = conn.address;
     this.timeoutMs = timeoutMs;
@@ -110,6 +122,12 @@ export class ShareClientTransport implements ControllerTransport {
       // Every hugepage this process maps for DMA is a memfd the server holds too, so the kernel
       // frees none of it when this process dies, only once the server deleted its queues.
       this.backend = new SysfsBackend(r.bdf, { holder: { hold: (fd, bytes) => this.#holdMemory(fd, bytes).handle, release: (h) => this.#releaseMemory(h) } });
+    } else if (r.backend === "smartio") {
+      // Across a SmartIO cluster: this process borrows the device too (shared), maps BAR0 through
+      // SISCI and makes its queues and data SISCI segments mapped for the device, whose addresses
+      // the server puts in Create I/O CQ/SQ. The server cannot see that memory: it trusts the
+      // addresses, as with sysfs.
+      this.backend = new SmartIoBackend(parseSmartIoAddress(r.bdf), { exclusive: false });
     } else if (r.backend === "vfio" && deviceFd !== undefined) {
       // The IOMMU container is the server's: it maps our memory and tells us where (IOVAs).
       this.backend = new RemoteVfioBackend(r.bdf, deviceFd, r.bar0Offset, r.bar0Size, { hold: (fd, bytes) => this.#holdMemory(fd, bytes), release: (h) => this.#releaseMemory(h) });
@@ -117,7 +135,7 @@ export class ShareClientTransport implements ControllerTransport {
       if (deviceFd !== undefined) native().nvm_unix_close(deviceFd);
       this.#bye();
       throw new UnsupportedError(
-        `${this.address} serves ${r.name} through its ${r.backend} backend; clients of libnvm reach a served controller through sysfs or VFIO only: serve it through one of those, or open it in the server's process`,
+        `${this.address} serves ${r.name} through its ${r.backend} backend; clients of libnvm reach a served controller through sysfs, VFIO or SmartIO only: serve it through one of those, or open it in the server's process`,
       );
     }
     if (opts.shareBackend && deviceFd !== undefined) native().nvm_unix_close(deviceFd);

@@ -2,12 +2,13 @@
  * The Unix socket under the sharing protocol: connect, listen, accept with the peer's
  * credentials (SO_PEERCRED), and bounded send and receive, through c/src/unix.c (Bun's sockets
  * are asynchronous and do not tell the peer's uid). Frames are protocol.ts's; this file only
- * moves bytes.
+ * moves bytes: the carrier (carrier.ts) of one host.
  */
 import { ptr, toArrayBuffer, type Pointer } from "bun:ffi";
 import { unlinkSync } from "node:fs";
 import { ShareError } from "../errors.ts";
 import { checkPtr, cstr, errnoName, native } from "../native.ts";
+import type { ShareConnection, ShareListener } from "./carrier.ts";
 
 /** Bytes one receive reads at most. */
 const RECV_CHUNK = 64 * 1024;
@@ -29,7 +30,7 @@ export function unixPath(target: string): string | undefined {
 }
 
 /** One connected stream socket with a C-owned receive buffer. */
-export class UnixConnection {
+export class UnixConnection implements ShareConnection {
   readonly fd: number;
   readonly address: string;
   #rx: Pointer | undefined;
@@ -167,9 +168,10 @@ export function connectUnix(path: string, timeoutMs: number): UnixConnection {
 }
 
 /** A listening socket; accept() hands out connections with their peer credentials. */
-export class UnixListener {
+export class UnixListener implements ShareListener {
   readonly fd: number;
   readonly path: string;
+  readonly address: string;
   readonly #cred: Pointer;
   readonly #credView: Uint32Array;
   #closed = false;
@@ -177,6 +179,7 @@ export class UnixListener {
   private constructor(fd: number, path: string) {
     this.fd = fd;
     this.path = path;
+    this.address = `unix:${path}`;
     this.#cred = checkPtr(native().nvm_host_alloc(16), "nvm_host_alloc");
     this.#credView = new Uint32Array(toArrayBuffer(this.#cred, 0, 12));
   }

@@ -23,7 +23,8 @@ import { native } from "../native.ts";
 import { VfioBackend } from "../backends/vfio.ts";
 import * as cmd from "../spec/commands.ts";
 import type { ForeignQueueHost } from "../transports/types.ts";
-import { UnixListener, type PeerCred, type UnixConnection } from "./link.ts";
+import type { PeerInfo, ShareConnection, ShareListener } from "./carrier.ts";
+import { UnixListener } from "./link.ts";
 import {
   decodeBody,
   encode,
@@ -45,6 +46,12 @@ export type ShareGrant = "features" | "format" | "firmware" | "namespaces" | "re
 export const SHARE_GRANTS: readonly ShareGrant[] = ["features", "format", "firmware", "namespaces", "reset", "vendor", "all"];
 
 export interface ShareServerOptions {
+  /**
+   * Where clients connect, when not a Unix socket: a carrier's listener the caller made (a
+   * SisciListener, for clients across a SmartIO cluster). The server closes it with itself.
+   * socket and mode are then unused.
+   */
+  readonly listener?: ShareListener;
   /** Socket path. Defaults to /run/libnvm/<controller name>.sock (the directory is created). */
   readonly socket?: string;
   /** Permissions of the socket file. Defaults to 0o600 (the server's user only). */
@@ -73,7 +80,8 @@ export interface ShareServerOptions {
 export interface ShareClientInfo {
   readonly id: number;
   readonly pid: number;
-  readonly uid: number;
+  /** undefined for a client across a SmartIO cluster (no credentials there). */
+  readonly uid: number | undefined;
   readonly label: string;
   /** Its I/O submission queue ids (created or reserved). */
   readonly sqids: readonly number[];
@@ -88,8 +96,8 @@ interface ClientQueue {
 
 interface Client {
   readonly id: number;
-  readonly conn: UnixConnection;
-  readonly peer: PeerCred;
+  readonly conn: ShareConnection;
+  readonly peer: PeerInfo;
   readonly reader: FrameReader;
   readonly ids: RequestIds;
   readonly queues: Map<number, ClientQueue>;
@@ -136,7 +144,7 @@ export class ShareServer {
   readonly controller: Controller;
   readonly path: string;
   readonly address: string;
-  readonly #listener: UnixListener;
+  readonly #listener: ShareListener;
   readonly #host: ForeignQueueHost;
   /** The VFIO backend when the controller is reached through it: clients' memory is mapped in its IOMMU container. */
   readonly #vfio: VfioBackend | undefined;
@@ -171,10 +179,16 @@ export class ShareServer {
     this.#maxQueues = maxQueues;
     this.#maxMemory = opts.maxMemory ?? 64 * 2 ** 30;
     this.#log = opts.log ?? (() => {});
-    this.path = opts.socket ?? defaultSocketPath(ctrl.name);
-    this.address = `unix:${this.path}`;
-    if (opts.socket === undefined) mkdirSync(dirname(this.path), { recursive: true, mode: 0o755 });
-    this.#listener = UnixListener.listen(this.path, opts.mode ?? 0o600);
+    if (opts.listener) {
+      this.#listener = opts.listener;
+      this.path = opts.listener.address;
+      this.address = opts.listener.address;
+    } else {
+      this.path = opts.socket ?? defaultSocketPath(ctrl.name);
+      this.address = `unix:${this.path}`;
+      if (opts.socket === undefined) mkdirSync(dirname(this.path), { recursive: true, mode: 0o755 });
+      this.#listener = UnixListener.listen(this.path, opts.mode ?? 0o600);
+    }
     this.#pollMs = opts.pollMs ?? 1;
     this.#idleMs = opts.idleMs ?? 50;
     this.#idlePollMs = opts.idlePollMs ?? 10;
@@ -233,8 +247,9 @@ export class ShareServer {
     }
   }
 
-  #arrive(conn: UnixConnection, peer: PeerCred): void {
-    if (!this.#uids.has(peer.uid)) {
+  #arrive(conn: ShareConnection, peer: PeerInfo): void {
+    // No uid where the carrier cannot know one (another host of a SmartIO cluster): served, and logged so.
+    if (peer.uid !== undefined && !this.#uids.has(peer.uid)) {
       this.#log(`refused pid ${peer.pid}: uid ${peer.uid} is not served (serving ${[...this.#uids].join(", ")})`);
       try {
         conn.send(encode({ id: 0, timeoutMs: 0, msg: { type: "error", reason: "peer", message: `uid ${peer.uid} may not use ${this.address}: the server serves uid ${[...this.#uids].join(", ")}; run as that user, or start the server with --uid=${peer.uid}` } }), 100);
@@ -337,7 +352,7 @@ export class ShareServer {
       case "hello": {
         c.greeted = true;
         c.label = m.label;
-        this.#log(`client ${c.id}: pid ${c.peer.pid}, uid ${c.peer.uid}${m.label ? ` (${m.label})` : ""}`);
+        this.#log(`client ${c.id}: pid ${c.peer.pid}, ${c.peer.uid !== undefined ? `uid ${c.peer.uid}` : `no uid (${c.peer.where ?? "another host"})`}${m.label ? ` (${m.label})` : ""}`);
         const cap = ctrl.registers().cap;
         return {
           type: "hello-ok",
@@ -515,11 +530,13 @@ export class ShareServer {
     this.#closed = true;
     if (this.#timer) clearTimeout(this.#timer);
     for (const c of this.#clients.values()) {
-      c.conn.close();
+      if (c.conn.abandonForTests) c.conn.abandonForTests();
+      else c.conn.close();
       for (const fd of [...c.fds, ...[...c.memory.values()].map((m) => m.fd)]) native().nvm_unix_close(fd);
     }
     this.#clients.clear();
-    this.#listener.close();
+    if (this.#listener.abandonForTests) this.#listener.abandonForTests();
+    else this.#listener.close();
   }
 
   [Symbol.dispose](): void {

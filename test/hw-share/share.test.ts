@@ -10,11 +10,11 @@ import { afterEach, expect, test } from "bun:test";
 import { chmodSync, readdirSync, readlinkSync } from "node:fs";
 import { join } from "node:path";
 import { Controller, Namespace, ShareError, defaultSocketPath, parseBdf } from "../../lib/index.ts";
-import { ctrlAddress, expectedBackend, REPO, requireExpected, waitForLine } from "../hw/common.ts";
+import { ctrlAddress, expectedBackend, REPO, requireExpected, rest, waitForLine } from "../hw/common.ts";
 import { native } from "../../lib/native.ts";
 import { connectUnix } from "../../lib/share/link.ts";
 import { decodeBody, encode, FrameReader, type Reply, type Request } from "../../lib/share/protocol.ts";
-import { fillShare } from "./pattern.ts";
+import { expectPattern } from "./verify.ts";
 
 type Proc = ReturnType<typeof Bun.spawn<"ignore", "pipe", "pipe">>;
 const procs: Proc[] = [];
@@ -32,24 +32,6 @@ function spawn(args: string[]): Proc {
   const p = Bun.spawn(["bun", ...args], { cwd: REPO, stdin: "ignore", stdout: "pipe", stderr: "pipe" });
   procs.push(p);
   return p;
-}
-
-/** Everything a stream still holds, read until it ends (the process exited) or `ms` pass. */
-async function rest(s: ReadableStream<Uint8Array>, ms = 10_000): Promise<string> {
-  const reader = s.getReader();
-  const dec = new TextDecoder();
-  let out = "";
-  const end = Date.now() + ms;
-  try {
-    while (Date.now() < end) {
-      const r = await Promise.race([reader.read(), Bun.sleep(Math.max(1, end - Date.now())).then(() => undefined)]);
-      if (!r || r.done) break;
-      out += dec.decode(r.value, { stream: true });
-    }
-  } finally {
-    reader.releaseLock();
-  }
-  return out;
 }
 
 async function serve(socket?: string, more: string[] = []): Promise<{ p: Proc; path: string }> {
@@ -73,16 +55,7 @@ function client(path: string, nsid: number, first: number, blocks: number, secon
 /** Check the last round a client reported against the media, from this process (through the server). */
 async function verifyRange(path: string, nsid: number, first: number, blocks: number, seed: number, round: number): Promise<void> {
   using c = Controller.open(`unix:${path}`, { handleSignals: false });
-  const ns = new Namespace(c, nsid);
-  const per = Math.min(blocks, 64);
-  const buf = c.allocBuffer(per * ns.lbaSize);
-  const want = new Uint8Array(per * ns.lbaSize);
-  for (let lba = first; lba < first + blocks; lba += per) {
-    const n = Math.min(per, first + blocks - lba);
-    await ns.read(lba, n, buf);
-    fillShare(want, seed, round * 100_000 + lba);
-    expect(Buffer.compare(buf.bytes.subarray(0, n * ns.lbaSize), want.subarray(0, n * ns.lbaSize))).toBe(0);
-  }
+  await expectPattern(c, nsid, first, blocks, seed, round);
 }
 
 test("two client processes do verified I/O on disjoint ranges at once, each through its own queue; the default socket is under /run/libnvm", async () => {

@@ -89,6 +89,24 @@ export async function waitForLine(stream: ReadableStream<Uint8Array>, want: RegE
   throw new Error(`child did not print ${want} within ${timeoutMs} ms; it printed: ${JSON.stringify(buf)}`);
 }
 
+/** Everything a stream still holds, read until it ends (the process exited) or `ms` pass. */
+export async function rest(s: ReadableStream<Uint8Array>, ms = 10_000): Promise<string> {
+  const reader = s.getReader();
+  const dec = new TextDecoder();
+  let out = "";
+  const end = Date.now() + ms;
+  try {
+    while (Date.now() < end) {
+      const r = await Promise.race([reader.read(), Bun.sleep(Math.max(1, end - Date.now())).then(() => undefined)]);
+      if (!r || r.done) break;
+      out += dec.decode(r.value, { stream: true });
+    }
+  } finally {
+    reader.releaseLock();
+  }
+  return out;
+}
+
 /** Controller.open on the test controller, through the backend the suite expects. */
 export function openTestController(opts?: ControllerOptions): Controller {
   const c = Controller.open(ctrlAddress(), opts);

@@ -29,6 +29,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/eventfd.h>
 #include <sys/file.h>
 #include <sys/mman.h>
 #include <sys/socket.h>
@@ -81,6 +82,20 @@ struct fabric_dev {
     struct iova_range *maps;
     size_t nmaps;
     struct private_seg *priv;
+    /* The lender (this process holds the VFIO backing): other processes borrow through it. */
+    int lender_sock, lender_wake;
+    pthread_t lender_thread;
+    struct lent_map *lent;
+    /* A borrower whose backing another process lends: the connection to that lender. */
+    int lender_conn;
+};
+
+/* Memory of another borrower mapped in this process's IOMMU container (the lender's side). */
+struct lent_map {
+    uint64_t iova, len;
+    void *pin;
+    int conn; /* the borrower's connection; -1 once it went away */
+    struct lent_map *next;
 };
 
 struct fake_sci_desc {
@@ -329,6 +344,7 @@ static int parse_devices(const char *spec)
         d->available = 1;
         d->pci_class = 0x010802;
         d->container = d->group = d->device = -1;
+        d->lender_sock = d->lender_wake = d->lender_conn = -1;
         char *plus = strchr(eq + 1, '+');
         if (plus) {
             *plus = 0;
@@ -403,6 +419,285 @@ static struct fabric_dev *find_dev(uint32_t fdid)
 
 /* --- the device's backing: VFIO or plain memory --------------------------------------------------- */
 
+static uint64_t iova_alloc(struct fabric_dev *d, uint64_t len);
+static void iova_free(struct fabric_dev *d, uint64_t start);
+/* --- the lender: one process holds the VFIO backing, the others borrow through it -------------------
+ *
+ * VFIO lets one process open a device, but SmartIO lets every host of the cluster borrow it (not
+ * exclusively). So the process that opened the VFIO backing plays the lending host's SmartIO driver:
+ * a thread of it answers other borrowers of the fabric on a SOCK_SEQPACKET socket named by
+ * (fabric, fdid). A borrower gets the VFIO device descriptor (its BAR0 is mapped from it, as a
+ * borrower maps the BAR through the NTB) and has its segments "mapped for the device" by the lender:
+ * it hands over the segment's memfd, the lender maps it into its IOMMU container and says at which
+ * bus address. The lender keeps its own mapping of those pages, so a borrower that dies leaves them
+ * held, and mapped for the device, until the lender returns the device: the controller never
+ * reaches memory that went back to the kernel. */
+
+enum { LEND_DEVICE = 1, LEND_MAP = 2, LEND_UNMAP = 3 };
+struct lend_msg {
+    uint32_t op;
+    int32_t status; /* replies: sci_error_t */
+    uint64_t a, b;  /* DEVICE: BAR0 offset, size; MAP: offset, length -> iova; UNMAP: iova */
+};
+#define MAX_BORROWERS 32
+#define LEND_REPLY_MS 5000
+
+static socklen_t lender_addr(struct sockaddr_un *a, uint32_t fdid)
+{
+    memset(a, 0, sizeof(*a));
+    a->sun_family = AF_UNIX;
+    int n = snprintf(a->sun_path + 1, sizeof(a->sun_path) - 1, "fake-sisci:%lu:lender:%x", fabric_ino, fdid);
+    return (socklen_t)(offsetof(struct sockaddr_un, sun_path) + 1 + n);
+}
+
+static int send_msg(int sock, const struct lend_msg *m, int fd)
+{
+    struct iovec iov = { (void *)m, sizeof(*m) };
+    char ctl[CMSG_SPACE(sizeof(int))];
+    struct msghdr h = { .msg_iov = &iov, .msg_iovlen = 1 };
+    if (fd >= 0) {
+        memset(ctl, 0, sizeof(ctl));
+        h.msg_control = ctl;
+        h.msg_controllen = sizeof(ctl);
+        struct cmsghdr *c = CMSG_FIRSTHDR(&h);
+        c->cmsg_level = SOL_SOCKET;
+        c->cmsg_type = SCM_RIGHTS;
+        c->cmsg_len = CMSG_LEN(sizeof(int));
+        memcpy(CMSG_DATA(c), &fd, sizeof(int));
+    }
+    return sendmsg(sock, &h, MSG_NOSIGNAL) == (ssize_t)sizeof(*m) ? 0 : -1;
+}
+
+/* One message and the descriptor that came with it (*fd, -1 if none); 0 at EOF, -1 on error. */
+static ssize_t recv_msg(int sock, struct lend_msg *m, int *fd)
+{
+    struct iovec iov = { m, sizeof(*m) };
+    char ctl[CMSG_SPACE(sizeof(int))];
+    struct msghdr h = { .msg_iov = &iov, .msg_iovlen = 1, .msg_control = ctl, .msg_controllen = sizeof(ctl) };
+    *fd = -1;
+    ssize_t n = recvmsg(sock, &h, MSG_CMSG_CLOEXEC);
+    if (n <= 0)
+        return n;
+    for (struct cmsghdr *c = CMSG_FIRSTHDR(&h); c; c = CMSG_NXTHDR(&h, c))
+        if (c->cmsg_level == SOL_SOCKET && c->cmsg_type == SCM_RIGHTS)
+            memcpy(fd, CMSG_DATA(c), sizeof(int));
+    if (n != (ssize_t)sizeof(*m)) {
+        if (*fd >= 0)
+            close(*fd);
+        *fd = -1;
+        errno = EPROTO;
+        return -1;
+    }
+    return n;
+}
+
+/* The lender's side of one request of borrower connection `conn`; -1 when the borrower is gone. */
+static int lender_serve(struct fabric_dev *d, int conn)
+{
+    struct lend_msg m, out;
+    int fd;
+    ssize_t n = recv_msg(conn, &m, &fd);
+    if (n <= 0) {
+        /* Gone (returned, or died): what it had mapped stays lent until the lender returns the device. */
+        pthread_mutex_lock(&mu);
+        for (struct lent_map *l = d->lent; l; l = l->next)
+            if (l->conn == conn)
+                l->conn = -1;
+        pthread_mutex_unlock(&mu);
+        return -1;
+    }
+    out = (struct lend_msg){ .op = m.op, .status = SCI_ERR_OK };
+    int give = -1;
+    pthread_mutex_lock(&mu);
+    if (m.op == LEND_DEVICE) {
+        give = d->device;
+        out.a = d->bar_off;
+        out.b = d->bar_size;
+    } else if (m.op == LEND_MAP && fd >= 0 && m.b > 0 && m.a % PAGE == 0) {
+        uint64_t len = (m.b + PAGE - 1) / PAGE * PAGE;
+        void *pin = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_SHARED, fd, (off_t)m.a);
+        uint64_t at = pin == MAP_FAILED ? 0 : iova_alloc(d, len);
+        if (!at) {
+            out.status = SCI_ERR_NOSPC;
+        } else if (nvm_vfio_dma_map(d->container, pin, (uint32_t)at, (uint32_t)(at >> 32), (uint32_t)len, NVM_VFIO_MAP_READ | NVM_VFIO_MAP_WRITE) < 0) {
+            iova_free(d, at);
+            out.status = SCI_ERR_NOSPC;
+        } else {
+            struct lent_map *l = calloc(1, sizeof(*l));
+            *l = (struct lent_map){ at, len, pin, conn, d->lent };
+            d->lent = l;
+            live[ST_IOMMU_MAPS]++;
+            out.a = at;
+            pin = MAP_FAILED;
+        }
+        if (pin != MAP_FAILED)
+            munmap(pin, len);
+    } else if (m.op == LEND_UNMAP) {
+        out.status = SCI_ERR_ILLEGAL_OPERATION;
+        for (struct lent_map **pl = &d->lent; *pl; pl = &(*pl)->next) {
+            struct lent_map *l = *pl;
+            /* A borrower unmaps what it mapped, nothing else. */
+            if (l->iova != m.a || l->conn != conn)
+                continue;
+            if (nvm_vfio_dma_unmap(d->container, (uint32_t)l->iova, (uint32_t)(l->iova >> 32), (uint32_t)l->len) < 0) {
+                out.status = SCI_ERR_SYSTEM; /* kept mapped: never hand the range or the pages out again */
+                break;
+            }
+            live[ST_IOMMU_MAPS]--;
+            iova_free(d, l->iova);
+            munmap(l->pin, l->len);
+            *pl = l->next;
+            free(l);
+            out.status = SCI_ERR_OK;
+            break;
+        }
+    } else
+        out.status = SCI_ERR_ILLEGAL_PARAMETER;
+    pthread_mutex_unlock(&mu);
+    if (fd >= 0)
+        close(fd);
+    return send_msg(conn, &out, give) == 0 ? 0 : -1;
+}
+
+static void *lender_main(void *arg)
+{
+    struct fabric_dev *d = arg;
+    int conns[MAX_BORROWERS], n = 0;
+    struct pollfd p[2 + MAX_BORROWERS];
+    for (;;) {
+        p[0] = (struct pollfd){ .fd = d->lender_wake, .events = POLLIN };
+        p[1] = (struct pollfd){ .fd = d->lender_sock, .events = POLLIN };
+        for (int i = 0; i < n; i++)
+            p[2 + i] = (struct pollfd){ .fd = conns[i], .events = POLLIN };
+        /* Not a wait of the library's caller: this thread runs until the lender returns the device. */
+        if (poll(p, (nfds_t)(2 + n), -1) < 0) {
+            if (errno == EINTR)
+                continue;
+            break;
+        }
+        if (p[0].revents)
+            break;
+        const int had = n;
+        for (int i = had - 1; i >= 0; i--) {
+            if (p[2 + i].revents && lender_serve(d, conns[i]) < 0) {
+                close(conns[i]);
+                conns[i] = conns[--n];
+            }
+        }
+        if (p[1].revents & POLLIN) {
+            int c = accept4(d->lender_sock, NULL, NULL, SOCK_CLOEXEC);
+            if (c >= 0 && n < MAX_BORROWERS)
+                conns[n++] = c;
+            else if (c >= 0)
+                close(c);
+        }
+    }
+    for (int i = 0; i < n; i++)
+        close(conns[i]);
+    return NULL;
+}
+
+/* This process opened the VFIO backing: lend it to the fabric's other borrowers. */
+static void lender_start(struct fabric_dev *d)
+{
+    struct sockaddr_un a;
+    int s = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0);
+    if (s < 0)
+        return;
+    if (bind(s, (struct sockaddr *)&a, lender_addr(&a, d->fdid)) != 0 || listen(s, 16) != 0) {
+        close(s);
+        return;
+    }
+    d->lender_sock = s;
+    d->lender_wake = eventfd(0, EFD_CLOEXEC);
+    if (d->lender_wake < 0 || pthread_create(&d->lender_thread, NULL, lender_main, d) != 0) {
+        if (d->lender_wake >= 0)
+            close(d->lender_wake);
+        close(s);
+        d->lender_sock = d->lender_wake = -1;
+    }
+}
+
+/* Stop lending (called with mu held, which the thread needs to finish a request). Every mapping of
+ * a borrower is undone here, the pages last. */
+static void lender_stop(struct fabric_dev *d)
+{
+    if (d->lender_sock < 0)
+        return;
+    uint64_t one = 1;
+    if (write(d->lender_wake, &one, sizeof(one)) != (ssize_t)sizeof(one))
+        fprintf(stderr, "fake-sisci: waking the lender thread failed: %s\n", strerror(errno));
+    pthread_mutex_unlock(&mu);
+    pthread_join(d->lender_thread, NULL);
+    pthread_mutex_lock(&mu);
+    close(d->lender_sock);
+    close(d->lender_wake);
+    d->lender_sock = d->lender_wake = -1;
+    for (struct lent_map *l = d->lent, *next; l; l = next) {
+        next = l->next;
+        if (nvm_vfio_dma_unmap(d->container, (uint32_t)l->iova, (uint32_t)(l->iova >> 32), (uint32_t)l->len) == 0) {
+            live[ST_IOMMU_MAPS]--;
+            munmap(l->pin, l->len);
+        }
+        /* Else the container's close below ends the mapping; the pages stay ours until exit. */
+        free(l);
+    }
+    d->lent = NULL;
+}
+
+/* One request to the lender and its reply, bounded (SO_RCVTIMEO); the descriptor it sent into *fd. */
+static sci_error_t lender_call(struct fabric_dev *d, struct lend_msg *m, int send_fd, int *fd)
+{
+    int got = -1;
+    if (send_msg(d->lender_conn, m, send_fd) != 0)
+        return SCI_ERR_NODE_NOT_RESPONDING;
+    struct lend_msg r;
+    ssize_t n = recv_msg(d->lender_conn, &r, &got);
+    if (n <= 0 || r.op != m->op) {
+        if (got >= 0)
+            close(got);
+        return n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK) ? SCI_ERR_TIMEOUT : SCI_ERR_NODE_NOT_RESPONDING;
+    }
+    if (fd)
+        *fd = got;
+    else if (got >= 0)
+        close(got);
+    *m = r;
+    return (sci_error_t)r.status;
+}
+
+/* The backing is another process's (VFIO's one-opener rule): borrow through it. */
+static sci_error_t borrow_from_lender(struct fabric_dev *d)
+{
+    struct sockaddr_un a;
+    int s = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0);
+    if (s < 0)
+        return SCI_ERR_NOSPC;
+    if (connect(s, (struct sockaddr *)&a, lender_addr(&a, d->fdid)) != 0) {
+        close(s);
+        return SCI_ERR_NOT_AVAILABLE;
+    }
+    struct timeval tv = { LEND_REPLY_MS / 1000, 0 };
+    setsockopt(s, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+    setsockopt(s, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv));
+    d->lender_conn = s;
+    struct lend_msg m = { .op = LEND_DEVICE };
+    int dev = -1;
+    sci_error_t e = lender_call(d, &m, -1, &dev);
+    if (e != SCI_ERR_OK || dev < 0) {
+        if (dev >= 0)
+            close(dev);
+        close(s);
+        d->lender_conn = -1;
+        return e != SCI_ERR_OK ? e : SCI_ERR_SYSTEM;
+    }
+    d->device = dev;
+    d->bar_off = m.a;
+    d->bar_size = (uint32_t)m.b;
+    return SCI_ERR_OK;
+}
+
+
 static sci_error_t backing_open(struct fabric_dev *d)
 {
     if (d->refs++ > 0)
@@ -431,6 +726,10 @@ static sci_error_t backing_open(struct fabric_dev *d)
     snprintf(group, sizeof(group), "/dev/vfio/%s", g ? g + 1 : target);
     uint32_t out[NVM_VFIO_OPEN_DWORDS];
     int32_t rc = nvm_vfio_open(group, d->bdf, out);
+    if (rc == -EBUSY && borrow_from_lender(d) == SCI_ERR_OK) {
+        live[ST_BACKINGS]++;
+        return SCI_ERR_OK;
+    }
     if (rc < 0) {
         fprintf(stderr, "fake-sisci: VFIO open of %s (%s) failed at step %u: %s\n", d->bdf, group, out[4], strerror(-rc));
         d->refs--;
@@ -454,6 +753,7 @@ static sci_error_t backing_open(struct fabric_dev *d)
         nvm_vfio_region_write(d->device, (uint32_t)at, (uint32_t)(at >> 32), 2, d->command_before | 0x6) < 0)
         goto fail;
     live[ST_BACKINGS]++;
+    lender_start(d);
     return SCI_ERR_OK;
 fail:
     fprintf(stderr, "fake-sisci: VFIO region access of %s failed: %s\n", d->bdf, strerror(nvm_last_error()));
@@ -479,7 +779,12 @@ static void backing_close(struct fabric_dev *d)
     if (d->bar_mem) {
         munmap(d->bar_mem, NONE_BAR_SIZE);
         d->bar_mem = NULL;
+    } else if (d->lender_conn >= 0) {
+        close(d->lender_conn);
+        close(d->device);
+        d->lender_conn = d->device = -1;
     } else if (d->device >= 0) {
+        lender_stop(d);
         uint64_t at = d->cfg_off + PCI_COMMAND;
         nvm_vfio_region_write(d->device, (uint32_t)at, (uint32_t)(at >> 32), 2, d->command_before & ~0x4u);
         nvm_vfio_close(d->container, d->group, d->device);
@@ -519,10 +824,22 @@ static void iova_free(struct fabric_dev *d, uint64_t start)
     }
 }
 
-/* Map [vaddr, vaddr+len) for device d: the address it will use. */
-static sci_error_t device_map(struct fabric_dev *d, void *vaddr, uint64_t len, uint64_t *iova)
+/* Map [vaddr, vaddr+len) for device d: the address it will use. The same memory is [offset,
+ * offset+len) of `memfd`, which a lender in another process maps (-1: none, not lendable). */
+static sci_error_t device_map(struct fabric_dev *d, void *vaddr, int memfd, uint64_t offset, uint64_t len, uint64_t *iova)
 {
     len = (len + PAGE - 1) / PAGE * PAGE;
+    if (d->lender_conn >= 0) {
+        if (memfd < 0)
+            return SCI_ERR_NOT_SUPPORTED;
+        struct lend_msg m = { .op = LEND_MAP, .a = offset, .b = len };
+        sci_error_t e = lender_call(d, &m, memfd, NULL);
+        if (e != SCI_ERR_OK)
+            return e;
+        *iova = m.a;
+        live[ST_DEVICE_MAPS]++;
+        return SCI_ERR_OK;
+    }
     uint64_t at = iova_alloc(d, len);
     if (!at)
         return SCI_ERR_NOSPC;
@@ -543,6 +860,14 @@ static sci_error_t device_map(struct fabric_dev *d, void *vaddr, uint64_t len, u
 static void device_unmap(struct fabric_dev *d, uint64_t iova, uint64_t len)
 {
     len = (len + PAGE - 1) / PAGE * PAGE;
+    if (d->lender_conn >= 0) {
+        struct lend_msg m = { .op = LEND_UNMAP, .a = iova };
+        sci_error_t e = lender_call(d, &m, -1, NULL);
+        /* A lender that is gone took the mapping with it (its pages stay pinned where it left them). */
+        if (e == SCI_ERR_OK || e == SCI_ERR_NODE_NOT_RESPONDING)
+            live[ST_DEVICE_MAPS]--;
+        return;
+    }
     if (d->device >= 0) {
         if (nvm_vfio_dma_unmap(d->container, (uint32_t)iova, (uint32_t)(iova >> 32), (uint32_t)len) == 0)
             live[ST_IOMMU_MAPS]--;
@@ -875,7 +1200,7 @@ void SCIMapRemoteSegmentForDevice(sci_remote_segment_t segment, sci_smartio_devi
     if (pin == MAP_FAILED)
         LEAVE(error, SCI_ERR_NOSPC, NOTHING);
     uint64_t io;
-    sci_error_t e = device_map(device->fd, pin, len, &io);
+    sci_error_t e = device_map(device->fd, pin, segment->memfd, offset, len, &io);
     if (e != SCI_ERR_OK) {
         munmap(pin, len);
         LEAVE(error, e, NOTHING);
@@ -1071,7 +1396,7 @@ void SCIMapLocalSegmentForDevice(sci_local_segment_t segment, unsigned int local
     if (size == 0 || offset > segment->size || size > segment->size - offset)
         LEAVE(error, SCI_ERR_OUT_OF_RANGE, NOTHING);
     uint64_t io;
-    sci_error_t e = device_map(device->fd, (char *)segment->pin + offset, size, &io);
+    sci_error_t e = device_map(device->fd, (char *)segment->pin + offset, segment->memfd, offset, size, &io);
     if (e != SCI_ERR_OK)
         LEAVE(error, e, NOTHING);
     segment->mapped_for = device;

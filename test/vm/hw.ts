@@ -219,6 +219,8 @@ const COMMON = ["./test/hw/controller.test.ts", "./test/hw/examples.test.ts", ".
 
 /** SmartIO through the fake SISCI, which lends the vfio-pci-bound controller (test/hw-smartio). */
 const SMARTIO = "./test/hw-smartio/smartio.test.ts";
+/** The sharing protocol over SISCI (examples/serve.ts --sisci, clients on smartio-rpc:) through the same fake. */
+const SMARTIO_RPC = "./test/hw-smartio/rpc.test.ts";
 
 export const SUITES: readonly Suite[] = [
   { name: "hw", dir: "./test/hw", config: TEST_CONFIG, blocktools: true },
@@ -237,7 +239,7 @@ export const SUITES: readonly Suite[] = [
     dir: "./test/hw/io.test.ts",
     // The SmartIO backend through the fake SISCI lends this same vfio-pci-bound controller: its
     // file rides on this boot rather than paying for one of its own (--suite smartio runs it alone).
-    more: [...COMMON, SMARTIO],
+    more: [...COMMON, SMARTIO, SMARTIO_RPC],
     config: IOMMU_CONFIG,
     prelude: bindTo("vfio-pci", "modprobe -d $LIBNVM_VM_MODROOT vfio-pci"),
     env: { LIBNVM_TEST_BACKEND: "vfio" },
@@ -254,6 +256,7 @@ export const SUITES: readonly Suite[] = [
   {
     name: "smartio",
     dir: SMARTIO,
+    more: [SMARTIO_RPC],
     config: IOMMU_CONFIG,
     prelude: bindTo("vfio-pci", "modprobe -d $LIBNVM_VM_MODROOT vfio-pci"),
     onlyWhenNamed: true,

@@ -112,6 +112,8 @@ export class ClientFakeBackend implements Backend {
 
 export interface ServerOptions {
   readonly socket: string;
+  /** Serve over the fake SISCI instead (the fabric device id, the shim built against the fake): clients open smartio-rpc:<fdid>. */
+  readonly sisci?: { fdid: number; shim: string };
   readonly allow?: string[];
   readonly uids?: number[];
   readonly maxQueues?: number;
@@ -120,7 +122,7 @@ export interface ServerOptions {
 
 export interface ServerStats {
   readonly violations: string[];
-  readonly clients: { id: number; pid: number; uid: number; sqids: number[]; heldBytes: number }[];
+  readonly clients: { id: number; pid: number; uid: number | undefined; sqids: number[]; heldBytes: number }[];
   readonly reclaimed: number;
   /** I/O SQs the fake controller has now. */
   readonly sqs: number[];

@@ -6,6 +6,8 @@ import { TABLE_ENTRIES } from "./fixture.ts";
 process.env.LIBNVM_LOCK_DIR ??= "/tmp";
 const { Controller } = await import("../../../lib/controller.ts");
 const { ShareServer } = await import("../../../lib/share/server.ts");
+const { SisciListener } = await import("../../../lib/share/sisci-link.ts");
+const { setSisciLibraryPath } = await import("../../../lib/sisci.ts");
 
 let fake: FakeNvme | undefined;
 let ctrl: ReturnType<typeof Controller.openBackend> | undefined;
@@ -13,7 +15,7 @@ let server: ReturnType<typeof ShareServer.listen> | undefined;
 let pump: ReturnType<typeof setInterval> | undefined;
 const log: string[] = [];
 
-function start(a: { socket: string; allow?: string[]; uids?: number[]; maxQueues?: number; timeoutMs?: number; table: Float64Array }): unknown {
+function start(a: { socket: string; sisci?: { fdid: number; shim: string }; allow?: string[]; uids?: number[]; maxQueues?: number; timeoutMs?: number; table: Float64Array }): unknown {
   const t = a.table;
   fake = new FakeNvme({ namespaces: [{ nsid: 1, blocks: 4096, lbads: 9 }] }).install();
   fake.foreign = (page) => {
@@ -22,8 +24,10 @@ function start(a: { socket: string; allow?: string[]; uids?: number[]; maxQueues
   };
   ctrl = Controller.openBackend(fake.backend, { handleSignals: false, timeoutMs: a.timeoutMs ?? 500, abortGraceMs: 200 });
   // Controller.serve() is ShareServer.listen() (registered by lib/share/server.ts when it loads).
+  // Over SISCI (the fake's, whose shim the test built): clients open smartio-rpc:<fdid>.
+  if (a.sisci) setSisciLibraryPath(a.sisci.shim);
   const served = ctrl.serve({
-    socket: a.socket,
+    ...(a.sisci ? { listener: SisciListener.listen(a.sisci.fdid, { pingMs: 100 }) } : { socket: a.socket }),
     ...(a.allow ? { allow: a.allow as never } : {}),
     ...(a.uids ? { uids: a.uids } : {}),
     ...(a.maxQueues ? { maxQueues: a.maxQueues } : {}),
@@ -42,7 +46,7 @@ function stats(): unknown {
   for (let q = 1; q <= 64; q++) if (f.hasSq(q)) sqs.push(q);
   return {
     violations: [...f.dmaViolations],
-    clients: server!.clients().map((c: { id: number; pid: number; uid: number; sqids: readonly number[]; heldBytes: number }) => ({ id: c.id, pid: c.pid, uid: c.uid, sqids: [...c.sqids], heldBytes: c.heldBytes })),
+    clients: server!.clients().map((c: { id: number; pid: number; uid: number | undefined; sqids: readonly number[]; heldBytes: number }) => ({ id: c.id, pid: c.pid, uid: c.uid, sqids: [...c.sqids], heldBytes: c.heldBytes })),
     reclaimed: server!.reclaimed,
     sqs,
     admin: f.fetched.filter((c) => c.sqid === 0).map((c) => [c.opcode, c.sqe[10]! & 0xffff]),
