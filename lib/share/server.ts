@@ -247,7 +247,8 @@ export class ShareServer {
     this.#maxQueues = maxQueues;
     this.#maxMemory = opts.maxMemory ?? 64 * 2 ** 30;
     this.#log = opts.log ?? (() => {});
-    this.path = opts.socket ?? defaultSocketPath(ctrl.name);
+    // By PCI address when there is one (a disnvm controller's name is its /dev node).
+    this.path = opts.socket ?? defaultSocketPath(ctrl.backend.bdf ?? ctrl.name);
     this.address = `unix:${this.path}`;
     if (opts.socket === undefined) mkdirSync(dirname(this.path), { recursive: true, mode: 0o755 });
     this.#listener = UnixListener.listen(this.path, opts.mode ?? 0o600);

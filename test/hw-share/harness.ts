@@ -1,0 +1,64 @@
+/**
+ * What the sharing guest tests share: child processes (killed after each test), the server
+ * (examples/serve.ts) and the client fixture (client.ts) started as such, and a stream read to its end.
+ */
+import { join } from "node:path";
+import { ctrlAddress, REPO, waitForLine } from "../hw/common.ts";
+
+export type Proc = ReturnType<typeof Bun.spawn<"ignore", "pipe", "pipe">>;
+const procs: Proc[] = [];
+
+/** SIGKILL every child still running (afterEach). */
+export async function killChildren(): Promise<void> {
+  for (const p of procs.splice(0)) {
+    p.kill("SIGKILL");
+    await p.exited;
+  }
+}
+
+// Not LIBNVM_VM_XCHG: that is a 9p mount, where a Unix socket cannot be created.
+export const tmp = "/run/libnvm";
+
+export function spawn(args: string[]): Proc {
+  const p = Bun.spawn(["bun", ...args], { cwd: REPO, stdin: "ignore", stdout: "pipe", stderr: "pipe" });
+  procs.push(p);
+  return p;
+}
+
+/** Everything a stream still holds, read until it ends (the process exited) or `ms` pass. */
+export async function rest(s: ReadableStream<Uint8Array>, ms = 10_000): Promise<string> {
+  const reader = s.getReader();
+  const dec = new TextDecoder();
+  let out = "";
+  const end = Date.now() + ms;
+  try {
+    while (Date.now() < end) {
+      const r = await Promise.race([reader.read(), Bun.sleep(Math.max(1, end - Date.now())).then(() => undefined)]);
+      if (!r || r.done) break;
+      out += dec.decode(r.value, { stream: true });
+    }
+  } finally {
+    reader.releaseLock();
+  }
+  return out;
+}
+
+/** examples/serve.ts on the test controller, once it says it serves: the process and its socket path. */
+export async function serve(socket?: string, more: string[] = []): Promise<{ p: Proc; path: string }> {
+  const args = [join(REPO, "examples/serve.ts"), `--ctrl=${ctrlAddress()}`, ...(socket ? [`--socket=${socket}`] : []), ...more];
+  const p = spawn(args);
+  let line: string;
+  try {
+    line = await waitForLine(p.stdout, /^serving /, 60_000);
+  } catch (e) {
+    p.kill("SIGKILL");
+    throw new Error(`${(e as Error).message}; the server's stderr: ${await rest(p.stderr, 2000)}`);
+  }
+  const path = /at unix:(\S+)/.exec(line)![1]!;
+  return { p, path };
+}
+
+/** client.ts: verified rounds of I/O on [first, first + blocks) through a queue of its own. */
+export function client(path: string, nsid: number, first: number, blocks: number, seconds: number, seed: number): Proc {
+  return spawn([join(import.meta.dir, "client.ts"), `unix:${path}`, String(nsid), String(first), String(blocks), String(seconds), String(seed)]);
+}
