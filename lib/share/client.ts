@@ -215,7 +215,11 @@ export class ShareClientTransport implements ControllerTransport {
     if (this.#lost.size > 0) setTimeout(() => this.#reapLost(), 0);
   }
 
-  /** Lost queues: their ids go back to the server (which sends the controller nothing), their memory to us. */
+  /**
+   * Lost queues: their ids go back to the server (which sends the controller nothing), their memory
+   * to us. Only from the top of a call or a timer, never inside a queue's own callbacks (an Abort
+   * sent at a deadline), whose poll may still be using the rings.
+   */
   #reapLost(): void {
     if (this.#reaping || this.#lost.size === 0 || this.#closed) return;
     this.#reaping = true;
@@ -246,9 +250,7 @@ export class ShareClientTransport implements ControllerTransport {
 
   /** Send `msg` with a deadline of `timeoutMs` and wait (bounded) for its reply. */
   #request(msg: Request, timeoutMs: number): Reply {
-    const r = this.#wait(this.#send(msg, timeoutMs), msg, timeoutMs);
-    if (this.#lost.size > 0) this.#reapLost();
-    return r;
+    return this.#wait(this.#send(msg, timeoutMs), msg, timeoutMs);
   }
 
   /** The reply to request `id` (`msg`), bounded by its deadline plus REPLY_SLACK_MS. */
@@ -628,6 +630,7 @@ export class ShareClientTransport implements ControllerTransport {
     const r = this.#request({ type: "reset" }, Math.max(this.timeoutMs, this.cap.timeoutMs * 2 + 1000));
     if (r.type !== "ok") throw this.#unexpected(r, "reset");
     this.#resets++;
+    this.#reapLost();
   }
 
   /**
