@@ -9,7 +9,8 @@
 import { afterEach, expect, test } from "bun:test";
 import { chmodSync, readdirSync, readlinkSync } from "node:fs";
 import { join } from "node:path";
-import { Controller, Namespace, ShareError, defaultSocketPath, parseBdf } from "../../lib/index.ts";
+import { Worker } from "node:worker_threads";
+import { Controller, Namespace, ShareError, UnsupportedError, defaultSocketPath, exportIoQueue, parseBdf } from "../../lib/index.ts";
 import { ctrlAddress, expectedBackend, REPO, requireExpected, waitForLine } from "../hw/common.ts";
 import { client, killChildren, rest, serve, spawn, tmp } from "./harness.ts";
 import { native } from "../../lib/native.ts";
@@ -144,6 +145,27 @@ test("a reset on the server's side (a client granted --allow=reset asks for it) 
   back.bytes.fill(0);
   await new Namespace(b, nsid).read(20_000, 8, back);
   expect(Buffer.compare(back.bytes, out.bytes)).toBe(0);
+});
+
+test("Workers: a client's queue cannot be lent to one (UnsupportedError naming the way instead); a Worker that opens unix:PATH itself does verified I/O", async () => {
+  const nsid = requireExpected().namespaces[0]!.nsid;
+  const { path } = await serve(join(tmp, "share-worker.sock"));
+  using c = Controller.open(`unix:${path}`, { handleSignals: false, timeoutMs: 5000 });
+  const q = c.createIoQueue({ entries: 8 });
+  expect(() => exportIoQueue(c, q as never)).toThrow(UnsupportedError);
+  expect(() => exportIoQueue(c, q as never)).toThrow(`Controller.open("unix:${path}") in the Worker`);
+  const w = new Worker(join(import.meta.dir, "worker-client.ts"), { workerData: { target: `unix:${path}`, nsid, lba: 24_000, blocks: 16, seed: 11 } });
+  try {
+    type Answer = { qid?: number; same?: boolean; error?: string };
+    const r: Answer = await Promise.race([
+      new Promise<Answer>((resolve) => w.once("message", resolve)),
+      Bun.sleep(60_000).then((): Answer => ({ error: "the Worker did not answer within 60 s" })),
+    ]);
+    expect(r).toMatchObject({ same: true });
+    expect(r.qid).not.toBe(q.qid);
+  } finally {
+    await w.terminate();
+  }
 });
 
 test("a controller served with the default filter refuses a client's reset and Format NVM, and serves identify", async () => {
