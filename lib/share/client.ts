@@ -19,8 +19,9 @@
  * of each page it returns: remote-disnvm.ts).
  *
  * A controller reset on the server's side (one a client was granted, or the server's recovery)
- * drops every client's queues: the server says which of ours with an event frame, read with the
- * next reply (at the latest when a command's deadline sends an Abort). Their outstanding commands
+ * drops every client's queues: the server says which of ours with an event frame, which this
+ * client reads every 50 ms while it has queues, and with every reply (a program spinning in
+ * synchronous calls: at the latest when a command's deadline sends an Abort). Their outstanding commands
  * then settle with ShareError "queue-lost" (the controller was disabled: none can move data any
  * more), new submissions on them fail with it, and the queues' memory is given back: create new
  * queues (the default queue is created again on its next use).
@@ -45,6 +46,8 @@ import { decodeBody, encode, FrameReader, MAX_ADMIN_DATA, SHARE_VERSION, type Er
 const REPLY_SLACK_MS = 1000;
 /** Sending a request: the server reads continuously, so a full socket means it is stuck. */
 const SEND_MS = 2000;
+/** How often a client with queues looks for the server's events between requests (ms). */
+const EVENT_LOOK_MS = 50;
 /** Requests the client sends on its own behalf (Abort, deleting a stuck queue, goodbye): short deadlines. */
 const RECOVERY_MS = 2000;
 
@@ -95,6 +98,8 @@ export class ShareClientTransport implements ControllerTransport {
   /** Queues a controller reset dropped, settled, whose ids and memory are given back at the next chance. */
   readonly #lost = new Map<IoQueue, ShareError>();
   #reaping = false;
+  /** While this client has queues: looks for the server's events between requests. */
+  #watch: ReturnType<typeof setInterval> | undefined;
 
   /** Connect to the server at `path`, say hello, and map what the server's backend lets a client map. */
   static connect(path: string, opts: ShareClientOptions = {}): ShareClientTransport {
@@ -213,6 +218,27 @@ export class ShareClientTransport implements ControllerTransport {
       this.#lost.set(q, err);
     }
     if (this.#lost.size > 0) setTimeout(() => this.#reapLost(), 0);
+  }
+
+  /**
+   * Every EVENT_LOOK_MS while queues exist: read what the server sent on its own between requests,
+   * so commands on queues a reset dropped settle soon after it, not at their deadline. Replies the
+   * async API waits for are kept for it; a server gone is noticed here too. A program that only
+   * spins in synchronous calls hears of it with its next request (at the latest a deadline's Abort).
+   */
+  #lookForEvents(): void {
+    if (this.#closed || this.#gone || this.#conn.closed) return;
+    try {
+      const chunk = this.#conn.recv(0);
+      if (chunk.length > 0) this.#reader.push(chunk);
+      this.#take(0);
+    } catch (e) {
+      try {
+        this.#linkLost(e);
+      } catch {
+        // Kept in #gone when the server is gone; the next call says so.
+      }
+    }
   }
 
   /**
@@ -534,6 +560,10 @@ export class ShareClientTransport implements ControllerTransport {
       throw e;
     }
     cq.sqs.set(ids.sqid, q);
+    if (!this.#watch) {
+      this.#watch = setInterval(() => this.#lookForEvents(), EVENT_LOOK_MS);
+      this.#watch.unref?.();
+    }
     this.#sqs.set(ids.sqid, q);
     return q;
   }
@@ -641,6 +671,7 @@ export class ShareClientTransport implements ControllerTransport {
   close(): void {
     if (this.#closed) return;
     this.#closed = true;
+    if (this.#watch) clearInterval(this.#watch);
     let safe = !this.#gone && !this.#dmaAbandoned;
     for (const q of [...this.#sqs.values()]) {
       if (safe && this.#release(q.qid)) {
