@@ -1318,12 +1318,33 @@ static long disnvm_ioctl(struct file *file, unsigned int cmd, unsigned long arg)
  * device and the insertion are then atomic with respect to disnvm_remove(), which zaps what was
  * inserted before; anything after gets SIGBUS instead of a BAR that is no longer ours.
  */
+/* The BAR0 page a fault at vmf->address of a BAR0 mapping stands for. */
+static unsigned long disnvm_bar_pfn(struct disnvm_dev *dev, struct vm_fault *vmf)
+{
+	struct vm_area_struct *vma = vmf->vma;
+
+	return (dev->bar_start >> PAGE_SHIFT) + vma->vm_pgoff +
+	       ((vmf->address - vma->vm_start) >> PAGE_SHIFT);
+}
+
+/* A mapping of BAR0 must be shared and lie within it. */
+static int disnvm_bar_range(struct disnvm_dev *dev, struct vm_area_struct *vma)
+{
+	unsigned long len = vma->vm_end - vma->vm_start;
+	unsigned long pages = dev->bar_len >> PAGE_SHIFT;
+
+	if (!(vma->vm_flags & VM_SHARED))
+		return -EINVAL;
+	if (vma->vm_pgoff >= pages || len > (pages - vma->vm_pgoff) << PAGE_SHIFT)
+		return -EINVAL;
+	return 0;
+}
+
 static vm_fault_t disnvm_bar_fault(struct vm_fault *vmf)
 {
 	struct vm_area_struct *vma = vmf->vma;
 	struct disnvm_dev *dev = vma->vm_private_data;
-	unsigned long pfn = (dev->bar_start >> PAGE_SHIFT) + vma->vm_pgoff +
-			    ((vmf->address - vma->vm_start) >> PAGE_SHIFT);
+	unsigned long pfn = disnvm_bar_pfn(dev, vmf);
 	vm_fault_t ret;
 
 	mutex_lock(&dev->bar_lock);
@@ -1340,13 +1361,10 @@ static int disnvm_mmap(struct file *file, struct vm_area_struct *vma)
 {
 	struct disnvm_file *f = file->private_data;
 	struct disnvm_dev *dev = f->dev;
-	unsigned long len = vma->vm_end - vma->vm_start;
-	unsigned long pages = dev->bar_len >> PAGE_SHIFT;
+	int ret = disnvm_bar_range(dev, vma);
 
-	if (!(vma->vm_flags & VM_SHARED))
-		return -EINVAL;
-	if (vma->vm_pgoff >= pages || len > (pages - vma->vm_pgoff) << PAGE_SHIFT)
-		return -EINVAL;
+	if (ret)
+		return ret;
 	if (READ_ONCE(dev->gone))
 		return -ENODEV;
 
@@ -1395,11 +1413,7 @@ static vm_fault_t disnvm_bar_fd_fault(struct vm_fault *vmf)
 	vm_fault_t ret;
 
 	mutex_lock(&dev->bar_lock);
-	if (b->revoked || dev->gone)
-		pfn = page_to_pfn(b->sink);
-	else
-		pfn = (dev->bar_start >> PAGE_SHIFT) + vma->vm_pgoff +
-		      ((vmf->address - vma->vm_start) >> PAGE_SHIFT);
+	pfn = b->revoked || dev->gone ? page_to_pfn(b->sink) : disnvm_bar_pfn(dev, vmf);
 	ret = vmf_insert_pfn(vma, vmf->address, pfn);
 	mutex_unlock(&dev->bar_lock);
 	return ret;
@@ -1412,14 +1426,10 @@ static const struct vm_operations_struct disnvm_bar_fd_vm_ops = {
 static int disnvm_bar_fd_mmap(struct file *file, struct vm_area_struct *vma)
 {
 	struct disnvm_bar *b = file->private_data;
-	struct disnvm_dev *dev = b->dev;
-	unsigned long len = vma->vm_end - vma->vm_start;
-	unsigned long pages = dev->bar_len >> PAGE_SHIFT;
+	int ret = disnvm_bar_range(b->dev, vma);
 
-	if (!(vma->vm_flags & VM_SHARED))
-		return -EINVAL;
-	if (vma->vm_pgoff >= pages || len > (pages - vma->vm_pgoff) << PAGE_SHIFT)
-		return -EINVAL;
+	if (ret)
+		return ret;
 	/*
 	 * The register page (CC, AQA, ASQ, ACQ, ...) is the opener's to write: whoever could write
 	 * it could disable the controller and move the admin queue into its own memory. Read-only

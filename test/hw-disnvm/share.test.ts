@@ -15,11 +15,9 @@ import { join } from "node:path";
 import { toArrayBuffer } from "bun:ffi";
 import { Controller, Namespace, ShareError } from "../../lib/index.ts";
 import { native } from "../../lib/native.ts";
-import { connectUnix } from "../../lib/share/link.ts";
-import { decodeBody, encode, FrameReader, type Reply } from "../../lib/share/protocol.ts";
 import { REG_CAP, REG_CSTS } from "../../lib/spec/registers.ts";
 import { expectedBackend, requireExpected, waitForLine } from "../hw/common.ts";
-import { client, killChildren, serve, tmp } from "../hw-share/harness.ts";
+import { client, killChildren, RawShareClient, serve, tmp } from "../hw-share/harness.ts";
 import { pinnedPages } from "./common.ts";
 
 afterEach(killChildren);
@@ -34,25 +32,14 @@ function requireDisnvm(): void {
 test("the BAR descriptor a client gets maps BAR0 and nothing else: registers read-only, doorbells read-write, no ioctl", async () => {
   requireDisnvm();
   const { path } = await serve(join(tmp, "disnvm-bar.sock"));
-  const conn = connectUnix(path, 5000);
-  const reader = new FrameReader();
-  const fds: number[] = [];
+  const raw = new RawShareClient(path);
   const n = native();
   try {
-    conn.send(encode({ id: 1, timeoutMs: 5000, msg: { type: "hello", pid: process.pid, label: "bar probe" } }), 1000);
-    let hello: Reply | undefined;
-    const end = Date.now() + 10_000;
-    while (!hello && Date.now() < end) {
-      const got = conn.recvWithFds(50_000);
-      fds.push(...got.fds);
-      if (got.bytes.length) reader.push(got.bytes);
-      const raw = reader.next();
-      if (raw) hello = decodeBody(raw) as Reply;
-    }
-    if (hello?.type !== "hello-ok") throw new Error(`no hello-ok: ${JSON.stringify(hello)}`);
+    const hello = raw.request({ type: "hello", pid: process.pid, label: "bar probe" });
+    if (hello.type !== "hello-ok") throw new Error(`no hello-ok: ${JSON.stringify(hello)}`);
     expect(hello.backend).toBe("disnvm");
-    expect(fds.length).toBe(1);
-    const fd = fds[0]!;
+    expect(raw.fds.length).toBe(1);
+    const fd = raw.fds[0]!;
     const size = hello.bar0Size;
     // The whole BAR read-write from offset 0 (as the owner maps it): refused, the registers are the server's.
     expect(n.nvm_disnvm_map_bar(fd, size)).toBeNull();
@@ -76,8 +63,7 @@ test("the BAR descriptor a client gets maps BAR0 and nothing else: registers rea
       n.nvm_host_free(page);
     }
   } finally {
-    conn.close();
-    for (const fd of fds) n.nvm_unix_close(fd);
+    raw.close();
   }
 });
 

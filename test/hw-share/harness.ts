@@ -3,6 +3,9 @@
  * (examples/serve.ts) and the client fixture (client.ts) started as such, and a stream read to its end.
  */
 import { join } from "node:path";
+import { native } from "../../lib/native.ts";
+import { connectUnix, type UnixConnection } from "../../lib/share/link.ts";
+import { decodeBody, encode, FrameReader, type Reply, type Request } from "../../lib/share/protocol.ts";
 import { ctrlAddress, REPO, waitForLine } from "../hw/common.ts";
 
 export type Proc = ReturnType<typeof Bun.spawn<"ignore", "pipe", "pipe">>;
@@ -61,4 +64,35 @@ export async function serve(socket?: string, more: string[] = []): Promise<{ p: 
 /** client.ts: verified rounds of I/O on [first, first + blocks) through a queue of its own. */
 export function client(path: string, nsid: number, first: number, blocks: number, seconds: number, seed: number): Proc {
   return spawn([join(import.meta.dir, "client.ts"), `unix:${path}`, String(nsid), String(first), String(blocks), String(seconds), String(seed)]);
+}
+
+/** The protocol by hand, for what a well-behaved client never does; keeps the descriptors the server sends. */
+export class RawShareClient {
+  readonly conn: UnixConnection;
+  readonly #reader = new FrameReader();
+  readonly fds: number[] = [];
+  #id = 0;
+
+  constructor(path: string) {
+    this.conn = connectUnix(path, 5000);
+  }
+
+  /** Send `msg` and wait (10 s at most) for the next reply. */
+  request(msg: Request): Reply {
+    this.conn.send(encode({ id: ++this.#id, timeoutMs: 5000, msg }), 1000);
+    const end = Date.now() + 10_000;
+    for (;;) {
+      const raw = this.#reader.next();
+      if (raw) return decodeBody(raw) as Reply;
+      if (Date.now() > end) throw new Error(`no reply to ${msg.type}`);
+      const got = this.conn.recvWithFds(50_000);
+      this.fds.push(...got.fds);
+      if (got.bytes.length) this.#reader.push(got.bytes);
+    }
+  }
+
+  close(): void {
+    this.conn.close();
+    for (const fd of this.fds.splice(0)) native().nvm_unix_close(fd);
+  }
 }

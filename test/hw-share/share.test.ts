@@ -12,10 +12,8 @@ import { join } from "node:path";
 import { Worker } from "node:worker_threads";
 import { Controller, Namespace, ShareError, UnsupportedError, defaultSocketPath, exportIoQueue, parseBdf } from "../../lib/index.ts";
 import { ctrlAddress, expectedBackend, REPO, requireExpected, waitForLine } from "../hw/common.ts";
-import { client, killChildren, rest, serve, spawn, tmp } from "./harness.ts";
-import { native } from "../../lib/native.ts";
-import { connectUnix } from "../../lib/share/link.ts";
-import { decodeBody, encode, FrameReader, type Reply, type Request } from "../../lib/share/protocol.ts";
+import { client, killChildren, RawShareClient, rest, serve, spawn, tmp } from "./harness.ts";
+import type { Request } from "../../lib/share/protocol.ts";
 import { fillShare } from "./pattern.ts";
 
 afterEach(killChildren);
@@ -260,22 +258,8 @@ test("perf: a client's I/O path costs what the owner's does (same IoQueue code; 
 
 test("a client's rings must lie in its own memory: through VFIO and disnvm the server refuses others (it maps every client's memory itself)", async () => {
   const { path } = await serve(join(tmp, "share-rings.sock"));
-  const conn = connectUnix(path, 5000);
-  const reader = new FrameReader();
-  const fds: number[] = [];
-  let id = 0;
-  const request = (msg: Request): Reply => {
-    conn.send(encode({ id: ++id, timeoutMs: 5000, msg }), 1000);
-    const end = Date.now() + 10_000;
-    for (;;) {
-      const raw = reader.next();
-      if (raw) return decodeBody(raw) as Reply;
-      if (Date.now() > end) throw new Error(`no reply to ${msg.type}`);
-      const got = conn.recvWithFds(50_000);
-      fds.push(...got.fds);
-      if (got.bytes.length) reader.push(got.bytes);
-    }
-  };
+  const raw = new RawShareClient(path);
+  const request = (msg: Request) => raw.request(msg);
   try {
     expect(request({ type: "hello", pid: process.pid, label: "rings" }).type).toBe("hello-ok");
     const ids = request({ type: "reserve-queue", entries: 4 });
@@ -290,7 +274,6 @@ test("a client's rings must lie in its own memory: through VFIO and disnvm the s
     // way the reservation goes back.
     expect(request({ type: "delete-queue", sqid: ids.sqid }).type).toBe("ok");
   } finally {
-    conn.close();
-    for (const fd of fds) native().nvm_unix_close(fd);
+    raw.close();
   }
 });
