@@ -161,6 +161,8 @@ test("Workers: a client's queue cannot be lent to one (UnsupportedError naming t
     ]);
     expect(r).toMatchObject({ same: true });
     expect(r.qid).not.toBe(q.qid);
+    // It closed its controller before answering, and ends by itself.
+    await Promise.race([new Promise((resolve) => w.once("exit", resolve)), Bun.sleep(10_000)]);
   } finally {
     await w.terminate();
   }
