@@ -232,6 +232,8 @@ export class Controller {
 
   #pcie(what: string): PcieTransport {
     if (this.#t instanceof PcieTransport) return this.#t;
+    const why = this.#t.unsupported?.(what);
+    if (why) throw why;
     throw new UnsupportedError(`${what}: ${this.name} is reached over ${this.#t.kind.toUpperCase()}, which has no such thing (it is PCIe only)`);
   }
 

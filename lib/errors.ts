@@ -354,7 +354,12 @@ export type ShareErrorReason =
   /** The server and the client speak different protocol versions. */
   | "version"
   /** The server could not carry the request out (the controller failed it without a status). */
-  | "failed";
+  | "failed"
+  /**
+   * The server reset the controller (a client was granted a reset, or its recovery): this I/O
+   * queue is gone from it and its commands ended without a result. Create a new queue.
+   */
+  | "queue-lost";
 
 /**
  * A shared controller (Controller.open("unix:PATH"), lib/share/): the server refused a request,

@@ -347,6 +347,8 @@ export class IoQueue implements DmaUser, NvmeIoQueue {
   #sleep: ReturnType<typeof setTimeout> | undefined;
   #turns = 0;
   private isClosed = false;
+  /** Why the queue was freed, when its owner said (free(reason)): what later submissions get. */
+  #closedBy: Error | undefined;
   /** The owner's lease when another thread lent us this queue; null for the owner's own queues. */
   private readonly lease: LeaseGate | null;
   /** A doorbell write held back while the lease was closed (the owner resetting). */
@@ -454,7 +456,7 @@ export class IoQueue implements DmaUser, NvmeIoQueue {
   }
 
   private checkAcquired(cid: number): void {
-    if (this.isClosed) throw new ClosedError(`I/O queue ${this.qid} is closed`);
+    if (this.isClosed) throw this.#closedBy ?? new ClosedError(`I/O queue ${this.qid} is closed`);
     const valid = Number.isInteger(cid) && cid >= 0 && cid < this.depth;
     if (!valid || this.cidState[cid] !== State.ACQUIRED) {
       const what = valid ? ["free", "acquired", "already in flight", "expired and still outstanding"][this.cidState[cid]!] : "not a CID of this queue";
@@ -885,7 +887,7 @@ export class IoQueue implements DmaUser, NvmeIoQueue {
    * the completion, the completion the Abort sent at the deadline provokes, or the owner's reset.
    */
   #execSync(fill: (cid: number) => void): number {
-    if (this.isClosed) throw new ClosedError(`I/O queue ${this.qid} is closed`);
+    if (this.isClosed) throw this.#closedBy ?? new ClosedError(`I/O queue ${this.qid} is closed`);
     if (this.fatal) throw this.fatal;
     let cid = this.acquire();
     const deadline = performance.now() + this.timeoutMs;
@@ -1013,7 +1015,7 @@ export class IoQueue implements DmaUser, NvmeIoQueue {
   }
 
   #async(fill: (cid: number) => void): Promise<number> {
-    if (this.isClosed) return Promise.reject(new ClosedError(`I/O queue ${this.qid} is closed`));
+    if (this.isClosed) return Promise.reject(this.#closedBy ?? new ClosedError(`I/O queue ${this.qid} is closed`));
     if (this.fatal) return Promise.reject(this.fatal);
     return new Promise<number>((resolve, reject) => {
       const since = performance.now();
@@ -1114,11 +1116,13 @@ export class IoQueue implements DmaUser, NvmeIoQueue {
   /**
    * The controller deleted the queue (or was disabled, or never created it): commands still
    * outstanding cannot be reached by it any more and settle with ClosedError (handlers: SQ
-   * deletion status); then the rings and list pages are freed.
+   * deletion status); then the rings and list pages are freed. With `reason`, the commands still
+   * outstanding and every later submission get that instead (why the queue went).
    */
-  free(): void {
+  free(reason?: Error): void {
     if (this.isClosed) return;
-    const err = new ClosedError(`I/O queue ${this.qid} was deleted with commands outstanding`);
+    const err = reason ?? new ClosedError(`I/O queue ${this.qid} was deleted with commands outstanding`);
+    this.#closedBy = reason;
     this.#settleAll(err, STATUS_SQ_DELETION);
     this.#refuse(err);
     this.isClosed = true;

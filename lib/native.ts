@@ -11,7 +11,7 @@ import { existsSync } from "node:fs";
 import { join } from "node:path";
 import { NativeError } from "./errors.ts";
 
-const ABI_VERSION = 6;
+const ABI_VERSION = 7;
 const LIB_FILE = "libnvm-native.so";
 const PKG_ROOT = join(import.meta.dir, "..");
 
@@ -67,6 +67,8 @@ const symbols = {
   nvm_disnvm_unmap_dmabuf: { args: [i32, u32, u32], returns: i32 },
   nvm_disnvm_dmabuf_status: { args: [i32, u32, u32, P], returns: i32 },
   nvm_disnvm_revoke_dmabuf: { args: [i32, u32, u32], returns: i32 },
+  nvm_disnvm_bar_fd: { args: [i32], returns: i32 },
+  nvm_disnvm_map_bar_fd: { args: [i32, u32], returns: P },
   // TCP sockets and CRC-32C (NVMe/TCP): fds as i32, buffers as pointers, hot calls u32/i32 only
   nvm_tcp_connect: { args: [P, u32, u32], returns: i32 },
   nvm_tcp_sendv: { args: [i32, P, u32, u32], returns: i32 },
@@ -143,6 +145,8 @@ export interface NativeLib {
   nvm_disnvm_unmap_dmabuf(fd: number, handleLo: number, handleHi: number): number;
   nvm_disnvm_dmabuf_status(fd: number, handleLo: number, handleHi: number, flags: Pointer): number;
   nvm_disnvm_revoke_dmabuf(fd: number, handleLo: number, handleHi: number): number;
+  nvm_disnvm_bar_fd(fd: number): number;
+  nvm_disnvm_map_bar_fd(barFd: number, size: number): Pointer | null;
   // TCP (NVMe/TCP transport)
   nvm_tcp_connect(host: Buffer, port: number, timeoutMs: number): number;
   nvm_tcp_sendv(fd: number, iov: Pointer, count: number, timeoutMs: number): number;

@@ -37,12 +37,14 @@
  */
 #define pr_fmt(fmt) KBUILD_MODNAME ": " fmt
 
+#include <linux/anon_inodes.h>
 #include <linux/capability.h>
 #include <linux/delay.h>
 #include <linux/dma-buf.h>
 #include <linux/dma-map-ops.h>
 #include <linux/dma-resv.h>
 #include <linux/dma-mapping.h>
+#include <linux/file.h>
 #include <linux/fs.h>
 #include <linux/idr.h>
 #include <linux/iommu.h>
@@ -111,6 +113,27 @@ struct disnvm_file {
 	u64 ndmabufs;
 	u64 dmabuf_pages;		/* 4 KiB pages */
 	u64 revoked;			/* revoked by their exporter, not yet unmapped: under hw_lock */
+	struct list_head bars;		/* struct disnvm_bar made from this file, under dev->lock */
+	u64 nbars;
+};
+
+/*
+ * A descriptor that maps BAR0 and does nothing else (DISNVM_IOC_BAR_FD): what the opener hands a
+ * process it serves (libnvm's lib/share), so that process rings the doorbells of its own queues.
+ * It maps no memory for DMA (no ioctl at all), and the register page is read-only through it: CC,
+ * AQA, ASQ and ACQ, where the admin queue lies, stay the opener's to write. Its mappings hang on
+ * the node's address_space, so the existing zaps reach them; once the opener's file is released
+ * (or the device unbound) it is revoked: the next touch of any of its pages finds a page of
+ * plain memory instead of the BAR, so a late doorbell write lands nowhere and a read sees zeroes,
+ * and nothing reaches a controller that someone else may own by then.
+ */
+struct disnvm_bar {
+	struct list_head list;		/* on owner->bars, under dev->lock */
+	struct disnvm_dev *dev;		/* a reference (dev->ref) */
+	struct disnvm_file *owner;	/* NULL once the opener's file is released: under dev->lock */
+	struct inode *inode;		/* the node's inode (ihold): its i_mapping holds our vmas */
+	struct page *sink;		/* what a revoked mapping shows */
+	bool revoked;			/* under dev->bar_lock */
 };
 
 enum disnvm_p2p_state {
@@ -168,6 +191,15 @@ static void disnvm_vm_flags_set(struct vm_area_struct *vma, vm_flags_t flags)
 	vm_flags_set(vma, flags);
 #else
 	vma->vm_flags |= flags;
+#endif
+}
+
+static void disnvm_vm_flags_clear(struct vm_area_struct *vma, vm_flags_t flags)
+{
+#if LINUX_VERSION_CODE >= KERNEL_VERSION(6, 3, 0)
+	vm_flags_clear(vma, flags);
+#else
+	vma->vm_flags &= ~flags;
 #endif
 }
 
@@ -1195,7 +1227,10 @@ static long disnvm_ioctl_info(struct disnvm_file *f, struct disnvm_info __user *
 		info.flags |= DISNVM_INFO_ISOLATED;
 	if (IS_ENABLED(CONFIG_DMA_SHARED_BUFFER))
 		info.flags |= DISNVM_INFO_DMABUF;
+	if (PAGE_SIZE == SZ_4K)
+		info.flags |= DISNVM_INFO_BAR_FD;
 	mutex_lock(&dev->lock);
+	info.file_bar_fds = f->nbars;
 	info.pinned_pages = atomic64_read(&dev->pinned);
 	info.file_pinned_pages = f->pinned;
 	info.file_mappings = f->nmappings;
@@ -1242,6 +1277,8 @@ static long disnvm_ioctl_bus_master(struct disnvm_file *f, struct disnvm_bus_mas
 	return ret;
 }
 
+static long disnvm_ioctl_bar_fd(struct file *file, unsigned long flags);
+
 static long disnvm_ioctl(struct file *file, unsigned int cmd, unsigned long arg)
 {
 	struct disnvm_file *f = file->private_data;
@@ -1266,6 +1303,8 @@ static long disnvm_ioctl(struct file *file, unsigned int cmd, unsigned long arg)
 		return disnvm_ioctl_dmabuf_status(f, argp);
 	case DISNVM_IOC_REVOKE_DMABUF:
 		return disnvm_ioctl_revoke_dmabuf(f, argp);
+	case DISNVM_IOC_BAR_FD:
+		return disnvm_ioctl_bar_fd(file, arg);
 	default:
 		return -ENOTTY;
 	}
@@ -1279,12 +1318,33 @@ static long disnvm_ioctl(struct file *file, unsigned int cmd, unsigned long arg)
  * device and the insertion are then atomic with respect to disnvm_remove(), which zaps what was
  * inserted before; anything after gets SIGBUS instead of a BAR that is no longer ours.
  */
+/* The BAR0 page a fault at vmf->address of a BAR0 mapping stands for. */
+static unsigned long disnvm_bar_pfn(struct disnvm_dev *dev, struct vm_fault *vmf)
+{
+	struct vm_area_struct *vma = vmf->vma;
+
+	return (dev->bar_start >> PAGE_SHIFT) + vma->vm_pgoff +
+	       ((vmf->address - vma->vm_start) >> PAGE_SHIFT);
+}
+
+/* A mapping of BAR0 must be shared and lie within it. */
+static int disnvm_bar_range(struct disnvm_dev *dev, struct vm_area_struct *vma)
+{
+	unsigned long len = vma->vm_end - vma->vm_start;
+	unsigned long pages = dev->bar_len >> PAGE_SHIFT;
+
+	if (!(vma->vm_flags & VM_SHARED))
+		return -EINVAL;
+	if (vma->vm_pgoff >= pages || len > (pages - vma->vm_pgoff) << PAGE_SHIFT)
+		return -EINVAL;
+	return 0;
+}
+
 static vm_fault_t disnvm_bar_fault(struct vm_fault *vmf)
 {
 	struct vm_area_struct *vma = vmf->vma;
 	struct disnvm_dev *dev = vma->vm_private_data;
-	unsigned long pfn = (dev->bar_start >> PAGE_SHIFT) + vma->vm_pgoff +
-			    ((vmf->address - vma->vm_start) >> PAGE_SHIFT);
+	unsigned long pfn = disnvm_bar_pfn(dev, vmf);
 	vm_fault_t ret;
 
 	mutex_lock(&dev->bar_lock);
@@ -1301,13 +1361,10 @@ static int disnvm_mmap(struct file *file, struct vm_area_struct *vma)
 {
 	struct disnvm_file *f = file->private_data;
 	struct disnvm_dev *dev = f->dev;
-	unsigned long len = vma->vm_end - vma->vm_start;
-	unsigned long pages = dev->bar_len >> PAGE_SHIFT;
+	int ret = disnvm_bar_range(dev, vma);
 
-	if (!(vma->vm_flags & VM_SHARED))
-		return -EINVAL;
-	if (vma->vm_pgoff >= pages || len > (pages - vma->vm_pgoff) << PAGE_SHIFT)
-		return -EINVAL;
+	if (ret)
+		return ret;
 	if (READ_ONCE(dev->gone))
 		return -ENODEV;
 
@@ -1317,6 +1374,172 @@ static int disnvm_mmap(struct file *file, struct vm_area_struct *vma)
 	vma->vm_private_data = dev;
 	vma->vm_ops = &disnvm_bar_vm_ops;
 	return 0;
+}
+
+/* ------------------------------------------------------------------------------------------ */
+/* BAR0 for a process the opener serves (DISNVM_IOC_BAR_FD) */
+
+/*
+ * Revoke every BAR descriptor made from f: each later touch of their pages finds its sink page,
+ * and what was inserted before is zapped (their vmas hang on the node's address_space, as the
+ * opener's do). Called with dev->lock held, before the controller is stopped, so no doorbell of a
+ * served process can restart anything once the opener is gone.
+ */
+static void disnvm_revoke_bars(struct disnvm_file *f)
+{
+	struct disnvm_dev *dev = f->dev;
+	struct disnvm_bar *b, *tmp;
+
+	if (list_empty(&f->bars))
+		return;
+	mutex_lock(&dev->bar_lock);
+	list_for_each_entry(b, &f->bars, list)
+		b->revoked = true;
+	mutex_unlock(&dev->bar_lock);
+	list_for_each_entry_safe(b, tmp, &f->bars, list) {
+		list_del_init(&b->list);
+		b->owner = NULL;
+	}
+	f->nbars = 0;
+	unmap_mapping_range(f->mapping, 0, 0, 1);
+}
+
+static vm_fault_t disnvm_bar_fd_fault(struct vm_fault *vmf)
+{
+	struct vm_area_struct *vma = vmf->vma;
+	struct disnvm_bar *b = vma->vm_private_data;
+	struct disnvm_dev *dev = b->dev;
+	unsigned long pfn;
+	vm_fault_t ret;
+
+	mutex_lock(&dev->bar_lock);
+	pfn = b->revoked || dev->gone ? page_to_pfn(b->sink) : disnvm_bar_pfn(dev, vmf);
+	ret = vmf_insert_pfn(vma, vmf->address, pfn);
+	mutex_unlock(&dev->bar_lock);
+	return ret;
+}
+
+static const struct vm_operations_struct disnvm_bar_fd_vm_ops = {
+	.fault = disnvm_bar_fd_fault,
+};
+
+static int disnvm_bar_fd_mmap(struct file *file, struct vm_area_struct *vma)
+{
+	struct disnvm_bar *b = file->private_data;
+	int ret = disnvm_bar_range(b->dev, vma);
+
+	if (ret)
+		return ret;
+	/*
+	 * The register page (CC, AQA, ASQ, ACQ, ...) is the opener's to write: whoever could write
+	 * it could disable the controller and move the admin queue into its own memory. Read-only
+	 * here, for good (no mprotect() back to writable).
+	 */
+	if (vma->vm_pgoff == 0) {
+		if (vma->vm_flags & VM_WRITE)
+			return -EACCES;
+		disnvm_vm_flags_clear(vma, VM_MAYWRITE);
+	}
+	vma->vm_page_prot = pgprot_noncached(vma->vm_page_prot);
+	disnvm_vm_flags_set(vma, VM_IO | VM_PFNMAP | VM_DONTEXPAND | VM_DONTDUMP | VM_DONTCOPY);
+	vma->vm_private_data = b;
+	vma->vm_ops = &disnvm_bar_fd_vm_ops;
+	return 0;
+}
+
+/* The last reference: every vma of it is gone (each held the file), so the sink page may go. */
+static int disnvm_bar_fd_release(struct inode *inode, struct file *file)
+{
+	struct disnvm_bar *b = file->private_data;
+	struct disnvm_dev *dev = b->dev;
+
+	mutex_lock(&dev->lock);
+	if (b->owner) {
+		list_del(&b->list);
+		b->owner->nbars--;
+		b->owner = NULL;
+	}
+	mutex_unlock(&dev->lock);
+	iput(b->inode);
+	__free_page(b->sink);
+	kfree(b);
+	kref_put(&dev->ref, disnvm_dev_free);
+	return 0;
+}
+
+static const struct file_operations disnvm_bar_fops = {
+	.owner = THIS_MODULE,
+	.release = disnvm_bar_fd_release,
+	.mmap = disnvm_bar_fd_mmap,
+};
+
+/*
+ * DISNVM_IOC_BAR_FD: a new descriptor that maps BAR0 (its register page read-only) and nothing
+ * else, for the opener to pass to a process it serves. It holds neither the opener's file nor its
+ * memory: the opener's release (its process dying included) revokes it first, then stops the
+ * controller as always.
+ */
+static long disnvm_ioctl_bar_fd(struct file *file, unsigned long flags)
+{
+	struct disnvm_file *f = file->private_data;
+	struct disnvm_dev *dev = f->dev;
+	struct disnvm_bar *b;
+	struct file *bf;
+	long ret;
+	int fd;
+
+	if (flags)
+		return -EINVAL;
+	if (current->mm != f->mm)
+		return -EPERM;
+	/* Doorbells start at 0x1000 (NVMe Base 2.0, 3.1.4): with larger pages they share the register page. */
+	if (PAGE_SIZE != SZ_4K)
+		return -EOPNOTSUPP;
+	b = kzalloc(sizeof(*b), GFP_KERNEL);
+	if (!b)
+		return -ENOMEM;
+	INIT_LIST_HEAD(&b->list);
+	b->sink = alloc_page(GFP_KERNEL | __GFP_ZERO);
+	if (!b->sink) {
+		ret = -ENOMEM;
+		goto free;
+	}
+	fd = get_unused_fd_flags(O_CLOEXEC);
+	if (fd < 0) {
+		ret = fd;
+		goto free_page;
+	}
+	mutex_lock(&dev->lock);
+	if (dev->gone) {
+		ret = -ENODEV;
+		goto unlock;
+	}
+	bf = anon_inode_getfile("[disnvm-bar]", &disnvm_bar_fops, b, O_RDWR | O_CLOEXEC);
+	if (IS_ERR(bf)) {
+		ret = PTR_ERR(bf);
+		goto unlock;
+	}
+	/* Its vmas on the node's address_space: unmap_mapping_range(f->mapping) reaches them. */
+	bf->f_mapping = file->f_mapping;
+	b->inode = file_inode(file);
+	ihold(b->inode);
+	b->dev = dev;
+	kref_get(&dev->ref);
+	b->owner = f;
+	list_add_tail(&b->list, &f->bars);
+	f->nbars++;
+	mutex_unlock(&dev->lock);
+	fd_install(fd, bf);
+	return fd;
+
+unlock:
+	mutex_unlock(&dev->lock);
+	put_unused_fd(fd);
+free_page:
+	__free_page(b->sink);
+free:
+	kfree(b);
+	return ret;
 }
 
 /* ------------------------------------------------------------------------------------------ */
@@ -1348,6 +1571,7 @@ static int disnvm_open(struct inode *inode, struct file *file)
 	f->dev = dev;
 	f->mapping = file->f_mapping;
 	INIT_LIST_HEAD(&f->mappings);
+	INIT_LIST_HEAD(&f->bars);
 
 	mutex_lock(&dev->lock);
 	if (dev->gone)
@@ -1378,6 +1602,8 @@ static int disnvm_release(struct inode *inode, struct file *file)
 	unsigned long charged = 0;
 
 	mutex_lock(&dev->lock);
+	/* The processes it served lose the BAR first: none of their doorbells follows the stop. */
+	disnvm_revoke_bars(f);
 	if (!dev->gone) {
 		/*
 		 * The controller first: nothing may DMA into pages once they are unpinned, nor into
@@ -1540,6 +1766,7 @@ static void disnvm_remove(struct pci_dev *pdev)
 	if (f) {
 		/* Still open: the user's BAR0 mappings go (SIGBUS on the next access), then its DMA. */
 		dev_warn(&pdev->dev, "unbound while /dev/%s is open; revoking its mappings\n", dev->name);
+		disnvm_revoke_bars(f);
 		unmap_mapping_range(f->mapping, 0, 0, 1);
 		disnvm_stop(dev);
 		/* Under the lock: once it is dropped, the file's release may free f. */

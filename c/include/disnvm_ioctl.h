@@ -26,6 +26,9 @@
  *   DISNVM_IOC_BUS_MASTER set or clear Bus Master Enable (PCI COMMAND bit 2)
  *   DISNVM_IOC_DMABUF_STATUS  whether the exporter revoked an import
  *   DISNVM_IOC_REVOKE_DMABUF  test hook (CAP_SYS_ADMIN): revoke an import as its exporter would
+ *   DISNVM_IOC_BAR_FD     a new descriptor that maps BAR0 only (its register page read-only), for a
+ *                         process the opener serves: it rings its own queues' doorbells and maps
+ *                         no memory for DMA; revoked when the opener's file is released
  *
  * Pinned host memory is charged to the opener's RLIMIT_MEMLOCK (mm->locked_vm, VmLck in
  * /proc/<pid>/status), as VFIO and RDMA charge theirs: do not also mlock() it, or it counts twice.
@@ -167,6 +170,7 @@ struct disnvm_dmabuf_handle {
 #define DISNVM_INFO_DMA_64BIT (1ULL << 1)  /* 64-bit DMA mask (else 32-bit) */
 #define DISNVM_INFO_ISOLATED (1ULL << 2)   /* an IOMMU translates, alone in its group: no CAP_SYS_RAWIO needed */
 #define DISNVM_INFO_DMABUF (1ULL << 3)     /* MAP_DMABUF is there (the kernel has dma-buf support) */
+#define DISNVM_INFO_BAR_FD (1ULL << 4)     /* DISNVM_IOC_BAR_FD is there (4 KiB CPU pages) */
 
 /* DISNVM_IOC_INFO. */
 struct disnvm_info {
@@ -183,7 +187,8 @@ struct disnvm_info {
 	__u64 file_dmabuf_pages;  /* 4 KiB pages imported through this file (not pinned_pages) */
 	__u64 file_revoked;       /* imports of this file their exporter revoked, not yet unmapped */
 	__u64 dmabufs;            /* live MAP_DMABUF imports on this device, all files */
-	__u64 reserved[3];
+	__u64 file_bar_fds;       /* live DISNVM_IOC_BAR_FD descriptors made from this file */
+	__u64 reserved[2];
 };
 
 /*
@@ -198,6 +203,19 @@ struct disnvm_bus_master {
 	__u32 flags;
 };
 
+/*
+ * DISNVM_IOC_BAR_FD (argument: flags, 0): returns a new file descriptor (O_CLOEXEC) that maps BAR0
+ * and does nothing else: mmap(MAP_SHARED) within BAR0, the register page (offset 0, CC, AQA, ASQ,
+ * ACQ) read-only and never made writable, the doorbells from offset 0x1000 read-write; no ioctl.
+ * For the opener to hand (SCM_RIGHTS) to a process it serves, which then rings its own queues'
+ * doorbells: that process can neither map memory for the controller's DMA nor move the admin
+ * queue. It holds no reference to the opener's file: when that is released (closed, or its
+ * process died) or the device is unbound, the descriptor is revoked first: its mappings are
+ * zapped, and every later touch finds a page of plain memory (writes land nowhere, reads see what
+ * was written there, at first zeroes) instead of a controller someone else may own by then.
+ * Errors: EINVAL (flags), EPERM (not the opener), ENODEV (unbound), EOPNOTSUPP (CPU pages larger
+ * than 4 KiB: the doorbells share the register page), EMFILE/ENOMEM.
+ */
 #define DISNVM_IOC_MAGIC 0xDA
 
 #define DISNVM_IOC_MAP_HOST   _IOWR(DISNVM_IOC_MAGIC, 0x01, struct disnvm_map)
@@ -208,5 +226,6 @@ struct disnvm_bus_master {
 #define DISNVM_IOC_MAP_DMABUF _IOWR(DISNVM_IOC_MAGIC, 0x06, struct disnvm_map_dmabuf)
 #define DISNVM_IOC_DMABUF_STATUS _IOWR(DISNVM_IOC_MAGIC, 0x07, struct disnvm_dmabuf_handle)
 #define DISNVM_IOC_REVOKE_DMABUF _IOW(DISNVM_IOC_MAGIC, 0x08, struct disnvm_dmabuf_handle)
+#define DISNVM_IOC_BAR_FD     _IO(DISNVM_IOC_MAGIC, 0x09)
 
 #endif /* DISNVM_IOCTL_H */

@@ -25,7 +25,7 @@ extern "C" {
 #endif
 
 /* Version of this ABI; lib/native.ts refuses a library with another one. */
-#define NVM_NATIVE_ABI 6
+#define NVM_NATIVE_ABI 7
 NVM_API uint32_t nvm_abi_version(void);
 
 /* errno of the last failed call on this thread (0 after a success). */
@@ -176,6 +176,13 @@ NVM_API int32_t nvm_disnvm_unmap_dmabuf(int32_t fd, uint32_t handle_lo, uint32_t
 NVM_API int32_t nvm_disnvm_dmabuf_status(int32_t fd, uint32_t handle_lo, uint32_t handle_hi, uint32_t *flags);
 /* DISNVM_IOC_REVOKE_DMABUF: the module's test hook (CAP_SYS_ADMIN): revoke the import as its exporter would. */
 NVM_API int32_t nvm_disnvm_revoke_dmabuf(int32_t fd, uint32_t handle_lo, uint32_t handle_hi);
+/* DISNVM_IOC_BAR_FD: a new descriptor (O_CLOEXEC) that maps BAR0 only, for a process the opener
+ * serves; or -errno (EPERM: not the opener, ENOTTY: a module without it). */
+NVM_API int32_t nvm_disnvm_bar_fd(int32_t fd);
+/* BAR0 through a DISNVM_IOC_BAR_FD descriptor, as one range of `size` bytes: its first 4 KiB (the
+ * registers) mapped read-only, the rest (the doorbells) read-write; NULL with errno. Undo with
+ * nvm_unmap(p, size). */
+NVM_API void *nvm_disnvm_map_bar_fd(int32_t bar_fd, uint32_t size);
 
 /* --- TCP (NVMe/TCP transport: lib/transports/tcp/) ------------------------------------------ */
 

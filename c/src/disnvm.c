@@ -144,3 +144,41 @@ int32_t nvm_disnvm_revoke_dmabuf(int32_t fd, uint32_t handle_lo, uint32_t handle
         return nvm_fail(errno);
     return nvm_ok();
 }
+
+int32_t nvm_disnvm_bar_fd(int32_t fd)
+{
+    int r = ioctl(fd, DISNVM_IOC_BAR_FD, 0);
+
+    if (r < 0)
+        return nvm_fail(errno);
+    nvm_errno_tls = 0;
+    return r;
+}
+
+void *nvm_disnvm_map_bar_fd(int32_t bar_fd, uint32_t size)
+{
+    /* One reserved range, so BAR0 is contiguous at the returned address: the module refuses a
+     * writable mapping of the register page, so it comes in two mappings laid over the range. */
+    const size_t regs = 4096;
+    void *base, *p;
+    int err;
+
+    if (size <= regs)
+        return nvm_fail_null(EINVAL);
+    base = mmap(NULL, size, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+    if (base == MAP_FAILED)
+        return nvm_fail_null(errno);
+    p = mmap(base, regs, PROT_READ, MAP_SHARED | MAP_FIXED, bar_fd, 0);
+    if (p == MAP_FAILED)
+        goto fail;
+    p = mmap((char *)base + regs, size - regs, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_FIXED, bar_fd, regs);
+    if (p == MAP_FAILED)
+        goto fail;
+    nvm_errno_tls = 0;
+    return base;
+
+fail:
+    err = errno;
+    munmap(base, size);
+    return nvm_fail_null(err);
+}

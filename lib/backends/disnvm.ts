@@ -22,8 +22,8 @@ import type { Pointer } from "bun:ffi";
 import { toArrayBuffer } from "bun:ffi";
 import { existsSync, readdirSync, readFileSync, readlinkSync, statSync } from "node:fs";
 import { basename, join } from "node:path";
-import { ControllerBusyError, DeviceError, DmaBufRevokedError, InvalidArgumentError, NativeError, PermissionError } from "../errors.ts";
-import { check, checkPtr, cstr, native } from "../native.ts";
+import { ControllerBusyError, DeviceError, DmaBufRevokedError, InvalidArgumentError, NativeError, PermissionError, UnsupportedError } from "../errors.ts";
+import { check, checkPtr, cstr, errnoName, native } from "../native.ts";
 import { findPciDevice, PCI_CLASS_NVME, SYSFS_PCI_DEVICES, type PciDevice } from "../pci.ts";
 import { BAR0_MIN_SIZE } from "../spec/registers.ts";
 import { allocHostPages, DMA_NOLOCK, freeLive, isContiguous, memlockError } from "./dma-common.ts";
@@ -38,6 +38,7 @@ const INFO_CUDA = 1;
 const INFO_DMA_64BIT = 2;
 const INFO_ISOLATED = 4;
 const INFO_DMABUF = 8;
+const INFO_BAR_FD = 16;
 /** DISNVM_MAX_MAP_SIZE: the largest single mapping or import. */
 const MAX_MAP_SIZE = 1 << 30;
 /** DISNVM_DMABUF_REVOKED */
@@ -119,6 +120,10 @@ export interface DisnvmInfo {
   readonly fileRevoked: number;
   /** Live dma-buf imports on this controller, by any open file. */
   readonly dmaBufs: number;
+  /** DISNVM_IOC_BAR_FD is there (a module of this checkout, 4 KiB CPU pages). */
+  readonly barFd: boolean;
+  /** Live BAR descriptors made from this backend's file (DISNVM_IOC_BAR_FD), held by the processes it serves. */
+  readonly fileBarFds: number;
 }
 
 interface Allocation extends DmaMapping {
@@ -357,6 +362,8 @@ export class DisnvmBackend implements Backend {
         fileDmaBufPages: u64(10),
         fileRevoked: u64(11),
         dmaBufs: u64(12),
+        barFd: (flags & INFO_BAR_FD) !== 0,
+        fileBarFds: u64(13),
       };
     } finally {
       n.nvm_host_free(out);
@@ -566,6 +573,70 @@ export class DisnvmBackend implements Backend {
     if (rc < 0 && -rc !== ENODEV) {
       throw new NativeError(`${this.name}: DISNVM_IOC_UNMAP failed: ${errName(-rc)}`, -rc, "DISNVM_IOC_UNMAP", this.name);
     }
+  }
+
+  // ---- serving the controller to other processes (lib/share/server.ts) -----------------------
+
+  /**
+   * DISNVM_IOC_BAR_FD: a new descriptor that maps BAR0 and nothing else (its register page
+   * read-only), for a process this one serves: it rings its own queues' doorbells with it, and can
+   * map no memory for the controller. The caller owns it (pass it on, then close it). The module
+   * revokes it when this backend's file is released, before it stops the controller.
+   */
+  barFd(): number {
+    if (this.#closed) throw new DeviceError(`${this.name} is closed`);
+    const fd = native().nvm_disnvm_bar_fd(this.#fd);
+    if (fd >= 0) return fd;
+    const errno = -fd;
+    if (errno === ENOTTY || errno === EINVAL) {
+      throw new UnsupportedError(`${this.name}: the loaded disnvm module cannot hand out BAR descriptors (DISNVM_IOC_BAR_FD: ${errName(errno)}): load the module built from this checkout (bash test/vm/build-module.sh)`);
+    }
+    if (errno === EOPNOTSUPP) throw new UnsupportedError(`${this.name}: this kernel's pages are larger than 4 KiB, so the doorbells share a page with the registers and cannot be handed out alone (DISNVM_IOC_BAR_FD: EOPNOTSUPP)`);
+    if (errno === ENODEV) throw new DeviceError(`${this.name}: the controller was unbound from disnvm; open it again after binding`);
+    throw new NativeError(`${this.name}: DISNVM_IOC_BAR_FD failed: ${errName(errno)}`, errno, "DISNVM_IOC_BAR_FD", this.name);
+  }
+
+  /**
+   * Map `bytes` of another process's memory, the memfd `fd` (whose descriptor it handed over), for
+   * the controller: mapped into this process, then pinned and DMA-mapped by the module through this
+   * backend's file, so the pages stay the controller's to reach until release(), whatever happens
+   * to that process (its SIGKILL included), and the module's release stops the controller before
+   * it unpins them. Returns one bus address per 4 KiB page, (lo, hi) pairs.
+   */
+  mapForeign(fd: number, bytes: number): { pages: Uint32Array; release(): void } {
+    if (this.#closed) throw new DeviceError(`${this.name} is closed`);
+    if (!Number.isSafeInteger(bytes) || bytes <= 0 || bytes % HOST_PAGE_SIZE !== 0 || bytes > MAX_MAP_SIZE) {
+      throw new InvalidArgumentError(`foreign DMA memory of ${bytes} bytes: whole 4 KiB pages, at most ${MAX_MAP_SIZE} (one module mapping)`);
+    }
+    const n = native();
+    const path = `/proc/self/fd/${fd}`;
+    const vaddr = n.nvm_map_file(cstr(path), 0, bytes, null);
+    if (vaddr === null) throw new NativeError(`cannot map the client's memory (${path}): ${errnoName(n.nvm_last_error())}`, n.nvm_last_error(), "mmap", path);
+    const pages = bytes / HOST_PAGE_SIZE;
+    const out = checkPtr(n.nvm_host_alloc(pages * 8), "nvm_host_alloc");
+    let addrs: Uint32Array;
+    try {
+      const rc = n.nvm_disnvm_map_host(this.#fd, vaddr, bytes, out);
+      if (rc < 0) {
+        n.nvm_unmap(vaddr, bytes);
+        throw this.#mapError(-rc, bytes);
+      }
+      addrs = new Uint32Array(toArrayBuffer(out, 0, pages * 8).slice(0));
+    } finally {
+      n.nvm_host_free(out);
+    }
+    let released = false;
+    return {
+      pages: addrs,
+      release: () => {
+        if (released || this.#closed) return;
+        released = true;
+        // Unpinned (and, with an IOMMU, unmapped and flushed) before our mapping of the pages goes.
+        const rc = n.nvm_disnvm_unmap(this.#fd, vaddr);
+        n.nvm_unmap(vaddr, bytes);
+        if (rc < 0 && -rc !== ENODEV) throw new NativeError(`${this.name}: DISNVM_IOC_UNMAP of a client's ${bytes} bytes failed: ${errName(-rc)}`, -rc, "DISNVM_IOC_UNMAP", this.name);
+      },
+    };
   }
 
   /** DISNVM_IOC_BUS_MASTER: the module owns the device's config space while it is bound. */

@@ -14,10 +14,19 @@
  * Backends: sysfs (this process maps BAR0 through sysfs and translates its own hugepages, each a
  * memfd the server holds too; root, as the server), VFIO (BAR0 through the device descriptor the
  * server passes; each DMA allocation a memfd the server maps in its IOMMU container, at an IOVA it
- * returns: remote-vfio.ts), SmartIO (opened as smartio-rpc:<fdid> across a cluster, the frames
- * carried by SISCI data interrupts, sisci-link.ts: this process borrows the device shared, maps
- * BAR0 through SISCI and allocates its memory as segments mapped for the device). disnvm servers
- * are not offered to clients yet.
+ * returns: remote-vfio.ts), disnvm (BAR0 through a BAR-only descriptor the module makes for the
+ * server to pass; each DMA allocation a memfd the server has the module pin, with the bus address
+ * of each page it returns: remote-disnvm.ts), SmartIO (opened as smartio-rpc:<fdid> across a
+ * cluster, the frames carried by SISCI data interrupts, sisci-link.ts: this process borrows the
+ * device shared, maps BAR0 through SISCI and allocates its memory as segments mapped for the device).
+ *
+ * A controller reset on the server's side (one a client was granted, or the server's recovery)
+ * drops every client's queues: the server says which of ours with an event frame, which this
+ * client reads every 50 ms while it has queues, and with every reply (a program spinning in
+ * synchronous calls: at the latest when a command's deadline sends an Abort). Their outstanding commands
+ * then settle with ShareError "queue-lost" (the controller was disabled: none can move data any
+ * more), new submissions on them fail with it, and the queues' memory is given back: create new
+ * queues (the default queue is created again on its next use).
  */
 import type { Backend } from "../backends/types.ts";
 import { parseSmartIoAddress, SmartIoBackend } from "../backends/smartio.ts";
@@ -34,12 +43,15 @@ import type { AdminAsyncOptions, AdminExecOptions, AdminResult, AdminTransfer, C
 import type { ShareConnection } from "./carrier.ts";
 import { connectUnix } from "./link.ts";
 import { RemoteVfioBackend } from "./remote-vfio.ts";
-import { decodeBody, encode, FrameReader, MAX_ADMIN_DATA, SHARE_VERSION, type ErrorReply, type HelloOk, type Reply, type Request } from "./protocol.ts";
+import { RemoteDisnvmBackend } from "./remote-disnvm.ts";
+import { decodeBody, encode, FrameReader, MAX_ADMIN_DATA, SHARE_VERSION, type ErrorReply, type HelloOk, type Reply, type Request, type ServerEvent } from "./protocol.ts";
 
 /** How long beyond a request's own deadline the server's answer may take to arrive (its "timeout" reply included). */
 const REPLY_SLACK_MS = 1000;
 /** Sending a request: the server reads continuously, so a full socket means it is stuck. */
 const SEND_MS = 2000;
+/** How often a client with queues looks for the server's events between requests (ms). */
+const EVENT_LOOK_MS = 50;
 /** Requests the client sends on its own behalf (Abort, deleting a stuck queue, goodbye): short deadlines. */
 const RECOVERY_MS = 2000;
 
@@ -84,6 +96,14 @@ export class ShareClientTransport implements ControllerTransport {
   /** The server could not be made to delete a queue: the controller may still reach our memory. */
   #dmaAbandoned = false;
   #resets = 0;
+  /** Ids of requests the async API waits for: their replies are kept when another request reads them. */
+  readonly #outstanding = new Set<number>();
+  readonly #stash = new Map<number, Reply>();
+  /** Queues a controller reset dropped, settled, whose ids and memory are given back at the next chance. */
+  readonly #lost = new Map<IoQueue, ShareError>();
+  #reaping = false;
+  /** While this client has queues: looks for the server's events between requests. */
+  #watch: ReturnType<typeof setInterval> | undefined;
 
   /** Connect to the server at `path`, say hello, and map what the server's backend lets a client map. */
   static connect(path: string, opts: ShareClientOptions = {}): ShareClientTransport {
@@ -131,11 +151,14 @@ export class ShareClientTransport implements ControllerTransport {
     } else if (r.backend === "vfio" && deviceFd !== undefined) {
       // The IOMMU container is the server's: it maps our memory and tells us where (IOVAs).
       this.backend = new RemoteVfioBackend(r.bdf, deviceFd, r.bar0Offset, r.bar0Size, { hold: (fd, bytes) => this.#holdMemory(fd, bytes), release: (h) => this.#releaseMemory(h) });
+    } else if (r.backend === "disnvm" && deviceFd !== undefined) {
+      // The module's file is the server's: it has our memory pinned and tells us each page's bus address.
+      this.backend = new RemoteDisnvmBackend(r.bdf, r.name, deviceFd, r.bar0Size, { hold: (fd, bytes) => this.#holdPages(fd, bytes), release: (h) => this.#releaseMemory(h) });
     } else {
       if (deviceFd !== undefined) native().nvm_unix_close(deviceFd);
       this.#bye();
       throw new UnsupportedError(
-        `${this.address} serves ${r.name} through its ${r.backend} backend; clients of libnvm reach a served controller through sysfs, VFIO or SmartIO only: serve it through one of those, or open it in the server's process`,
+        `${this.address} serves ${r.name} through its ${r.backend} backend${deviceFd === undefined && r.backend !== "sysfs" ? " but passed no descriptor to reach BAR0 through" : ""}; clients of libnvm reach a served controller through sysfs, VFIO, disnvm or SmartIO: serve it through one of those, or open it in the server's process`,
       );
     }
     if (opts.shareBackend && deviceFd !== undefined) native().nvm_unix_close(deviceFd);
@@ -147,7 +170,7 @@ export class ShareClientTransport implements ControllerTransport {
     if (this.#gone) throw this.#gone;
   }
 
-  #lost(e: unknown): never {
+  #linkLost(e: unknown): never {
     if (e instanceof ShareError && e.reason === "server-gone") {
       this.#gone ??= new ShareError(`${e.message}; the server of ${this.address} is gone: its controller can no longer be shared with this process (open it again once a server runs)`, "server-gone", this.address);
       throw this.#gone;
@@ -160,17 +183,100 @@ export class ShareClientTransport implements ControllerTransport {
     throw e;
   }
 
-  /** The reply to `id` among the frames that arrived; replies to requests given up on are dropped. */
+  /**
+   * The reply to `id` among the frames that arrived. Replies to requests the async API still waits
+   * for are kept for it; replies to requests given up on are dropped; events are acted on.
+   */
   #take(id: number): Reply | undefined {
+    const kept = this.#stash.get(id);
+    if (kept) {
+      this.#stash.delete(id);
+      return kept;
+    }
     for (;;) {
       const raw = this.#reader.next();
       if (!raw) return undefined;
       const m = decodeBody(raw) as Reply;
-      // Id 0: about the connection, not a request (the server refuses this peer, or this stream).
-      if (raw.id === 0 && m.type === "error") return m;
-      if (raw.id < id) continue;
-      if (raw.id > id) throw new ShareProtocolError(`a reply to request ${raw.id}, which was not sent (the last was ${id})`, "reply-id");
-      return m;
+      if (raw.id === 0) {
+        // Id 0: from the server on its own: an event, or about the connection (the server refuses
+        // this peer, or this stream).
+        if (m.type === "event") {
+          this.#onEvent(m);
+          continue;
+        }
+        if (m.type === "error") return m;
+        throw new ShareProtocolError(`${m.type} without a request id`, "reply-id");
+      }
+      if (raw.id === id) return m;
+      if (this.#outstanding.has(raw.id)) {
+        this.#stash.set(raw.id, m);
+        continue;
+      }
+      if (raw.id > this.#nextId) throw new ShareProtocolError(`a reply to request ${raw.id}, which was not sent (the last was ${this.#nextId})`, "reply-id");
+    }
+  }
+
+  /**
+   * The server reset the controller: our queues `sqids` are gone from it. It was disabled first,
+   * so none of their commands can move data any more: settle them now, refuse new ones, and give
+   * the ids and memory back once no request is being waited for (#reapLost).
+   */
+  #onEvent(m: ServerEvent): void {
+    for (const sqid of m.sqids) {
+      const q = this.#sqs.get(sqid);
+      if (!q || this.#lost.has(q)) continue;
+      const err = new ShareError(
+        `I/O queue ${sqid} was lost: the server of ${this.address} reset the controller (${m.message}); its commands ended without a result ` +
+          `(their data may or may not have moved). Create a new queue (createIoQueue(); the default queue is created again on its next use)`,
+        "queue-lost",
+        this.address,
+      );
+      q.settleAndRefuse(err);
+      this.#lost.set(q, err);
+    }
+    if (this.#lost.size > 0) setTimeout(() => this.#reapLost(), 0);
+  }
+
+  /**
+   * Every EVENT_LOOK_MS while queues exist: read what the server sent on its own between requests,
+   * so commands on queues a reset dropped settle soon after it, not at their deadline. Replies the
+   * async API waits for are kept for it; a server gone is noticed here too. A program that only
+   * spins in synchronous calls hears of it with its next request (at the latest a deadline's Abort).
+   */
+  #lookForEvents(): void {
+    if (this.#closed || this.#gone || this.#conn.closed) return;
+    try {
+      const chunk = this.#conn.recv(0);
+      if (chunk.length > 0) this.#reader.push(chunk);
+      this.#take(0);
+    } catch (e) {
+      try {
+        this.#linkLost(e);
+      } catch {
+        // Kept in #gone when the server is gone; the next call says so.
+      }
+    }
+  }
+
+  /**
+   * Lost queues: their ids go back to the server (which sends the controller nothing), their memory
+   * to us. Only from the top of a call or a timer, never inside a queue's own callbacks (an Abort
+   * sent at a deadline), whose poll may still be using the rings.
+   */
+  #reapLost(): void {
+    if (this.#reaping || this.#lost.size === 0 || this.#closed) return;
+    this.#reaping = true;
+    try {
+      for (const [q, err] of [...this.#lost]) {
+        this.#lost.delete(q);
+        if (this.#sqs.get(q.qid) === q) this.#sqs.delete(q.qid);
+        // The controller dropped the queue when it was disabled: its memory is ours again, whatever the server answers.
+        if (!this.#gone) this.#release(q.qid);
+        q.free(err);
+        q.ioCq.free();
+      }
+    } finally {
+      this.#reaping = false;
     }
   }
 
@@ -180,7 +286,7 @@ export class ShareClientTransport implements ControllerTransport {
     try {
       this.#conn.send(encode({ id, timeoutMs: Math.max(1, Math.ceil(timeoutMs)), msg }), SEND_MS);
     } catch (e) {
-      this.#lost(e);
+      this.#linkLost(e);
     }
     return id;
   }
@@ -204,7 +310,7 @@ export class ShareClientTransport implements ControllerTransport {
         if (got.bytes.length > 0) this.#reader.push(got.bytes);
       }
     } catch (e) {
-      this.#lost(e);
+      this.#linkLost(e);
     }
     throw new ShareError(`${this.address}: no answer to ${msg.type} within ${timeoutMs + REPLY_SLACK_MS} ms: the server is stuck or overloaded`, "timeout", this.address);
   }
@@ -212,37 +318,81 @@ export class ShareClientTransport implements ControllerTransport {
   /** The same without blocking the event loop: looked for every 1 to 20 ms. */
   async #requestAsync(msg: Request, timeoutMs: number, onWait?: (elapsedMs: number) => void): Promise<Reply> {
     const id = this.#send(msg, timeoutMs);
+    this.#outstanding.add(id);
     const t0 = performance.now();
     const deadline = t0 + timeoutMs + REPLY_SLACK_MS;
-    for (let looks = 0; ; looks++) {
-      if (this.#closed) throw new ClosedError(`controller ${this.name} was closed while ${msg.type} ran`);
-      try {
-        const chunk = this.#conn.recv(0);
-        if (chunk.length > 0) this.#reader.push(chunk);
-        const r = this.#take(id);
-        if (r) return this.#checked(r);
-      } catch (e) {
-        this.#lost(e);
+    try {
+      for (let looks = 0; ; looks++) {
+        if (this.#closed) throw new ClosedError(`controller ${this.name} was closed while ${msg.type} ran`);
+        try {
+          const chunk = this.#conn.recv(0);
+          if (chunk.length > 0) this.#reader.push(chunk);
+          const r = this.#take(id);
+          if (r) return this.#checked(r);
+        } catch (e) {
+          this.#linkLost(e);
+        }
+        if (this.#lost.size > 0) this.#reapLost();
+        const now = performance.now();
+        if (now > deadline) throw new ShareError(`${this.address}: no answer to ${msg.type} within ${timeoutMs + REPLY_SLACK_MS} ms: the server is stuck or overloaded`, "timeout", this.address);
+        onWait?.(now - t0);
+        await Bun.sleep(Math.min(1 + looks, 20));
       }
-      const now = performance.now();
-      if (now > deadline) throw new ShareError(`${this.address}: no answer to ${msg.type} within ${timeoutMs + REPLY_SLACK_MS} ms: the server is stuck or overloaded`, "timeout", this.address);
-      onWait?.(now - t0);
-      await Bun.sleep(Math.min(1 + looks, 20));
+    } finally {
+      this.#outstanding.delete(id);
+      this.#stash.delete(id);
     }
+  }
+
+  /**
+   * Hand the memfd `fd` over to a disnvm server, which has the module map it: its handle and one
+   * bus address per 4 KiB page, (lo, hi) pairs, gathered over as many pages messages as it takes.
+   */
+  #holdPages(fd: number, bytes: number): { handle: number; pages: Uint32Array } {
+    let r = this.#holdReply(fd, bytes);
+    if (r.type !== "pages") throw this.#unexpected(r, "hold-memory");
+    const handle = r.handle;
+    const count = bytes / 4096;
+    if (r.total !== bytes) throw new ShareProtocolError(`${this.address}: pages of ${r.total} bytes for memory of ${bytes}`, "reply-type");
+    const out = new Uint32Array(2 * count);
+    let page = 0;
+    try {
+      for (;;) {
+        if (r.type !== "pages" || r.handle !== handle || r.first !== page) throw this.#unexpected(r, `memory-pages ${page}`);
+        for (const run of r.runs) {
+          for (let i = 0; i < run.pages; i++, page++) {
+            const a = run.bus + i * 4096;
+            out[2 * page] = a % 0x1_0000_0000;
+            out[2 * page + 1] = Math.floor(a / 0x1_0000_0000);
+          }
+        }
+        if (page >= count) break;
+        if (r.runs.length === 0) throw new ShareProtocolError(`${this.address}: no bus addresses from page ${page} of ${count}`, "reply-type");
+        r = this.#request({ type: "memory-pages", handle, first: page }, this.timeoutMs);
+      }
+    } catch (e) {
+      this.#releaseMemory(handle);
+      throw e;
+    }
+    return { handle, pages: out };
   }
 
   /** Hand the memfd `fd` over to the server; its handle, and (VFIO) the IOVA it mapped it at. */
   #holdMemory(fd: number, bytes: number): { handle: number; iova: number } {
+    const r = this.#holdReply(fd, bytes);
+    if (r.type !== "memory") throw this.#unexpected(r, "hold-memory");
+    return { handle: r.handle, iova: r.iova };
+  }
+
+  #holdReply(fd: number, bytes: number): Reply {
     this.#checkLink();
     const id = ++this.#nextId;
     try {
       this.#conn.sendWithFd(encode({ id, timeoutMs: this.timeoutMs, msg: { type: "hold-memory", bytes } }), fd, SEND_MS);
     } catch (e) {
-      this.#lost(e);
+      this.#linkLost(e);
     }
-    const r = this.#wait(id, { type: "hold-memory" } as Request, this.timeoutMs);
-    if (r.type !== "memory") throw this.#unexpected(r, "hold-memory");
-    return { handle: r.handle, iova: r.iova };
+    return this.#wait(id, { type: "hold-memory" } as Request, this.timeoutMs);
   }
 
   /** The memory of `handle` is unmapped: the server may let it go. Quiet: gone or closed, the server drops it anyway. */
@@ -308,6 +458,19 @@ export class ShareClientTransport implements ControllerTransport {
   check(): void {
     if (this.#closed) throw new ClosedError(`controller ${this.name} is closed; open it again`);
     this.#checkLink();
+    if (this.#lost.size > 0) this.#reapLost();
+  }
+
+  /**
+   * What only the owner of the controller has (its admin queue pair, completion queues of their
+   * own, lending a queue to a Worker): the server keeps the admin queue and every queue's
+   * bookkeeping, so this says what to do instead.
+   */
+  unsupported(what: string): UnsupportedError {
+    const instead = what.startsWith("lending")
+      ? `a Worker opens the controller itself instead: Controller.open("${this.address}") in the Worker makes it another client of the server, with I/O queues of its own`
+      : `that is for the server's process (pid ${this.hello.serverPid}) to do`;
+    return new UnsupportedError(`${what}: ${this.name} is served by another process, which keeps its admin queue and every queue's bookkeeping; ${instead}`);
   }
 
   registers(): RegisterSnapshot {
@@ -414,6 +577,10 @@ export class ShareClientTransport implements ControllerTransport {
       throw e;
     }
     cq.sqs.set(ids.sqid, q);
+    if (!this.#watch) {
+      this.#watch = setInterval(() => this.#lookForEvents(), EVENT_LOOK_MS);
+      this.#watch.unref?.();
+    }
     this.#sqs.set(ids.sqid, q);
     return q;
   }
@@ -501,22 +668,16 @@ export class ShareClientTransport implements ControllerTransport {
   }
 
   /**
-   * Ask the server to reset the controller (refused unless it grants "reset"). Every queue of this
-   * process is then re-created at the same memory; commands outstanding fail.
+   * Ask the server to reset the controller (refused unless it grants "reset"). As for every reset
+   * on the server's side, every client's queues are lost, this process's included: their commands
+   * outstanding fail with ShareError "queue-lost", and new queues are created as needed.
    */
-  reset(reason?: Error): void {
+  reset(_reason?: Error): void {
     this.check();
     const r = this.#request({ type: "reset" }, Math.max(this.timeoutMs, this.cap.timeoutMs * 2 + 1000));
     if (r.type !== "ok") throw this.#unexpected(r, "reset");
-    const fail = new NvmeTimeoutError(`failed by a controller reset (${reason?.message ?? "reset() called"})`, this.timeoutMs);
-    for (const q of this.#sqs.values()) {
-      q.resetAfterDisable(fail);
-      q.ioCq.reset();
-      const c = this.#request({ type: "create-queue", sqid: q.qid, cqid: q.ioCq.qid, entries: q.sq.entries, sqBus: q.sq.mem.busAddress(0), cqBus: q.ioCq.cq.mem.busAddress(0) }, this.timeoutMs);
-      if (c.type !== "ok") throw this.#unexpected(c, "create-queue");
-      q.resume();
-    }
     this.#resets++;
+    this.#reapLost();
   }
 
   /**
@@ -527,6 +688,7 @@ export class ShareClientTransport implements ControllerTransport {
   close(): void {
     if (this.#closed) return;
     this.#closed = true;
+    if (this.#watch) clearInterval(this.#watch);
     let safe = !this.#gone && !this.#dmaAbandoned;
     for (const q of [...this.#sqs.values()]) {
       if (safe && this.#release(q.qid)) {

@@ -25,10 +25,16 @@ import { ShareProtocolError, type ShareErrorReason } from "../errors.ts";
 
 /** "LNVS" as a little-endian u32. */
 export const SHARE_MAGIC = 0x53564e4c;
-export const SHARE_VERSION = 1;
+/**
+ * 2: the server pushes events (a controller reset that dropped the client's queues), and a disnvm
+ * server answers hold-memory with the memory's bus addresses page by page (pages, memory-pages).
+ */
+export const SHARE_VERSION = 2;
 export const HEADER_SIZE = 24;
 /** The most data an admin command moves to the host through the server (Get Log Page). */
 export const MAX_ADMIN_DATA = 64 * 1024;
+/** Runs of bus addresses one pages message carries at most (12 bytes each): the rest come with memory-pages. */
+export const MAX_RUNS = 4096;
 /** The most data an admin command moves to the controller (Set Features data): one page. */
 export const MAX_ADMIN_WRITE = 4096;
 /** The largest body: admin data plus its fields. */
@@ -48,11 +54,15 @@ export const MSG_RESET = 0x07;
 export const MSG_BYE = 0x08;
 export const MSG_HOLD_MEMORY = 0x09;
 export const MSG_RELEASE_MEMORY = 0x0a;
+export const MSG_MEMORY_PAGES = 0x0b;
 export const MSG_OK = 0x80;
 export const MSG_HELLO_OK = 0x81;
 export const MSG_ADMIN_OK = 0x82;
 export const MSG_QUEUE_IDS = 0x83;
 export const MSG_MEMORY = 0x84;
+export const MSG_PAGES = 0x85;
+/** Sent by the server on its own (request id 0), never a reply. */
+export const MSG_EVENT = 0x86;
 export const MSG_ERROR = 0xff;
 
 /** Hello: the first request of a connection. */
@@ -161,6 +171,38 @@ export interface ReleaseMemory {
   readonly type: "release-memory";
   readonly handle: number;
 }
+/**
+ * Where the controller reaches memory the server holds, when it is not one range (disnvm: the
+ * module's bus address of each 4 KiB page): runs of consecutive pages from page `first` of the
+ * `total`, as many as one message carries. The client asks for the rest with memory-pages.
+ */
+export interface Pages {
+  readonly type: "pages";
+  readonly handle: number;
+  /** Bytes held (a multiple of 4096): total / 4096 pages. */
+  readonly total: number;
+  /** The 4 KiB page of the memory the first run starts at. */
+  readonly first: number;
+  readonly runs: readonly { readonly bus: number; readonly pages: number }[];
+}
+/** The bus addresses of held memory `handle`, from its 4 KiB page `first` on. */
+export interface MemoryPages {
+  readonly type: "memory-pages";
+  readonly handle: number;
+  readonly first: number;
+}
+/**
+ * Something that happened on the server's side, pushed with request id 0. "reset": the controller
+ * was reset (disabled, so no DMA of before can happen any more, then enabled again): the I/O queues
+ * `sqids` of this client are gone from it, and every command outstanding on them ended without a
+ * result.
+ */
+export interface ServerEvent {
+  readonly type: "event";
+  readonly kind: "reset";
+  readonly sqids: readonly number[];
+  readonly message: string;
+}
 export interface ResetRequest {
   readonly type: "reset";
 }
@@ -178,8 +220,8 @@ export interface ErrorReply {
   readonly message: string;
 }
 
-export type Request = Hello | AdminRequest | ReserveQueue | CreateQueue | DeleteQueue | AbortRequest | ResetRequest | Bye | HoldMemory | ReleaseMemory;
-export type Reply = HelloOk | AdminOk | QueueIds | MemoryHandle | Ok | ErrorReply;
+export type Request = Hello | AdminRequest | ReserveQueue | CreateQueue | DeleteQueue | AbortRequest | ResetRequest | Bye | HoldMemory | ReleaseMemory | MemoryPages;
+export type Reply = HelloOk | AdminOk | QueueIds | MemoryHandle | Pages | Ok | ErrorReply | ServerEvent;
 export type Message = Request | Reply;
 
 /** One message with its header fields. */
@@ -197,7 +239,9 @@ export interface RawFrame {
   readonly body: Uint8Array;
 }
 
-const REASONS: readonly ErrorReason[] = ["protocol", "replayed", "refused", "quota", "peer", "not-owner", "server-gone", "timeout", "version", "failed"];
+const EVENT_KINDS: readonly ServerEvent["kind"][] = ["reset"];
+
+const REASONS: readonly ErrorReason[] = ["protocol", "replayed", "refused", "quota", "peer", "not-owner", "server-gone", "timeout", "version", "failed", "queue-lost"];
 
 const TYPE_OF: Record<Message["type"], number> = {
   hello: MSG_HELLO,
@@ -210,7 +254,10 @@ const TYPE_OF: Record<Message["type"], number> = {
   bye: MSG_BYE,
   "hold-memory": MSG_HOLD_MEMORY,
   "release-memory": MSG_RELEASE_MEMORY,
+  "memory-pages": MSG_MEMORY_PAGES,
   memory: MSG_MEMORY,
+  pages: MSG_PAGES,
+  event: MSG_EVENT,
   ok: MSG_OK,
   "hello-ok": MSG_HELLO_OK,
   "admin-ok": MSG_ADMIN_OK,
@@ -219,7 +266,7 @@ const TYPE_OF: Record<Message["type"], number> = {
 };
 
 export function isRequestType(type: number): boolean {
-  return type >= MSG_HELLO && type <= MSG_RELEASE_MEMORY;
+  return type >= MSG_HELLO && type <= MSG_MEMORY_PAGES;
 }
 
 export function typeName(type: number): string {
@@ -379,6 +426,18 @@ function encodeBody(m: Message): Uint8Array {
       return w.u32(m.handle).done();
     case "memory":
       return w.u32(m.handle).u64(m.iova).done();
+    case "memory-pages":
+      return w.u32(m.handle).u32(m.first).done();
+    case "pages": {
+      w.u32(m.handle).u64(m.total).u32(m.first).u32(m.runs.length);
+      for (const r of m.runs) w.u64(r.bus).u32(r.pages);
+      return w.done();
+    }
+    case "event": {
+      w.u8(EVENT_KINDS.indexOf(m.kind)).u32(m.sqids.length);
+      for (const q of m.sqids) w.u16(q);
+      return w.str(m.message).done();
+    }
     case "abort":
       return w.u16(m.sqid).u16(m.cid).done();
     case "reset":
@@ -510,6 +569,31 @@ export function decodeBody(raw: RawFrame): Message {
     case MSG_MEMORY:
       m = { type: "memory", handle: r.u32("handle"), iova: r.u64("IOVA") };
       break;
+    case MSG_MEMORY_PAGES:
+      m = { type: "memory-pages", handle: r.u32("handle"), first: r.u32("first page") };
+      break;
+    case MSG_PAGES: {
+      const handle = r.u32("handle");
+      const total = r.u64("total");
+      const first = r.u32("first page");
+      const n = r.u32("runs");
+      if (n > MAX_RUNS) throw bad(`pages: ${n} runs, at most ${MAX_RUNS}`, "oversized");
+      const runs: { bus: number; pages: number }[] = [];
+      for (let i = 0; i < n; i++) runs.push({ bus: r.u64("bus address"), pages: r.u32("run pages") });
+      m = { type: "pages", handle, total, first, runs };
+      break;
+    }
+    case MSG_EVENT: {
+      const code = r.u8("kind");
+      const kind = EVENT_KINDS[code];
+      if (kind === undefined) throw bad(`event: kind ${code} unknown`, "field");
+      const n = r.u32("queues");
+      if (n > 65535) throw bad(`event: ${n} queues, at most 65535`, "oversized");
+      const sqids: number[] = [];
+      for (let i = 0; i < n; i++) sqids.push(r.u16("SQID"));
+      m = { type: "event", kind, sqids, message: r.str("message") };
+      break;
+    }
     case MSG_RESET:
       m = { type: "reset" };
       break;
@@ -564,6 +648,21 @@ function checkMessage(m: Message): void {
       break;
     case "hold-memory":
       field(m.bytes > 0 && m.bytes % 4096 === 0, `${m.bytes} bytes: whole pages, at least one`);
+      break;
+    case "pages": {
+      field(m.total > 0 && m.total % 4096 === 0, `${m.total} bytes: whole pages, at least one`);
+      field(m.runs.length <= MAX_RUNS, `${m.runs.length} runs, at most ${MAX_RUNS}`);
+      let pages = 0;
+      for (const r of m.runs) {
+        field(r.pages >= 1 && r.bus > 0 && r.bus % 4096 === 0, `a run of ${r.pages} pages at 0x${r.bus.toString(16)}: at least one page, at a non-zero page-aligned address`);
+        pages += r.pages;
+      }
+      field(m.first * 4096 + pages * 4096 <= m.total, `runs from page ${m.first} over ${pages} pages pass the end of ${m.total} bytes`);
+      field(m.runs.length > 0 || m.first * 4096 === m.total, `no runs before the end of the memory (page ${m.first} of ${m.total / 4096})`);
+      break;
+    }
+    case "event":
+      field(m.sqids.every((q) => q >= 1 && q <= 0xffff), `SQIDs ${m.sqids.join(", ")}: I/O queues are 1 to 65535`);
       break;
     default:
       break;

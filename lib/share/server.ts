@@ -14,13 +14,31 @@
  * - deadlines: every request carries one; the server does not run a request past it.
  * A client that disconnects, even killed, has its queues deleted (SQ, then CQ: the controller ends
  * every command of the SQ first) before anything of it is released.
+ *
+ * Memory per backend: sysfs clients translate their own pages (the server only holds their memfds
+ * so the pages outlive them); VFIO and disnvm clients hand each DMA allocation over as a memfd,
+ * which the server maps for the controller (VFIO: into its IOMMU container at an IOVA; disnvm: the
+ * module pins it through the server's file and returns a bus address per page) and unmaps only
+ * once no queue of that client exists. The client maps BAR0 through a descriptor the server
+ * passes with its hello reply (VFIO: the device; disnvm: a BAR-only descriptor of the module's,
+ * which maps no memory and cannot write the registers).
+ *
+ * A controller reset (one a client was granted, or the server's own recovery) drops every I/O
+ * queue: each client is told with an event frame naming its queues, whose outstanding commands
+ * then settle (the controller was disabled: no DMA of theirs can happen any more), and whose new
+ * submissions fail with ShareError "queue-lost": the client creates new queues.
+ *
+ * Admin commands without data (Format NVM, Sanitize, Device Self-test, ...) run asynchronously, so
+ * a long one of one client does not hold up the others; the short ones that move data (Identify,
+ * Get Log Page) run in place. Each within its request's deadline.
  */
 import { mkdirSync } from "node:fs";
 import { dirname } from "node:path";
 import { registerServe, type Controller } from "../controller.ts";
-import { InvalidArgumentError, NvmeStatusError, NvmeTimeoutError, ShareProtocolError } from "../errors.ts";
+import { InvalidArgumentError, NvmeStatusError, NvmeTimeoutError, ShareProtocolError, UnsupportedError } from "../errors.ts";
 import { native } from "../native.ts";
 import { VfioBackend } from "../backends/vfio.ts";
+import { DisnvmBackend } from "../backends/disnvm.ts";
 import * as cmd from "../spec/commands.ts";
 import type { ForeignQueueHost } from "../transports/types.ts";
 import type { PeerInfo, ShareConnection, ShareListener } from "./carrier.ts";
@@ -32,10 +50,12 @@ import {
   isRequestType,
   MSG_HELLO,
   MSG_HOLD_MEMORY,
+  MAX_RUNS,
   RequestIds,
   typeName,
   type ErrorReason,
   type Frame,
+  type Pages,
   type RawFrame,
   type Reply,
   type Request,
@@ -103,11 +123,57 @@ interface Client {
   readonly queues: Map<number, ClientQueue>;
   /** Descriptors that arrived and no hold-memory took yet. */
   readonly fds: number[];
-  /** Memory held for it: handle → its memfd, size, and (VFIO) its IOVA range and the IOMMU mapping's release. */
-  readonly memory: Map<number, { fd: number; bytes: number; iova: number; unmap?: () => void }>;
+  /** Memory held for it: handle → its memfd, size, where the controller reaches it (VFIO, disnvm) and the mapping's release. */
+  readonly memory: Map<number, HeldMemory>;
   nextHandle: number;
   label: string;
   greeted: boolean;
+}
+
+/** A run of consecutive 4 KiB pages of held memory, at consecutive bus addresses. */
+interface Run {
+  /** The first page's index in the memory. */
+  readonly page: number;
+  readonly bus: number;
+  readonly pages: number;
+}
+
+interface HeldMemory {
+  readonly fd: number;
+  readonly bytes: number;
+  /** VFIO: the IOVA it is mapped at; 0 otherwise. */
+  readonly iova: number;
+  /** VFIO and disnvm: where the controller reaches it. sysfs: none (the client translates its own pages). */
+  readonly runs?: readonly Run[];
+  unmap?: () => void;
+}
+
+/** Runs of consecutive bus addresses out of one address per 4 KiB page, (lo, hi) pairs. */
+export function pageRuns(addrs: Uint32Array): Run[] {
+  const runs: Run[] = [];
+  let cur: { page: number; bus: number; pages: number } | undefined;
+  for (let i = 0; i < addrs.length / 2; i++) {
+    const bus = addrs[2 * i]! + addrs[2 * i + 1]! * 0x1_0000_0000;
+    if (cur && cur.bus + cur.pages * 4096 === bus) cur.pages++;
+    else {
+      if (cur) runs.push(cur);
+      cur = { page: i, bus, pages: 1 };
+    }
+  }
+  if (cur) runs.push(cur);
+  return runs;
+}
+
+/** The pages message for `runs` of memory `handle` of `bytes`, from page `first`: as many runs as one message carries. */
+export function pagesFrom(handle: number, bytes: number, runs: readonly Run[], first: number): Pages {
+  const out: { bus: number; pages: number }[] = [];
+  for (const r of runs) {
+    if (out.length === MAX_RUNS) break;
+    if (r.page + r.pages <= first) continue;
+    const skip = Math.max(0, first - r.page);
+    out.push({ bus: r.bus + skip * 4096, pages: r.pages - skip });
+  }
+  return { type: "pages", handle, total: bytes, first, runs: out };
 }
 
 /** Why a request is refused (the grant that allows it), or undefined when clients may send it. */
@@ -148,6 +214,10 @@ export class ShareServer {
   readonly #host: ForeignQueueHost;
   /** The VFIO backend when the controller is reached through it: clients' memory is mapped in its IOMMU container. */
   readonly #vfio: VfioBackend | undefined;
+  /** The disnvm backend when the controller is reached through the module: clients' memory is pinned through its file. */
+  readonly #disnvm: DisnvmBackend | undefined;
+  /** The controller's reset count last seen: a change means every client's queues are gone. */
+  #resetsSeen: number;
   readonly #allow: ReadonlySet<ShareGrant>;
   readonly #uids: ReadonlySet<number>;
   readonly #maxQueues: number;
@@ -170,6 +240,12 @@ export class ShareServer {
     this.controller = ctrl;
     this.#host = ctrl.foreignQueues();
     this.#vfio = ctrl.backend instanceof VfioBackend ? ctrl.backend : undefined;
+    this.#disnvm = ctrl.backend instanceof DisnvmBackend ? ctrl.backend : undefined;
+    // Before the socket exists: a module that cannot hand out BAR descriptors serves nobody.
+    if (this.#disnvm && !this.#disnvm.info().barFd) {
+      throw new UnsupportedError(`${ctrl.name}: the loaded disnvm module cannot hand its clients BAR0 alone (no DISNVM_IOC_BAR_FD): load the module built from this checkout (bash test/vm/build-module.sh), or serve the controller through sysfs or VFIO`);
+    }
+    this.#resetsSeen = ctrl.resets;
     const allow = new Set(opts.allow ?? []);
     for (const g of allow) if (!SHARE_GRANTS.includes(g)) throw new InvalidArgumentError(`allow: unknown grant "${g}"; choose from ${SHARE_GRANTS.join(", ")}`);
     this.#allow = allow;
@@ -184,7 +260,8 @@ export class ShareServer {
       this.path = opts.listener.address;
       this.address = opts.listener.address;
     } else {
-      this.path = opts.socket ?? defaultSocketPath(ctrl.name);
+      // By PCI address when there is one (a disnvm controller's name is its /dev node).
+      this.path = opts.socket ?? defaultSocketPath(ctrl.backend.bdf ?? ctrl.name);
       this.address = `unix:${this.path}`;
       if (opts.socket === undefined) mkdirSync(dirname(this.path), { recursive: true, mode: 0o755 });
       this.#listener = UnixListener.listen(this.path, opts.mode ?? 0o600);
@@ -241,6 +318,7 @@ export class ShareServer {
         this.#lastActive = performance.now();
         this.#arrive(a.conn, a.peer);
       }
+      this.#noticeReset("the server's controller was reset (its recovery from a command that did not complete, or a failure)");
       for (const c of [...this.#clients.values()]) this.#serve(c);
     } finally {
       this.#busy = false;
@@ -306,6 +384,12 @@ export class ShareServer {
         continue;
       }
       const deadline = received + raw.timeoutMs;
+      if (msg.type === "admin" && msg.toHost === 0 && !msg.toController) {
+        // Without data it may be long (Format NVM, Sanitize, Device Self-test): the others are
+        // served meanwhile, and its reply goes out whenever it settles.
+        this.#adminAsync(c, raw.id, msg, deadline);
+        continue;
+      }
       let reply: Reply;
       try {
         reply = this.#handle(c, msg, deadline);
@@ -313,12 +397,93 @@ export class ShareServer {
         reply = errorReply(e);
       }
       if (!this.#clients.has(c.id)) return;
-      // VFIO: the device's descriptor goes with the hello reply, so the client maps BAR0 itself.
-      this.#reply(c, raw.id, reply, reply.type === "hello-ok" && this.#vfio ? this.#vfio.deviceFd : undefined);
+      if (reply.type === "hello-ok") this.#helloReply(c, raw.id, reply);
+      else this.#reply(c, raw.id, reply);
       if (msg.type === "bye") {
         this.#drop(c, "said goodbye");
         return;
       }
+    }
+  }
+
+  /**
+   * The hello reply, with the descriptor the client maps BAR0 through: VFIO the device's; disnvm a
+   * BAR-only one the module makes for this client (it can map no memory, and the registers only
+   * read-only), closed here once sent.
+   */
+  #helloReply(c: Client, id: number, reply: Reply): void {
+    if (this.#vfio) return this.#reply(c, id, reply, this.#vfio.deviceFd);
+    if (!this.#disnvm) return this.#reply(c, id, reply);
+    let fd: number;
+    try {
+      fd = this.#disnvm.barFd();
+    } catch (e) {
+      return this.#reply(c, id, errorReply(e));
+    }
+    try {
+      this.#reply(c, id, reply, fd);
+    } finally {
+      native().nvm_unix_close(fd);
+    }
+  }
+
+  /** An admin command without data, run without blocking the loop; replied to when it settles. */
+  #adminAsync(c: Client, id: number, m: Extract<Request, { type: "admin" }>, deadline: number): void {
+    const opcode = m.sqe[0]! & 0xff;
+    const refused = this.#filter(opcode, m.sqe[10]!);
+    if (refused) return this.#reply(c, id, refused);
+    const name = cmd.commandName(opcode, true);
+    const c0: cmd.Command = { opcode, nsid: m.sqe[1]!, cdw10: m.sqe[10]!, cdw11: m.sqe[11]!, cdw12: m.sqe[12]!, cdw13: m.sqe[13]!, cdw14: m.sqe[14]!, cdw15: m.sqe[15]! };
+    let run: Promise<Reply>;
+    try {
+      // The request's own deadline, not the server's per-command timeout: a Format NVM may take minutes.
+      const left = deadline - performance.now();
+      if (left <= 0) throw new NvmeTimeoutError(`${name}: the request's deadline passed before the server could run it`, 0);
+      run = this.controller.adminCommandAsync(c0, { timeoutMs: left }).then(
+        (r): Reply => ({ type: "admin-ok", status: 0, dw0: r.dw0, dw1: r.dw1 }),
+        (e: unknown): Reply => (e instanceof NvmeStatusError ? { type: "admin-ok", status: statusOf(e), dw0: 0, dw1: 0 } : errorReply(e)),
+      );
+    } catch (e) {
+      return this.#reply(c, id, errorReply(e));
+    }
+    void run.then((reply) => {
+      // A reset its recovery caused is the clients' to hear of before this reply.
+      this.#noticeReset("the server's controller was reset (its recovery from an admin command that did not complete)");
+      if (this.#clients.has(c.id)) this.#reply(c, id, reply);
+    });
+  }
+
+  /** The refusal for an admin opcode clients may not send, or undefined. */
+  #filter(opcode: number, cdw10: number): Reply | undefined {
+    const need = adminGrantNeeded(opcode, cdw10);
+    const name = cmd.commandName(opcode, true);
+    if (need === "never") return refuse(`${name}(0x${hex2(opcode)}) is the server's own: clients ${opcode === 0x09 ? "cannot change Number of Queues" : "create, delete and abort through createIoQueue(), deleteIoQueue() and their queues"}`);
+    if (need !== undefined && !this.#allow.has(need) && !this.#allow.has("all")) {
+      return refuse(`${name}(0x${hex2(opcode)}) affects every client of ${this.controller.name}: the server refuses it unless started with --allow=${need}`);
+    }
+    return undefined;
+  }
+
+  /**
+   * After a controller reset (the count moved): every client's created queues are gone from the
+   * controller, which was disabled, so none of their commands can move data any more. Each client
+   * hears which of its queues were lost (an event frame); their ids stay reserved until it deletes
+   * them (nothing is sent to the controller then) or leaves.
+   */
+  #noticeReset(why: string): void {
+    const now = this.controller.resets;
+    if (now === this.#resetsSeen) return;
+    this.#resetsSeen = now;
+    for (const c of [...this.#clients.values()]) {
+      const lost: number[] = [];
+      for (const [sqid, q] of c.queues) {
+        if (!q.created) continue;
+        q.created = false;
+        lost.push(sqid);
+      }
+      if (lost.length === 0) continue;
+      this.#log(`client ${c.id}: I/O queue${lost.length === 1 ? "" : "s"} ${lost.join(", ")} lost to a controller reset (${why})`);
+      this.#reply(c, 0, { type: "event", kind: "reset", sqids: lost, message: why });
     }
   }
 
@@ -367,17 +532,14 @@ export class ShareServer {
           name: ctrl.name,
           serverPid: process.pid,
           bar0Offset: this.#vfio?.bar0Offset ?? 0,
-          bar0Size: this.#vfio?.bar0Size ?? 0,
+          bar0Size: this.#vfio?.bar0Size ?? this.#disnvm?.bar0Size ?? 0,
         };
       }
       case "admin": {
         const opcode = m.sqe[0]! & 0xff;
-        const need = adminGrantNeeded(opcode, m.sqe[10]!);
+        const refused = this.#filter(opcode, m.sqe[10]!);
+        if (refused) return refused;
         const name = cmd.commandName(opcode, true);
-        if (need === "never") return refuse(`${name}(0x${hex2(opcode)}) is the server's own: clients ${opcode === 0x09 ? "cannot change Number of Queues" : "create, delete and abort through createIoQueue(), deleteIoQueue() and their queues"}`);
-        if (need !== undefined && !this.#allow.has(need) && !this.#allow.has("all")) {
-          return refuse(`${name}(0x${hex2(opcode)}) affects every client of ${ctrl.name}: the server refuses it unless started with --allow=${need}`);
-        }
         const c0: cmd.Command = { opcode, nsid: m.sqe[1]!, cdw10: m.sqe[10]!, cdw11: m.sqe[11]!, cdw12: m.sqe[12]!, cdw13: m.sqe[13]!, cdw14: m.sqe[14]!, cdw15: m.sqe[15]! };
         const timeoutMs = this.#left(deadline, name);
         const data = m.toHost > 0 ? { toHost: m.toHost } : m.toController ? { toController: m.toController } : undefined;
@@ -401,8 +563,8 @@ export class ShareServer {
       case "create-queue": {
         const q = c.queues.get(m.sqid);
         if (!q || q.cqid !== m.cqid) return notOwner(m.sqid);
-        // Through VFIO the server knows the client's memory: the rings must lie in it.
-        if (this.#vfio && !(this.#owns(c, m.sqBus, m.entries * 64) && this.#owns(c, m.cqBus, m.entries * 16))) {
+        // Through VFIO and disnvm the server knows the client's memory: the rings must lie in it.
+        if ((this.#vfio || this.#disnvm) && !(this.#owns(c, m.sqBus, m.entries * 64) && this.#owns(c, m.cqBus, m.entries * 16))) {
           return refuse(`the rings of queue ${m.sqid} (SQ at 0x${m.sqBus.toString(16)}, CQ at 0x${m.cqBus.toString(16)}) are not in memory this client had the server map`);
         }
         this.#host.createForeignQueue(m.sqid, m.cqid, m.entries, m.sqBus, m.cqBus, { timeoutMs: this.#left(deadline, "Create I/O queue") });
@@ -424,8 +586,13 @@ export class ShareServer {
       }
       case "reset": {
         if (!this.#allow.has("reset") && !this.#allow.has("all")) return refuse(`a controller reset ends every client's commands: the server refuses it unless started with --allow=reset`);
-        ctrl.reset(new Error(`client ${c.id} (pid ${c.peer.pid}) asked for a reset`));
-        for (const q of c.queues.values()) q.created = false;
+        const why = `client ${c.id} (pid ${c.peer.pid}) asked for a reset`;
+        try {
+          ctrl.reset(new Error(why));
+        } finally {
+          // Every client, this one included, hears of its lost queues before this reply.
+          this.#noticeReset(why);
+        }
         return { type: "ok" };
       }
       case "hold-memory": {
@@ -437,6 +604,20 @@ export class ShareServer {
           return { type: "error", reason: "quota", message: `the server holds ${held} bytes of this client's memory; ${m.bytes} more would pass its limit of ${this.#maxMemory}` };
         }
         const handle = c.nextHandle++;
+        if (this.#disnvm) {
+          // The module pins the client's pages through the server's file: they stay the
+          // controller's to reach until released here, whatever becomes of the client.
+          let mapped: { pages: Uint32Array; release(): void };
+          try {
+            mapped = this.#disnvm.mapForeign(fd, m.bytes);
+          } catch (e) {
+            native().nvm_unix_close(fd);
+            throw e;
+          }
+          const runs = pageRuns(mapped.pages);
+          c.memory.set(handle, { fd, bytes: m.bytes, iova: 0, runs, unmap: mapped.release });
+          return pagesFrom(handle, m.bytes, runs, 0);
+        }
         if (this.#vfio) {
           // The IOMMU maps the client's pages for the controller: the client learns the IOVA.
           let mapped: { iova: number; release(): void };
@@ -446,11 +627,17 @@ export class ShareServer {
             native().nvm_unix_close(fd);
             throw e;
           }
-          c.memory.set(handle, { fd, bytes: m.bytes, iova: mapped.iova, unmap: mapped.release });
+          c.memory.set(handle, { fd, bytes: m.bytes, iova: mapped.iova, runs: [{ page: 0, bus: mapped.iova, pages: m.bytes / 4096 }], unmap: mapped.release });
           return { type: "memory", handle, iova: mapped.iova };
         }
         c.memory.set(handle, { fd, bytes: m.bytes, iova: 0 });
         return { type: "memory", handle, iova: 0 };
+      }
+      case "memory-pages": {
+        const h = c.memory.get(m.handle);
+        if (!h?.runs) return { type: "error", reason: "not-owner", message: `memory ${m.handle} is not held for this client${h ? " with bus addresses of its own" : ""}` };
+        if (m.first >= h.bytes / 4096) throw new InvalidArgumentError(`memory ${m.handle} has ${h.bytes / 4096} pages; page ${m.first} is past its end`);
+        return pagesFrom(m.handle, h.bytes, h.runs, m.first);
       }
       case "release-memory": {
         const h = c.memory.get(m.handle);
@@ -466,9 +653,9 @@ export class ShareServer {
     }
   }
 
-  /** [iova, iova + bytes) lies within one memory range held for `c`. */
-  #owns(c: Client, iova: number, bytes: number): boolean {
-    for (const m of c.memory.values()) if (iova >= m.iova && iova + bytes <= m.iova + m.bytes) return true;
+  /** [bus, bus + bytes) lies within one run of consecutive pages of memory held for `c`. */
+  #owns(c: Client, bus: number, bytes: number): boolean {
+    for (const m of c.memory.values()) for (const r of m.runs ?? []) if (bus >= r.bus && bus + bytes <= r.bus + r.pages * 4096) return true;
     return false;
   }
 

@@ -198,6 +198,12 @@ export interface ForeignQueueHost {
  * controller reset; TCP: the connection closed, then a reconnect).
  */
 export interface ControllerTransport {
+  /**
+   * Why this transport lacks `what`, one of the things only the owner of a PCIe controller has (its
+   * admin queue pair, completion queues of their own, lending a queue to a Worker): an error that
+   * says what to do instead. Optional: the Controller's generic UnsupportedError otherwise.
+   */
+  unsupported?(what: string): Error;
   readonly kind: TransportKind;
   /** How messages name the controller: its PCI address or device node, or "host:port/subnqn". */
   readonly name: string;

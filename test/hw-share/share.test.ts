@@ -9,48 +9,15 @@
 import { afterEach, expect, test } from "bun:test";
 import { chmodSync, readdirSync, readlinkSync } from "node:fs";
 import { join } from "node:path";
-import { Controller, Namespace, ShareError, defaultSocketPath, parseBdf } from "../../lib/index.ts";
-import { ctrlAddress, expectedBackend, REPO, requireExpected, rest, waitForLine } from "../hw/common.ts";
-import { native } from "../../lib/native.ts";
-import { connectUnix } from "../../lib/share/link.ts";
-import { decodeBody, encode, FrameReader, type Reply, type Request } from "../../lib/share/protocol.ts";
+import { Worker } from "node:worker_threads";
+import { Controller, Namespace, ShareError, UnsupportedError, defaultSocketPath, exportIoQueue, parseBdf } from "../../lib/index.ts";
+import { ctrlAddress, expectedBackend, REPO, requireExpected, waitForLine } from "../hw/common.ts";
+import { client, killChildren, RawShareClient, rest, serve, spawn, tmp } from "./harness.ts";
+import type { Request } from "../../lib/share/protocol.ts";
+import { fillShare } from "./pattern.ts";
 import { expectPattern } from "./verify.ts";
 
-type Proc = ReturnType<typeof Bun.spawn<"ignore", "pipe", "pipe">>;
-const procs: Proc[] = [];
-afterEach(async () => {
-  for (const p of procs.splice(0)) {
-    p.kill("SIGKILL");
-    await p.exited;
-  }
-});
-
-// Not LIBNVM_VM_XCHG: that is a 9p mount, where a Unix socket cannot be created.
-const tmp = "/run/libnvm";
-
-function spawn(args: string[]): Proc {
-  const p = Bun.spawn(["bun", ...args], { cwd: REPO, stdin: "ignore", stdout: "pipe", stderr: "pipe" });
-  procs.push(p);
-  return p;
-}
-
-async function serve(socket?: string, more: string[] = []): Promise<{ p: Proc; path: string }> {
-  const args = [join(REPO, "examples/serve.ts"), `--ctrl=${ctrlAddress()}`, ...(socket ? [`--socket=${socket}`] : []), ...more];
-  const p = spawn(args);
-  let line: string;
-  try {
-    line = await waitForLine(p.stdout, /^serving /, 60_000);
-  } catch (e) {
-    p.kill("SIGKILL");
-    throw new Error(`${(e as Error).message}; the server's stderr: ${await rest(p.stderr, 2000)}`);
-  }
-  const path = /at unix:(\S+)/.exec(line)![1]!;
-  return { p, path };
-}
-
-function client(path: string, nsid: number, first: number, blocks: number, seconds: number, seed: number): Proc {
-  return spawn([join(import.meta.dir, "client.ts"), `unix:${path}`, String(nsid), String(first), String(blocks), String(seconds), String(seed)]);
-}
+afterEach(killChildren);
 
 /** Check the last round a client reported against the media, from this process (through the server). */
 async function verifyRange(path: string, nsid: number, first: number, blocks: number, seed: number, round: number): Promise<void> {
@@ -139,6 +106,58 @@ test("SIGKILL of the server: a client's next call fails with ShareError 'server-
   // The owner lock went with the server; a new owner resets the controller and works.
   using again = Controller.open(ctrlAddress(), { handleSignals: false });
   expect(again.activeNamespaces()).toContain(nsid);
+});
+
+test("a reset on the server's side (a client granted --allow=reset asks for it) drops every client's queues: typed ShareError 'queue-lost', then new queues work and data is intact", async () => {
+  const nsid = requireExpected().namespaces[0]!.nsid;
+  const { path } = await serve(join(tmp, "share-reset.sock"), ["--allow=reset"]);
+  using a = Controller.open(`unix:${path}`, { handleSignals: false, timeoutMs: 5000 });
+  using b = Controller.open(`unix:${path}`, { handleSignals: false, timeoutMs: 5000 });
+  const nsA = new Namespace(a, nsid);
+  const qa = a.createIoQueue({ entries: 16 });
+  const out = a.allocBuffer(8 * nsA.lbaSize);
+  const back = a.allocBuffer(8 * nsA.lbaSize);
+  fillShare(out.bytes, 9, 20_000);
+  await nsA.write(20_000, 8, out, { queue: qa });
+  const resetsBefore = b.resets;
+  b.reset();
+  expect(b.resets).toBe(resetsBefore + 1);
+  // A hears of it with its next reply; its queue is gone from the controller.
+  expect(a.activeNamespaces()).toContain(nsid);
+  const e = await nsA.read(20_000, 8, back, { queue: qa }).catch((x: unknown) => x);
+  expect(e).toBeInstanceOf(ShareError);
+  expect((e as ShareError).reason).toBe("queue-lost");
+  expect((e as Error).message).toContain("Create a new queue");
+  const qa2 = a.createIoQueue({ entries: 16 });
+  await nsA.read(20_000, 8, back, { queue: qa2 });
+  expect(Buffer.compare(back.bytes, out.bytes)).toBe(0);
+  // B's default queue works (created after the reset), on B's own memory.
+  const backB = b.allocBuffer(8 * nsA.lbaSize);
+  await new Namespace(b, nsid).read(20_000, 8, backB);
+  expect(Buffer.compare(backB.bytes, out.bytes)).toBe(0);
+});
+
+test("Workers: a client's queue cannot be lent to one (UnsupportedError naming the way instead); a Worker that opens unix:PATH itself does verified I/O", async () => {
+  const nsid = requireExpected().namespaces[0]!.nsid;
+  const { path } = await serve(join(tmp, "share-worker.sock"));
+  using c = Controller.open(`unix:${path}`, { handleSignals: false, timeoutMs: 5000 });
+  const q = c.createIoQueue({ entries: 8 });
+  expect(() => exportIoQueue(c, q as never)).toThrow(UnsupportedError);
+  expect(() => exportIoQueue(c, q as never)).toThrow(`Controller.open("unix:${path}") in the Worker`);
+  const w = new Worker(join(import.meta.dir, "worker-client.ts"), { workerData: { target: `unix:${path}`, nsid, lba: 24_000, blocks: 16, seed: 11 } });
+  try {
+    type Answer = { qid?: number; same?: boolean; error?: string };
+    const r: Answer = await Promise.race([
+      new Promise<Answer>((resolve) => w.once("message", resolve)),
+      Bun.sleep(60_000).then((): Answer => ({ error: "the Worker did not answer within 60 s" })),
+    ]);
+    expect(r).toMatchObject({ same: true });
+    expect(r.qid).not.toBe(q.qid);
+    // It closed its controller before answering, and ends by itself.
+    await Promise.race([new Promise((resolve) => w.once("exit", resolve)), Bun.sleep(10_000)]);
+  } finally {
+    await w.terminate();
+  }
 });
 
 test("a controller served with the default filter refuses a client's reset and Format NVM, and serves identify", async () => {
@@ -231,29 +250,15 @@ test("perf: a client's I/O path costs what the owner's does (same IoQueue code; 
   expect(client.iops).toBeGreaterThan(owner.iops * 0.3);
 });
 
-test("a client's rings must lie in its own memory: through VFIO the server refuses others (it maps every client's memory itself)", async () => {
+test("a client's rings must lie in its own memory: through VFIO and disnvm the server refuses others (it maps every client's memory itself)", async () => {
   const { path } = await serve(join(tmp, "share-rings.sock"));
-  const conn = connectUnix(path, 5000);
-  const reader = new FrameReader();
-  const fds: number[] = [];
-  let id = 0;
-  const request = (msg: Request): Reply => {
-    conn.send(encode({ id: ++id, timeoutMs: 5000, msg }), 1000);
-    const end = Date.now() + 10_000;
-    for (;;) {
-      const raw = reader.next();
-      if (raw) return decodeBody(raw) as Reply;
-      if (Date.now() > end) throw new Error(`no reply to ${msg.type}`);
-      const got = conn.recvWithFds(50_000);
-      fds.push(...got.fds);
-      if (got.bytes.length) reader.push(got.bytes);
-    }
-  };
+  const raw = new RawShareClient(path);
+  const request = (msg: Request) => raw.request(msg);
   try {
     expect(request({ type: "hello", pid: process.pid, label: "rings" }).type).toBe("hello-ok");
     const ids = request({ type: "reserve-queue", entries: 4 });
     if (ids.type !== "queue-ids") throw new Error(JSON.stringify(ids));
-    if (expectedBackend() === "vfio") {
+    if (expectedBackend() === "vfio" || expectedBackend() === "disnvm") {
       // IOVAs this client never had mapped (the server's own, or another client's, could be there).
       const r = request({ type: "create-queue", sqid: ids.sqid, cqid: ids.cqid, entries: 4, sqBus: 0x1000_0000, cqBus: 0x1000_1000 });
       expect(r).toMatchObject({ type: "error", reason: "refused" });
@@ -263,7 +268,6 @@ test("a client's rings must lie in its own memory: through VFIO the server refus
     // way the reservation goes back.
     expect(request({ type: "delete-queue", sqid: ids.sqid }).type).toBe("ok");
   } finally {
-    conn.close();
-    for (const fd of fds) native().nvm_unix_close(fd);
+    raw.close();
   }
 });

@@ -18,8 +18,8 @@ function host(size: number): { p: Pointer; u32: Uint32Array; free: () => void } 
 }
 
 describe("library", () => {
-  test("ABI version 6 (dma-buf import 3, the queue core's host mode nvm_q_* 4, TCP sockets and CRC-32C 5, Unix sockets with SO_PEERCRED 6)", () => {
-    expect(n.nvm_abi_version()).toBe(6);
+  test("ABI version 7 (dma-buf import 3, the queue core's host mode nvm_q_* 4, TCP sockets and CRC-32C 5, Unix sockets with SO_PEERCRED 6, disnvm BAR descriptors 7)", () => {
+    expect(n.nvm_abi_version()).toBe(7);
   });
 });
 

@@ -217,6 +217,12 @@ const INSMOD_DISNVM = "insmod module/build/$LIBNVM_VM_KVER/disnvm.ko";
 /** The backend-neutral tests, run again through each backend. */
 const COMMON = ["./test/hw/controller.test.ts", "./test/hw/examples.test.ts", "./test/hw/cli-backend.test.ts", "./test/hw/gpu-queues.test.ts"];
 
+/** q35 with the IOMMU translating lazily (DMA-FQ) for the disnvm suites. */
+const DISNVM_IOMMU_CONFIG: GuestConfig = { ...IOMMU_CONFIG, kernelArgs: [...(IOMMU_CONFIG.kernelArgs ?? []), "iommu.strict=0"] };
+
+/** The sharing tests through a disnvm-owned server (test/hw-share, and what only disnvm has). */
+const SHARE_DISNVM = ["./test/hw-share", "./test/hw-disnvm/share.test.ts"];
+
 /** SmartIO through the fake SISCI, which lends the vfio-pci-bound controller (test/hw-smartio). */
 const SMARTIO = "./test/hw-smartio/smartio.test.ts";
 /** The sharing protocol over SISCI (examples/serve.ts --sisci, clients on smartio-rpc:) through the same fake. */
@@ -273,12 +279,24 @@ export const SUITES: readonly Suite[] = [
   {
     // The module behind a translating IOMMU: no CAP_SYS_RAWIO needed, memlock accounting, the
     // IOTLB flushed before unpinning. iommu.strict=0: a lazy (DMA-FQ) domain whatever the kernel's default.
+    // The sharing suite through a disnvm-owned server rides on this boot (--suite share-disnvm runs it alone).
     name: "disnvm-iommu",
     dir: "./test/hw-disnvm/access.test.ts",
-    more: ["./test/hw-disnvm/iommu.test.ts"],
-    config: { ...IOMMU_CONFIG, kernelArgs: [...(IOMMU_CONFIG.kernelArgs ?? []), "iommu.strict=0"] },
+    more: ["./test/hw-disnvm/iommu.test.ts", ...SHARE_DISNVM],
+    config: DISNVM_IOMMU_CONFIG,
     prelude: bindTo("disnvm", INSMOD_DISNVM),
     env: { LIBNVM_TEST_BACKEND: "disnvm", LIBNVM_TEST_DISNVM_ISOLATED: "1" },
+  },
+  {
+    // The sharing suite with the server on the disnvm module: clients map BAR0 through its BAR-only
+    // descriptor, and their memory is pinned through the server's file.
+    name: "share-disnvm",
+    dir: "./test/hw-share",
+    more: ["./test/hw-disnvm/share.test.ts"],
+    config: DISNVM_IOMMU_CONFIG,
+    prelude: bindTo("disnvm", INSMOD_DISNVM),
+    env: { LIBNVM_TEST_BACKEND: "disnvm", LIBNVM_TEST_DISNVM_ISOLATED: "1" },
+    onlyWhenNamed: true,
   },
   {
     // One boot of the 6.12 guest: the module imports udmabuf and dma-heap buffers through the IOMMU.

@@ -13,6 +13,7 @@ import {
   HEADER_SIZE,
   MAX_ADMIN_DATA,
   MAX_BODY,
+  MAX_RUNS,
   parse,
   parseHeader,
   RequestIds,
@@ -56,13 +57,18 @@ const samples: Message[] = [
   { type: "hold-memory", bytes: 4 << 20 },
   { type: "release-memory", handle: 3 },
   { type: "memory", handle: 3, iova: 0x1_0000_0000 },
+  { type: "memory-pages", handle: 3, first: 4096 },
+  { type: "pages", handle: 3, total: 8 << 20, first: 0, runs: [{ bus: 0x1_0000_0000, pages: 512 }, { bus: 0x7f_ffe0_0000, pages: 1024 }, { bus: 0x1000, pages: 1 }] },
+  { type: "pages", handle: 4, total: 4096, first: 1, runs: [] },
+  { type: "event", kind: "reset", sqids: [3, 65535], message: "client 2 (pid 77) asked for a reset" },
+  { type: "event", kind: "reset", sqids: [], message: "" },
   { type: "reset" },
   { type: "bye" },
   { type: "ok" },
   { type: "error", reason: "refused", message: "Format NVM(0x80): refused unless --allow=format" },
   { type: "error", reason: "server-gone", message: "ünïcode ✓" },
 ];
-const isRequest = (m: Message) => ["hello", "admin", "reserve-queue", "create-queue", "delete-queue", "abort", "reset", "bye", "hold-memory", "release-memory"].includes(m.type);
+const isRequest = (m: Message) => ["hello", "admin", "reserve-queue", "create-queue", "delete-queue", "abort", "reset", "bye", "hold-memory", "release-memory", "memory-pages"].includes(m.type);
 const frame = (m: Message, id = 1): Frame => ({ id, timeoutMs: isRequest(m) ? 5000 : 0, msg: m });
 
 function violation(f: () => unknown): string {
@@ -86,9 +92,9 @@ describe("encode / parse", () => {
     }
   });
 
-  test("the header layout: magic, version 1, type, id, deadline, length, reserved", () => {
+  test("the header layout: magic, version 2, type, id, deadline, length, reserved", () => {
     const b = encode({ id: 0x01020304, timeoutMs: 1500, msg: { type: "delete-queue", sqid: 9 } });
-    expect([...b.subarray(0, HEADER_SIZE)]).toEqual([0x4c, 0x4e, 0x56, 0x53, 1, 0x05, 0, 0, 4, 3, 2, 1, 0xdc, 0x05, 0, 0, 2, 0, 0, 0, 0, 0, 0, 0]);
+    expect([...b.subarray(0, HEADER_SIZE)]).toEqual([0x4c, 0x4e, 0x56, 0x53, 2, 0x05, 0, 0, 4, 3, 2, 1, 0xdc, 0x05, 0, 0, 2, 0, 0, 0, 0, 0, 0, 0]);
     expect([...b.subarray(HEADER_SIZE)]).toEqual([9, 0]);
   });
 
@@ -100,7 +106,8 @@ describe("encode / parse", () => {
       return b;
     };
     expect(violation(() => parse(bad(0, 0x4d)))).toBe("magic");
-    expect(violation(() => parse(bad(4, 2)))).toBe("version");
+    expect(violation(() => parse(bad(4, 1)))).toBe("version");
+    expect(violation(() => parse(bad(4, 3)))).toBe("version");
     expect(violation(() => parse(bad(6, 1)))).toBe("reserved");
     expect(violation(() => parse(bad(23, 1)))).toBe("reserved");
     expect(violation(() => parse(bad(5, 0x42)))).toBe("type");
@@ -168,6 +175,25 @@ describe("encode / parse", () => {
     const big = encode(frame({ type: "create-queue", sqid: 1, cqid: 1, entries: 2, sqBus: 4096, cqBus: 8192 }));
     new DataView(big.buffer).setUint32(HEADER_SIZE + 12, 0x40_0000, true); // SQ address high dword past 2^53
     expect(violation(() => parse(big))).toBe("field");
+  });
+
+  test("pages and events: runs inside the memory, aligned, non-empty; at most MAX_RUNS; known event kinds only", () => {
+    const pages = (first: number, runs: { bus: number; pages: number }[], total = 16 * 4096) => encode(frame({ type: "pages", handle: 1, total, first, runs }));
+    expect(violation(() => pages(0, [{ bus: 0x1000, pages: 17 }]))).toBe("field"); // past the end
+    expect(violation(() => pages(15, [{ bus: 0x1000, pages: 2 }]))).toBe("field");
+    expect(violation(() => pages(0, [{ bus: 0x1800, pages: 1 }]))).toBe("field"); // unaligned
+    expect(violation(() => pages(0, [{ bus: 0, pages: 1 }]))).toBe("field"); // address 0
+    expect(violation(() => pages(0, [{ bus: 0x1000, pages: 0 }]))).toBe("field"); // empty run
+    expect(violation(() => pages(3, []))).toBe("field"); // no runs before the end
+    expect(violation(() => pages(0, [{ bus: 0x1000, pages: 1 }], 4095))).toBe("field");
+    // A count of runs past MAX_RUNS is refused before the runs are read.
+    const many = pages(0, [{ bus: 0x1000, pages: 1 }]);
+    new DataView(many.buffer).setUint32(HEADER_SIZE + 16, MAX_RUNS + 1, true);
+    expect(violation(() => parse(many))).toBe("oversized");
+    const ev = encode(frame({ type: "event", kind: "reset", sqids: [1], message: "" }));
+    ev[HEADER_SIZE] = 7;
+    expect(violation(() => parse(ev))).toBe("field");
+    expect(violation(() => encode(frame({ type: "event", kind: "reset", sqids: [0], message: "" })))).toBe("field");
   });
 });
 

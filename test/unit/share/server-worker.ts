@@ -70,6 +70,19 @@ parentPort!.on("message", (m: { seq: number; op: string; args: Record<string, un
         fake!.hold = (c) => c.sqid === (m.args.sqid as number) && c.opcode === 0x02;
         value = true;
         break;
+      case "hold-admin":
+        // Hold admin command `opcode` (no completion) until complete-held.
+        fake!.hold = (c) => c.sqid === 0 && c.opcode === (m.args.opcode as number);
+        value = true;
+        break;
+      case "complete-held":
+        value = fake!.completeHeld();
+        break;
+      case "reset":
+        // The server's own reset (its recovery, or the application's): not a client's request.
+        ctrl!.reset(new Error("the owner reset it"));
+        value = ctrl!.resets;
+        break;
       case "abandon":
         server!.abandonForTests();
         value = true;

@@ -8,12 +8,14 @@ import { afterAll, afterEach, beforeAll, describe, expect, test } from "bun:test
 import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { ClosedError, NvmeStatusError, NvmeTimeoutError, ShareError } from "../../../lib/errors.ts";
+import { ClosedError, NvmeStatusError, NvmeTimeoutError, ShareError, UnsupportedError } from "../../../lib/errors.ts";
 import { toArrayBuffer } from "bun:ffi";
 import { native } from "../../../lib/native.ts";
 import { connectUnix, UnixListener, type UnixConnection } from "../../../lib/share/link.ts";
 import { decodeBody, encode, FrameReader, HEADER_SIZE, type Reply, type Request } from "../../../lib/share/protocol.ts";
 import { NVM_READ } from "../../../lib/spec/commands.ts";
+import { pageRuns, pagesFrom } from "../../../lib/share/server.ts";
+import { exportIoQueue } from "../../../lib/worker.ts";
 import { ClientFakeBackend, ServerThread } from "./fixture.ts";
 
 const dir = mkdtempSync(join(tmpdir(), "libnvm-share-"));
@@ -442,6 +444,161 @@ describe("failures", () => {
     expect(st.admin.some(([op]) => op === 0x08)).toBe(true);
     expect(st.violations).toEqual([]);
     await ns.write(0, 8, buf, { queue: q });
+  });
+});
+
+describe("a controller reset on the server's side drops every client's queues", () => {
+  test("a client's granted reset: the others' outstanding commands settle with ShareError 'queue-lost' (after the disable), new ones on lost queues too; new queues work; no stray DMA", async () => {
+    const { s, path } = await server({ allow: ["reset"] });
+    const a = client(s, path, { timeoutMs: 600 }).c;
+    const b = client(s, path).c;
+    const nsA = new Namespace(a, 1);
+    const nsB = new Namespace(b, 1);
+    const qa = a.createIoQueue({ entries: 8 });
+    const qb = b.createIoQueue({ entries: 8 });
+    const bufA = a.allocBuffer(4096);
+    const bufB = b.allocBuffer(4096);
+    nsA.readSync(qa, 0, 8, bufA);
+    await s.call("hold-reads", { sqid: qa.qid });
+    const pending = nsA.read(0, 8, bufA, { queue: qa }).catch((x: unknown) => x);
+    await waitFor(async () => (await s.stats()).held === 1);
+    const t0 = performance.now();
+    b.reset();
+    // The reset disabled the controller (the held Read will never move data); the server told A,
+    // whose client looks for such events between requests: the Read settles before its deadline.
+    const e = await pending;
+    expect(e).toBeInstanceOf(ShareError);
+    expect((e as ShareError).reason).toBe("queue-lost");
+    expect((e as Error).message).toMatch(/reset the controller \(client \d+ \(pid \d+\) asked for a reset\).*Create a new queue/);
+    expect(performance.now() - t0).toBeLessThan(600);
+    expect((await s.stats()).admin.some(([op]) => op === 0x08)).toBe(false); // no Abort was needed
+    // New commands on the lost queues fail the same way, the requester's own included.
+    expect(await nsA.read(0, 8, bufA, { queue: qa }).catch((x: unknown) => (x as ShareError).reason)).toBe("queue-lost");
+    expect(() => nsB.readSync(qb, 0, 8, bufB)).toThrow(/was lost: the server .* reset the controller/);
+    // Their ids and memory went back: the requester's at once, the other's on its next turn.
+    expect(qb.closed).toBe(true);
+    await waitFor(() => qa.closed);
+    await s.call("hold-reads", { sqid: -1 });
+    // New queues (the lost ones' ids went back to the server) and the default queue work.
+    const qa2 = a.createIoQueue({ entries: 8 });
+    nsA.readSync(qa2, 0, 8, bufA);
+    await nsB.read(0, 8, bufB);
+    const st = await s.stats();
+    expect(st.violations).toEqual([]);
+    // The controller has the two new queues only (qa2, and B's default queue): the lost ones are gone.
+    expect(st.sqs.length).toBe(2);
+    expect(st.sqs).toContain(qa2.qid);
+    expect(st.log.join("\n")).toMatch(/I\/O queue \d+ lost to a controller reset/);
+  });
+
+  test("the owner's own reset (the server's recovery): the clients hear of it with their next reply", async () => {
+    const { s, path } = await server();
+    const a = client(s, path).c;
+    const nsA = new Namespace(a, 1);
+    const q = a.createIoQueue({ entries: 8 });
+    const buf = a.allocBuffer(4096);
+    nsA.readSync(q, 0, 8, buf);
+    expect(await s.call<number>("reset")).toBe(1);
+    // The server notices the reset on its next turn and tells the client, which reads it with this reply.
+    await sleep(50);
+    expect(a.activeNamespaces()).toEqual([1]);
+    expect(() => nsA.readSync(q, 0, 8, buf)).toThrow(ShareError);
+    const q2 = a.createIoQueue({ entries: 8 });
+    nsA.readSync(q2, 0, 8, buf);
+    expect((await s.stats()).violations).toEqual([]);
+  });
+});
+
+describe("admin commands run asynchronously on the server", () => {
+  test("a long admin command of one client (Format NVM the controller holds) does not delay another client's Identify", async () => {
+    const { s, path } = await server({ allow: ["format"] });
+    const a = client(s, path, { timeoutMs: 5000 }).c;
+    const b = client(s, path).c;
+    await s.call("hold-admin", { opcode: 0x80 });
+    const t0 = performance.now();
+    const format = a.formatNvm(1, { lbaf: 0, timeoutMs: 5000 }).then(
+      () => performance.now() - t0,
+      (x: unknown) => x,
+    );
+    await waitFor(async () => (await s.stats()).held === 1);
+    for (let i = 0; i < 3; i++) {
+      const t = performance.now();
+      expect(b.activeNamespaces()).toEqual([1]);
+      expect(b.identify(1, 0).length).toBe(4096);
+      expect(performance.now() - t).toBeLessThan(250);
+    }
+    // Past the server's own per-command timeout (500 ms): the Format runs by its request's deadline.
+    await sleep(700);
+    expect(await s.call<number>("complete-held")).toBe(1);
+    const took = await format;
+    expect(typeof took).toBe("number");
+    expect(took as number).toBeGreaterThan(700);
+    expect((await s.stats()).violations).toEqual([]);
+  });
+
+  test("its request's deadline is honoured: at the deadline the server aborts it and the client gets NvmeTimeoutError", async () => {
+    const { s, path } = await server({ allow: ["format"] });
+    const a = client(s, path, { timeoutMs: 5000 }).c;
+    await s.call("hold-admin", { opcode: 0x80 });
+    const t0 = performance.now();
+    const e = await a.formatNvm(1, { lbaf: 0, timeoutMs: 300 }).catch((x: unknown) => x);
+    const dt = performance.now() - t0;
+    expect(e).toBeInstanceOf(NvmeTimeoutError);
+    expect(dt).toBeGreaterThanOrEqual(290);
+    expect(dt).toBeLessThan(2500);
+    // The server keeps serving.
+    expect(a.activeNamespaces()).toEqual([1]);
+  });
+});
+
+describe("Workers", () => {
+  test("a client's queue cannot be lent to a Worker: UnsupportedError saying to open unix:PATH in the Worker instead", async () => {
+    const { s, path } = await server();
+    const { c } = client(s, path);
+    const q = c.createIoQueue({ entries: 8 });
+    let e: unknown;
+    try {
+      exportIoQueue(c, q as never);
+    } catch (x) {
+      e = x;
+    }
+    expect(e).toBeInstanceOf(UnsupportedError);
+    expect((e as Error).message).toContain(`Controller.open("unix:${path}") in the Worker`);
+    // Nothing was lent: the queue still works here.
+    const buf = c.allocBuffer(4096);
+    new Namespace(c, 1).readSync(q as never, 0, 8, buf);
+  });
+});
+
+describe("bus addresses page by page (disnvm servers)", () => {
+  const pairs = (addrs: number[]) => Uint32Array.from(addrs.flatMap((a) => [a % 0x1_0000_0000, Math.floor(a / 0x1_0000_0000)]));
+  test("pageRuns merges consecutive pages; pagesFrom starts inside a run and stops at MAX_RUNS", () => {
+    const runs = pageRuns(pairs([0x1_0000_0000, 0x1_0000_1000, 0x1_0000_2000, 0x5000, 0x1_0000_3000, 0x6000]));
+    expect(runs).toEqual([
+      { page: 0, bus: 0x1_0000_0000, pages: 3 },
+      { page: 3, bus: 0x5000, pages: 1 },
+      { page: 4, bus: 0x1_0000_3000, pages: 1 },
+      { page: 5, bus: 0x6000, pages: 1 },
+    ]);
+    expect(pagesFrom(7, 6 * 4096, runs, 1)).toEqual({
+      type: "pages",
+      handle: 7,
+      total: 6 * 4096,
+      first: 1,
+      runs: [
+        { bus: 0x1_0000_1000, pages: 2 },
+        { bus: 0x5000, pages: 1 },
+        { bus: 0x1_0000_3000, pages: 1 },
+        { bus: 0x6000, pages: 1 },
+      ],
+    });
+    // Every page apart: 5000 runs, one message takes 4096; the next starts where it stopped.
+    const scattered = pageRuns(pairs(Array.from({ length: 5000 }, (_, i) => 0x10_0000 + i * 0x2000)));
+    const first = pagesFrom(1, 5000 * 4096, scattered, 0);
+    expect(first.runs.length).toBe(4096);
+    const rest = pagesFrom(1, 5000 * 4096, scattered, 4096);
+    expect(rest.runs.length).toBe(904);
+    expect(rest.runs[0]).toEqual({ bus: 0x10_0000 + 4096 * 0x2000, pages: 1 });
   });
 });
 
