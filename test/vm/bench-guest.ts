@@ -33,7 +33,7 @@ import { parseArgs } from "node:util";
 import { describeMachine, machineInfo, qemuVersion, table, type MachineInfo } from "../../bench/machine.ts";
 import { benchNative } from "../../bench/bench-native.ts";
 import type { SliceFigure } from "../../bench/perf-alternate.ts";
-import { cleanup, clocksourceArgs, parseSize, REPO_ROOT, runInGuest } from "./run.ts";
+import { cleanup, clocksourceArgs, guestToolMain, parseSize, runInGuest } from "./run.ts";
 
 const { values: opts } = parseArgs({
   args: Bun.argv.slice(2),
@@ -942,26 +942,6 @@ async function oneBoot(args: string[], nsSize: number, hostInfo: MachineInfo, ti
 }
 
 if (import.meta.main) {
-  if (opts.inside) {
-    try {
-      const res = await inside();
-      const text = JSON.stringify(res, null, 2) + "\n";
-      // With --out the host prints the tables; without, print them here.
-      if (opts.out) writeFileSync(opts.out, text);
-      else process.stdout.write(renderResults(res) + "\n");
-    } catch (e) {
-      log(`failed: ${e instanceof Error ? e.message : String(e)}`);
-      process.exit(1);
-    }
-  } else {
-    if (process.env.LIBNVM_VM) {
-      log("already inside the guest: pass --inside");
-      process.exit(2);
-    }
-    if (!existsSync(join(REPO_ROOT, ".cache/vm/vmlinux")) && !process.env.LIBNVM_VM_CACHE) {
-      log("the guest is not provisioned: run `bash test/vm/setup.sh` first (bun run bench:guest does)");
-      process.exit(2);
-    }
-    process.exit(await host());
-  }
+  // With --out the host prints the tables; without, they are printed in the guest.
+  await guestToolMain({ name: "bench-guest", script: "bench:guest", inside: opts.inside, out: opts.out, run: inside, render: renderResults, host });
 }

@@ -20,7 +20,7 @@ import { existsSync, mkdirSync, readdirSync, readFileSync, rmSync, writeFileSync
 import { join } from "node:path";
 import { parseArgs } from "node:util";
 import { benchNative } from "../../bench/bench-native.ts";
-import { cleanup, clocksourceArgs, REPO_ROOT, runInGuest } from "./run.ts";
+import { cleanup, clocksourceArgs, guestToolMain, REPO_ROOT, runInGuest } from "./run.ts";
 
 const { values: opts } = parseArgs({
   args: Bun.argv.slice(2),
@@ -380,10 +380,6 @@ function render(r: Results): string {
 }
 
 async function host(): Promise<number> {
-  if (!existsSync(join(REPO_ROOT, ".cache/vm/vmlinux")) && !process.env.LIBNVM_VM_CACHE) {
-    log("the guest is not provisioned: run `bash test/vm/setup.sh` first (bun run profile:guest does)");
-    return 2;
-  }
   // The guest runs the host's root: perf must be installed here.
   if (Bun.spawnSync(["sh", "-c", "command -v perf"]).exitCode !== 0) {
     log("installing linux-perf (perf record in the guest)");
@@ -418,21 +414,5 @@ async function host(): Promise<number> {
 }
 
 if (import.meta.main) {
-  if (opts.inside) {
-    try {
-      const res = await inside();
-      const text = JSON.stringify(res, null, 2) + "\n";
-      if (opts.out) writeFileSync(opts.out, text);
-      else process.stdout.write(render(res) + "\n");
-    } catch (e) {
-      log(`failed: ${e instanceof Error ? e.message : String(e)}`);
-      process.exit(1);
-    }
-  } else {
-    if (process.env.LIBNVM_VM) {
-      log("already inside the guest: pass --inside");
-      process.exit(2);
-    }
-    process.exit(await host());
-  }
+  await guestToolMain({ name: "profile-guest", script: "profile:guest", inside: opts.inside, out: opts.out, run: inside, render, host });
 }

@@ -396,6 +396,44 @@ export async function cleanup(result: Pick<GuestResult, "tmpDir">): Promise<void
 
 /** "64M" -> 67108864; accepts K, M, G (binary) or plain bytes. */
 /**
+ * The entry point of a tool that boots the guest and runs itself inside it with --inside
+ * (bench-guest.ts, profile-guest.ts). Inside: `inside()`, its result written to `out` as JSON (the
+ * host prints it) or rendered here; exit 1 with the reason when it throws. On the host: refused in
+ * a guest, and before `bash test/vm/setup.sh` provisioned one; else `host()`'s exit status.
+ */
+export async function guestToolMain<R>(t: {
+  name: string;
+  script: string;
+  inside: boolean;
+  out: string | undefined;
+  run: () => Promise<R>;
+  render: (r: R) => string;
+  host: () => Promise<number>;
+}): Promise<never> {
+  const log = (s: string) => process.stderr.write(`${t.name}: ${s}\n`);
+  if (t.inside) {
+    try {
+      const res = await t.run();
+      if (t.out) writeFileSync(t.out, JSON.stringify(res, null, 2) + "\n");
+      else process.stdout.write(t.render(res) + "\n");
+    } catch (e) {
+      log(`failed: ${e instanceof Error ? e.message : String(e)}`);
+      process.exit(1);
+    }
+    process.exit(0);
+  }
+  if (process.env.LIBNVM_VM) {
+    log("already inside the guest: pass --inside");
+    process.exit(2);
+  }
+  if (!existsSync(join(REPO_ROOT, ".cache/vm/vmlinux")) && !process.env.LIBNVM_VM_CACHE) {
+    log(`the guest is not provisioned: run \`bash test/vm/setup.sh\` first (bun run ${t.script} does)`);
+    process.exit(2);
+  }
+  process.exit(await t.host());
+}
+
+/**
  * The guest kernel's clocksource for benchmarks. Under TCG the kernel rejects the TSC and falls
  * back to the emulated HPET: every clock_gettime() is then a system call and an MMIO read, about
  * 2 µs (measured: 2.0-2.7 µs per performance.now() on vCPU 1, 0.47 µs with the TSC). TCG's TSC
