@@ -210,8 +210,11 @@ int32_t nvm_unix_send_fd(int32_t fd, const void *buf, uint32_t len, int32_t pass
         if (s >= 0) {
             if ((uint32_t)s == len)
                 return nvm_ok();
-            int32_t r = nvm_unix_send(fd, (const char *)buf + s, len - (uint32_t)s, timeout_ms);
-            return r;
+            /* ...within what is left of this call's deadline, not a fresh timeout. */
+            int64_t rest = deadline - nvm_now_us();
+            if (rest <= 0)
+                return nvm_fail(ETIMEDOUT);
+            return nvm_unix_send(fd, (const char *)buf + s, len - (uint32_t)s, (uint32_t)((rest + 999) / 1000));
         }
         if (errno == EINTR)
             continue;
