@@ -107,6 +107,8 @@ export interface ShareClientInfo {
   readonly sqids: readonly number[];
   /** Bytes of its DMA memory the server holds (its memfds), so none is freed while its queues exist. */
   readonly heldBytes: number;
+  /** Requests it made so far: a client's I/O goes to the controller without any, so this stays small while it does I/O. */
+  readonly requests: number;
 }
 
 interface ClientQueue {
@@ -128,6 +130,7 @@ interface Client {
   nextHandle: number;
   label: string;
   greeted: boolean;
+  requests: number;
 }
 
 /** A run of consecutive 4 KiB pages of held memory, at consecutive bus addresses. */
@@ -303,6 +306,7 @@ export class ShareServer {
       label: c.label,
       sqids: [...c.queues.keys()],
       heldBytes: [...c.memory.values()].reduce((n, m) => n + m.bytes, 0),
+      requests: c.requests,
     }));
   }
 
@@ -337,7 +341,7 @@ export class ShareServer {
       conn.close();
       return;
     }
-    const c: Client = { id: this.#nextClient++, conn, peer, reader: new FrameReader(), ids: new RequestIds(), queues: new Map(), fds: [], memory: new Map(), nextHandle: 1, label: "", greeted: false };
+    const c: Client = { id: this.#nextClient++, conn, peer, reader: new FrameReader(), ids: new RequestIds(), queues: new Map(), fds: [], memory: new Map(), nextHandle: 1, label: "", greeted: false, requests: 0 };
     this.#clients.set(c.id, c);
   }
 
@@ -366,6 +370,7 @@ export class ShareServer {
         return;
       }
       if (!raw) return;
+      c.requests++;
       const received = performance.now();
       let msg: Request;
       try {
@@ -695,7 +700,7 @@ export class ShareServer {
       if (bytes > 0) memory = `, then released the ${bytes >> 20} MiB of memory it had the server hold`;
     } else if (bytes > 0) memory = `; keeps holding its ${bytes >> 20} MiB of memory (queues ${[...c.queues.keys()].join(", ")} could not be deleted)`;
     c.memory.clear();
-    this.#log(`client ${c.id} (pid ${c.peer.pid}) ${why}${n > 0 ? `: deleted its ${n} I/O queue${n === 1 ? "" : "s"}` : ""}${memory}`);
+    this.#log(`client ${c.id} (pid ${c.peer.pid}) ${why}${n > 0 ? `: deleted its ${n} I/O queue${n === 1 ? "" : "s"}` : ""}${memory} (${c.requests} request${c.requests === 1 ? "" : "s"} served)`);
   }
 
   /** Stop serving: every client's queues are deleted, connections closed, the socket removed. The controller stays open. */

@@ -81,7 +81,8 @@ test("SIGKILL of one client mid-I/O: the server deletes its queue; the other cli
 test("SIGKILL of the server: a client's next call fails with ShareError 'server-gone' well within its deadline; its close() is bounded; the controller opens again", async () => {
   const nsid = requireExpected().namespaces[0]!.nsid;
   const { p: server, path } = await serve(join(tmp, "share-server-kill.sock"));
-  const c = Controller.open(`unix:${path}`, { handleSignals: false, timeoutMs: 5000 });
+  // A deadline far above the bounds asserted below: a call that ran into it would fail them.
+  const c = Controller.open(`unix:${path}`, { handleSignals: false, timeoutMs: 10_000 });
   // The client reaches the controller the way its server does (sysfs, or VFIO through the server's container).
   expect(c.backend.kind).toBe((expectedBackend() ?? "sysfs") as never);
   const ns = new Namespace(c, nsid);
@@ -98,11 +99,11 @@ test("SIGKILL of the server: a client's next call fails with ShareError 'server-
   }
   expect(e).toBeInstanceOf(ShareError);
   expect((e as ShareError).reason).toBe("server-gone");
-  expect(performance.now() - t0).toBeLessThan(2000);
+  expect(performance.now() - t0).toBeLessThan(4000);
   expect(() => c.createIoQueue()).toThrow(ShareError);
   const t1 = performance.now();
   c.close();
-  expect(performance.now() - t1).toBeLessThan(5000);
+  expect(performance.now() - t1).toBeLessThan(4000);
   // The owner lock went with the server; a new owner resets the controller and works.
   using again = Controller.open(ctrlAddress(), { handleSignals: false });
   expect(again.activeNamespaces()).toContain(nsid);
@@ -225,7 +226,7 @@ test("the tools take --ctrl=unix:PATH: identify, write-blocks, read-blocks, roun
   expect(JSON.parse(doc.out)).toMatchObject({ via: "unix", reachable: true, transport: "pcie", sn: requireExpected().serial });
 });
 
-test("perf: a client's I/O path costs what the owner's does (same IoQueue code; figures printed, TCG timing)", async () => {
+test("perf: a client's I/O goes to the controller, not through the server (a handful of requests for 4000 commands; figures printed, TCG timing)", async () => {
   const ns1 = requireExpected().namespaces[0]!;
   const perf = async (ctrl: string) => {
     const p = spawn([join(REPO, "examples/perf.ts"), `--ctrl=${ctrl}`, `--ns=${ns1.nsid}`, "--qd=8", "--ios=4000", "--seed=1", "--json"]);
@@ -233,7 +234,7 @@ test("perf: a client's I/O path costs what the owner's does (same IoQueue code; 
     const out = await rest(p.stdout);
     const err = await rest(p.stderr);
     expect({ code, err }).toMatchObject({ code: 0 });
-    return JSON.parse(out).total as { iops: number };
+    return { pid: p.pid, iops: (JSON.parse(out).total as { iops: number }).iops };
   };
   const owner = await perf(ctrlAddress());
   const { p: server, path } = await serve(join(tmp, "share-perf.sock"));
@@ -244,10 +245,16 @@ test("perf: a client's I/O path costs what the owner's does (same IoQueue code; 
   await server.exited;
   console.log(`share: perf 4k rand read qd 8, 4000 IOs: owner ${Math.round(owner.iops)} IOPS, client through unix: ${Math.round(client.iops)} IOPS (ratio ${(client.iops / owner.iops).toFixed(2)})`);
   console.log(`share: two clients at once: ${Math.round(c1.iops)} + ${Math.round(c2.iops)} = ${Math.round(c1.iops + c2.iops)} IOPS (ratio to the owner alone ${((c1.iops + c2.iops) / owner.iops).toFixed(2)})`);
-  expect(c1.iops + c2.iops).toBeGreaterThan(owner.iops * 0.3);
-  // Same code on both sides; under TCG the emulated controller dominates. A loose bound catches a
-  // client path that went through the server by mistake (every command a socket round trip).
-  expect(client.iops).toBeGreaterThan(owner.iops * 0.3);
+  // Same IoQueue code on both sides, so no timing is asserted here (bench/ has the figures). What a
+  // client path that went through the server by mistake would show is the server's count of its
+  // requests: one or more a command, where a client doing its own I/O makes a few dozen in all.
+  const log = await rest(server.stderr);
+  for (const c of [client, c1, c2]) {
+    const m = new RegExp(`client \\d+ \\(pid ${c.pid}\\) .*\\((\\d+) requests? served\\)`).exec(log);
+    expect({ pid: c.pid, served: m?.[1], log }).toMatchObject({ served: expect.any(String) });
+    console.log(`share: client pid ${c.pid}: ${m![1]} requests to the server for 4000 commands`);
+    expect(Number(m![1])).toBeLessThan(100);
+  }
 });
 
 test("a client's rings must lie in its own memory: through VFIO and disnvm the server refuses others (it maps every client's memory itself)", async () => {

@@ -11,7 +11,7 @@ import { Controller, Namespace, ShareError } from "../../lib/index.ts";
 
 const [target, nsidS, lbaS] = process.argv.slice(2);
 try {
-  const c = Controller.open(target!, { handleSignals: false, timeoutMs: 5000 });
+  const c = Controller.open(target!, { handleSignals: false, timeoutMs: 10_000 });
   const ns = new Namespace(c, Number(nsidS));
   const q = c.createIoQueue({ entries: 16 });
   const out = c.allocBuffer(64 * ns.lbaSize);

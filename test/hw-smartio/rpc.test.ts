@@ -189,13 +189,13 @@ test("SIGKILL of the server: the client's next call fails with ShareError 'serve
   const out = await rest(c.stdout);
   const m = /^error (\S+) (\S+) (\d+)$/m.exec(out);
   expect(m?.slice(1, 3)).toEqual(["ShareError", "server-gone"]);
-  expect(Number(m![3])).toBeLessThan(2000); // its deadline is 5 s
-  expect(Number(/^closed (\d+)$/m.exec(out)![1])).toBeLessThan(5000);
+  expect(Number(m![3])).toBeLessThan(4000); // its deadline is 10 s
+  expect(Number(/^closed (\d+)$/m.exec(out)![1])).toBeLessThan(4000);
   // The server's borrow and VFIO container went with it, the client's with its exit.
   expectNothingBorrowed();
 });
 
-test("perf: a client through the SmartIO RPC beside the owner through SmartIO (same IoQueue code; figures printed, TCG timing)", async () => {
+test("perf: a client through the SmartIO RPC does its I/O on the controller, not through the server (a handful of requests for 4000 commands; figures printed, TCG timing)", async () => {
   const ns1 = requireExpected().namespaces[0]!;
   const perf = async (ctrl: string, node: number) => {
     const p = spawn([join(REPO, "examples/perf.ts"), `--ctrl=${ctrl}`, `--ns=${ns1.nsid}`, "--qd=8", "--ios=4000", "--seed=1", "--json"], node);
@@ -203,7 +203,7 @@ test("perf: a client through the SmartIO RPC beside the owner through SmartIO (s
     const out = await rest(p.stdout);
     const err = await rest(p.stderr);
     expect({ code, err }).toMatchObject({ code: 0 });
-    return JSON.parse(out).total as { iops: number };
+    return { pid: p.pid, iops: (JSON.parse(out).total as { iops: number }).iops };
   };
   const owner = await perf("smartio:80000", SERVER_NODE);
   const server = await serve();
@@ -211,7 +211,12 @@ test("perf: a client through the SmartIO RPC beside the owner through SmartIO (s
   server.kill("SIGTERM");
   await server.exited;
   console.log(`smartio-rpc: perf 4k rand read qd 8, 4000 IOs: owner (smartio:80000) ${Math.round(owner.iops)} IOPS, client on another node (${TARGET}) ${Math.round(client.iops)} IOPS (ratio ${(client.iops / owner.iops).toFixed(2)})`);
-  // A loose bound: it catches a client path that went through the server (every command a round trip of interrupts).
-  expect(client.iops).toBeGreaterThan(owner.iops * 0.3);
+  // No timing is asserted (bench/ has the figures); a client path that went through the server
+  // (every command a round trip of interrupts) would show in the server's count of its requests.
+  const log = await rest(server.stderr);
+  const m = new RegExp(`client \\d+ \\(pid ${client.pid}\\) .*\\((\\d+) requests? served\\)`).exec(log);
+  expect({ served: m?.[1], log }).toMatchObject({ served: expect.any(String) });
+  console.log(`smartio-rpc: the client made ${m![1]} requests to the server for 4000 commands`);
+  expect(Number(m![1])).toBeLessThan(100);
   expectNothingBorrowed();
 });

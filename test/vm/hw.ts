@@ -323,6 +323,25 @@ interface SuiteResult {
   passed: number;
   failed: number;
   reasons: string[];
+  /** Each failed test with what bun printed for it, repeated at the end of the run (CI logs keep only their tail). */
+  failures: string[];
+}
+
+/** Each "(fail)" line of bun's output after the lines it printed for that test (its error), the last `max` of them. */
+export function failedTests(output: string, max = 30): string[] {
+  // eslint-disable-next-line no-control-regex
+  const lines = output.replace(/\x1b\[[0-9;]*m/g, "").replaceAll("\r", "").split("\n");
+  const out: string[] = [];
+  let start = 0;
+  for (let i = 0; i < lines.length; i++) {
+    const l = lines[i]!;
+    if (l.startsWith("(pass)") || l.startsWith("(skip)") || l.startsWith("(todo)")) start = i + 1;
+    else if (l.startsWith("(fail)")) {
+      out.push([...lines.slice(Math.max(start, i - max), i), l].join("\n"));
+      start = i + 1;
+    } else if (/^\S+\.test\.ts:$/.test(l)) start = i + 1;
+  }
+  return out;
 }
 
 async function runSuite(suite: Suite, env: Record<string, string>, timeoutSec: number, echo: boolean): Promise<SuiteResult> {
@@ -344,8 +363,10 @@ async function runSuite(suite: Suite, env: Record<string, string>, timeoutSec: n
   let summary: BunSummary | undefined;
   let tools: BlocktoolsSummary | undefined;
   let images: { pass: number; fail: number } | undefined;
+  let failures: string[] = [];
   try {
     const r = await runInGuest(script, config, { env: { ...env, ...suite.env }, timeoutSec, echo });
+    failures = failedTests(r.output);
     process.stderr.write(`hw[${suite.name}]: guest run took ${(r.durationMs / 1000).toFixed(1)} s\n`);
     summary = parseBunSummary(r.output);
     if (r.timedOut) reasons.push(`guest timed out after ${timeoutSec} s`);
@@ -390,7 +411,7 @@ async function runSuite(suite: Suite, env: Record<string, string>, timeoutSec: n
   let failed = (summary?.fail ?? 0) + (summary?.skip ?? 0) + (summary?.todo ?? 0) + (tools?.fail ?? 0) + (images?.fail ?? 0);
   if (reasons.length > 0 && failed === 0) failed = 1;
   console.log(`hw[${suite.name}]: ${passed} passed, ${failed} failed${reasons.length ? ` (${reasons.join("; ")})` : ""}`);
-  return { passed, failed, reasons };
+  return { passed, failed, reasons, failures };
 }
 
 async function main(argv: string[]): Promise<number> {
@@ -430,12 +451,15 @@ async function main(argv: string[]): Promise<number> {
   let passed = 0;
   let failed = 0;
   const reasons: string[] = [];
+  const failures: string[] = [];
   for (const suite of suites) {
     const r = await runSuite(noController ? { ...suite, config: { ...suite.config, noController: true } } : suite, env, timeoutSec, echo);
     passed += r.passed;
     failed += r.failed;
     reasons.push(...r.reasons.map((x) => `${suite.name}: ${x}`));
+    failures.push(...r.failures.map((x) => `hw[${suite.name}] ${x}`));
   }
+  if (failures.length > 0) console.log(`hw: the failed tests again:\n${failures.join("\n\n")}\n`);
   if (reasons.length > 0) console.log(`hw: FAILED: ${reasons.join("; ")}`);
   console.log(`hw: ${passed} passed, ${failed} failed`);
   return reasons.length === 0 ? 0 : 1;
