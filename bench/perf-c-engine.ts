@@ -52,6 +52,9 @@ const enum R {
   CQ_PHASE,
   TIMEOUT_OUTSTANDING,
   WARMUP,
+  POLLS,
+  REAPS,
+  SUBMITS,
   HIST = 32,
 }
 
@@ -173,6 +176,7 @@ export function runJobC(ctrl: Pick<Controller, "backend" | "knownLbaSizes">, que
     errors,
     ...(firstError !== undefined ? { firstError } : {}),
     interrupted: out[R.INTERRUPTED] === 1,
+    loop: { polls: out[R.POLLS]!, reaps: out[R.REAPS]!, submits: out[R.SUBMITS]! },
     hist: { counts: Array.from(out.subarray(R.HIST)), count: out[R.COUNT]!, sum: out[R.SUM]!, min: out[R.MIN]!, max: out[R.MAX]! },
   };
 }

@@ -168,6 +168,12 @@ export interface JobResult {
   errors: number;
   firstError?: string;
   interrupted: boolean;
+  /**
+   * The low-level loop's meetings with the controller while measured: CQ polls, polls that reaped
+   * (each rings the CQ head doorbell once), SQ tail doorbells. Per command they show how a loop's
+   * speed changes its batching (absent for the async API).
+   */
+  loop?: { polls: number; reaps: number; submits: number };
   hist: ReturnType<LatencyHistogram["toJSON"]>;
 }
 
@@ -295,6 +301,7 @@ async function runMeasured(q: NvmeIoQueue, buf: DmaBuffer, w: Workload, progress
   let errors = 0;
   let firstError: string | undefined;
   let interrupted = false;
+  let loopCounts: JobResult["loop"];
 
   const t0 = performance.now();
   const tEnd = w.seconds !== undefined ? t0 + w.seconds * 1000 : Infinity;
@@ -363,6 +370,9 @@ async function runMeasured(q: NvmeIoQueue, buf: DmaBuffer, w: Workload, progress
     const bs = w.bs;
     const qd = w.qd;
     const nsid = w.nsid;
+    let polls = 0;
+    let reaps = 0;
+    let submits = 0;
     const refill = (t: number): void => {
       let posted = 0;
       while (q.outstanding < qd && ios + q.outstanding < limit) {
@@ -376,7 +386,10 @@ async function runMeasured(q: NvmeIoQueue, buf: DmaBuffer, w: Workload, progress
         wrote[cid] = write ? 1 : 0;
         posted++;
       }
-      if (posted > 0) q.submit();
+      if (posted > 0) {
+        q.submit();
+        submits++;
+      }
     };
 
     let t = performance.now();
@@ -391,6 +404,7 @@ async function runMeasured(q: NvmeIoQueue, buf: DmaBuffer, w: Workload, progress
     refill(t);
     for (let spins = 1; ; spins++) {
       const n = q.poll();
+      polls++;
       if (n === 0 || nDone === 0) {
         // Hybrid polling: a short futex wait lets the CPU idle (nothing wakes it early).
         if (sleepMs > 0 && ++empty >= 64) {
@@ -411,6 +425,7 @@ async function runMeasured(q: NvmeIoQueue, buf: DmaBuffer, w: Workload, progress
         ios += nDone;
         toRecord = nDone;
         nDone = 0;
+        reaps++;
       }
       if (errors > 0 || t >= tEnd || ios >= limit) stopping = true;
       if (!stopping) refill(t);
@@ -438,6 +453,7 @@ async function runMeasured(q: NvmeIoQueue, buf: DmaBuffer, w: Workload, progress
       }
     }
     q.onComplete = null;
+    loopCounts = { polls, reaps, submits };
     if (firstStatus >= 0) {
       firstError = new NvmeStatusError(firstStatus, { command: commandName(firstOpcode, false), opcode: firstOpcode, cid: firstCid, sqid: q.qid }).message;
     }
@@ -454,6 +470,7 @@ async function runMeasured(q: NvmeIoQueue, buf: DmaBuffer, w: Workload, progress
     errors,
     ...(firstError !== undefined ? { firstError } : {}),
     interrupted,
+    ...(loopCounts ? { loop: loopCounts } : {}),
     hist: hist.toJSON(),
   };
 }

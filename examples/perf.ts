@@ -105,6 +105,8 @@ export interface QueueReport {
   mibPerSec: number;
   errors: number;
   firstError?: string;
+  /** The low-level loop's CQ polls, polls that reaped and SQ doorbells while measured (JobResult.loop). */
+  loop?: { polls: number; reaps: number; submits: number };
   /** Microseconds. */
   latencyUs: LatencySummary;
 }
@@ -131,6 +133,7 @@ function report(r: Omit<JobResult, "hist" | "index" | "interrupted">, h: Latency
     mibPerSec: r.seconds > 0 ? Number((r.bytes / MiB / r.seconds).toFixed(2)) : 0,
     errors: r.errors,
     ...(r.firstError !== undefined ? { firstError: r.firstError } : {}),
+    ...(r.loop ? { loop: r.loop } : {}),
     latencyUs: summarize(h),
   };
 }

@@ -72,6 +72,7 @@ enum {
     R_STATUS, R_IOS, R_READS, R_WRITES, R_ERRORS, R_FIRST_STATUS, R_FIRST_CID, R_FIRST_OPCODE,
     R_SECONDS, R_COUNT, R_SUM, R_MIN, R_MAX, R_INTERRUPTED,
     R_SQ_TAIL, R_SQ_HEAD, R_CQ_HEAD, R_CQ_PHASE, R_TIMEOUT_OUTSTANDING, R_WARMUP,
+    R_POLLS, R_REAPS, R_SUBMITS,
     R_HIST = 32
 };
 
@@ -394,6 +395,8 @@ API int32_t nvm_bench_perf_run(const double *p, double *out)
     const uint64_t mix_read_below = (uint64_t)floor(p[P_RWMIX_READ] / 100 * 4294967296.0);
     double ios = 0, reads = 0, writes = 0;
     int interrupted = 0, stopping = 0;
+    /* While measuring: CQ polls, polls that reaped (one CQ head doorbell each), SQ tail doorbells. */
+    double polls = 0, reaps = 0, submits = 0;
 
     const uint64_t t0 = now_ns();
     int measuring = warmup <= 0;
@@ -433,13 +436,17 @@ API int32_t nvm_bench_perf_run(const double *p, double *out)
             j.wrote[cid] = (uint8_t)write;                                                                               \
             posted++;                                                                                                    \
         }                                                                                                                \
-        if (posted > 0) submit(&j);                                                                                      \
+        if (posted > 0) {                                                                                                \
+            submit(&j);                                                                                                  \
+            submits += measuring;                                                                                        \
+        }                                                                                                                \
     } while (0)
 
     uint32_t to_record = 0; /* completions of the last poll still to be recorded (counted already) */
     REFILL();
     for (uint32_t spins = 1;; spins++) {
         uint32_t n = poll_cq(&j);
+        polls += measuring;
         if (n == 0 || j.n_done == 0) {
             if (idle_sleep_ns > 0 && ++empty >= IDLE_POLLS) {
                 empty = 0;
@@ -461,6 +468,7 @@ API int32_t nvm_bench_perf_run(const double *p, double *out)
             if (measuring) {
                 ios += j.n_done;
                 to_record = j.n_done;
+                reaps++;
             }
             j.n_done = 0;
         }
@@ -517,6 +525,9 @@ out_state:
     out[R_MAX] = h.max;
     out[R_INTERRUPTED] = interrupted;
     out[R_WARMUP] = (double)(t_measure - t0) / 1e9;
+    out[R_POLLS] = polls;
+    out[R_REAPS] = reaps;
+    out[R_SUBMITS] = submits;
     out[R_SQ_TAIL] = j.tail;
     out[R_SQ_HEAD] = j.sq_head;
     out[R_CQ_HEAD] = j.cq_head;

@@ -177,6 +177,15 @@ describe("the C reference sends what perf.ts sends", () => {
         expect(r.hist.counts.length).toBe(HIST_BUCKETS);
         expect(r.hist.counts.reduce((x, y) => x + y, 0)).toBe(w.ios!);
         expect(r.hist.min).toBeLessThanOrEqual(r.hist.max);
+        // How the loop met the controller: every doorbell posted or reaped 1 to QD commands.
+        const l = r.loop!;
+        expect(l.reaps).toBeGreaterThanOrEqual(1);
+        expect(l.reaps).toBeLessThanOrEqual(l.polls);
+        expect(l.reaps).toBeLessThanOrEqual(w.ios!);
+        expect(l.reaps * w.qd).toBeGreaterThanOrEqual(w.ios!);
+        expect(l.submits).toBeGreaterThanOrEqual(1);
+        expect(l.submits).toBeLessThanOrEqual(w.ios!);
+        expect(l.submits * w.qd).toBeGreaterThanOrEqual(w.ios! - w.qd);
       }
       expect([c.reads, c.writes]).toEqual([ts.reads, ts.writes]);
       expect(c.reads + c.writes).toBe(w.ios!);

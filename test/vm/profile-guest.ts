@@ -63,7 +63,9 @@ interface Workload {
 }
 const WORKLOADS: Workload[] = [
   { name: "randread-qd1", rw: "read", qd: 1 },
+  { name: "randread-qd4", rw: "read", qd: 4 },
   { name: "randread-qd32", rw: "read", qd: 32 },
+  { name: "randread-qd128", rw: "read", qd: 128 },
   { name: "randwrite-qd1", rw: "write", qd: 1 },
   { name: "randwrite-qd32", rw: "write", qd: 32 },
 ];
@@ -85,6 +87,8 @@ interface Profile {
   workload: string;
   iops: number;
   p50Us: number;
+  /** Per command measured: CQ polls, and commands per reap (CQ head doorbell) and per SQ tail doorbell. */
+  loop?: { pollsPerCmd: number; cmdsPerReap: number; cmdsPerSubmit: number };
   windowSeconds: number;
   threads: ThreadCpu[];
   /** The pinned vCPU over the window, percent: user, system, irq, softirq, idle (and steal). */
@@ -188,9 +192,19 @@ function driverArgs(ctrl: string, w: Workload, seed: number): string[] {
   ];
 }
 
-function parsePerfJson(text: string): { iops: number; p50Us: number } {
-  const j = JSON.parse(text) as { total: { iops: number; latencyUs: { percentiles: Record<string, number> } } };
-  return { iops: Math.round(j.total.iops), p50Us: j.total.latencyUs.percentiles.p50! };
+function parsePerfJson(text: string): { iops: number; p50Us: number; loop?: Profile["loop"] } {
+  const j = JSON.parse(text) as {
+    total: { iops: number; latencyUs: { percentiles: Record<string, number> } };
+    queues: { ios: number; loop?: { polls: number; reaps: number; submits: number } }[];
+  };
+  const q = j.queues[0];
+  const l = q?.loop;
+  const r2 = (x: number) => Math.round(x * 100) / 100;
+  return {
+    iops: Math.round(j.total.iops),
+    p50Us: j.total.latencyUs.percentiles.p50!,
+    ...(q && l && q.ios > 0 && l.reaps > 0 && l.submits > 0 ? { loop: { pollsPerCmd: r2(l.polls / q.ios), cmdsPerReap: r2(q.ios / l.reaps), cmdsPerSubmit: r2(q.ios / l.submits) } } : {}),
+  };
 }
 
 /** perf report of `file`: top DSOs and symbols, in percent of samples. */
@@ -354,6 +368,7 @@ function render(r: Results): string {
   out.push(`clock   performance.now() costs ${r.clockNs} ns in the guest (200 000 calls on vCPU ${CPU})`, "");
   for (const p of r.profiles) {
     out.push(`== ${p.workload}, ${p.driver === "ts" ? "TypeScript (examples/perf.ts)" : "C reference (bench/perf-c.ts)"}: ${p.iops} IOPS, p50 ${p.p50Us} µs`);
+    if (p.loop) out.push(`   loop: ${p.loop.pollsPerCmd} CQ polls a command (most find nothing: time spent waiting on the controller), ${p.loop.cmdsPerReap} commands a reap, ${p.loop.cmdsPerSubmit} a tail doorbell`);
     if (p.error) {
       out.push(`   failed: ${p.error}`, "");
       continue;
