@@ -2,6 +2,7 @@
  * What the sharing guest tests share: child processes (killed after each test), the server
  * (examples/serve.ts) and the client fixture (client.ts) started as such; `rest` (test/hw/common.ts) again.
  */
+import { expect } from "bun:test";
 import { join } from "node:path";
 import { native } from "../../lib/native.ts";
 import { connectUnix, type UnixConnection } from "../../lib/share/link.ts";
@@ -43,6 +44,17 @@ export async function serve(socket?: string, more: string[] = []): Promise<{ p: 
   }
   const path = /at unix:(\S+)/.exec(line)![1]!;
   return { p, path };
+}
+
+/**
+ * How many requests the server served the client `pid`, from the line its log (stderr) gives each
+ * client that left: a client doing its own I/O makes a handful, one going through the server one or
+ * more a command.
+ */
+export function requestsServed(log: string, pid: number): number {
+  const m = new RegExp(`client \\d+ \\(pid ${pid}\\) .*\\((\\d+) requests? served\\)`).exec(log);
+  expect({ pid, served: m?.[1], log }).toMatchObject({ served: expect.any(String) });
+  return Number(m![1]);
 }
 
 /** client.ts: verified rounds of I/O on [first, first + blocks) through a queue of its own. */
