@@ -11,7 +11,7 @@ import { chmodSync, readdirSync, readlinkSync } from "node:fs";
 import { join } from "node:path";
 import { Worker } from "node:worker_threads";
 import { Controller, Namespace, ShareError, UnsupportedError, defaultSocketPath, exportIoQueue, parseBdf } from "../../lib/index.ts";
-import { ctrlAddress, expectedBackend, REPO, requireExpected, waitForLine } from "../hw/common.ts";
+import { ctrlAddress, expectedBackend, finished, REPO, requireExpected, waitForLine } from "../hw/common.ts";
 import { client, killChildren, RawShareClient, requestsServed, rest, serve, spawn, tmp } from "./harness.ts";
 import type { Request } from "../../lib/share/protocol.ts";
 import { fillShare } from "./pattern.ts";
@@ -34,9 +34,8 @@ test("two client processes do verified I/O on disjoint ranges at once, each thro
   const qa = await waitForLine(a.stdout, /^ready qid \d+/, 60_000);
   const qb = await waitForLine(b.stdout, /^ready qid \d+/, 60_000);
   expect(qa).not.toBe(qb);
-  const [ca, cb] = [await a.exited, await b.exited];
-  const outA = await rest(a.stdout);
-  const outB = await rest(b.stdout);
+  // Each runs 4 s of rounds; the rest bounds a start under TCG and a command's recovery (deadline, Abort, deletion).
+  const [{ code: ca, out: outA }, { code: cb, out: outB }] = await Promise.all([finished(a, 60_000, "client a"), finished(b, 60_000, "client b")]);
   expect({ ca, outA }).toMatchObject({ ca: 0 });
   expect({ cb, outB }).toMatchObject({ cb: 0 });
   const ra = Number(/^done (\d+)/m.exec(outA)![1]);
@@ -52,8 +51,11 @@ test("SIGKILL of one client mid-I/O: the server deletes its queue; the other cli
   const { p: server, path } = await serve(join(tmp, "share-kill.sock"));
   const victim = client(path, nsid, 4096, 1024, 30, 3);
   const other = client(path, nsid, 8192, 512, 8, 4);
-  await waitForLine(victim.stdout, /^round 1$/, 60_000);
   await waitForLine(other.stdout, /^ready/, 60_000);
+  // Its output is read from here on: a client blocked writing a full pipe would stop its I/O.
+  const otherDone = finished(other, 60_000, "the other client");
+  otherDone.catch(() => {});
+  await waitForLine(victim.stdout, /^round 1$/, 60_000);
   // The server holds the clients' DMA memory (their hugetlb memfds), so a killed client's pages
   // are not freed before its queues are deleted.
   const memfds = readdirSync(`/proc/${server.pid}/fd`).filter((f) => {
@@ -66,10 +68,10 @@ test("SIGKILL of one client mid-I/O: the server deletes its queue; the other cli
   expect(memfds.length).toBeGreaterThanOrEqual(2);
   victim.kill("SIGKILL");
   await victim.exited;
-  const code = await other.exited;
-  const out = await rest(other.stdout);
+  const { code, out } = await otherDone;
   expect({ code, out }).toMatchObject({ code: 0 });
   const round = Number(/^done (\d+)/m.exec(out)![1]);
+  console.log(`share: the other client verified ${round} rounds in 8 s`);
   await verifyRange(path, nsid, 8192, 512, 4, round);
   // The server said it reclaimed the victim's queue (its log is on stderr).
   server.kill("SIGTERM");
@@ -195,9 +197,7 @@ test("the tools take --ctrl=unix:PATH: identify, write-blocks, read-blocks, roun
   const ctrl = `--ctrl=unix:${path}`;
   const run = async (args: string[]) => {
     const p = spawn(args);
-    const code = await p.exited;
-    const out = await rest(p.stdout);
-    const err = await rest(p.stderr);
+    const { code, out, err } = await finished(p, 60_000, args.join(" "));
     return { code, out, err };
   };
   const id = await run([join(REPO, "examples/identify.ts"), ctrl, "--json"]);
@@ -230,9 +230,7 @@ test("perf: a client's I/O goes to the controller, not through the server (a han
   const ns1 = requireExpected().namespaces[0]!;
   const perf = async (ctrl: string) => {
     const p = spawn([join(REPO, "examples/perf.ts"), `--ctrl=${ctrl}`, `--ns=${ns1.nsid}`, "--qd=8", "--ios=4000", "--seed=1", "--json"]);
-    const code = await p.exited;
-    const out = await rest(p.stdout);
-    const err = await rest(p.stderr);
+    const { code, out, err } = await finished(p, 60_000, `perf on ${ctrl}`);
     expect({ code, err }).toMatchObject({ code: 0 });
     return { pid: p.pid, iops: (JSON.parse(out).total as { iops: number }).iops };
   };

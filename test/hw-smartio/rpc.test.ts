@@ -22,7 +22,7 @@ import { afterAll, afterEach, beforeAll, expect, test } from "bun:test";
 import { readlinkSync } from "node:fs";
 import { basename, join } from "node:path";
 import { Controller, ShareError } from "../../lib/index.ts";
-import { ctrlAddress, REPO, requireExpected, rest, waitForLine } from "../hw/common.ts";
+import { ctrlAddress, finished, REPO, requireExpected, rest, waitForLine } from "../hw/common.ts";
 import { requestsServed } from "../hw-share/harness.ts";
 import { expectPattern } from "../hw-share/verify.ts";
 import { fabricDir, fake, fakeEnv, NOTHING_LIVE, removeFabric, useFakeSmartIo } from "../smartio/fake.ts";
@@ -111,9 +111,8 @@ test("two client processes on other nodes do verified I/O on disjoint ranges at 
   const qa = await waitForLine(a.stdout, /^ready qid \d+/, 60_000);
   const qb = await waitForLine(b.stdout, /^ready qid \d+/, 60_000);
   expect(qa).not.toBe(qb);
-  const [ca, cb] = [await a.exited, await b.exited];
-  const outA = await rest(a.stdout);
-  const outB = await rest(b.stdout);
+  // Each runs 4 s of rounds; the rest bounds a start under TCG and a command's recovery (deadline, Abort, deletion).
+  const [{ code: ca, out: outA }, { code: cb, out: outB }] = await Promise.all([finished(a, 60_000, "client a"), finished(b, 60_000, "client b")]);
   expect({ ca, outA }).toMatchObject({ ca: 0 });
   expect({ cb, outB }).toMatchObject({ cb: 0 });
   const ra = Number(/^done (\d+)/m.exec(outA)![1]);
@@ -136,14 +135,17 @@ test("SIGKILL of one client mid-I/O: the server finds it gone and deletes its qu
   const server = await serve();
   const victim = client(8, nsid, 4096, 1024, 30, 13);
   const other = client(12, nsid, 8192, 512, 8, 14);
-  await waitForLine(victim.stdout, /^round 1$/, 60_000);
   await waitForLine(other.stdout, /^ready/, 60_000);
+  // Its output is read from here on: a client blocked writing a full pipe would stop its I/O.
+  const otherDone = finished(other, 60_000, "the other client");
+  otherDone.catch(() => {});
+  await waitForLine(victim.stdout, /^round 1$/, 60_000);
   victim.kill("SIGKILL");
   await victim.exited;
-  const code = await other.exited;
-  const out = await rest(other.stdout);
+  const { code, out } = await otherDone;
   expect({ code, out }).toMatchObject({ code: 0 });
   const round = Number(/^done (\d+)/m.exec(out)![1]);
+  console.log(`smartio-rpc: the other client verified ${round} rounds in 8 s`);
   await verifyRange(nsid, 8192, 512, 14, round);
   server.kill("SIGTERM");
   await server.exited;
@@ -200,9 +202,7 @@ test("perf: a client through the SmartIO RPC does its I/O on the controller, not
   const ns1 = requireExpected().namespaces[0]!;
   const perf = async (ctrl: string, node: number) => {
     const p = spawn([join(REPO, "examples/perf.ts"), `--ctrl=${ctrl}`, `--ns=${ns1.nsid}`, "--qd=8", "--ios=4000", "--seed=1", "--json"], node);
-    const code = await p.exited;
-    const out = await rest(p.stdout);
-    const err = await rest(p.stderr);
+    const { code, out, err } = await finished(p, 60_000, `perf on ${ctrl}`);
     expect({ code, err }).toMatchObject({ code: 0 });
     return { pid: p.pid, iops: (JSON.parse(out).total as { iops: number }).iops };
   };

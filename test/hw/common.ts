@@ -4,6 +4,7 @@
  * a hardware test that silently skips is a defect.
  */
 import { setDefaultTimeout } from "bun:test";
+import { readdirSync, readFileSync } from "node:fs";
 import { join } from "node:path";
 import { Controller, type ControllerOptions } from "../../lib/index.ts";
 
@@ -87,6 +88,58 @@ export async function waitForLine(stream: ReadableStream<Uint8Array>, want: RegE
     reader.releaseLock();
   }
   throw new Error(`child did not print ${want} within ${timeoutMs} ms; it printed: ${JSON.stringify(buf)}`);
+}
+
+/** What the kernel says about each thread of `pid`: state, wait channel, syscall and CPU ticks. */
+function threads(pid: number): string[] {
+  const out: string[] = [];
+  let tids: string[] = [];
+  try {
+    tids = readdirSync(`/proc/${pid}/task`);
+  } catch {
+    return [`pid ${pid}: gone`];
+  }
+  for (const tid of tids) {
+    const at = `/proc/${pid}/task/${tid}`;
+    const read = (f: string) => {
+      try {
+        return readFileSync(`${at}/${f}`, "utf8").trim();
+      } catch {
+        return "?";
+      }
+    };
+    // stat's fields after the command's closing parenthesis: state is the 3rd, utime and stime the 14th and 15th.
+    const f = read("stat").replace(/^.*\) /s, "").split(" ");
+    out.push(`${tid} ${read("comm")}: state ${f[0]} utime ${f[11]} stime ${f[12]} wchan ${read("wchan")} syscall ${read("syscall").split(" ").slice(0, 3).join(" ")}`);
+  }
+  return out;
+}
+
+/**
+ * A child's exit status and everything it printed, bounded. Its output is read while it runs: a
+ * child writing more than a pipe holds (about 16 KiB here) blocks in its write until someone
+ * reads, and would never exit. Past `ms`, the error says what its threads were doing (sampled
+ * twice, a second apart: a thread whose CPU ticks grew spins; one that sleeps waits where its wchan
+ * and syscall say), with what it printed; then the child is killed.
+ */
+export async function finished(
+  p: { pid: number; exited: Promise<number>; kill(sig?: number | string): void; stdout: ReadableStream<Uint8Array>; stderr: ReadableStream<Uint8Array> },
+  ms: number,
+  what: string,
+): Promise<{ code: number; out: string; err: string }> {
+  const out = rest(p.stdout, ms + 5000);
+  const err = rest(p.stderr, ms + 5000);
+  const code = await Promise.race([p.exited, Bun.sleep(ms).then(() => undefined)]);
+  if (code !== undefined) return { code, out: await out, err: await err };
+  const first = threads(p.pid);
+  await Bun.sleep(1000);
+  const second = threads(p.pid);
+  p.kill("SIGKILL");
+  const [o, e] = [await out, await err];
+  throw new Error(
+    `${what} (pid ${p.pid}) did not exit within ${ms} ms; its threads:\n  ${first.join("\n  ")}\none second later:\n  ${second.join("\n  ")}\n` +
+      `the last it printed: ${JSON.stringify(o.slice(-600))}; its stderr: ${JSON.stringify(e.slice(-2000))}`,
+  );
 }
 
 /** Everything a stream still holds, read until it ends (the process exited) or `ms` pass. */

@@ -33,7 +33,8 @@ test("each failed test comes with the lines bun printed for it, and nothing of t
     ["42 |   expect(x).toBe(1);", "error: expect(received).toBe(expected)", "Expected: 1", "Received: 2", "(fail) second [20.00ms]"].join("\n"),
     ["error: thrown outside", "(fail) fourth [3.00ms]"].join("\n"),
   ]);
-  expect(failedTests(OUTPUT, 2)[0]).toBe(["Expected: 1", "Received: 2", "(fail) second [20.00ms]"].join("\n"));
+  // A long error keeps its head (what failed) and its tail (where).
+  expect(failedTests(OUTPUT, 3)[0]).toBe(["42 |   expect(x).toBe(1);", "error: expect(received).toBe(expected)", "... (1 lines left out) ...", "Received: 2", "(fail) second [20.00ms]"].join("\n"));
   expect(failedTests(OUTPUT.replaceAll("(fail)", "(pass)"))).toEqual([]);
 });
 

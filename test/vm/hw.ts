@@ -327,8 +327,12 @@ interface SuiteResult {
   failures: string[];
 }
 
-/** Each "(fail)" line of bun's output after the lines it printed for that test (its error), the last `max` of them. */
-export function failedTests(output: string, max = 30): string[] {
+/**
+ * Each "(fail)" line of bun's output after the lines it printed for that test (its error). Past
+ * `max` lines, the first two thirds and the last third of them: the error's head names what
+ * failed, its tail where (a long diff in between says little).
+ */
+export function failedTests(output: string, max = 60): string[] {
   // eslint-disable-next-line no-control-regex
   const lines = output.replace(/\x1b\[[0-9;]*m/g, "").replaceAll("\r", "").split("\n");
   const out: string[] = [];
@@ -337,7 +341,10 @@ export function failedTests(output: string, max = 30): string[] {
     const l = lines[i]!;
     if (l.startsWith("(pass)") || l.startsWith("(skip)") || l.startsWith("(todo)")) start = i + 1;
     else if (l.startsWith("(fail)")) {
-      out.push([...lines.slice(Math.max(start, i - max), i), l].join("\n"));
+      const body = lines.slice(start, i);
+      const head = Math.ceil((max * 2) / 3);
+      const kept = body.length <= max ? body : [...body.slice(0, head), `... (${body.length - max} lines left out) ...`, ...body.slice(body.length - (max - head))];
+      out.push([...kept, l].join("\n"));
       start = i + 1;
     } else if (/^\S+\.test\.ts:$/.test(l)) start = i + 1;
   }
