@@ -81,7 +81,7 @@ export const NO_THREAD = -2;
 let lib: BenchLib | undefined;
 
 /** Bump with every change of c/src/bench.c's symbols. */
-const ABI = 5;
+const ABI = 6;
 
 /**
  * Build, or bring up to date (make compares timestamps: a no-op when nothing changed), and load

@@ -25,7 +25,7 @@ export const PERF_PARAMS = [
   "buf", "bufSize", "bufIova",
   "lists", "listIova", "listBytes",
   "nsid", "lbaSize", "firstLba", "spanBlocks", "bs", "qd",
-  "seq", "rw", "rwmixRead", "seconds", "ios", "warmup", "seed", "idleSleepUs",
+  "seq", "rw", "rwmixRead", "seconds", "ios", "warmup", "seed", "idleSleepUs", "turnaroundDelayUs",
   "progress", "index",
 ] as const;
 type Param = (typeof PERF_PARAMS)[number];
@@ -139,6 +139,7 @@ export function runJobC(ctrl: Pick<Controller, "backend" | "knownLbaSizes">, que
     warmup: w.warmupSeconds,
     seed: w.seed >>> 0,
     idleSleepUs: w.idleSleepUs ?? 0,
+    turnaroundDelayUs: w.turnaroundDelayUs ?? 0,
     progress: address(progress),
     index,
   };

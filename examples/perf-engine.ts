@@ -141,6 +141,12 @@ export interface Workload {
    */
   readonly idleSleepUs?: number;
   /**
+   * An experiment (low-level API): busy-wait this many microseconds after each poll that reaped,
+   * before the refill and its doorbell, to measure what a slower turnaround costs (bench/README.md
+   * section 5). 0 (the default) does not wait.
+   */
+  readonly turnaroundDelayUs?: number;
+  /**
    * For a profiler outside the process (test/vm/profile-guest.ts): the first job writes this file,
    * {"at": epoch ms, "seconds": S}, when its measured window starts (`at` may lie ahead).
    */
@@ -397,6 +403,7 @@ async function runMeasured(q: NvmeIoQueue, buf: DmaBuffer, w: Workload, progress
     let lastActivity = t;
     let lastYield = t;
     const sleepMs = (w.idleSleepUs ?? 0) / 1000;
+    const delayMs = (w.turnaroundDelayUs ?? 0) / 1000;
     const sleeper = new Int32Array(new SharedArrayBuffer(4));
     let empty = 0;
     /** Completions of the last poll still to be recorded (counted in `ios` already). */
@@ -426,6 +433,8 @@ async function runMeasured(q: NvmeIoQueue, buf: DmaBuffer, w: Workload, progress
         toRecord = nDone;
         nDone = 0;
         reaps++;
+        // The experiment's wait: bounded by the clock, nothing else.
+        if (delayMs > 0) while (performance.now() - t < delayMs);
       }
       if (errors > 0 || t >= tEnd || ios >= limit) stopping = true;
       if (!stopping) refill(t);

@@ -21,7 +21,7 @@ import type { PerfWorkerData, PerfWorkerMessage } from "./perf-worker.ts";
 
 const usage = `usage: bun run examples/perf.ts --ctrl=CTRL [--ns=NSID] [--qd=N] [--bs=SIZE] [--pattern=rand|seq]
                  [--rw=read|write|mix] [--rwmix=PCT] [--seconds=S | --ios=N] [--warmup=S] [--queues=N]
-                 [--workers] [--api=low|async] [--idle-sleep=US] [--cpu=LIST] [--offset=SIZE] [--size=SIZE] [--seed=N]
+                 [--workers] [--api=low|async] [--idle-sleep=US] [--turnaround-delay=US] [--cpu=LIST] [--offset=SIZE] [--size=SIZE] [--seed=N]
                  [--plot=FILE] [--mark=FILE] [--json]
   Keeps QD commands outstanding per queue pair and reports IOPS, MiB/s and completion latency
   (min, mean, max, p1 p5 p25 p50 p75 p90 p95 p99 p99.9) per queue pair and in total.
@@ -42,6 +42,8 @@ const usage = `usage: bun run examples/perf.ts --ctrl=CTRL [--ns=NSID] [--qd=N] 
   --api=A           low (default): acquire/rw/submit/poll; async: rwAsync promises
   --idle-sleep=US   hybrid polling (low API): after 64 empty polls sleep US microseconds (default 0: spin);
                     for more pollers than free CPUs
+  --turnaround-delay=US  an experiment (low API): busy-wait US microseconds after each poll that reaped,
+                    before the refill's doorbell: what a slower completion-to-doorbell turnaround costs
   --cpu=LIST        pin the whole process (every thread, Workers included) to these CPUs, as taskset -c
                     LIST does: 3, 0,2 or 0-3
   --offset=SIZE     start of the region used (default 0)
@@ -242,6 +244,7 @@ export async function perf(argv: string[], engine?: PerfEngine): Promise<void> {
     mark: { type: "string" },
     workers: { type: "boolean", default: false },
     "idle-sleep": { type: "string" },
+    "turnaround-delay": { type: "string" },
     cpu: { type: "string" },
   }, argv);
   const nsid = intOption("ns", args.ns, usage) ?? 1;
@@ -260,6 +263,7 @@ export async function perf(argv: string[], engine?: PerfEngine): Promise<void> {
   const seed = intOption("seed", args.seed, usage) ?? (Date.now() >>> 0);
   const plot = args.plot;
   const idleSleepUs = intOption("idle-sleep", args["idle-sleep"], usage) ?? 0;
+  const turnaroundDelayUs = intOption("turnaround-delay", args["turnaround-delay"], usage) ?? 0;
   let cpus: number[] | undefined;
   try {
     cpus = args.cpu === undefined ? undefined : parseCpuList(args.cpu);
@@ -335,6 +339,7 @@ export async function perf(argv: string[], engine?: PerfEngine): Promise<void> {
       api,
       seed: (seed + i * 0x9e3779b9) >>> 0,
       idleSleepUs,
+      ...(turnaroundDelayUs > 0 ? { turnaroundDelayUs } : {}),
       ...(typeof args.mark === "string" && args.mark !== "" ? { markFile: args.mark } : {}),
     });
   }

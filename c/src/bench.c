@@ -47,7 +47,7 @@ static uint64_t now_ns(void)
     return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
 }
 
-API uint32_t nvm_bench_abi_version(void) { return 5; }
+API uint32_t nvm_bench_abi_version(void) { return 6; }
 
 /* Pin the calling thread to `cpu` (-1: allow every CPU). */
 API int32_t nvm_bench_pin(int32_t cpu)

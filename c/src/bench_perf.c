@@ -62,7 +62,7 @@ enum {
     P_BUF, P_BUF_SIZE, P_BUF_IOVA,
     P_LISTS, P_LIST_IOVA, P_LIST_BYTES,
     P_NSID, P_LBA_SIZE, P_FIRST_LBA, P_SPAN_BLOCKS, P_BS, P_QD,
-    P_SEQ, P_RW, P_RWMIX_READ, P_SECONDS, P_IOS, P_WARMUP, P_SEED, P_IDLE_SLEEP_US,
+    P_SEQ, P_RW, P_RWMIX_READ, P_SECONDS, P_IOS, P_WARMUP, P_SEED, P_IDLE_SLEEP_US, P_TURNAROUND_DELAY_US,
     P_PROGRESS, P_INDEX,
     P_COUNT
 };
@@ -360,6 +360,7 @@ API int32_t nvm_bench_perf_run(const double *p, double *out)
     const double seconds = p[P_SECONDS], warmup = p[P_WARMUP];
     const double limit = p[P_IOS] > 0 ? p[P_IOS] : INFINITY;
     const uint64_t idle_sleep_ns = (uint64_t)(p[P_IDLE_SLEEP_US] * 1000);
+    const uint64_t delay_ns = (uint64_t)(p[P_TURNAROUND_DELAY_US] * 1000);
     volatile double *progress = PTR(p, P_PROGRESS);
     const uint32_t base = 1 + 3 * (uint32_t)p[P_INDEX];
 
@@ -463,6 +464,10 @@ API int32_t nvm_bench_perf_run(const double *p, double *out)
         } else {
             empty = 0;
             t = now_ns();
+            /* The experiment's wait (Workload.turnaroundDelayUs): bounded by the clock. */
+            if (delay_ns > 0)
+                while (now_ns() - t < delay_ns) {
+                }
             last_activity = t;
             t_last = t;
             if (measuring) {

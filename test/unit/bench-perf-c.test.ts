@@ -194,6 +194,18 @@ describe("the C reference sends what perf.ts sends", () => {
 });
 
 describe("the C reference's queue handling", () => {
+  test("--turnaround-delay: both engines wait that long after each poll that reaped, before the refill, and still send the same commands", async () => {
+    const delayUs = 300;
+    const w = workload({ qd: 4, ios: 60, turnaroundDelayUs: delayUs });
+    const { ts, c, tsCmds, cCmds } = await both(w);
+    expect(cCmds).toEqual(tsCmds);
+    for (const r of [ts, c]) {
+      expect(r.ios).toBe(w.ios!);
+      // Every reap but the last waits inside the measured window, by construction (a clock-bounded spin).
+      expect(r.seconds).toBeGreaterThanOrEqual(((r.loop!.reaps - 1) * delayUs) / 1e6 - 1e-6);
+    }
+  }, TEST_MS);
+
   test("PRP1 is the CID's slice of the buffer; PRP2 the next page or the CID's own PRP list", () => {
     for (const bs of [4096, 8192, 128 * 1024]) {
       const r = rig(bs, 256);

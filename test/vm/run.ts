@@ -100,6 +100,8 @@ export interface RunOptions {
   timeoutSec?: number;
   /** Stream the serial console to the host's stderr; default true. */
   echo?: boolean;
+  /** Called once QEMU runs: its pid and the exchange folder (host tools that watch the guest's run). */
+  onStarted?: (qemu: { pid: number; xchgDir: string }) => void;
 }
 
 export const REPO_ROOT = resolve(import.meta.dir, "../..");
@@ -299,6 +301,7 @@ export async function runInGuest(script: string, config: GuestConfig, opts: RunO
 
   const t0 = performance.now();
   const proc = Bun.spawn(["qemu-system-x86_64", ...args], { stdin: "ignore", stdout: "pipe", stderr: "pipe" });
+  opts.onStarted?.({ pid: proc.pid, xchgDir });
   let timedOut = false;
   const killer = setTimeout(() => {
     timedOut = true;
