@@ -276,6 +276,7 @@ export async function perf(argv: string[], engine?: PerfEngine): Promise<void> {
   if (iosArg !== undefined && secondsArg !== undefined) throw new UsageError(`give --seconds or --ios, not both\n${usage}`);
   if (iosArg === 0 || secondsArg === 0) throw new UsageError(`nothing to measure: --ios and --seconds must be positive\n${usage}`);
   if (plot === "") throw new UsageError(`--plot needs a file name\n${usage}`);
+  if (turnaroundDelayUs > 0 && api !== "low") throw new UsageError(`--turnaround-delay is an experiment of the low-level loop: use it with --api=low\n${usage}`);
   const seconds = iosArg === undefined ? (secondsArg ?? 10) : undefined;
   // Before the controller is opened: every thread the runtime starts from here on inherits it.
   if (engine) {
@@ -433,7 +434,7 @@ export async function perf(argv: string[], engine?: PerfEngine): Promise<void> {
         nsid,
         lbaSize: ns.lbaSize,
         nsBlocks: ns.blocks,
-        workload: { pattern, rw, rwmixRead, bs, qd, queues: nQueues, workers: useWorkers, api, idleSleepUs, seconds, ios: iosArg, warmupSeconds, firstLba, spanBlocks, seed, cpus },
+        workload: { pattern, rw, rwmixRead, bs, qd, queues: nQueues, workers: useWorkers, api, idleSleepUs, turnaroundDelayUs, seconds, ios: iosArg, warmupSeconds, firstLba, spanBlocks, seed, cpus },
         queues: perQueue,
         total: totalReport,
         interrupted,

@@ -195,6 +195,9 @@ describe("the C reference sends what perf.ts sends", () => {
 
 describe("the C reference's queue handling", () => {
   test("--turnaround-delay: both engines wait that long after each poll that reaped, before the refill, and still send the same commands", async () => {
+    // Only the low-level loop has a turnaround to delay: perf.ts refuses it with --api=async, before any controller.
+    const refused = Bun.spawnSync(["bun", join(import.meta.dir, "../../examples/perf.ts"), "--ctrl=0000:00:00.0", "--api=async", "--turnaround-delay=2"], { stdout: "pipe", stderr: "pipe" });
+    expect({ code: refused.exitCode, err: refused.stderr.toString().split("\n")[0] }).toEqual({ code: 2, err: "--turnaround-delay is an experiment of the low-level loop: use it with --api=low" });
     const delayUs = 300;
     const w = workload({ qd: 4, ios: 60, turnaroundDelayUs: delayUs });
     const { ts, c, tsCmds, cCmds } = await both(w);

@@ -75,7 +75,13 @@ export function between(a: ThreadSample[], b: ThreadSample[], seconds: number, h
 
 function sample(pid: number): ThreadSample[] {
   const out: ThreadSample[] = [];
-  for (const tid of readdirSync(`/proc/${pid}/task`)) {
+  let tids: string[];
+  try {
+    tids = readdirSync(`/proc/${pid}/task`);
+  } catch {
+    return out; // QEMU is gone
+  }
+  for (const tid of tids) {
     try {
       const at = `/proc/${pid}/task/${tid}`;
       const comm = readFileSync(`${at}/comm`, "utf8").trim();
@@ -186,6 +192,8 @@ async function main(): Promise<number> {
   const hz = 100; // USER_HZ: /proc's clock ticks
   const windows: { busy: number; threads: Record<Role, RoleFigures> }[] = [];
   let watcher: Promise<void> | undefined;
+  // Set once the guest is gone: the watcher stops waiting for files no run will write.
+  let guestDone = false;
   const r = await runInGuest(
     script,
     {
@@ -205,7 +213,7 @@ async function main(): Promise<number> {
             const done = join(xchgDir, `done-${i}`);
             // Bounded: the guest's own timeout ends the boot, and with it these files' chances.
             const deadline = Date.now() + (seconds + warmup + 300) * 1000;
-            while (!existsSync(mark) && !existsSync(done) && Date.now() < deadline) await Bun.sleep(100);
+            while (!existsSync(mark) && !existsSync(done) && !guestDone && Date.now() < deadline) await Bun.sleep(100);
             let at = Date.now();
             try {
               at = (JSON.parse(readFileSync(mark, "utf8")) as { at: number }).at;
@@ -220,12 +228,13 @@ async function main(): Promise<number> {
             const [b, hb, t1] = [sample(pid), hostBusy(), performance.now()];
             const busy = hb[0] - ha[0];
             windows.push({ busy: (100 * busy) / (busy + hb[1] - ha[1]), threads: between(a, b, (t1 - t0) / 1000, hz) });
-            while (!existsSync(done) && Date.now() < deadline) await Bun.sleep(100);
+            while (!existsSync(done) && !guestDone && Date.now() < deadline) await Bun.sleep(100);
           }
         })();
       },
     },
   );
+  guestDone = true;
   await watcher;
   const rows: Row[] = [];
   for (let i = 0; i < plan.length; i++) {
