@@ -216,7 +216,9 @@ export class DmaBuffer {
 
   /** The mapping's per-4 KiB-page bus addresses as (lo, hi) pairs (of the whole mapping for a region). */
   get iova(): Uint32Array {
-    return this.#live().iova;
+    // #live() only when the mapping is gone (to throw): the JIT does not inline that private
+    // method call, and IoQueue.rw() reads this once a command (bench/README.md, "inlining").
+    return (this.#shared.mapping ?? this.#live()).iova;
   }
 
   get contiguous(): boolean {
