@@ -12,7 +12,8 @@ import { join } from "node:path";
 const FIXTURE = join(import.meta.dir, "fixtures", "hot-path.ts");
 
 /**
- * Functions a command passes through between the caller's loop and the doorbell or the handler.
+ * Functions a command passes through between the caller's loop and the doorbell or the handler
+ * (rw(), or the caller's own writer and post()).
  * IoCompletionQueue.poll is not here: it holds the reap loop and is called once per poll.
  */
 const HOT = [
@@ -32,6 +33,12 @@ const HOT = [
   "writePrpPair",
   "postChecked",
   "advance",
+  "post",
+  "recordCommand",
+  "writeSqe",
+  "writeSqeHeader",
+  "writeSqePrps",
+  "writeSqeCdws",
   "submit",
   "ring",
   "complete",
@@ -53,8 +60,9 @@ describe("hot path bytecode cost", () => {
     expect(limit).toBeGreaterThan(0);
 
     const dump = run({ BUN_JSC_dumpGeneratedBytecodes: "1" }, [FIXTURE]);
-    // The fixture really ran the path: four commands posted, reaped and handled, and one promise.
-    expect(dump).toContain(`{"reaped":4,"done":4,"dw0":0}`);
+    // The fixture really ran the path: five commands posted (four by rw(), one by writeSqe and
+    // post()), reaped and handled, and one promise.
+    expect(dump).toContain(`{"reaped":5,"done":5,"dw0":0}`);
     // Each function's header: "name#HASH:[..., <kind>, COST (StrictMode)]: N instructions ..."
     const costs = new Map<string, number[]>();
     for (const m of dump.matchAll(/^([A-Za-z_$][\w$]*)#[A-Za-z0-9]+:\[[^\]]*?, \w+, (\d+) /gm)) {
