@@ -30,12 +30,12 @@ import { heapStats } from "bun:jsc";
 import { parseArgs } from "node:util";
 import { cpus } from "node:os";
 import { DmaBuffer } from "../lib/dma.ts";
-import { IoCompletionQueue, IoQueue, type IoQueueContext } from "../lib/io.ts";
+import { IoCompletionQueue, IoQueue } from "../lib/io.ts";
 import { NVM_READ, writeSqe } from "../lib/spec/commands.ts";
 import { native } from "../lib/native.ts";
 import { benchNative, NO_THREAD } from "./bench-native.ts";
 import { describeMachine, finishMachineInfo, machineInfo, table } from "./machine.ts";
-import { MemoryBackend } from "./memory-backend.ts";
+import { answeredQueueContext, MemoryBackend } from "./memory-backend.ts";
 
 const { values: args } = parseArgs({
   args: Bun.argv.slice(2),
@@ -84,20 +84,7 @@ if (pin && lib.nvm_bench_pin(0) !== 0) process.stderr.write("bench: could not pi
 const machine = machineInfo();
 const be = new MemoryBackend();
 // The completer thread answers every command, so no deadline passes: recovery is never asked for.
-const noRecovery = () => {
-  throw new Error("bench: a command was not answered within the wait limit");
-};
-const ctx: IoQueueContext = {
-  backend: be,
-  dstrd: 0,
-  timeoutMs: WAIT_LIMIT_MS,
-  maxTransfer: 128 * 1024,
-  sgls: 0,
-  lbaSize: () => BS / BLOCKS,
-  onExpired: noRecovery,
-  onStuck: noRecovery,
-  onFatal: noRecovery,
-};
+const ctx = answeredQueueContext(be, { who: "bench", timeoutMs: WAIT_LIMIT_MS, lbaSize: BS / BLOCKS });
 
 // ---- contestants: a queue pair, its completer and one way of driving it ------------------------
 

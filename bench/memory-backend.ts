@@ -7,6 +7,7 @@
 import { toArrayBuffer, type Pointer } from "bun:ffi";
 import { UnsupportedError } from "../lib/errors.ts";
 import { HOST_PAGE_SIZE, type Backend, type DmaMapping, type DmaOptions } from "../lib/backends/types.ts";
+import type { IoQueueContext, PollingOptions } from "../lib/io.ts";
 import { native } from "../lib/native.ts";
 
 const TWO32 = 0x1_0000_0000;
@@ -64,4 +65,30 @@ export class MemoryBackend implements Backend {
     for (const m of [...this.#live]) this.freeDma(m);
     native().nvm_dma_free(this.bar0, MEMORY_BAR0_SIZE, 0);
   }
+}
+
+/**
+ * What an owner lends an I/O queue over `backend` when every command is answered (a completer
+ * thread, or the caller writing the CQEs): no deadline passes, so the recovery hooks, which a
+ * Controller would implement, throw instead, naming `who`.
+ */
+export function answeredQueueContext(
+  backend: Backend,
+  opts: { readonly who: string; readonly timeoutMs: number; readonly lbaSize: number; readonly polling?: PollingOptions },
+): IoQueueContext {
+  const noRecovery = () => {
+    throw new Error(`${opts.who}: a command was not answered within ${opts.timeoutMs} ms (no recovery here: is the completer running?)`);
+  };
+  return {
+    backend,
+    dstrd: 0,
+    timeoutMs: opts.timeoutMs,
+    maxTransfer: 128 * 1024,
+    sgls: 0,
+    lbaSize: () => opts.lbaSize,
+    onExpired: noRecovery,
+    onStuck: noRecovery,
+    onFatal: noRecovery,
+    ...(opts.polling ? { polling: opts.polling } : {}),
+  };
 }

@@ -20,11 +20,11 @@
 import type { Pointer } from "bun:ffi";
 import { parseArgs } from "node:util";
 import { DmaBuffer } from "../lib/dma.ts";
-import { IoCompletionQueue, IoQueue, type IoQueueContext } from "../lib/io.ts";
+import { IoCompletionQueue, IoQueue } from "../lib/io.ts";
 import { native } from "../lib/native.ts";
 import { NVM_READ } from "../lib/spec/commands.ts";
 import { describeMachine, finishMachineInfo, machineInfo, table } from "./machine.ts";
-import { MemoryBackend } from "./memory-backend.ts";
+import { answeredQueueContext, MemoryBackend } from "./memory-backend.ts";
 
 const { values: args } = parseArgs({
   args: Bun.argv.slice(2),
@@ -57,20 +57,7 @@ const WAIT_MS = 10_000;
 
 const machine = machineInfo();
 const be = new MemoryBackend();
-const noRecovery = () => {
-  throw new Error("bench:parts: every command is answered at once; no recovery is expected");
-};
-const ctx: IoQueueContext = {
-  backend: be,
-  dstrd: 0,
-  timeoutMs: WAIT_MS,
-  maxTransfer: 128 * 1024,
-  sgls: 0,
-  lbaSize: () => BS / BLOCKS,
-  onExpired: noRecovery,
-  onStuck: noRecovery,
-  onFatal: noRecovery,
-};
+const ctx = answeredQueueContext(be, { who: "bench:parts", timeoutMs: WAIT_MS, lbaSize: BS / BLOCKS });
 
 let completed = 0;
 let failed = 0;

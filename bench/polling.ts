@@ -14,12 +14,12 @@
  */
 import { parseArgs } from "node:util";
 import { DmaBuffer } from "../lib/dma.ts";
-import { IoCompletionQueue, IoQueue, type IoQueueContext, type PollingOptions } from "../lib/io.ts";
+import { IoCompletionQueue, IoQueue, type PollingOptions } from "../lib/io.ts";
 import { NVM_READ } from "../lib/spec/commands.ts";
 import { cqHeadDoorbell, sqTailDoorbell } from "../lib/spec/registers.ts";
 import { benchNative } from "./bench-native.ts";
 import { describeMachine, finishMachineInfo, machineInfo } from "./machine.ts";
-import { MemoryBackend } from "./memory-backend.ts";
+import { answeredQueueContext, MemoryBackend } from "./memory-backend.ts";
 
 const { values: args } = parseArgs({ options: { json: { type: "boolean", default: false }, seconds: { type: "string", default: "2" } } });
 const SECONDS = Math.max(0.5, Number(args.seconds));
@@ -34,26 +34,12 @@ const MODES: readonly { name: string; polling: PollingOptions }[] = [
 
 const lib = benchNative();
 const be = new MemoryBackend();
-const noRecovery = () => {
-  throw new Error("bench: a command was not answered in time");
-};
 let nextQid = 1;
 
 /** A queue pair over memory and its completer, with `polling`. */
 function setup(polling: PollingOptions) {
   const qid = nextQid++;
-  const ctx: IoQueueContext = {
-    backend: be,
-    dstrd: 0,
-    timeoutMs: 60_000,
-    maxTransfer: 128 * 1024,
-    sgls: 0,
-    lbaSize: () => BS / BLOCKS,
-    onExpired: noRecovery,
-    onStuck: noRecovery,
-    onFatal: noRecovery,
-    polling,
-  };
+  const ctx = answeredQueueContext(be, { who: "bench/polling", timeoutMs: 60_000, lbaSize: BS / BLOCKS, polling });
   const cq = new IoCompletionQueue(be, qid, ENTRIES, 0);
   const q = new IoQueue(ctx, qid, ENTRIES, cq);
   cq.sqs.set(qid, q);

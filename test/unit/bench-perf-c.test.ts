@@ -17,11 +17,11 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { DmaBuffer } from "../../lib/dma.ts";
 import { InvalidArgumentError, UnsupportedError } from "../../lib/errors.ts";
-import { IoCompletionQueue, IoQueue, type IoQueueContext } from "../../lib/io.ts";
+import { IoCompletionQueue, IoQueue } from "../../lib/io.ts";
 import { NVM_READ, NVM_WRITE } from "../../lib/spec/commands.ts";
 import type { NvmeIoQueue } from "../../lib/transports/types.ts";
 import { benchNative } from "../../bench/bench-native.ts";
-import { MemoryBackend } from "../../bench/memory-backend.ts";
+import { answeredQueueContext, MemoryBackend } from "../../bench/memory-backend.ts";
 import { runJobC } from "../../bench/perf-c-engine.ts";
 import { C_ENGINE } from "../../bench/perf-c.ts";
 import { alternateEngine, type SliceFigure } from "../../bench/perf-alternate.ts";
@@ -38,20 +38,7 @@ const NSID = 1;
 const WAIT_MS = 5000;
 /** Per test: a few runs of a few hundred commands each, with room for scheduler stalls. */
 const TEST_MS = 60_000;
-const fail = () => {
-  throw new Error("no recovery expected: the completer answers everything");
-};
-const ctx: IoQueueContext = {
-  backend: be,
-  dstrd: 0,
-  timeoutMs: WAIT_MS,
-  maxTransfer: 128 * 1024,
-  sgls: 0,
-  lbaSize: () => LBA,
-  onExpired: fail,
-  onStuck: fail,
-  onFatal: fail,
-};
+const ctx = answeredQueueContext(be, { who: "bench-perf-c.test", timeoutMs: WAIT_MS, lbaSize: LBA });
 /** What runJobC reads of a controller. */
 const ctrl = { backend: be, knownLbaSizes: new Map([[NSID, LBA]]) };
 
